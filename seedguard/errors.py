@@ -1,0 +1,81 @@
+"""The exception tree: everything seedguard raises is a :class:`SeedguardError`.
+
+Each error carries what a caller needs to act on it as attributes, pickles
+cleanly (so it crosses process boundaries: multiprocessing, pytest-xdist), and
+says in its message what to do next. SQLAlchemy and filelock errors are
+translated where they cross into seedguard, with the original as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SeedguardError(Exception):
+    """Root of every error seedguard raises."""
+
+
+class ConfigError(SeedguardError):
+    """No database, a bad URL, a missing driver or seeds module, a bad setting."""
+
+
+class DefinitionError(SeedguardError):
+    """A unit is declared wrongly: bad name or version, duplicate, unknown dependency, cycle."""
+
+
+class LockTimeout(SeedguardError, TimeoutError):
+    """Another applier held a lock for longer than ``lock_timeout``.
+
+    ``lock`` names the lock (a file path or a database lock key) and ``holder``
+    describes who held it (pid, host, since when) as far as it could be read.
+    """
+
+    def __init__(self, message: str, *, lock: str = "", holder: str = "") -> None:
+        super().__init__(message)
+        self.lock = lock
+        self.holder = holder
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.args, {"lock": self.lock, "holder": self.holder}))
+
+
+class SeedFailed(SeedguardError):
+    """A unit raised; its transaction was rolled back. The original error is ``__cause__``.
+
+    ``unit`` is the :class:`~seedguard.SeedUnit` that failed.
+    """
+
+    def __init__(self, message: str, *, unit: Any = None) -> None:
+        super().__init__(message)
+        self.unit = unit
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.args, {"unit": self.unit}))
+
+
+class DriftError(SeedguardError):
+    """An applied unit's code or data changed and policy says that is an error.
+
+    ``drifted`` lists the :class:`~seedguard.result.Drift` records found.
+    """
+
+    def __init__(self, message: str, *, drifted: Any = ()) -> None:
+        super().__init__(message)
+        self.drifted = list(drifted)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.args, {"drifted": self.drifted}))
+
+
+class UnitBlocked(SeedFailed):
+    """A non-transactional unit was interrupted mid-way; it blocks until resolved.
+
+    Resolve it with ``seedguard resolve NAME --applied`` (its work is complete)
+    or ``--retry`` (run it again).
+    """
+
+
+def _rebuild(cls: type[SeedguardError], args: tuple[Any, ...], attrs: dict[str, Any]) -> Any:
+    """Unpickle an error whose ``__init__`` takes keyword-only attributes."""
+    err = cls(*args, **attrs)
+    return err

@@ -1,0 +1,238 @@
+"""The ledger table: make sure it exists and is current, read it, record units in it.
+
+The ledger's schema belongs to the alembic revisions in ``migrations/`` (shipped
+as ``seedguard/_migrations``), tracked in a version table of its own so a user's
+``alembic_version`` is never touched. ``HEAD_REVISION`` and ``Ledger.table``
+describe the newest revision; the fast path selects every column of it together
+with the ledger's revision, so one query tells "current and complete" from
+"missing or behind".
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import socket
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import sqlalchemy as sa
+
+from seedguard.errors import ConfigError, SeedguardError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
+log = logging.getLogger(__name__)
+
+HEAD_REVISION = "sg0001"
+"""The newest revision in ``migrations/versions``; raise it with each new revision."""
+
+KNOWN_REVISIONS = frozenset({"sg0001"})
+"""Every revision this seedguard knows; a ledger at any other one is from a newer release."""
+
+
+@dataclass(frozen=True)
+class LedgerRow:
+    """One recorded application of a unit version."""
+
+    name: str
+    version: int
+    checksum: str | None
+    status: str
+    applied_at: dt.datetime
+    duration_ms: int | None
+    applied_by: str | None
+
+
+class LedgerState(Mapping[tuple[str, int], LedgerRow]):
+    """The ledger's rows by ``(name, version)``, with look-ups by name."""
+
+    def __init__(self, rows: Iterable[LedgerRow] = ()) -> None:
+        self._rows = {(row.name, row.version): row for row in rows}
+
+    def __getitem__(self, key: tuple[str, int]) -> LedgerRow:
+        return self._rows[key]
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def latest(self, name: str) -> LedgerRow | None:
+        """The row of the highest recorded version of ``name``."""
+        rows = [row for (n, _), row in self._rows.items() if n == name]
+        return max(rows, key=lambda row: row.version) if rows else None
+
+    def rows(self) -> list[LedgerRow]:
+        return list(self._rows.values())
+
+
+class Ledger:
+    """The ledger table ``schema.name`` and the statements that touch it."""
+
+    def __init__(self, name: str, schema: str | None = None) -> None:
+        self.name = name
+        self.schema = schema
+        metadata = sa.MetaData()
+        self.table = sa.Table(
+            name,
+            metadata,
+            sa.Column("name", sa.String(255), primary_key=True),
+            sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+            sa.Column("checksum", sa.String(80)),
+            sa.Column("status", sa.String(16), nullable=False),
+            sa.Column("applied_at", sa.DateTime, nullable=False),
+            sa.Column("duration_ms", sa.Integer),
+            sa.Column("applied_by", sa.String(255)),
+            schema=schema,
+        )
+        self.version_table = sa.Table(
+            f"{name}_version",
+            metadata,
+            sa.Column("version_num", sa.String(32), primary_key=True),
+            schema=schema,
+        )
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.schema}.{self.name}" if self.schema else self.name
+
+    # -- reading -----------------------------------------------------------
+
+    def read(self, conn: Connection) -> LedgerState | None:
+        """The ledger's rows, or None when the table is missing or not at ``HEAD_REVISION``.
+
+        One statement. It runs in a SAVEPOINT-free way: on failure the caller's
+        connection is rolled back, so use a connection dedicated to reading.
+        """
+        revision = sa.select(self.version_table.c.version_num).scalar_subquery()
+        query = sa.select(self.table, revision.label("revision"))
+        try:
+            result = conn.execute(query).all()
+        except sa.exc.DBAPIError as err:
+            if err.connection_invalidated:
+                raise
+            conn.rollback()
+            log.debug("ledger %s not readable (missing or behind): %s", self.qualified_name,
+                      type(err.orig).__name__)
+            return None
+        if result and result[0].revision != HEAD_REVISION:
+            return None
+        return LedgerState(self._row(r) for r in result)
+
+    def read_current(self, conn: Connection) -> LedgerState:
+        """The ledger's rows, for use after :meth:`ensure` (errors propagate)."""
+        return LedgerState(self._row(r) for r in conn.execute(sa.select(self.table)))
+
+    def revision(self, conn: Connection) -> str | None:
+        """The ledger schema's current revision, or None if it was never created."""
+        if not sa.inspect(conn).has_table(self.version_table.name, schema=self.schema):
+            return None
+        return conn.execute(sa.select(self.version_table.c.version_num)).scalar()
+
+    @staticmethod
+    def _row(row: sa.Row[tuple[object, ...]]) -> LedgerRow:
+        applied_at = row.applied_at
+        if applied_at.tzinfo is None:
+            applied_at = applied_at.replace(tzinfo=dt.timezone.utc)
+        return LedgerRow(
+            name=row.name,
+            version=row.version,
+            checksum=row.checksum,
+            status=row.status,
+            applied_at=applied_at,
+            duration_ms=row.duration_ms,
+            applied_by=row.applied_by,
+        )
+
+    # -- schema ------------------------------------------------------------
+
+    def ensure(self, conn: Connection) -> None:
+        """Create the ledger or bring it to ``HEAD_REVISION``; call it under the locks.
+
+        A ledger at a revision this seedguard does not know was made by a newer
+        release: refuse rather than write rows it might not understand.
+        """
+        current = self.revision(conn)
+        conn.commit()
+        if current == HEAD_REVISION:
+            return
+        if current is not None and current not in KNOWN_REVISIONS:
+            raise SeedguardError(
+                f"ledger {self.qualified_name} is at schema revision {current!r}, made by a "
+                "newer seedguard; upgrade seedguard (pip install -U seedguard) to use it"
+            )
+        from alembic import command
+        from alembic.config import Config
+
+        log.info("upgrading ledger %s from %s to %s", self.qualified_name,
+                 current or "nothing", HEAD_REVISION)
+        cfg = Config()
+        cfg.set_main_option("script_location", str(migrations_path()))
+        cfg.attributes.update(
+            connection=conn, ledger_table=self.name, ledger_schema=self.schema
+        )
+        command.upgrade(cfg, "head")
+        conn.commit()
+
+    # -- writing -----------------------------------------------------------
+
+    def insert(self, conn: Connection, name: str, version: int, checksum: str | None,
+               *, status: str = "applied") -> None:
+        """Record ``(name, version)``; the primary key refuses a second applier."""
+        conn.execute(self.table.insert().values(
+            name=name, version=version, checksum=checksum, status=status,
+            applied_at=utcnow(), duration_ms=None, applied_by=applied_by(),
+        ))
+
+    def finish(self, conn: Connection, name: str, version: int, *, checksum: str | None,
+               duration_ms: int, status: str = "applied") -> None:
+        """Set the outcome of a recorded row; exactly one row must match."""
+        table = self.table
+        result = conn.execute(
+            table.update()
+            .where(table.c.name == name, table.c.version == version)
+            .values(checksum=checksum, status=status, duration_ms=duration_ms,
+                    applied_at=utcnow(), applied_by=applied_by())
+        )
+        if result.rowcount != 1:
+            raise SeedguardError(
+                f"ledger {self.qualified_name}: expected to update one row for "
+                f"{name!r} v{version}, matched {result.rowcount}"
+            )
+
+    def delete(self, conn: Connection, name: str, version: int | None = None) -> int:
+        """Remove the rows of ``name`` (one version, or all); returns how many."""
+        table = self.table
+        query = table.delete().where(table.c.name == name)
+        if version is not None:
+            query = query.where(table.c.version == version)
+        return conn.execute(query).rowcount
+
+
+def migrations_path() -> Path:
+    """Where the ledger's alembic scripts are: inside the wheel, or the repository root."""
+    packaged = Path(str(resources.files("seedguard"))) / "_migrations"
+    if packaged.is_dir():
+        return packaged
+    source = Path(__file__).resolve().parent.parent / "migrations"
+    if source.is_dir():
+        return source
+    raise ConfigError(
+        "seedguard's ledger migrations are missing from the installation; reinstall seedguard"
+    )
+
+
+def utcnow() -> dt.datetime:
+    """Now in UTC, naive: every backend stores it as-is, and reads add UTC back."""
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+def applied_by() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"[:255]

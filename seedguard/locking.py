@@ -1,0 +1,463 @@
+"""The two locks that serialise appliers: a file lock per host, a database lock across hosts.
+
+Both are released by the operating system or the database server when their
+holder dies (the file lock is an ``flock`` on an open descriptor; the database
+locks belong to a session), so a killed applier never leaves a stale lock.
+Every wait is bounded by one :class:`Deadline` and ends in :class:`LockTimeout`
+naming the holder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import socket
+import stat
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from seedguard.connect import safe_url
+from seedguard.errors import ConfigError, LockTimeout, SeedguardError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL, Connection, Engine
+
+log = logging.getLogger(__name__)
+
+# filelock polls a non-blocking flock; its 50 ms default would add up to 50 ms
+# per hand-over, which dominates a contended start-up (bench/contention.py).
+FILE_LOCK_POLL_SECONDS = 0.005
+
+
+class Deadline:
+    """One time budget shared by every wait of an operation; ``None`` waits forever."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+        self._end = None if seconds is None else time.monotonic() + seconds
+
+    def remaining(self) -> float | None:
+        if self._end is None:
+            return None
+        return max(0.0, self._end - time.monotonic())
+
+
+def holder_record() -> dict[str, object]:
+    """Who we are, for the message another applier shows when it times out."""
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def describe_holder(record: dict[str, object] | None) -> str:
+    if not record:
+        return "an unknown holder"
+    return f"pid {record.get('pid')} on {record.get('host')} since {record.get('since')}"
+
+
+# -- the file lock ---------------------------------------------------------------
+
+
+def default_lock_path(url: URL) -> Path:
+    """Beside a SQLite database file, else in a private temp dir keyed by the URL.
+
+    The key hashes the URL without its password, so changing a password does
+    not split the lock, and no password reaches the file system.
+    """
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") \
+            and not str(url.database).startswith("file:"):
+        return Path(str(url.database)).resolve().with_name(Path(str(url.database)).name + ".seedguard.lock")
+    key = hashlib.sha256(safe_url(url.set(password=None)).encode()).hexdigest()[:20]
+    return private_lock_dir() / f"{key}.lock"
+
+
+def private_lock_dir() -> Path:
+    """``$TMPDIR/seedguard-<uid>``, created 0700 and refused if anyone else owns it.
+
+    A world-writable shared directory would let another account create (and
+    hold forever) the lock file every user's applier waits on.
+    """
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    directory = Path(tempfile.gettempdir()) / f"seedguard-{uid}"
+    try:
+        directory.mkdir(mode=0o700, exist_ok=True)
+        info = directory.lstat()
+    except OSError as err:
+        raise ConfigError(f"cannot create lock directory {directory}: {err.strerror}; "
+                          "set SEEDGUARD_LOCK_PATH or lock_path=") from err
+    if not stat.S_ISDIR(info.st_mode) or (hasattr(os, "getuid") and info.st_uid != uid):
+        raise ConfigError(
+            f"lock directory {directory} is not a directory owned by you; remove it or set "
+            "SEEDGUARD_LOCK_PATH / lock_path= to a path of your own"
+        )
+    return directory
+
+
+class FileLock:
+    """An exclusive ``filelock.FileLock`` with a holder record written beside it."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.holder_path = self.path.with_name(self.path.name + ".holder")
+        self._lock: object | None = None
+
+    def acquire(self, deadline: Deadline) -> None:
+        import filelock
+
+        self._check_path()
+        timeout = deadline.remaining()
+        lock = filelock.FileLock(str(self.path), timeout=-1 if timeout is None else timeout)
+        try:
+            lock.acquire(poll_interval=FILE_LOCK_POLL_SECONDS)
+        except filelock.Timeout as err:
+            holder = describe_holder(self._read_holder())
+            raise LockTimeout(
+                f"timed out after {deadline.seconds or 0:g} s waiting for the file lock {self.path}, "
+                f"held by {holder}; wait for it to finish or raise lock_timeout",
+                lock=str(self.path), holder=holder,
+            ) from err
+        except OSError as err:
+            raise ConfigError(
+                f"cannot create the lock file {self.path}: {err.strerror or err}; make its "
+                "directory writable or set SEEDGUARD_LOCK_PATH / lock_path= elsewhere"
+            ) from err
+        self._lock = lock
+        self._write_holder()
+
+    def release(self) -> None:
+        lock, self._lock = self._lock, None
+        if lock is None:
+            return
+        with contextlib.suppress(OSError):
+            self.holder_path.unlink()
+        lock.release()  # type: ignore[attr-defined]
+
+    def holder(self) -> dict[str, object] | None:
+        """The current holder's record, if the lock is held (by anyone, including us)."""
+        import filelock
+
+        if not self.path.exists():
+            return None
+        probe = filelock.FileLock(str(self.path), timeout=0)
+        try:
+            probe.acquire()
+        except filelock.Timeout:
+            return self._read_holder() or {}
+        except OSError:
+            return None
+        probe.release()
+        return None
+
+    def _check_path(self) -> None:
+        # Refuse, do not follow, a symlink: it could point the lock (which
+        # filelock opens for writing) at any file the user can write.
+        try:
+            info = self.path.lstat()
+        except FileNotFoundError:
+            return
+        except OSError as err:
+            raise ConfigError(f"cannot inspect lock path {self.path}: {err.strerror}") from err
+        if stat.S_ISLNK(info.st_mode) or not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"lock path {self.path} is not a regular file; refusing to use it")
+        if hasattr(os, "getuid") and info.st_uid != os.getuid():
+            raise ConfigError(
+                f"lock file {self.path} belongs to another user (uid {info.st_uid}); "
+                "refusing to use it: set SEEDGUARD_LOCK_PATH / lock_path= to a path of your own"
+            )
+
+    def _write_holder(self) -> None:
+        tmp = self.holder_path.with_name(self.holder_path.name + f".{os.getpid()}")
+        try:
+            tmp.write_text(json.dumps(holder_record()))
+            os.replace(tmp, self.holder_path)
+        except OSError as err:  # the record is a courtesy; the lock is what matters
+            log.debug("could not write lock holder record %s: %s", self.holder_path, err)
+
+    def _read_holder(self) -> dict[str, object] | None:
+        try:
+            record = json.loads(self.holder_path.read_text())
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) else None
+
+
+# -- database locks ----------------------------------------------------------------
+
+
+class DatabaseLock:
+    """A lock held by one database session, chosen by dialect from ``DATABASE_LOCKS``.
+
+    ``acquire`` opens a dedicated connection and takes the lock there; the
+    server drops it if this process dies. ``verify`` is called before each
+    unit so a lost lock connection stops the run instead of leaving it
+    unprotected.
+    """
+
+    dialects: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, engine: Engine, key: str) -> None:
+        self.engine = engine
+        self.key = key
+        self.conn: Connection | None = None
+
+    def acquire(self, deadline: Deadline) -> None:
+        raise NotImplementedError
+
+    def release(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is None:
+            return
+        try:
+            self._release(conn)
+        finally:
+            conn.close()
+
+    def verify(self) -> None:
+        """Raise if the lock was lost (its connection died)."""
+
+    def holder(self) -> str | None:
+        """Who holds the lock right now, or None if nobody does."""
+        return None
+
+    def _release(self, conn: Connection) -> None:
+        pass
+
+    def _lost(self, err: Exception) -> SeedguardError:
+        return SeedguardError(
+            f"lost the database lock {self.key!r} (its connection failed: "
+            f"{type(err).__name__}); stopped before the next unit so no unit runs "
+            "unprotected; run again to continue"
+        )
+
+    def _timeout(self, deadline: Deadline, cause: Exception | None = None) -> LockTimeout:
+        holder = self.holder() or "an unknown holder"
+        return LockTimeout(
+            f"timed out after {deadline.seconds or 0:g} s waiting for the database lock "
+            f"{self.key!r}, held by {holder}; wait for it to finish or raise lock_timeout",
+            lock=self.key, holder=holder,
+        )
+
+
+class NoDatabaseLock(DatabaseLock):
+    """SQLite: one file, one host; the file lock beside it serialises everyone."""
+
+    dialects = ("sqlite",)
+
+    def acquire(self, deadline: Deadline) -> None:
+        pass
+
+
+class PostgresSessionLock(DatabaseLock):
+    """``pg_advisory_lock`` on a dedicated session, waited for with ``lock_timeout``.
+
+    Unsafe behind PgBouncer in transaction pooling: the session the lock is
+    taken on is handed to other clients between transactions. Use
+    ``lock_mode="transaction"`` there.
+    """
+
+    dialects = ("postgresql",)
+
+    @property
+    def number(self) -> int:
+        digest = hashlib.sha256(self.key.encode()).digest()
+        return int.from_bytes(digest[:8], "big", signed=True)
+
+    def acquire(self, deadline: Deadline) -> None:
+        from sqlalchemy import text
+        from sqlalchemy.exc import DBAPIError
+
+        from seedguard.connect import connection_errors
+
+        with connection_errors(self.engine):
+            conn = self.engine.connect()
+        try:
+            remaining = deadline.remaining()
+            # lock_timeout bounds a blocked pg_advisory_lock; 0 would mean "forever".
+            timeout_ms = 0 if remaining is None else max(1, int(remaining * 1000))
+            host = socket.gethostname()[:30]
+            conn.execute(text("SELECT set_config('application_name', :name, false)"),
+                         {"name": f"seedguard pid={os.getpid()} host={host}"})
+            conn.execute(text("SELECT set_config('lock_timeout', :ms, false)"),
+                         {"ms": f"{timeout_ms}ms"})
+            try:
+                conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": self.number})
+            except DBAPIError as err:
+                if getattr(err.orig, "sqlstate", None) == "55P03":  # lock_not_available
+                    conn.rollback()
+                    raise self._timeout(deadline) from err
+                raise
+            conn.execute(text("SELECT set_config('lock_timeout', '0', false)"))
+            conn.commit()
+        except BaseException:
+            conn.close()
+            raise
+        self.conn = conn
+
+    def _release(self, conn: Connection) -> None:
+        from sqlalchemy import text
+
+        with contextlib.suppress(Exception):
+            conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": self.number})
+            conn.commit()
+
+    def verify(self) -> None:
+        from sqlalchemy import text
+
+        if self.conn is None:
+            return
+        try:
+            self.conn.execute(text("SELECT 1"))
+            self.conn.commit()
+        except Exception as err:
+            raise self._lost(err) from err
+
+    def holder(self) -> str | None:
+        from sqlalchemy import text
+
+        number = self.number
+        query = text(
+            "SELECT a.pid, a.application_name, a.client_addr, a.state_change "
+            "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND l.granted "
+            "AND l.classid = :hi AND l.objid = :lo AND l.objsubid = 1"
+        )
+        unsigned = number & 0xFFFFFFFFFFFFFFFF
+        try:
+            with self.engine.connect() as conn:
+                row = conn.execute(query, {"hi": unsigned >> 32, "lo": unsigned & 0xFFFFFFFF}).first()
+        except Exception:
+            return None
+        if row is None:
+            return None
+        since = row.state_change.isoformat(timespec="seconds") if row.state_change else "?"
+        return (f"{row.application_name or 'backend'} (server pid {row.pid}, "
+                f"client {row.client_addr or 'local'}) since {since}")
+
+
+_YEAR = 365 * 24 * 3600
+
+
+class MySQLLock(DatabaseLock):
+    """``GET_LOCK`` on a dedicated session (MySQL and MariaDB)."""
+
+    dialects = ("mysql", "mariadb")
+
+    @property
+    def lock_name(self) -> str:
+        # GET_LOCK names are server-wide and at most 64 characters.
+        return "seedguard:" + hashlib.sha256(self.key.encode()).hexdigest()[:40]
+
+    def acquire(self, deadline: Deadline) -> None:
+        from sqlalchemy import text
+
+        from seedguard.connect import connection_errors
+
+        with connection_errors(self.engine):
+            conn = self.engine.connect()
+        try:
+            remaining = deadline.remaining()
+            # GET_LOCK takes whole seconds (fractions are truncated on MySQL).
+            # MariaDB answers NULL to the "negative waits forever" of MySQL, so
+            # "forever" is a year.
+            seconds = _YEAR if remaining is None else max(0, int(remaining + 0.999))
+            got = conn.execute(text("SELECT GET_LOCK(:name, :timeout)"),
+                               {"name": self.lock_name, "timeout": seconds}).scalar()
+            conn.commit()
+            if got != 1:
+                raise self._timeout(deadline)
+        except BaseException:
+            conn.close()
+            raise
+        self.conn = conn
+
+    def _release(self, conn: Connection) -> None:
+        from sqlalchemy import text
+
+        with contextlib.suppress(Exception):
+            conn.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": self.lock_name})
+            conn.commit()
+
+    def verify(self) -> None:
+        from sqlalchemy import text
+
+        if self.conn is None:
+            return
+        try:
+            mine = self.conn.execute(
+                text("SELECT IS_USED_LOCK(:name) = CONNECTION_ID()"), {"name": self.lock_name}
+            ).scalar()
+            self.conn.commit()
+        except Exception as err:
+            raise self._lost(err) from err
+        if not mine:
+            raise self._lost(RuntimeError("lock no longer held by this session"))
+
+    def holder(self) -> str | None:
+        from sqlalchemy import text
+
+        try:
+            with self.engine.connect() as conn:
+                owner = conn.execute(text("SELECT IS_USED_LOCK(:name)"),
+                                     {"name": self.lock_name}).scalar()
+                if owner is None:
+                    return None
+                row = conn.execute(
+                    text("SELECT host, time FROM information_schema.processlist WHERE id = :id"),
+                    {"id": owner},
+                ).first()
+        except Exception:
+            return None
+        if row is None:
+            return f"connection {owner}"
+        since = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=int(row.time or 0))
+        return f"connection {owner} from {row.host} since {since.isoformat(timespec='seconds')}"
+
+
+DATABASE_LOCKS: dict[str, type[DatabaseLock]] = {
+    dialect: cls
+    for cls in (NoDatabaseLock, PostgresSessionLock, MySQLLock)
+    for dialect in cls.dialects
+}
+
+
+def database_lock(engine: Engine, key: str) -> DatabaseLock:
+    """The database lock for ``engine``'s dialect."""
+    cls = DATABASE_LOCKS.get(engine.dialect.name)
+    if cls is None:
+        raise ConfigError(
+            f"seedguard has no database lock for {engine.dialect.name!r}; supported: "
+            f"{', '.join(sorted(DATABASE_LOCKS))}"
+        )
+    return cls(engine, key)
+
+
+def lock_key(engine: Engine, ledger_name: str, schema: str | None) -> str:
+    """The database lock's key: database, schema and ledger table.
+
+    MySQL's GET_LOCK names are server-wide, so the database is part of the key.
+    """
+    database = engine.url.database or ""
+    return f"{database}.{schema or ''}.{ledger_name}"
+
+
+@contextlib.contextmanager
+def both_locks(file_lock: FileLock, db_lock: DatabaseLock, deadline: Deadline) -> Iterator[None]:
+    """Hold the file lock, then the database lock; release in reverse order."""
+    file_lock.acquire(deadline)
+    try:
+        db_lock.acquire(deadline)
+        try:
+            yield
+        finally:
+            db_lock.release()
+    finally:
+        file_lock.release()

@@ -1,0 +1,200 @@
+"""Registries of units, discovery of seed modules, validation and ordering."""
+
+from __future__ import annotations
+
+import heapq
+import importlib
+import pkgutil
+import sys
+from collections.abc import Collection, Iterable, Iterator
+from types import ModuleType
+from typing import Union
+
+from seedguard.errors import ConfigError, DefinitionError
+from seedguard.unit import SeedUnit
+
+SeedsSpec = Union[str, ModuleType, "Registry", Iterable[SeedUnit], None]
+
+
+class Registry:
+    """An ordered collection of units with unique names.
+
+    Declaration order is kept: it breaks ties when ordering by ``after``.
+    """
+
+    def __init__(self, units: Iterable[SeedUnit] = ()) -> None:
+        self._units: dict[str, SeedUnit] = {}
+        for unit in units:
+            self.add(unit)
+
+    def add(self, unit: SeedUnit) -> SeedUnit:
+        """Register ``unit``; a re-declaration of the same function replaces it in place.
+
+        Re-declaring happens when a module is imported twice (``python app.py``
+        runs it as ``__main__`` and again by name, or a reloader re-imports it):
+        that is the same unit, not a duplicate.
+        """
+        existing = self._units.get(unit.name)
+        if existing is not None and (not unit.identity or existing.identity != unit.identity):
+            raise DefinitionError(
+                f"two units are named {unit.name!r}: {existing.origin} and {unit.origin}; "
+                "rename one of them"
+            )
+        self._units[unit.name] = unit
+        return unit
+
+    def get(self, name: str) -> SeedUnit | None:
+        return self._units.get(name)
+
+    def __iter__(self) -> Iterator[SeedUnit]:
+        return iter(list(self._units.values()))
+
+    def __len__(self) -> int:
+        return len(self._units)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._units
+
+    def clear(self) -> None:
+        self._units.clear()
+
+    def __repr__(self) -> str:
+        return f"Registry({list(self._units)!r})"
+
+
+default_registry = Registry()
+"""Where ``@seed`` and ``data_seed`` register what they declare."""
+
+
+def discover(seeds: SeedsSpec, *, registry: Registry | None = None) -> list[SeedUnit]:
+    """The units ``seeds`` selects, in declaration order (not yet ordered by ``after``)."""
+    registry = registry if registry is not None else default_registry
+    if seeds is None:
+        return list(registry)
+    if isinstance(seeds, Registry):
+        return list(seeds)
+    if isinstance(seeds, str):
+        modules = _import_tree(seeds)
+        return _units_of(registry, modules)
+    if isinstance(seeds, ModuleType):
+        return _units_of(registry, _import_tree(seeds.__name__))
+    units = list(seeds)
+    for unit in units:
+        if not isinstance(unit, SeedUnit):
+            raise ConfigError(f"seeds must hold SeedUnit objects, got {unit!r}")
+    return list(Registry(units))
+
+
+def order(units: Iterable[SeedUnit]) -> list[SeedUnit]:
+    """Topological order by ``after``; ties keep declaration order, so it is stable.
+
+    Raises DefinitionError for a dependency that is not among ``units`` or a cycle.
+    """
+    units = list(units)
+    position = {unit.name: index for index, unit in enumerate(units)}
+    dependents: dict[str, list[str]] = {unit.name: [] for unit in units}
+    waiting_on: dict[str, int] = {}
+    for unit in units:
+        for dep in unit.after:
+            if dep not in position:
+                raise DefinitionError(
+                    f"unit {unit.name!r} depends on {dep!r}, which is not declared among "
+                    "the selected seeds; check the name or the seeds path"
+                )
+        deps = set(unit.after)
+        waiting_on[unit.name] = len(deps)
+        for dep in deps:
+            dependents[dep].append(unit.name)
+    ready = [position[name] for name, count in waiting_on.items() if count == 0]
+    heapq.heapify(ready)
+    ordered: list[SeedUnit] = []
+    while ready:
+        unit = units[heapq.heappop(ready)]
+        ordered.append(unit)
+        for name in dependents[unit.name]:
+            waiting_on[name] -= 1
+            if waiting_on[name] == 0:
+                heapq.heappush(ready, position[name])
+    if len(ordered) != len(units):
+        cycle = _find_cycle({u.name: u.after for u in units if waiting_on[u.name] > 0})
+        raise DefinitionError(f"dependency cycle among units: {' -> '.join(cycle)}")
+    return ordered
+
+
+def with_dependencies(units: list[SeedUnit], target: str) -> list[SeedUnit]:
+    """``target`` and everything it depends on, keeping the order of ``units``."""
+    by_name = {unit.name: unit for unit in units}
+    if target not in by_name:
+        raise ConfigError(
+            f"target {target!r} is not a selected unit; known units: "
+            f"{', '.join(sorted(by_name)) or 'none'}"
+        )
+    needed: set[str] = set()
+    stack = [target]
+    while stack:
+        name = stack.pop()
+        if name not in needed:
+            needed.add(name)
+            stack.extend(by_name[name].after)
+    return [unit for unit in units if unit.name in needed]
+
+
+def active(units: Iterable[SeedUnit], contexts: Collection[str]) -> list[SeedUnit]:
+    """The units that run when ``contexts`` are active."""
+    return [unit for unit in units if unit.runs_in(contexts)]
+
+
+def _import_tree(path: str) -> list[str]:
+    """Import ``path`` and, if it is a package, every submodule in sorted order."""
+    module = _import(path, path)
+    names = [module.__name__]
+    search = getattr(module, "__path__", None)
+    if search is not None:
+        found = sorted(info.name for info in pkgutil.walk_packages(search, prefix=path + "."))
+        for name in found:
+            _import(name, path)
+            names.append(name)
+    return names
+
+
+def _import(name: str, requested: str) -> ModuleType:
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as err:
+        if err.name is not None and (name == err.name or name.startswith(err.name + ".")):
+            raise ConfigError(
+                f"seeds module {name!r} not found; check --seeds / SEEDGUARD_SEEDS / "
+                f"[tool.seedguard] seeds, and that the directory holding it is on sys.path "
+                f"(current directory: run from the project root)"
+            ) from err
+        raise ConfigError(f"importing seeds module {name!r} failed: {err}") from err
+    except Exception as err:
+        raise ConfigError(
+            f"importing seeds module {name!r} (from {requested!r}) failed: "
+            f"{type(err).__name__}: {err}"
+        ) from err
+
+
+def _units_of(registry: Registry, modules: list[str]) -> list[SeedUnit]:
+    wanted = set(modules)
+    # A script run as `python app.py` declares its units under __main__.
+    main = sys.modules.get("__main__")
+    main_file = getattr(main, "__file__", None)
+    for name in modules:
+        module = sys.modules.get(name)
+        if main_file and module is not None and getattr(module, "__file__", None) == main_file:
+            wanted.add("__main__")
+    return [unit for unit in registry if unit.module in wanted]
+
+
+def _find_cycle(graph: dict[str, tuple[str, ...]]) -> list[str]:
+    """One cycle in ``graph`` (every node in it is on or behind a cycle)."""
+    start = next(iter(graph))
+    path: list[str] = []
+    seen: dict[str, int] = {}
+    node = start
+    while node not in seen:
+        seen[node] = len(path)
+        path.append(node)
+        node = next(dep for dep in graph[node] if dep in graph)
+    return [*path[seen[node]:], node]

@@ -1,0 +1,59 @@
+"""What an apply run reports back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from seedguard.unit import SeedUnit
+
+
+@dataclass(frozen=True)
+class Drift:
+    """An applied unit whose code or data no longer matches the recorded checksum."""
+
+    name: str
+    version: int
+    recorded: str | None
+    current: str
+    unit: SeedUnit
+
+    def message(self) -> str:
+        return (
+            f"unit {self.name!r} v{self.version} was applied with a different checksum; "
+            f"raise its version to re-apply it, or run `seedguard stamp {self.name}` to "
+            "accept the change"
+        )
+
+
+@dataclass(frozen=True)
+class Applied:
+    """A unit this call applied, with how long its transaction took."""
+
+    name: str
+    version: int
+    duration_ms: int
+    unit: SeedUnit
+
+
+@dataclass
+class ApplyResult:
+    """The outcome of :func:`seedguard.apply`.
+
+    ``applied``: units this call applied, in order. ``skipped``: selected units
+    already applied. ``pending``: units still to apply (what a ``dry_run``
+    would do). ``drifted``: applied units whose checksum changed. ``ahead``:
+    units whose ledger holds a version above the code's (reported, not
+    applied). Each item has ``.name`` and ``.version``.
+    """
+
+    applied: list[Applied] = field(default_factory=list)
+    skipped: list[SeedUnit] = field(default_factory=list)
+    pending: list[SeedUnit] = field(default_factory=list)
+    drifted: list[Drift] = field(default_factory=list)
+    ahead: list[SeedUnit] = field(default_factory=list)
+    dry_run: bool = False
+
+    @property
+    def changed(self) -> bool:
+        """Whether this call wrote anything."""
+        return bool(self.applied)

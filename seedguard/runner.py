@@ -1,0 +1,256 @@
+"""The apply loop: fast path, locks, re-read, one transaction per unit.
+
+1. Fast path, no lock: read the ledger once; if nothing selected is pending
+   (and the ledger is current), return. A start-up with nothing to do costs
+   one query.
+2. File lock, then database lock, both bounded by one deadline.
+3. Create or upgrade the ledger, then re-read it under the locks: another
+   applier may have finished while we waited.
+4. Each pending unit in its own transaction: its ledger row first (the primary
+   key makes a second applier that bypassed both locks fail here, before any
+   work), then its work through a Session joined with a SAVEPOINT, then the
+   row's outcome. A failure rolls back the unit's work and its row together.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from seedguard.checksum import same_algorithm
+from seedguard.connect import connect
+from seedguard.errors import DriftError, SeedFailed, SeedguardError, UnitBlocked
+from seedguard.events import Listener, UnitFinished, UnitStarted, running
+from seedguard.ledger import Ledger, LedgerState
+from seedguard.locking import Deadline, FileLock, both_locks, database_lock, default_lock_path, lock_key
+from seedguard.result import Applied, ApplyResult, Drift
+from seedguard.unit import SeedUnit
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection, Engine
+
+    from seedguard.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Plan:
+    """What to do with each selected unit, given the ledger."""
+
+    pending: list[SeedUnit] = field(default_factory=list)
+    skipped: list[SeedUnit] = field(default_factory=list)
+    drifted: list[Drift] = field(default_factory=list)
+    ahead: list[SeedUnit] = field(default_factory=list)
+    blocked: list[SeedUnit] = field(default_factory=list)
+    # Units whose (name, version) row exists and is re-applied (on_change="rerun").
+    reruns: set[str] = field(default_factory=set)
+    checksums: dict[str, str] = field(default_factory=dict)
+
+    def result(self, *, dry_run: bool = False) -> ApplyResult:
+        return ApplyResult(skipped=list(self.skipped), pending=list(self.pending),
+                           drifted=list(self.drifted), ahead=list(self.ahead), dry_run=dry_run)
+
+
+def plan(units: Sequence[SeedUnit], state: LedgerState, *, strict: bool = False) -> Plan:
+    """Sort ``units`` (already in run order) into pending, skipped, drifted, ahead, blocked."""
+    result = Plan()
+    stopped: set[str] = set()
+    for unit in units:
+        checksum = unit.checksum()
+        result.checksums[unit.name] = checksum
+        row = state.get(unit.key)
+        if any(dep in stopped for dep in unit.after):
+            stopped.add(unit.name)
+            continue
+        if row is not None and row.status == "running":
+            # A non-transactional unit was interrupted mid-way: its work may be
+            # half done, so neither it nor anything after it may run until an
+            # operator says which (`seedguard resolve`).
+            result.blocked.append(unit)
+            stopped.add(unit.name)
+            continue
+        if row is None:
+            latest = state.latest(unit.name)
+            if latest is not None and latest.version > unit.version:
+                result.ahead.append(unit)
+            else:
+                result.pending.append(unit)
+            continue
+        if row.checksum and same_algorithm(row.checksum, checksum) and row.checksum != checksum:
+            drift = Drift(unit.name, unit.version, row.checksum, checksum, unit)
+            result.drifted.append(drift)
+            if unit.on_change == "rerun":
+                result.pending.append(unit)
+                result.reruns.add(unit.name)
+                continue
+            if unit.on_change == "error":
+                raise DriftError(drift.message(), drifted=[drift])
+        result.skipped.append(unit)
+    if strict and result.drifted:
+        raise DriftError(
+            "; ".join(d.message() for d in result.drifted) + " (strict mode refuses drift)",
+            drifted=result.drifted,
+        )
+    return result
+
+
+def run(
+    engine: Engine,
+    units: Sequence[SeedUnit],
+    settings: Settings,
+    *,
+    dry_run: bool = False,
+    strict: bool = False,
+    listener: Listener | None = None,
+) -> ApplyResult:
+    """Apply the pending ``units`` (in the given order) to ``engine``."""
+    ledger = Ledger(settings.ledger_table, settings.ledger_schema)
+    with connect(engine) as conn:
+        state = ledger.read(conn)
+    first = plan(units, state or LedgerState(), strict=strict)
+    if dry_run:
+        return first.result(dry_run=True)
+    if state is not None and not first.pending:
+        _raise_blocked(first)
+        return first.result()
+
+    deadline = Deadline(settings.lock_timeout)
+    file_lock = FileLock(settings.lock_path or default_lock_path(engine.url))
+    db_lock = database_lock(engine, lock_key(engine, ledger.name, ledger.schema))
+    with both_locks(file_lock, db_lock, deadline), connect(engine) as conn:
+        ledger.ensure(conn)
+        current = plan(units, ledger.read_current(conn), strict=strict)
+        conn.commit()
+        result = current.result()
+        for unit in current.pending:
+            db_lock.verify()
+            applied = _apply_one(conn, ledger, unit, current, listener)
+            if applied is None:
+                result.skipped.append(unit)
+            else:
+                result.applied.append(applied)
+            result.pending.remove(unit)
+    _raise_blocked(current)
+    return result
+
+
+def _apply_one(conn: Connection, ledger: Ledger, unit: SeedUnit, current: Plan,
+               listener: Listener | None) -> Applied | None:
+    """Apply one unit in its own transaction; None if another applier beat us to it."""
+    from sqlalchemy.exc import IntegrityError
+    from sqlalchemy.orm import Session
+
+    checksum = current.checksums[unit.name]
+    rerun = unit.name in current.reruns
+    if listener is not None:
+        listener(UnitStarted(unit))
+    log.info("applying %s v%d", unit.name, unit.version)
+    started = time.perf_counter()
+    if not unit.transactional:
+        return _apply_non_transactional(conn, ledger, unit, checksum, rerun, listener, started)
+    trans = conn.begin()
+    try:
+        if not rerun:
+            try:
+                ledger.insert(conn, unit.name, unit.version, checksum)
+            except IntegrityError:
+                # Only reachable when both locks were bypassed (e.g. a lock path
+                # per process and no database lock): the other applier's row won.
+                trans.rollback()
+                log.warning("unit %s v%d was applied concurrently by another process; skipped",
+                            unit.name, unit.version)
+                return None
+        with Session(bind=conn, join_transaction_mode="create_savepoint") as session, \
+                running(unit, listener):
+            unit(session)
+            session.commit()
+        duration_ms = _elapsed_ms(started)
+        ledger.finish(conn, unit.name, unit.version, checksum=checksum, duration_ms=duration_ms)
+        trans.commit()
+    except BaseException as err:
+        _rollback(trans)
+        if isinstance(err, Exception) and not isinstance(err, SeedguardError):
+            raise _failed(unit, err) from err
+        raise
+    return _finished(unit, duration_ms, listener)
+
+
+def _apply_non_transactional(conn: Connection, ledger: Ledger, unit: SeedUnit, checksum: str,
+                             rerun: bool, listener: Listener | None,
+                             started: float) -> Applied:
+    """Record "running", commit, do the work, then record "applied".
+
+    If the process dies in between, the "running" row stays and blocks the unit
+    until an operator resolves it: the work may be half done.
+    """
+    from sqlalchemy.orm import Session
+
+    with conn.begin():
+        if rerun:
+            ledger.finish(conn, unit.name, unit.version, checksum=checksum, duration_ms=0,
+                          status="running")
+        else:
+            ledger.insert(conn, unit.name, unit.version, checksum, status="running")
+    try:
+        with Session(bind=conn) as session, running(unit, listener):
+            unit(session)
+            session.commit()
+    except Exception as err:
+        _rollback(conn.get_transaction())
+        raise _failed(unit, err, partial=True) from err
+    with conn.begin():
+        ledger.finish(conn, unit.name, unit.version, checksum=checksum,
+                      duration_ms=_elapsed_ms(started))
+    return _finished(unit, _elapsed_ms(started), listener)
+
+
+def _finished(unit: SeedUnit, duration_ms: int, listener: Listener | None) -> Applied:
+    log.info("applied %s v%d in %d ms", unit.name, unit.version, duration_ms)
+    if listener is not None:
+        listener(UnitFinished(unit, duration_ms))
+    return Applied(unit.name, unit.version, duration_ms, unit)
+
+
+def _failed(unit: SeedUnit, err: Exception, *, partial: bool = False) -> SeedFailed:
+    detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    what = (
+        "it is non-transactional and may be half done; inspect it, then run "
+        f"`seedguard resolve {unit.name} --applied` or `--retry`"
+        if partial
+        else "its work and ledger row were rolled back; units before it stay applied. "
+        "Fix it and run again"
+    )
+    return SeedFailed(
+        f"unit {unit.name!r} v{unit.version} failed: {type(err).__name__}: {detail}; {what}",
+        unit=unit,
+    )
+
+
+def _raise_blocked(current: Plan) -> None:
+    if current.blocked:
+        unit = current.blocked[0]
+        raise UnitBlocked(
+            f"unit {unit.name!r} v{unit.version} was interrupted mid-way (it is "
+            "non-transactional) and blocks the units that depend on it; check its work, then "
+            f"run `seedguard resolve {unit.name} --applied` or `seedguard resolve "
+            f"{unit.name} --retry`",
+            unit=unit,
+        )
+
+
+def _rollback(trans: object) -> None:
+    # The connection may be gone (killed server-side); the server rolls back then.
+    if trans is None:
+        return
+    try:
+        trans.rollback()  # type: ignore[attr-defined]
+    except Exception as err:
+        log.debug("rollback failed (connection lost?): %s", type(err).__name__)
+
+
+def _elapsed_ms(started: float) -> int:
+    return int((time.perf_counter() - started) * 1000)

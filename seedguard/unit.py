@@ -1,0 +1,204 @@
+"""Seed units: what one unit is, and the ``@seed`` decorator that declares one."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import re
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from seedguard.checksum import code_checksum
+from seedguard.errors import DefinitionError
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+OnChange = Literal["warn", "rerun", "error"]
+SeedFunction = Callable[["Session"], Any]
+
+_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,255}")
+_ON_CHANGE: tuple[OnChange, ...] = ("warn", "rerun", "error")
+
+
+@dataclass(frozen=True, eq=False)
+class SeedUnit:
+    """One named, versioned piece of seed work.
+
+    ``fn`` receives a :class:`sqlalchemy.orm.Session` bound to the unit's own
+    transaction. ``origin`` says where the unit was declared (for messages);
+    ``module`` is the module it belongs to (for selection by a seeds path).
+    ``identity`` tells a re-declaration of the same unit (same source file and
+    function) from a second unit that reuses a name.
+    ``checksum_fn`` computes the drift checksum; it is called once per run,
+    because for data units it hashes a file that may change between runs.
+    """
+
+    name: str
+    fn: SeedFunction
+    version: int = 1
+    after: tuple[str, ...] = ()
+    contexts: frozenset[str] | None = None
+    on_change: OnChange = "warn"
+    transactional: bool = True
+    requires_revision: str | None = None
+    description: str | None = None
+    module: str = ""
+    origin: str = ""
+    identity: str = ""
+    checksum_fn: Callable[[], str] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        validate_name(self.name)
+        validate_version(self.name, self.version)
+        if self.on_change not in _ON_CHANGE:
+            raise DefinitionError(
+                f"unit {self.name!r}: on_change must be one of {', '.join(_ON_CHANGE)}, "
+                f"not {self.on_change!r}"
+            )
+        for dep in self.after:
+            validate_name(dep, what=f"dependency of unit {self.name!r}")
+        if self.name in self.after:
+            raise DefinitionError(f"unit {self.name!r} lists itself in after=")
+
+    def __call__(self, session: Session) -> Any:
+        return self.fn(session)
+
+    def checksum(self) -> str:
+        """The unit's current drift checksum (code or data)."""
+        if self.checksum_fn is not None:
+            return self.checksum_fn()
+        return _cached_code_checksum(self.fn)
+
+    def runs_in(self, active: Collection[str]) -> bool:
+        """Whether the unit runs when ``active`` contexts are active."""
+        return self.contexts is None or bool(self.contexts & set(active))
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.name, self.version)
+
+    def __reduce__(self) -> str | tuple[Any, ...]:
+        # A decorated unit replaces its function in the module, so pickle it by
+        # reference to that module attribute (SeedFailed.unit crosses processes).
+        qualname = getattr(self.fn, "__qualname__", "")
+        if self.module and qualname and "<" not in qualname:
+            return (_import_unit, (self.module, qualname, self.name))
+        return (
+            _rebuild_unit,
+            (self.name, self.version, self.module, self.origin, self.after, self.contexts),
+        )
+
+
+def seed(
+    name: str,
+    *,
+    version: int = 1,
+    after: Iterable[str] = (),
+    contexts: Iterable[str] | None = None,
+    on_change: OnChange = "warn",
+    transactional: bool = True,
+    requires_revision: str | None = None,
+    description: str | None = None,
+) -> Callable[[SeedFunction], SeedUnit]:
+    """Declare a seed unit and register it in the default registry.
+
+    The decorated function is replaced by its :class:`SeedUnit`, which is still
+    callable with a session.
+    """
+    if isinstance(after, str):
+        after = [after]
+    if isinstance(contexts, str):
+        contexts = [contexts]
+
+    def decorate(fn: SeedFunction) -> SeedUnit:
+        from seedguard.registry import default_registry
+
+        unit = SeedUnit(
+            name=name,
+            fn=fn,
+            version=version,
+            after=tuple(after),
+            contexts=frozenset(contexts) if contexts is not None else None,
+            on_change=on_change,
+            transactional=transactional,
+            requires_revision=requires_revision,
+            description=description if description is not None else inspect.getdoc(fn),
+            module=getattr(fn, "__module__", "") or "",
+            origin=describe_origin(fn),
+            identity=_identity(fn),
+        )
+        default_registry.add(unit)
+        return unit
+
+    return decorate
+
+
+def validate_name(name: object, *, what: str = "unit name") -> None:
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise DefinitionError(
+            f"invalid {what} {name!r}: use 1-255 characters of letters, digits and _ . : -"
+        )
+
+
+def validate_version(name: str, version: object) -> None:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise DefinitionError(
+            f"unit {name!r}: version must be an integer >= 1, not {version!r}"
+        )
+
+
+def describe_origin(fn: Callable[..., Any]) -> str:
+    """``module.qualname (file:line)``, for messages that point at a declaration."""
+    qualname = getattr(fn, "__qualname__", repr(fn))
+    module = getattr(fn, "__module__", "?")
+    try:
+        path = inspect.getsourcefile(fn)
+        line = inspect.getsourcelines(fn)[1]
+        return f"{module}.{qualname} ({path}:{line})"
+    except (OSError, TypeError):
+        return f"{module}.{qualname}"
+
+
+def _identity(fn: Callable[..., Any]) -> str:
+    # The file, not the module name: `python app.py` declares under __main__ and
+    # a later `import app` declares the same function again under "app".
+    code = getattr(fn, "__code__", None)
+    where = code.co_filename if code is not None else getattr(fn, "__module__", "?")
+    return f"{where}:{getattr(fn, '__qualname__', repr(fn))}"
+
+
+@functools.lru_cache(maxsize=None)
+def _cached_code_checksum(fn: SeedFunction) -> str:
+    # A function's code cannot change while it is loaded, so hash it once.
+    return code_checksum(fn)
+
+
+def _import_unit(module: str, qualname: str, name: str) -> SeedUnit:
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    if not isinstance(obj, SeedUnit):
+        raise DefinitionError(f"{module}.{qualname} is no longer the seed unit {name!r}")
+    return obj
+
+
+def _rebuild_unit(
+    name: str,
+    version: int,
+    module: str,
+    origin: str,
+    after: tuple[str, ...],
+    contexts: frozenset[str] | None,
+) -> SeedUnit:
+    """A stand-in for a unit whose function cannot be pickled: it keeps the identity only."""
+
+    def unavailable(session: Session) -> None:
+        raise DefinitionError(f"unit {name!r} was unpickled without its function")
+
+    return SeedUnit(
+        name=name, fn=unavailable, version=version, after=after, contexts=contexts,
+        module=module, origin=origin,
+    )

@@ -1,0 +1,201 @@
+"""Helpers shared by the tests: the database handle, side-effect counting, real processes.
+
+Concurrency tests use real processes (``multiprocessing`` with the ``spawn``
+start method, so each child imports everything afresh like a real worker)
+released together by a barrier. Every wait is capped and every child is
+reaped, even when a test fails.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+import textwrap
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from seedguard.unit import SeedUnit
+
+EFFECTS_DDL = "CREATE TABLE effects (unit VARCHAR(255) NOT NULL, value VARCHAR(255))"
+
+
+@dataclass
+class TestDatabase:
+    """A fresh database: ``kind`` is sqlite, postgresql or mariadb."""
+
+    __test__ = False  # not a test class, despite the name
+
+    kind: str
+    url: str
+    tmp_path: Path
+    _engines: list[sa.Engine] = field(default_factory=list)
+
+    def engine(self, **kwargs: Any) -> sa.Engine:
+        engine = sa.create_engine(self.url, **kwargs)
+        self._engines.append(engine)
+        return engine
+
+    def execute(self, sql: str, **params: Any) -> list[sa.Row[Any]]:
+        """Run one statement in its own transaction; returns rows, if any."""
+        engine = sa.create_engine(self.url, poolclass=sa.pool.NullPool)
+        try:
+            with engine.begin() as conn:
+                result = conn.execute(sa.text(sql), params)
+                return list(result) if result.returns_rows else []
+        finally:
+            engine.dispose()
+
+    def create_effects_table(self) -> None:
+        """The table units write their side effects to (no unique key, so doubles show)."""
+        self.execute(EFFECTS_DDL)
+
+    def effects(self, unit: str | None = None) -> list[str]:
+        """The values written to ``effects`` (by ``unit``, if given), in insertion order."""
+        if unit is None:
+            rows = self.execute("SELECT unit FROM effects")
+        else:
+            rows = self.execute("SELECT value FROM effects WHERE unit = :u", u=unit)
+        return [row[0] for row in rows]
+
+    def ledger(self) -> list[tuple[str, int]]:
+        """The ledger's (name, version) pairs, sorted; empty if it does not exist."""
+        engine = sa.create_engine(self.url, poolclass=sa.pool.NullPool)
+        try:
+            with engine.connect() as conn:
+                if not sa.inspect(conn).has_table("seedguard_ledger"):
+                    return []
+                rows = conn.execute(sa.text("SELECT name, version FROM seedguard_ledger"))
+                return sorted((row[0], row[1]) for row in rows)
+        finally:
+            engine.dispose()
+
+    def tables(self) -> set[str]:
+        engine = sa.create_engine(self.url, poolclass=sa.pool.NullPool)
+        try:
+            with engine.connect() as conn:
+                return set(sa.inspect(conn).get_table_names())
+        finally:
+            engine.dispose()
+
+    def dispose(self) -> None:
+        for engine in self._engines:
+            engine.dispose()
+        self._engines.clear()
+
+
+def effect(unit_name: str, value: str = "done") -> Callable[[Any], None]:
+    """A unit body that records one side effect row."""
+
+    def work(session: Any) -> None:
+        session.execute(sa.text("INSERT INTO effects (unit, value) VALUES (:u, :v)"),
+                        {"u": unit_name, "v": value})
+
+    return work
+
+
+def unit(name: str, *, version: int = 1, after: Sequence[str] = (), fn: Any = None,
+         **options: Any) -> SeedUnit:
+    """An unregistered unit whose work is one side effect row (or ``fn``)."""
+    return SeedUnit(name=name, fn=fn or effect(name), version=version, after=tuple(after),
+                    origin=f"tests:{name}", identity=f"tests:{name}", **options)
+
+
+def write_module(directory: Path, name: str, source: str) -> Path:
+    """Write ``name.py`` (or a package, for dotted names) under ``directory``."""
+    parts = name.split(".")
+    folder = directory
+    for part in parts[:-1]:
+        folder = folder / part
+        folder.mkdir(exist_ok=True)
+        (folder / "__init__.py").touch()
+    path = folder / f"{parts[-1]}.py"
+    path.write_text(textwrap.dedent(source))
+    return path
+
+
+SEEDS_TEMPLATE = '''
+import time
+import sqlalchemy as sa
+import seedguard
+
+{units}
+'''
+
+
+def seeds_source(names: Iterable[str], *, sleep: float = 0.0) -> str:
+    """A seeds module declaring one side-effect unit per name, each sleeping ``sleep`` s."""
+    blocks = []
+    for index, name in enumerate(names):
+        blocks.append(textwrap.dedent(f'''
+            @seedguard.seed({name!r})
+            def unit_{index}(session):
+                session.execute(sa.text("INSERT INTO effects (unit, value) VALUES (:u, 'x')"),
+                                {{"u": {name!r}}})
+                time.sleep({sleep})
+            '''))
+    return SEEDS_TEMPLATE.format(units="\n".join(blocks))
+
+
+# -- real processes ---------------------------------------------------------------
+
+
+def _child(target: Callable[..., Any], args: tuple[Any, ...], barrier: Any, queue: Any,
+           index: int, paths: list[str]) -> None:
+    sys.path[:0] = paths
+    try:
+        barrier.wait(timeout=60)
+        outcome = ("ok", target(*args))
+    except BaseException as err:
+        outcome = ("error", f"{type(err).__name__}: {err}\n{traceback.format_exc()}")
+    queue.put((index, outcome))
+
+
+def run_processes(count: int, target: Callable[..., Any], *args: Any,
+                  paths: Sequence[Path | str] = (), timeout: float = 120) -> list[tuple[str, Any]]:
+    """Run ``target(*args)`` in ``count`` spawned processes released together by a barrier.
+
+    Returns each child's ``("ok", return value)`` or ``("error", text)`` in
+    child order. ``target`` must be importable (a module-level function).
+    """
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(count)
+    queue = ctx.Queue()
+    extra = [str(p) for p in paths]
+    procs = [ctx.Process(target=_child, args=(target, args, barrier, queue, i, extra))
+             for i in range(count)]
+    for proc in procs:
+        proc.start()
+    outcomes: dict[int, tuple[str, Any]] = {}
+    try:
+        for _ in procs:
+            index, outcome = queue.get(timeout=timeout)
+            outcomes[index] = outcome
+    finally:
+        for proc in procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(timeout=10)
+    return [outcomes[i] for i in range(count)]
+
+
+def apply_module(url: str, seeds: str, **kwargs: Any) -> list[str]:
+    """Child entry point: apply a seeds module; returns the names applied."""
+    import seedguard
+
+    result = seedguard.apply(url, seeds=seeds, **kwargs)
+    return [item.name for item in result.applied]
+
+
+def child_env(*paths: Path | str) -> dict[str, str]:
+    """Environment for a ``subprocess`` child that must import ``paths`` first."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([*(str(p) for p in paths),
+                                         env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
