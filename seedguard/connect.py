@@ -64,13 +64,16 @@ def create(url_text: str) -> Engine:
         ) from err
     except ImportError as err:
         extra = _DRIVER_EXTRAS.get(url.get_backend_name())
-        hint = f"pip install 'seedguard[{extra}]'" if extra else f"install the {url.drivername} driver"
+        hint = (f"pip install 'seedguard[{extra}]'" if extra
+                else f"install the {url.drivername} driver")
         raise ConfigError(
             f"the database driver for {safe_url(url)} is not installed ({err.name or err}); "
             f"{hint}"
         ) from err
     except (ArgumentError, TypeError, ValueError) as err:
-        raise ConfigError(f"cannot use database URL {safe_url(url)}: {scrub(str(err), url)}") from err
+        raise ConfigError(
+            f"cannot use database URL {safe_url(url)}: {scrub(str(err), url)}"
+        ) from err
 
 
 @contextlib.contextmanager

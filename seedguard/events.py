@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Union
 
 from seedguard.unit import SeedUnit
 
@@ -40,7 +39,7 @@ class UnitProgress:
     total: int | None
 
 
-Event = Union[UnitStarted, UnitFinished, UnitProgress]
+Event = UnitStarted | UnitFinished | UnitProgress
 Listener = Callable[[Event], None]
 
 

@@ -73,9 +73,11 @@ def default_lock_path(url: URL) -> Path:
     The key hashes the URL without its password, so changing a password does
     not split the lock, and no password reaches the file system.
     """
-    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") \
-            and not str(url.database).startswith("file:"):
-        return Path(str(url.database)).resolve().with_name(Path(str(url.database)).name + ".seedguard.lock")
+    database = str(url.database or "")
+    if url.get_backend_name() == "sqlite" and database not in ("", ":memory:") \
+            and not database.startswith("file:"):
+        path = Path(database).resolve()
+        return path.with_name(path.name + ".seedguard.lock")
     key = hashlib.sha256(safe_url(url.set(password=None)).encode()).hexdigest()[:20]
     return private_lock_dir() / f"{key}.lock"
 
@@ -121,8 +123,8 @@ class FileLock:
         except filelock.Timeout as err:
             holder = describe_holder(self._read_holder())
             raise LockTimeout(
-                f"timed out after {deadline.seconds or 0:g} s waiting for the file lock {self.path}, "
-                f"held by {holder}; wait for it to finish or raise lock_timeout",
+                f"timed out after {deadline.seconds or 0:g} s waiting for the file lock "
+                f"{self.path}, held by {holder}; wait for it to finish or raise lock_timeout",
                 lock=str(self.path), holder=holder,
             ) from err
         except OSError as err:
@@ -333,7 +335,8 @@ class PostgresSessionLock(DatabaseLock):
         unsigned = number & 0xFFFFFFFFFFFFFFFF
         try:
             with self.engine.connect() as conn:
-                row = conn.execute(query, {"hi": unsigned >> 32, "lo": unsigned & 0xFFFFFFFF}).first()
+                params = {"hi": unsigned >> 32, "lo": unsigned & 0xFFFFFFFF}
+                row = conn.execute(query, params).first()
         except Exception:
             return None
         if row is None:

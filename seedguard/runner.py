@@ -25,7 +25,14 @@ from seedguard.connect import connect
 from seedguard.errors import DriftError, SeedFailed, SeedguardError, UnitBlocked
 from seedguard.events import Listener, UnitFinished, UnitStarted, running
 from seedguard.ledger import Ledger, LedgerState
-from seedguard.locking import Deadline, FileLock, both_locks, database_lock, default_lock_path, lock_key
+from seedguard.locking import (
+    Deadline,
+    FileLock,
+    both_locks,
+    database_lock,
+    default_lock_path,
+    lock_key,
+)
 from seedguard.result import Applied, ApplyResult, Drift
 from seedguard.unit import SeedUnit
 

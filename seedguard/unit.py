@@ -170,7 +170,7 @@ def _identity(fn: Callable[..., Any]) -> str:
     return f"{where}:{getattr(fn, '__qualname__', repr(fn))}"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cached_code_checksum(fn: SeedFunction) -> str:
     # A function's code cannot change while it is loaded, so hash it once.
     return code_checksum(fn)
