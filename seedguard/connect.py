@@ -118,8 +118,10 @@ def _mask(url_text: str) -> str:
     # An unparseable URL cannot be rendered by SQLAlchemy; hide what looks
     # like a password (between "user:" and "@") by hand.
     scheme, sep, rest = url_text.partition("://")
-    if not sep or "@" not in rest:
+    if not sep:
+        scheme, rest = "", url_text
+    if "@" not in rest:
         return url_text
     userinfo, _, host = rest.rpartition("@")
     user = userinfo.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in userinfo else url_text
+    return f"{scheme}{sep}{user}:***@{host}" if ":" in userinfo else url_text

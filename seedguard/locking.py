@@ -167,7 +167,10 @@ class FileLock:
         except FileNotFoundError:
             return
         except OSError as err:
-            raise ConfigError(f"cannot inspect lock path {self.path}: {err.strerror}") from err
+            raise ConfigError(
+                f"cannot create the lock file {self.path}: {err.strerror}; make its directory "
+                "writable or set SEEDGUARD_LOCK_PATH / lock_path= elsewhere"
+            ) from err
         if stat.S_ISLNK(info.st_mode) or not stat.S_ISREG(info.st_mode):
             raise ConfigError(f"lock path {self.path} is not a regular file; refusing to use it")
         if hasattr(os, "getuid") and info.st_uid != os.getuid():
@@ -205,6 +208,8 @@ class DatabaseLock:
     """
 
     dialects: ClassVar[tuple[str, ...]] = ()
+    # True for a lock taken per unit transaction (lock_unit) rather than per run.
+    per_transaction: ClassVar[bool] = False
 
     def __init__(self, engine: Engine, key: str) -> None:
         self.engine = engine
@@ -225,6 +230,25 @@ class DatabaseLock:
 
     def verify(self) -> None:
         """Raise if the lock was lost (its connection died)."""
+
+    def lock_unit(self, conn: Connection, deadline: Deadline) -> None:
+        """Take a lock that lasts for ``conn``'s current transaction (issue 6).
+
+        Only the transaction-level mode (PgBouncer) does anything here; the
+        session locks are already held for the whole run.
+        """
+
+    @property
+    def work_connection(self) -> Connection | None:
+        """The connection units may run on, if the lock lives on one (issue 6).
+
+        Running units on the lock's own session means an applier uses one
+        connection, not two: 64 appliers fit in PostgreSQL's default
+        ``max_connections = 100``. Session-level locks (``pg_advisory_lock``,
+        ``GET_LOCK``) survive the per-unit commits and rollbacks, and a lost
+        lock connection then also fails the unit that was running on it.
+        """
+        return self.conn
 
     def holder(self) -> str | None:
         """Who holds the lock right now, or None if nobody does."""
@@ -298,11 +322,21 @@ class PostgresSessionLock(DatabaseLock):
                     raise self._timeout(deadline) from err
                 raise
             conn.execute(text("SELECT set_config('lock_timeout', '0', false)"))
+            self.backend_pid = conn.execute(text("SELECT pg_backend_pid()")).scalar()
             conn.commit()
+            self.conn = conn
+            # Behind a transaction-pooling proxy (PgBouncer pool_mode=transaction)
+            # the next transaction may run on another server session, without
+            # the lock, and the lock's session may be handed to a second
+            # applier, which then "takes" it again (advisory locks are
+            # re-entrant). Check now, before any work, and before every unit.
+            self.verify()
         except BaseException:
+            self.conn = None
             conn.close()
             raise
-        self.conn = conn
+
+    backend_pid: int | None = None
 
     def _release(self, conn: Connection) -> None:
         from sqlalchemy import text
@@ -312,15 +346,35 @@ class PostgresSessionLock(DatabaseLock):
             conn.commit()
 
     def verify(self) -> None:
+        """Raise if the lock's session died, or if we are no longer talking to it.
+
+        A different ``pg_backend_pid()`` than the one that took the lock can
+        only mean a pooler in transaction mode: say so and name the safe mode.
+        """
         from sqlalchemy import text
 
         if self.conn is None:
             return
+        unsigned = self.number & 0xFFFFFFFFFFFFFFFF
         try:
-            self.conn.execute(text("SELECT 1"))
+            pid, held = self.conn.execute(text(
+                "SELECT pg_backend_pid(), EXISTS (SELECT 1 FROM pg_locks WHERE "
+                "locktype = 'advisory' AND granted AND pid = pg_backend_pid() "
+                "AND classid = :hi AND objid = :lo AND objsubid = 1)"),
+                {"hi": unsigned >> 32, "lo": unsigned & 0xFFFFFFFF}).one()
             self.conn.commit()
         except Exception as err:
             raise self._lost(err) from err
+        if pid != self.backend_pid:
+            raise ConfigError(
+                f"the PostgreSQL session holding the database lock {self.key!r} changed "
+                f"between transactions (server pid {self.backend_pid}, now {pid}): a "
+                "connection pooler in transaction mode (PgBouncer?) sits in front of the "
+                "server, and a session lock is not safe there; use lock_mode=\"transaction\" "
+                "(SEEDGUARD_LOCK_MODE=transaction) or connect to the server directly"
+            )
+        if not held:
+            raise self._lost(RuntimeError("the advisory lock is no longer held by this session"))
 
     def holder(self) -> str | None:
         from sqlalchemy import text
@@ -425,17 +479,75 @@ class MySQLLock(DatabaseLock):
         return f"connection {owner} from {row.host} since {since.isoformat(timespec='seconds')}"
 
 
+class PostgresTransactionLock(PostgresSessionLock):
+    """``pg_advisory_xact_lock`` inside each unit's transaction (``lock_mode="transaction"``).
+
+    Safe behind PgBouncer in transaction pooling, where one client's
+    transactions may each run on a different server session, so no lock may
+    outlive a transaction. Nothing is held between units: the runner takes
+    this lock as the first statement of each unit's transaction (and of the
+    ledger's creation) and re-reads the unit's ledger row under it. The lock
+    is released by the commit or rollback, or by the server when the client
+    dies. With psycopg 3 and PgBouncer < 1.21, also pass
+    ``connect_args={"prepare_threshold": None}`` (no server-side prepared
+    statements).
+    """
+
+    dialects = ("postgresql",)
+    per_transaction = True
+
+    def acquire(self, deadline: Deadline) -> None:
+        pass
+
+    def verify(self) -> None:
+        pass
+
+    @property
+    def work_connection(self) -> Connection | None:
+        return None
+
+    def lock_unit(self, conn: Connection, deadline: Deadline) -> None:
+        from sqlalchemy import text
+        from sqlalchemy.exc import DBAPIError
+
+        remaining = deadline.remaining()
+        timeout_ms = 0 if remaining is None else max(1, int(remaining * 1000))
+        # set_config(..., true) is SET LOCAL: it ends with this transaction,
+        # so it never leaks into a pooled session another client gets next.
+        conn.execute(text("SELECT set_config('lock_timeout', :ms, true)"),
+                     {"ms": f"{timeout_ms}ms"})
+        try:
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": self.number})
+        except DBAPIError as err:
+            if getattr(err.orig, "sqlstate", None) == "55P03":  # lock_not_available
+                raise self._timeout(deadline) from err
+            raise
+        conn.execute(text("SELECT set_config('lock_timeout', '0', true)"))
+
+
 DATABASE_LOCKS: dict[str, type[DatabaseLock]] = {
     dialect: cls
     for cls in (NoDatabaseLock, PostgresSessionLock, MySQLLock)
     for dialect in cls.dialects
 }
 
+TRANSACTION_LOCKS: dict[str, type[DatabaseLock]] = {
+    dialect: cls for cls in (PostgresTransactionLock,) for dialect in cls.dialects
+}
+"""``lock_mode="transaction"``: only PostgreSQL has transaction-scoped advisory locks."""
 
-def database_lock(engine: Engine, key: str) -> DatabaseLock:
-    """The database lock for ``engine``'s dialect."""
-    cls = DATABASE_LOCKS.get(engine.dialect.name)
+
+def database_lock(engine: Engine, key: str, mode: str = "session") -> DatabaseLock:
+    """The database lock for ``engine``'s dialect and ``mode`` ("session" or "transaction")."""
+    locks = TRANSACTION_LOCKS if mode == "transaction" else DATABASE_LOCKS
+    cls = locks.get(engine.dialect.name)
     if cls is None:
+        if mode == "transaction":
+            raise ConfigError(
+                f"lock_mode=\"transaction\" is for PostgreSQL behind a transaction-pooling "
+                f"proxy such as PgBouncer; {engine.dialect.name!r} has no transaction-level "
+                "lock: use the default lock_mode=\"session\""
+            )
         raise ConfigError(
             f"seedguard has no database lock for {engine.dialect.name!r}; supported: "
             f"{', '.join(sorted(DATABASE_LOCKS))}"
