@@ -29,10 +29,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-HEAD_REVISION = "sg0001"
+HEAD_REVISION = "sg0002"
 """The newest revision in ``migrations/versions``; raise it with each new revision."""
 
-KNOWN_REVISIONS = frozenset({"sg0001"})
+KNOWN_REVISIONS = frozenset({"sg0001", "sg0002"})
 """Every revision this seedguard knows; a ledger at any other one is from a newer release."""
 
 
@@ -47,6 +47,7 @@ class LedgerRow:
     applied_at: dt.datetime
     duration_ms: int | None
     applied_by: str | None
+    description: str | None = None  # since sg0002
 
 
 class LedgerState(Mapping[tuple[str, int], LedgerRow]):
@@ -90,6 +91,9 @@ class Ledger:
             sa.Column("applied_at", sa.DateTime, nullable=False),
             sa.Column("duration_ms", sa.Integer),
             sa.Column("applied_by", sa.String(255)),
+            # sg0002: the unit's description, and an index for `history`.
+            sa.Column("description", sa.Text),
+            sa.Index(f"ix_{name}_applied_at"[:63], "applied_at"),
             schema=schema,
         )
         self.version_table = sa.Table(
@@ -110,9 +114,15 @@ class Ledger:
 
         One statement. It runs in a SAVEPOINT-free way: on failure the caller's
         connection is rolled back, so use a connection dedicated to reading.
+        A ledger made by a newer seedguard raises instead of returning rows:
+        the caller would otherwise write to a table it does not understand.
         """
-        revision = sa.select(self.version_table.c.version_num).scalar_subquery()
-        query = sa.select(self.table, revision.label("revision"))
+        # The version table drives the query, so even an empty ledger yields
+        # one row carrying the revision (its ledger columns NULL): a newer
+        # ledger is recognised whether or not it has rows. A behind ledger
+        # lacks some newest column, so the statement fails and we return None.
+        query = sa.select(self.table, self.version_table.c.version_num.label("revision")) \
+            .select_from(self.version_table.outerjoin(self.table, sa.true()))
         try:
             result = conn.execute(query).all()
         except sa.exc.DBAPIError as err:
@@ -122,9 +132,14 @@ class Ledger:
             log.debug("ledger %s not readable (missing or behind): %s", self.qualified_name,
                       type(err.orig).__name__)
             return None
-        if result and result[0].revision != HEAD_REVISION:
+        if not result:
+            return None  # no revision recorded yet: being created, ensure() decides
+        revision = result[0].revision
+        if revision != HEAD_REVISION:
+            if revision not in KNOWN_REVISIONS:
+                raise newer_ledger(self.qualified_name, revision)
             return None
-        return LedgerState(self._row(r) for r in result)
+        return LedgerState(self._row(r) for r in result if r.name is not None)
 
     def read_current(self, conn: Connection) -> LedgerState:
         """The ledger's rows, for use after :meth:`ensure` (errors propagate)."""
@@ -149,25 +164,27 @@ class Ledger:
             applied_at=applied_at,
             duration_ms=row.duration_ms,
             applied_by=row.applied_by,
+            description=row.description,
         )
 
     # -- schema ------------------------------------------------------------
 
-    def ensure(self, conn: Connection) -> None:
+    def ensure(self, conn: Connection, *, commit: bool = True) -> None:
         """Create the ledger or bring it to ``HEAD_REVISION``; call it under the locks.
 
         A ledger at a revision this seedguard does not know was made by a newer
         release: refuse rather than write rows it might not understand.
+        ``commit=False`` leaves everything in the caller's transaction, which
+        holds a transaction-level lock a commit would release (issue 6:
+        ``lock_mode="transaction"``).
         """
         current = self.revision(conn)
-        conn.commit()
+        if commit:
+            conn.commit()
         if current == HEAD_REVISION:
             return
         if current is not None and current not in KNOWN_REVISIONS:
-            raise SeedguardError(
-                f"ledger {self.qualified_name} is at schema revision {current!r}, made by a "
-                "newer seedguard; upgrade seedguard (pip install -U seedguard) to use it"
-            )
+            raise newer_ledger(self.qualified_name, current)
         from alembic import command
         from alembic.config import Config
 
@@ -179,16 +196,18 @@ class Ledger:
             connection=conn, ledger_table=self.name, ledger_schema=self.schema
         )
         command.upgrade(cfg, "head")
-        conn.commit()
+        if commit:
+            conn.commit()
 
     # -- writing -----------------------------------------------------------
 
     def insert(self, conn: Connection, name: str, version: int, checksum: str | None,
-               *, status: str = "applied") -> None:
+               *, status: str = "applied", description: str | None = None) -> None:
         """Record ``(name, version)``; the primary key refuses a second applier."""
         conn.execute(self.table.insert().values(
             name=name, version=version, checksum=checksum, status=status,
             applied_at=utcnow(), duration_ms=None, applied_by=applied_by(),
+            description=description,
         ))
 
     def finish(self, conn: Connection, name: str, version: int, *, checksum: str | None,
@@ -214,6 +233,15 @@ class Ledger:
         if version is not None:
             query = query.where(table.c.version == version)
         return conn.execute(query).rowcount
+
+
+def newer_ledger(qualified_name: str, revision: str) -> SeedguardError:
+    """The refusal of an older seedguard to touch a ledger made by a newer one."""
+    return SeedguardError(
+        f"ledger {qualified_name} is at schema revision {revision!r}, made by a newer "
+        f"seedguard (this one knows up to {HEAD_REVISION!r}) and will not be written to; "
+        "upgrade seedguard (pip install -U seedguard) to use it"
+    )
 
 
 def migrations_path() -> Path:
