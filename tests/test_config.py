@@ -43,7 +43,7 @@ def test_unknown_dialect() -> None:
 
 def test_missing_driver_names_the_extra_to_install() -> None:
     # mysqlclient (MySQLdb) is not a dependency of seedguard or its tests.
-    with pytest.raises(ConfigError, match="driver .* is not installed") as info:
+    with pytest.raises(ConfigError, match=r"driver .* is not installed") as info:
         seedguard.apply(f"mysql+mysqldb://u:{SECRET}@127.0.0.1/d", seeds=[unit("a")])
     assert "seedguard[mysql]" in str(info.value)
     assert SECRET not in str(info.value)
@@ -115,7 +115,7 @@ def test_pyproject_unknown_key_is_reported(tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "pyproject.toml").write_text('[tool.seedguard]\nulr = "sqlite://"\n')
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ConfigError, match="unknown key.*ulr"):
+    with pytest.raises(ConfigError, match=r"unknown key.*ulr"):
         resolve()
 
 
