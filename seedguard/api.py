@@ -28,6 +28,7 @@ def apply(
     lock_path: str | os.PathLike[str] | None = None,
     strict: bool = False,
     on_event: Listener | None = None,
+    lock_mode: str | None = None,
 ) -> ApplyResult:
     """Apply every pending selected unit, exactly once across processes and hosts.
 
@@ -37,10 +38,14 @@ def apply(
     declared so far). ``target`` limits the run to one unit and its
     dependencies. ``dry_run`` reports ``pending`` and writes nothing.
     ``lock_timeout`` (seconds) bounds every wait for a lock. ``on_event``
-    receives progress events (see :mod:`seedguard.events`).
+    receives progress events (see :mod:`seedguard.events`). ``lock_mode``:
+    ``"session"`` (default: one database lock held for the whole run) or
+    ``"transaction"`` (PostgreSQL behind PgBouncer in transaction pooling: a
+    transaction-level lock per unit, the ledger re-checked under it).
     """
     settings = _config.resolve(
-        bind, seeds=seeds, contexts=contexts, lock_path=lock_path, lock_timeout=lock_timeout
+        bind, seeds=seeds, contexts=contexts, lock_path=lock_path, lock_timeout=lock_timeout,
+        lock_mode=lock_mode,
     )
     # The runner pulls in SQLAlchemy; import it here so `import seedguard` stays light.
     from seedguard.runner import run

@@ -337,13 +337,30 @@ class PostgresSessionLock(DatabaseLock):
             raise
 
     backend_pid: int | None = None
+    _unlocked = False
 
     def _release(self, conn: Connection) -> None:
         from sqlalchemy import text
 
+        if self._unlocked:
+            return
+        # Unlock on the session that took the lock. Directly connected that is
+        # the first try; behind a transaction pooler (detected by verify) each
+        # transaction may land on another server session, and an unlock
+        # elsewhere would leave the lock held in the pool, blocking every
+        # applier until the pooler closes that session.
         with contextlib.suppress(Exception):
-            conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": self.number})
-            conn.commit()
+            for _ in range(_UNLOCK_TRIES):
+                pid = conn.execute(text("SELECT pg_backend_pid()")).scalar()
+                if self.backend_pid is None or pid == self.backend_pid:
+                    conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": self.number})
+                    conn.commit()
+                    self._unlocked = True
+                    return
+                conn.commit()
+            log.warning("could not reach PostgreSQL session %s to release the database lock "
+                        "%r; it is released when that session ends (pg_terminate_backend(%s))",
+                        self.backend_pid, self.key, self.backend_pid)
 
     def verify(self) -> None:
         """Raise if the lock's session died, or if we are no longer talking to it.
@@ -366,6 +383,7 @@ class PostgresSessionLock(DatabaseLock):
         except Exception as err:
             raise self._lost(err) from err
         if pid != self.backend_pid:
+            self._release(self.conn)
             raise ConfigError(
                 f"the PostgreSQL session holding the database lock {self.key!r} changed "
                 f"between transactions (server pid {self.backend_pid}, now {pid}): a "
@@ -401,6 +419,9 @@ class PostgresSessionLock(DatabaseLock):
 
 
 _YEAR = 365 * 24 * 3600
+# How many transactions to try to get back to the lock's own server session
+# when a transaction pooler sits in between (see PostgresSessionLock._release).
+_UNLOCK_TRIES = 64
 
 
 class MySQLLock(DatabaseLock):

@@ -14,9 +14,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -26,6 +27,7 @@ from seedguard.errors import DriftError, SeedFailed, SeedguardError, UnitBlocked
 from seedguard.events import Listener, UnitFinished, UnitStarted, running
 from seedguard.ledger import Ledger, LedgerState
 from seedguard.locking import (
+    DatabaseLock,
     Deadline,
     FileLock,
     both_locks,
@@ -127,15 +129,24 @@ def run(
 
     deadline = Deadline(settings.lock_timeout)
     file_lock = FileLock(settings.lock_path or default_lock_path(engine.url))
-    db_lock = database_lock(engine, lock_key(engine, ledger.name, ledger.schema))
-    with both_locks(file_lock, db_lock, deadline), connect(engine) as conn:
-        ledger.ensure(conn)
+    db_lock = database_lock(engine, lock_key(engine, ledger.name, ledger.schema),
+                            settings.lock_mode)
+    with both_locks(file_lock, db_lock, deadline), _work_connection(engine, db_lock) as conn:
+        if settings.lock_mode == "transaction":
+            # No session lock behind a transaction pooler: create the ledger in
+            # one transaction that holds the transaction-level lock (issue 6).
+            with conn.begin():
+                db_lock.lock_unit(conn, Deadline(settings.lock_timeout))
+                ledger.ensure(conn, commit=False)
+        else:
+            ledger.ensure(conn)
         current = plan(units, ledger.read_current(conn), strict=strict)
         conn.commit()
         result = current.result()
         for unit in current.pending:
             db_lock.verify()
-            applied = _apply_one(conn, ledger, unit, current, listener)
+            applied = _apply_one(conn, ledger, unit, current, listener, db_lock,
+                                 settings.lock_timeout)
             if applied is None:
                 result.skipped.append(unit)
             else:
@@ -145,8 +156,48 @@ def run(
     return result
 
 
+@contextlib.contextmanager
+def _work_connection(engine: Engine, db_lock: DatabaseLock) -> Iterator[Connection]:
+    """The connection units run on: the lock's own session when it has one.
+
+    One connection per applier, not two (issue 6: 64 appliers against
+    PostgreSQL's max_connections = 100). The lock survives the units' commits
+    because it is session-level; the lock object closes the connection.
+    """
+    if db_lock.work_connection is not None:
+        yield db_lock.work_connection
+        return
+    with connect(engine) as conn:
+        yield conn
+
+
+def _done_under_lock(conn: Connection, ledger: Ledger, unit: SeedUnit, checksum: str,
+                     rerun: bool) -> bool:
+    """Transaction lock mode: re-read the unit's row now that its lock is held.
+
+    Nothing was locked between the plan and this transaction, so another
+    applier may have applied the unit since; a "running" row means another
+    applier is doing a non-transactional unit's work right now, or died doing it.
+    """
+    table = ledger.table
+    row = conn.execute(table.select().where(table.c.name == unit.name,
+                                            table.c.version == unit.version)).first()
+    if row is None:
+        return False
+    if row.status == "running":
+        raise UnitBlocked(
+            f"unit {unit.name!r} v{unit.version} is being applied by another process, or "
+            "was interrupted mid-way (it is non-transactional); run again once it has "
+            f"finished, or if it was interrupted run `seedguard resolve {unit.name} "
+            "--applied` or `--retry`",
+            unit=unit,
+        )
+    return not rerun or row.checksum == checksum
+
+
 def _apply_one(conn: Connection, ledger: Ledger, unit: SeedUnit, current: Plan,
-               listener: Listener | None) -> Applied | None:
+               listener: Listener | None, db_lock: DatabaseLock | None = None,
+               lock_timeout: float | None = None) -> Applied | None:
     """Apply one unit in its own transaction; None if another applier beat us to it."""
     from sqlalchemy.exc import IntegrityError
     from sqlalchemy.orm import Session
@@ -158,9 +209,18 @@ def _apply_one(conn: Connection, ledger: Ledger, unit: SeedUnit, current: Plan,
     log.info("applying %s v%d", unit.name, unit.version)
     started = time.perf_counter()
     if not unit.transactional:
-        return _apply_non_transactional(conn, ledger, unit, checksum, rerun, listener, started)
+        return _apply_non_transactional(conn, ledger, unit, checksum, rerun, listener, started,
+                                        db_lock, lock_timeout)
     trans = conn.begin()
     try:
+        if db_lock is not None and db_lock.per_transaction:
+            # Transaction lock mode: lock first, then re-check the ledger under it.
+            db_lock.lock_unit(conn, Deadline(lock_timeout))
+            if _done_under_lock(conn, ledger, unit, checksum, rerun):
+                trans.rollback()
+                log.info("unit %s v%d was applied by another process; skipped",
+                         unit.name, unit.version)
+                return None
         if not rerun:
             try:
                 ledger.insert(conn, unit.name, unit.version, checksum)
@@ -188,7 +248,8 @@ def _apply_one(conn: Connection, ledger: Ledger, unit: SeedUnit, current: Plan,
 
 def _apply_non_transactional(conn: Connection, ledger: Ledger, unit: SeedUnit, checksum: str,
                              rerun: bool, listener: Listener | None,
-                             started: float) -> Applied:
+                             started: float, db_lock: DatabaseLock | None = None,
+                             lock_timeout: float | None = None) -> Applied | None:
     """Record "running", commit, do the work, then record "applied".
 
     If the process dies in between, the "running" row stays and blocks the unit
@@ -197,6 +258,12 @@ def _apply_non_transactional(conn: Connection, ledger: Ledger, unit: SeedUnit, c
     from sqlalchemy.orm import Session
 
     with conn.begin():
+        if db_lock is not None and db_lock.per_transaction:
+            # Transaction lock mode: the "running" row is what other appliers
+            # see while the work runs, unlocked, outside any transaction.
+            db_lock.lock_unit(conn, Deadline(lock_timeout))
+            if _done_under_lock(conn, ledger, unit, checksum, rerun):
+                return None
         if rerun:
             ledger.finish(conn, unit.name, unit.version, checksum=checksum, duration_ms=0,
                           status="running")
