@@ -1,0 +1,519 @@
+"""The ``seedguard`` command (and ``flask seedguard``): click commands over :mod:`seedguard.api`.
+
+This is the one place where errors become exit codes (``EXIT_*`` below) and
+where anything is printed. Library calls return results; the commands render
+them as text or, with ``--json``, as the documented JSON documents.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import IO, Any, TypeVar
+
+import click
+
+from seedguard import api
+from seedguard import config as _config
+from seedguard.errors import ConfigError, DefinitionError, LockTimeout, SeedFailed, SeedguardError
+from seedguard.events import Event, UnitFinished, UnitProgress, UnitStarted
+from seedguard.reports import StatusResult, UnitStatus
+from seedguard.result import ApplyResult
+
+EXIT_OK = 0
+EXIT_UNIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_CHECK = 3
+EXIT_LOCK_TIMEOUT = 4
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def exit_code(err: BaseException) -> int:
+    """The documented exit code for ``err``."""
+    if isinstance(err, LockTimeout):
+        return EXIT_LOCK_TIMEOUT
+    if isinstance(err, (ConfigError, DefinitionError)):
+        return EXIT_USAGE
+    return EXIT_UNIT_FAILED
+
+
+@dataclass
+class Options:
+    """The global options, shared by every command through the click context."""
+
+    url: str | None = None
+    seeds: str | None = None
+    contexts: tuple[str, ...] = ()
+    lock_timeout: float | None = None
+    lock_path: str | None = None
+    alembic_config: str | None = None
+    quiet: bool = False
+    verbose: bool = False
+    command: str = ""
+    json: bool = False
+
+    def settings(self) -> _config.Settings:
+        return _config.resolve(
+            self.url, seeds=self.seeds, contexts=self.contexts or None,
+            lock_timeout=self.lock_timeout, lock_path=self.lock_path,
+            alembic_config=self.alembic_config,
+        )
+
+    def apply_arguments(self) -> dict[str, Any]:
+        """What ``seedguard.apply()`` takes of the global options."""
+        return {"seeds": self.seeds, "contexts": self.contexts or None,
+                "lock_timeout": self.lock_timeout, "lock_path": self.lock_path}
+
+
+pass_options = click.make_pass_decorator(Options)
+
+
+class _Group(click.Group):
+    """Turns every error a command raises into one line (or a JSON document) and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as err:
+            _fail(ctx, err)
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        formatter.write_paragraph()
+        formatter.write_text(
+            "Exit codes: 0 done or nothing to do; 1 a unit failed; 2 usage or configuration "
+            "error; 3 `check` found pending, drifted or blocked units; 4 lock timeout."
+        )
+
+
+def _fail(ctx: click.Context, err: Exception) -> None:
+    opts = ctx.find_object(Options) or Options()
+    code = exit_code(err)
+    known = isinstance(err, SeedguardError)
+    message = str(err) if known else f"unexpected {type(err).__name__}: {err}"
+    if opts.json:
+        error: dict[str, Any] = {"type": type(err).__name__, "message": message,
+                                 "exit_code": code}
+        unit = getattr(err, "unit", None)
+        if isinstance(err, SeedFailed) and unit is not None:
+            error["unit"] = getattr(unit, "name", None)
+        if isinstance(err, LockTimeout):
+            error["lock"] = err.lock
+            error["holder"] = err.holder
+        _emit_json({"ok": False, "command": opts.command, "error": error})
+    else:
+        click.echo(f"error: {message}", err=True)
+    if opts.verbose:
+        click.echo("".join(traceback.format_exception(err)), err=True, nl=False)
+    elif not known and not opts.json:
+        click.echo("(run with -v for the traceback)", err=True)
+    ctx.exit(code)
+
+
+def _emit_json(document: dict[str, Any]) -> None:
+    click.echo(json.dumps(document, indent=2, sort_keys=False, default=str))
+
+
+def _start(opts: Options, command: str, *, as_json: bool = False) -> None:
+    opts.command = command
+    opts.json = as_json
+
+
+def _info(opts: Options, message: str) -> None:
+    if not opts.quiet:
+        click.echo(message)
+
+
+def _warn(message: str) -> None:
+    click.echo(f"warning: {message}", err=True)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--url", metavar="URL", help="Database URL (else SEEDGUARD_URL, the Flask app, "
+              "or [tool.seedguard] in pyproject.toml).")
+@click.option("--seeds", metavar="MODULE", help="Dotted module or package that declares the units.")
+@click.option("--context", "contexts", multiple=True, metavar="NAME",
+              help="Activate a context (repeatable).")
+@click.option("--lock-timeout", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="Give up waiting for a lock after this long (exit 4).")
+@click.option("--lock-path", metavar="PATH", help="File lock path (default: derived from the URL).")
+@click.option("--alembic-config", metavar="INI", help="The application's alembic.ini.")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors.")
+@click.option("-v", "--verbose", is_flag=True, help="Log progress; tracebacks on errors.")
+@click.version_option(package_name="seedguard", prog_name="seedguard")
+@click.pass_context
+def cli(ctx: click.Context, url: str | None, seeds: str | None, contexts: tuple[str, ...],
+        lock_timeout: float | None, lock_path: str | None, alembic_config: str | None,
+        quiet: bool, verbose: bool) -> None:
+    """Exactly-once, retry-safe database seeding."""
+    if quiet and verbose:
+        raise click.UsageError("-q/--quiet and -v/--verbose exclude each other")
+    ctx.obj = Options(url=url, seeds=seeds, contexts=contexts, lock_timeout=lock_timeout,
+                      lock_path=lock_path, alembic_config=alembic_config, quiet=quiet,
+                      verbose=verbose)
+    # Like `python -m` and `flask`: seeds modules in the current directory are importable.
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    _configure_logging(verbose)
+
+
+def _configure_logging(verbose: bool) -> None:
+    logger = logging.getLogger("seedguard")
+    if not verbose:
+        return
+    if not any(getattr(h, "_seedguard_cli", False) for h in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+        handler._seedguard_cli = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
+def _require_units(settings: _config.Settings) -> None:
+    from seedguard.registry import default_registry
+
+    if settings.seeds is None and len(default_registry) == 0:
+        raise ConfigError(
+            "no seeds configured: give --seeds MODULE, set SEEDGUARD_SEEDS, or add "
+            "`seeds = \"myapp.seeds\"` under [tool.seedguard] in pyproject.toml"
+        )
+
+
+# -- upgrade -------------------------------------------------------------------------
+
+
+class _Progress:
+    """Per-unit lines as a run goes; on a terminal, a ticking line as a sign of life."""
+
+    TICK_SECONDS = 0.5
+
+    def __init__(self, out: IO[str], *, tty: bool) -> None:
+        self.out = out
+        self.tty = tty
+        self._lock = threading.Lock()
+        self._label = ""
+        self._started = 0.0
+        self._progress = ""
+        self._stop: threading.Event | None = None
+        self._thread: threading.Thread | None = None
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, UnitStarted):
+            self._begin(f"applying {event.unit.name} v{event.unit.version} ...")
+        elif isinstance(event, UnitFinished):
+            self._end(f"done {event.duration_ms} ms")
+        elif isinstance(event, UnitProgress):
+            total = f" / {event.total}" if event.total else ""
+            percent = f" ({100 * event.done / event.total:.0f}%)" if event.total else ""
+            with self._lock:
+                self._progress = f"{event.done}{total}{percent}"
+
+    def _begin(self, label: str) -> None:
+        with self._lock:
+            self._label, self._started, self._progress = label, time.monotonic(), ""
+            self.out.write(label + " ")
+            self.out.flush()
+        if self.tty:
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._tick, args=(self._stop,), daemon=True,
+                                            name="seedguard-progress")
+            self._thread.start()
+
+    def _tick(self, stop: threading.Event) -> None:
+        while not stop.wait(self.TICK_SECONDS):
+            with self._lock:
+                elapsed = time.monotonic() - self._started
+                detail = f"{self._progress}, " if self._progress else ""
+                self.out.write(f"\r\x1b[K{self._label} {detail}{elapsed:.0f} s")
+                self.out.flush()
+
+    def _end(self, outcome: str) -> None:
+        if self._stop is not None and self._thread is not None:
+            self._stop.set()
+            self._thread.join(timeout=5)
+            self._stop = self._thread = None
+        with self._lock:
+            if not self._label:
+                return
+            if self.tty:
+                self.out.write(f"\r\x1b[K{self._label} ")
+            self.out.write(outcome + "\n")
+            self.out.flush()
+            self._label = ""
+
+    def close(self) -> None:
+        """End a line left open by a unit that failed."""
+        self._end("failed")
+
+
+def _item(unit: Any) -> dict[str, Any]:
+    return {"name": unit.name, "version": unit.version}
+
+
+def apply_document(result: ApplyResult) -> dict[str, Any]:
+    """The ``upgrade --json`` document for a finished run."""
+    return {
+        "ok": True,
+        "command": "upgrade",
+        "dry_run": result.dry_run,
+        "applied": [{**_item(a), "duration_ms": a.duration_ms} for a in result.applied],
+        "skipped": [_item(u) for u in result.skipped],
+        "pending": [_item(u) for u in result.pending],
+        "drifted": [{**_item(d), "recorded": d.recorded, "current": d.current}
+                    for d in result.drifted],
+        "ahead": [_item(u) for u in result.ahead],
+    }
+
+
+@cli.command()
+@click.argument("target", required=False)
+@click.option("--dry-run", is_flag=True, help="List what would run, in order; write nothing.")
+@click.option("--strict", is_flag=True, help="Fail (exit 1) when an applied unit drifted.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@pass_options
+def upgrade(opts: Options, target: str | None, dry_run: bool, strict: bool,
+            as_json: bool) -> None:
+    """Apply every pending unit (or TARGET and what it depends on)."""
+    _start(opts, "upgrade", as_json=as_json)
+    _require_units(opts.settings())
+    out = sys.stdout
+    progress = None if (as_json or opts.quiet) else _Progress(out, tty=out.isatty())
+    try:
+        result = _run_apply(opts, target=target, dry_run=dry_run, strict=strict,
+                            on_event=progress)
+    finally:
+        if progress is not None:
+            progress.close()
+    if as_json:
+        _emit_json(apply_document(result))
+        return
+    for drift in result.drifted:
+        _warn(drift.message())
+    for unit in result.ahead:
+        _warn(f"unit {unit.name!r}: the ledger holds a version above the code's "
+              f"v{unit.version}; not applied (is this code older than the database?)")
+    if dry_run:
+        if not result.pending:
+            _info(opts, "nothing to apply")
+        else:
+            _info(opts, f"would apply {len(result.pending)} unit(s), in order:")
+            for unit in result.pending:
+                _info(opts, f"  {unit.name} v{unit.version}")
+        return
+    if result.applied:
+        total = sum(a.duration_ms for a in result.applied)
+        already = f"; {len(result.skipped)} already applied" if result.skipped else ""
+        _info(opts, f"applied {len(result.applied)} unit(s) in {total} ms{already}")
+    else:
+        _info(opts, f"nothing to do: {len(result.skipped)} unit(s) already applied")
+
+
+def _run_apply(opts: Options, **options: Any) -> ApplyResult:
+    # One place that calls apply(), so options (e.g. alembic's --schema) are added here.
+    return api.apply(opts.url, **opts.apply_arguments(), **options)
+
+
+# -- status, check, history --------------------------------------------------------------
+
+
+def _describe(unit: UnitStatus) -> str:
+    when = unit.applied_at.isoformat(timespec="seconds") if unit.applied_at else ""
+    by = f" by {unit.applied_by}" if unit.applied_by else ""
+    if unit.state == "applied":
+        return f"applied {when}{by}"
+    if unit.state == "pending":
+        if unit.recorded_version is not None:
+            return f"v{unit.recorded_version} applied {when}; v{unit.version} not yet"
+        return "not applied yet"
+    if unit.state == "drifted":
+        return (f"applied {when}{by}, but its code or data changed since; raise its version "
+                f"to re-apply it, or `seedguard stamp {unit.name}` to accept the change")
+    if unit.state == "ahead":
+        return f"the ledger has v{unit.recorded_version} (applied {when}), above the code"
+    if unit.state == "blocked":
+        return (f"interrupted mid-way (started {when}{by}); check its work, then "
+                f"`seedguard resolve {unit.name} --applied` or `--retry`")
+    return f"v{unit.recorded_version} applied {when}{by}; no longer declared in the code"
+
+
+def _render_status(opts: Options, result: StatusResult) -> None:
+    _info(opts, f"database {result.url}, ledger {result.ledger}"
+          + ("" if result.ledger_exists else " (not created yet)"))
+    width = max((len(f"{u.name} v{u.version}") for u in result.units), default=0)
+    for unit in result.units:
+        label = unit.name if unit.version is None else f"{unit.name} v{unit.version}"
+        _info(opts, f"  {unit.state:<9} {label:<{width}}  {_describe(unit)}")
+    if not result.units:
+        _info(opts, "  no units selected")
+    holders = []
+    if result.file_lock_holder is not None:
+        from seedguard.locking import describe_holder
+
+        holders.append(f"file lock {result.file_lock} held by "
+                       f"{describe_holder(result.file_lock_holder)}")
+    if result.database_lock_holder:
+        holders.append(f"database lock held by {result.database_lock_holder}")
+    _info(opts, "lock: " + ("; ".join(holders) if holders else "free"))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@pass_options
+def status(opts: Options, as_json: bool) -> None:
+    """Show every unit's state and who holds the lock now."""
+    _start(opts, "status", as_json=as_json)
+    settings = opts.settings()
+    _require_units(settings)
+    result = api.status(settings)
+    if as_json:
+        _emit_json({"ok": True, "command": "status", **result.as_dict()})
+    else:
+        _render_status(opts, result)
+
+
+@cli.command()
+@pass_options
+@click.pass_context
+def check(ctx: click.Context, opts: Options) -> None:
+    """Exit 0 when nothing is pending, drifted or blocked; else exit 3 and say what."""
+    _start(opts, "check")
+    settings = opts.settings()
+    _require_units(settings)
+    result = api.check(settings)
+    if result.ok:
+        _info(opts, f"ok: {len(result.by_state('applied'))} unit(s) applied, nothing pending "
+              "or drifted")
+        return
+    for unit in result.units:
+        if unit.state in ("pending", "drifted", "blocked"):
+            click.echo(f"{unit.state}: {unit.name} v{unit.version}: {_describe(unit)}")
+    ctx.exit(EXIT_CHECK)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@pass_options
+def history(opts: Options, as_json: bool) -> None:
+    """Show the ledger, newest first."""
+    _start(opts, "history", as_json=as_json)
+    result = api.history(opts.settings())
+    if as_json:
+        _emit_json({"ok": True, "command": "history", **result.as_dict()})
+        return
+    if not result.rows:
+        _info(opts, f"ledger {result.ledger} is empty or not created yet")
+    for row in result.rows:
+        took = f"{row.duration_ms} ms" if row.duration_ms is not None else "-"
+        _info(opts, f"{row.applied_at.isoformat(timespec='seconds')}  {row.name} v{row.version}"
+              f"  {row.status}  {took}  {row.applied_by or ''}".rstrip())
+
+
+# -- stamp, forget, resolve ------------------------------------------------------------------
+
+
+def _confirm(yes: bool, question: str) -> None:
+    # Ask only a person at a terminal; a deploy script without --yes is not held up.
+    if not yes and sys.stdin.isatty():
+        click.confirm(question, abort=True)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--version", type=click.IntRange(min=1), help="Version to record (default: "
+              "the code's).")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_options
+def stamp(opts: Options, name: str, version: int | None, yes: bool) -> None:
+    """Record NAME as applied without running it (e.g. a database restored from a dump)."""
+    _start(opts, "stamp")
+    what = f"{name} v{version}" if version else name
+    _confirm(yes, f"Record {what} as applied without running it?")
+    change = api.stamp(opts.settings(), name, version=version)
+    if change.action == "unchanged":
+        _info(opts, f"{what} is already recorded as applied; nothing changed")
+    else:
+        _info(opts, f"{change.action} {name} v{change.versions[0]}")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--version", type=click.IntRange(min=1), help="Only this version (default: all).")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_options
+def forget(opts: Options, name: str, version: int | None, yes: bool) -> None:
+    """Remove NAME's ledger rows so it runs again on the next upgrade."""
+    _start(opts, "forget")
+    what = f"{name} v{version}" if version else f"every version of {name}"
+    _confirm(yes, f"Remove the ledger rows of {what}? It will run again.")
+    change = api.forget(opts.settings(), name, version=version)
+    if change.changed:
+        _info(opts, f"forgot {name} " + ", ".join(f"v{v}" for v in change.versions))
+    else:
+        _info(opts, f"nothing recorded for {what}; nothing changed")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--applied", "outcome", flag_value="applied",
+              help="Its work is complete: record it applied.")
+@click.option("--retry", "outcome", flag_value="retry", help="Remove its row: run it again.")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_options
+def resolve(opts: Options, name: str, outcome: str | None, yes: bool) -> None:
+    """Settle NAME, a non-transactional unit interrupted mid-way (--applied or --retry)."""
+    _start(opts, "resolve")
+    if outcome is None:
+        raise click.UsageError("give --applied (its work is complete) or --retry (run it again)")
+    _confirm(yes, f"Mark {name} as {'applied' if outcome == 'applied' else 'to run again'}?")
+    change = api.resolve(opts.settings(), name, outcome=outcome)
+    versions = ", ".join(f"v{v}" for v in change.versions)
+    _info(opts, f"{name} {versions} " + ("recorded as applied" if outcome == "applied"
+                                          else "will run again on the next upgrade"))
+
+
+# -- new, init -------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--dir", "directory", default=".", show_default=True, type=click.Path(),
+              help="Where to write the module.")
+@pass_options
+def new(opts: Options, name: str, directory: str) -> None:
+    """Write a seed module template declaring one unit called NAME."""
+    _start(opts, "new")
+    written = api.new(name, directory=directory)
+    _info(opts, f"wrote {written.path}; edit it, then run `seedguard upgrade`")
+
+
+@cli.command()
+@pass_options
+def init(opts: Options) -> None:
+    """Write a [tool.seedguard] section (url, seeds) to ./pyproject.toml."""
+    _start(opts, "init")
+    url, seeds = opts.url, opts.seeds
+    if sys.stdin.isatty():
+        if url is None:
+            url = click.prompt("Database URL", default="sqlite:///app.db")
+        if seeds is None:
+            seeds = click.prompt("Seeds module", default="seeds")
+    written = api.init(url=url, seeds=seeds)
+    verb = "created" if written.created else "added [tool.seedguard] to"
+    _info(opts, f"{verb} {written.path}")
+    if url and "@" in url.partition("://")[2] and ":" in url.partition("://")[2].split("@")[0]:
+        _warn("the URL holds a password, now in pyproject.toml; prefer SEEDGUARD_URL for secrets")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point (``seedguard``, ``python -m seedguard``)."""
+    cli.main(args=argv, prog_name="seedguard")

@@ -1,0 +1,133 @@
+"""What the administrative calls (status, history, check, stamp, forget, resolve, new, init) return.
+
+Plain dataclasses with an ``as_dict()`` each: the CLI renders them as text or
+as the documented ``--json`` shape, and programs read the attributes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from seedguard.ledger import LedgerRow
+
+STATES = ("applied", "pending", "drifted", "ahead", "blocked", "orphaned")
+"""Every state :func:`seedguard.api.status` reports for a unit."""
+
+
+def _when(value: dt.datetime | None) -> str | None:
+    return value.isoformat(timespec="seconds") if value is not None else None
+
+
+@dataclass(frozen=True)
+class UnitStatus:
+    """One unit's state. ``version`` is the code's (None for an orphaned row);
+    ``recorded_version`` and the ``applied_*`` fields come from the newest ledger row."""
+
+    name: str
+    state: str
+    version: int | None
+    recorded_version: int | None = None
+    applied_at: dt.datetime | None = None
+    applied_by: str | None = None
+    description: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "state": self.state,
+            "version": self.version,
+            "recorded_version": self.recorded_version,
+            "applied_at": _when(self.applied_at),
+            "applied_by": self.applied_by,
+        }
+
+
+@dataclass
+class StatusResult:
+    """Every selected unit's state, the orphaned ledger rows and who holds the locks."""
+
+    url: str
+    ledger: str
+    ledger_exists: bool
+    units: list[UnitStatus] = field(default_factory=list)
+    file_lock: str = ""
+    file_lock_holder: dict[str, object] | None = None
+    database_lock_holder: str | None = None
+
+    def by_state(self, state: str) -> list[UnitStatus]:
+        return [u for u in self.units if u.state == state]
+
+    @property
+    def ok(self) -> bool:
+        """Nothing pending, drifted or blocked (what ``seedguard check`` asks)."""
+        return not any(u.state in ("pending", "drifted", "blocked") for u in self.units)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "ledger": self.ledger,
+            "ledger_exists": self.ledger_exists,
+            "units": [u.as_dict() for u in self.units],
+            "counts": {state: len(self.by_state(state)) for state in STATES},
+            "locks": {
+                "file": {"path": self.file_lock, "holder": self.file_lock_holder},
+                "database": {"holder": self.database_lock_holder},
+            },
+        }
+
+
+@dataclass
+class HistoryResult:
+    """The ledger's rows, newest first."""
+
+    url: str
+    ledger: str
+    rows: list[LedgerRow] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "ledger": self.ledger,
+            "rows": [
+                {
+                    "name": r.name,
+                    "version": r.version,
+                    "status": r.status,
+                    "checksum": r.checksum,
+                    "applied_at": _when(r.applied_at),
+                    "duration_ms": r.duration_ms,
+                    "applied_by": r.applied_by,
+                }
+                for r in self.rows
+            ],
+        }
+
+
+@dataclass
+class LedgerChange:
+    """What ``stamp``, ``forget`` or ``resolve`` did to the ledger.
+
+    ``action`` is ``"stamped"``, ``"restamped"`` (a drifted checksum accepted),
+    ``"forgotten"``, ``"resolved-applied"``, ``"resolved-retry"`` or
+    ``"unchanged"``; ``versions`` are the versions whose rows were touched.
+    """
+
+    name: str
+    action: str
+    versions: list[int] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return self.action != "unchanged"
+
+
+@dataclass
+class WrittenFile:
+    """A file written by ``new`` or ``init``; ``created`` is False when it was appended to."""
+
+    path: Path
+    created: bool
