@@ -1,0 +1,308 @@
+"""seedguard.upsert on each database: insert, update in place, update=False/[cols],
+unchanged rows left alone, composite keys, key checks, the COPY path, sequence repair."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from _support import TestDatabase
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+import seedguard
+from seedguard import DataError, UpsertResult
+from seedguard.upsert import PG_COPY_THRESHOLD
+
+metadata = sa.MetaData()
+items = sa.Table(
+    "items", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("code", sa.String(40), nullable=False, unique=True),
+    sa.Column("name", sa.String(200)),
+    sa.Column("qty", sa.Integer),
+)
+prices = sa.Table(
+    "prices", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("region", sa.String(10), nullable=False),
+    sa.Column("sku", sa.String(20), nullable=False),
+    sa.Column("amount", sa.Numeric(10, 2)),
+    sa.UniqueConstraint("region", "sku"),
+)
+refs = sa.Table(
+    "refs", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("item_id", sa.Integer, sa.ForeignKey("items.id"), nullable=False),
+)
+typed = sa.Table(
+    "typed", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("label", sa.String(100)),
+    sa.Column("price", sa.Numeric(12, 3)),
+    sa.Column("day", sa.Date),
+    sa.Column("at", sa.DateTime),
+    sa.Column("flag", sa.Boolean),
+    sa.Column("ratio", sa.Float),
+)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Role(Base):
+    __tablename__ = "roles"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(50), unique=True)
+    level: Mapped[int] = mapped_column(default=0)
+
+
+@pytest.fixture
+def engine(db: TestDatabase) -> Iterator[sa.Engine]:
+    engine = db.engine()
+    metadata.create_all(engine)
+    Base.metadata.create_all(engine)
+    yield engine
+
+
+def run(engine: sa.Engine, table: Any, rows: list[dict[str, Any]], **kwargs: Any) -> UpsertResult:
+    with engine.begin() as conn:
+        return seedguard.upsert(conn, table, rows, **kwargs)
+
+
+def content(engine: sa.Engine, table: sa.Table, *cols: str) -> list[tuple[Any, ...]]:
+    with engine.connect() as conn:
+        order = [table.c[c] for c in cols]
+        return [tuple(r) for r in conn.execute(sa.select(*order).order_by(*order))]
+
+
+def rows_of(n: int, **extra: Any) -> list[dict[str, Any]]:
+    return [{"code": f"c{i:05d}", "name": f"item {i}", "qty": i, **extra} for i in range(n)]
+
+
+def test_inserts_then_rerun_changes_nothing(engine: sa.Engine) -> None:
+    first = run(engine, items, rows_of(10), key="code")
+    again = run(engine, items, rows_of(10), key="code")
+
+    assert (first.inserted, first.updated, first.unchanged) == (10, 0, 0)
+    assert (again.inserted, again.updated, again.unchanged) == (0, 0, 10)
+    assert content(engine, items, "code", "qty") == [(f"c{i:05d}", i) for i in range(10)]
+
+
+def test_update_in_place_keeps_primary_keys_and_references(engine: sa.Engine) -> None:
+    run(engine, items, rows_of(3), key="code")
+    ids_before = content(engine, items, "code", "id")
+    with engine.begin() as conn:
+        conn.execute(refs.insert(), [{"item_id": i} for _, i in ids_before])
+    changed = rows_of(3)
+    changed[1]["name"] = "renamed"
+
+    result = run(engine, items, [*changed, {"code": "new", "name": "n", "qty": 9}], key="code")
+
+    assert (result.inserted, result.updated, result.unchanged) == (1, 1, 2)
+    assert content(engine, items, "code", "id")[:3] == ids_before
+    assert ("c00001", "renamed") in content(engine, items, "code", "name")
+    assert len(content(engine, refs, "item_id")) == 3
+
+
+def test_update_false_only_inserts_missing(engine: sa.Engine) -> None:
+    run(engine, items, rows_of(2), key="code")
+    changed = rows_of(3, name="other")
+
+    result = run(engine, items, changed, key="code", update=False)
+
+    assert (result.inserted, result.updated, result.unchanged) == (1, 0, 2)
+    assert content(engine, items, "code", "name") == [
+        ("c00000", "item 0"), ("c00001", "item 1"), ("c00002", "other")]
+
+
+def test_update_columns_updates_only_those(engine: sa.Engine) -> None:
+    run(engine, items, rows_of(2), key="code")
+    changed = [{"code": "c00000", "name": "new name", "qty": 100},
+               {"code": "c00001", "name": "item 1", "qty": 1}]
+
+    result = run(engine, items, changed, key="code", update=["qty"])
+    name_only = run(engine, items, [{"code": "c00001", "name": "x", "qty": 1}], key="code",
+                    update=["qty"])
+
+    assert (result.inserted, result.updated, result.unchanged) == (0, 1, 1)
+    assert (name_only.updated, name_only.unchanged) == (0, 1)  # name differs, not compared
+    assert content(engine, items, "code", "name", "qty") == [
+        ("c00000", "item 0", 100), ("c00001", "item 1", 1)]
+
+
+def _touch_log(db: TestDatabase, engine: sa.Engine) -> None:
+    """A trigger that records every UPDATE of items (SQLite and MariaDB)."""
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE touched (code VARCHAR(40))")
+        if db.kind == "sqlite":
+            conn.exec_driver_sql("CREATE TRIGGER items_touched AFTER UPDATE ON items FOR EACH ROW "
+                                 "BEGIN INSERT INTO touched VALUES (NEW.code); END")
+        else:
+            conn.exec_driver_sql("CREATE TRIGGER items_touched AFTER UPDATE ON items FOR EACH ROW "
+                                 "INSERT INTO touched VALUES (NEW.code)")
+
+
+def test_unchanged_rows_are_not_rewritten(db: TestDatabase, engine: sa.Engine) -> None:
+    run(engine, items, rows_of(20), key="code")
+    if db.kind == "postgresql":
+        # A rewritten row gets a new row version: xmin changes.
+        def versions() -> list[Any]:
+            with engine.connect() as conn:
+                query = sa.text("SELECT code, xmin::text FROM items ORDER BY code")
+                return list(conn.execute(query))
+    else:
+        _touch_log(db, engine)
+
+        def versions() -> list[Any]:
+            return db.execute("SELECT code FROM touched ORDER BY code")
+    before = versions()
+    changed = rows_of(20)
+    changed[7]["qty"] = -1
+
+    result = run(engine, items, changed, key="code")
+
+    after = versions()
+    assert (result.updated, result.unchanged) == (1, 19)
+    if db.kind == "postgresql":
+        assert [a for a, b in zip(after, before, strict=True) if a != b] == [after[7]]
+    else:
+        assert [tuple(r) for r in after] == [("c00007",)]
+
+
+def test_composite_key(engine: sa.Engine) -> None:
+    rows = [{"region": "eu", "sku": "a", "amount": decimal.Decimal("1.50")},
+            {"region": "us", "sku": "a", "amount": decimal.Decimal("2.00")}]
+    run(engine, prices, rows, key=["region", "sku"])
+    rows[1]["amount"] = decimal.Decimal("3.25")
+
+    result = run(engine, prices, [*rows, {"region": "eu", "sku": "b", "amount": None}],
+                 key=("sku", "region"))
+
+    assert (result.inserted, result.updated, result.unchanged) == (1, 1, 1)
+    assert content(engine, prices, "region", "sku", "amount") == [
+        ("eu", "a", decimal.Decimal("1.50")), ("eu", "b", None),
+        ("us", "a", decimal.Decimal("3.25"))]
+
+
+def test_key_without_unique_constraint_is_rejected(engine: sa.Engine) -> None:
+    with pytest.raises(DataError, match=r"key \(name\) of table items is not backed by a primary "
+                                        r"key or unique constraint.*\(code; id\)"):
+        run(engine, items, rows_of(1), key="name")
+    with pytest.raises(DataError, match=r"key \(region\) of table prices is not backed"):
+        run(engine, prices, [{"region": "eu", "sku": "a"}], key="region")
+    with pytest.raises(DataError, match="'nope' is not a column of table items"):
+        run(engine, items, rows_of(1), key="nope")
+    assert content(engine, items, "code") == []
+
+
+def test_bad_rows_are_rejected(engine: sa.Engine) -> None:
+    with pytest.raises(DataError, match="'colour' is not a column of table items"):
+        run(engine, items, [{"code": "a", "colour": "red"}], key="code")
+    with pytest.raises(DataError, match="row 2 has columns"):
+        run(engine, items, [{"code": "a", "qty": 1}, {"code": "b"}], key="code")
+    with pytest.raises(DataError, match="appears twice"):
+        run(engine, items, [{"code": "a"}, {"code": "a"}], key="code")
+    with pytest.raises(DataError, match="update column 'qty'"):
+        run(engine, items, [{"code": "a", "name": "x"}], key="code", update=["qty"])
+
+
+def test_orm_model_session_and_reflected_table_name(engine: sa.Engine) -> None:
+    with Session(engine) as session:
+        first = seedguard.upsert(session, Role, [{"name": "admin", "level": 9},
+                                                 {"name": "user", "level": 1}], key="name")
+        session.commit()
+    with engine.begin() as conn:
+        by_name = seedguard.upsert(conn, "roles", [{"name": "admin", "level": 10}], key="name")
+
+    assert first.inserted == 2
+    assert (by_name.updated, by_name.inserted) == (1, 0)
+    with Session(engine) as session:
+        assert {r.name: r.level for r in session.scalars(sa.select(Role))} == {
+            "admin": 10, "user": 1}
+
+
+def test_missing_table_name_says_so(engine: sa.Engine) -> None:
+    with pytest.raises(DataError, match="table 'nowhere' does not exist"):
+        run(engine, "nowhere", [{"a": 1}], key="a")
+
+
+def test_rollback_takes_the_upsert_with_it(engine: sa.Engine) -> None:
+    with engine.connect() as conn:
+        seedguard.upsert(conn, items, rows_of(3), key="code")
+        conn.rollback()
+    assert content(engine, items, "code") == []
+
+
+def _typed_rows(n: int) -> list[dict[str, Any]]:
+    awkward = ["plain", "tab\there", "new\nline", "back\\slash", "", None, "quote \"'", "é ü"]
+    return [{"id": i, "label": awkward[i % len(awkward)],
+             "price": decimal.Decimal(i) / 8,
+             "day": dt.date(2024, 1, 1) + dt.timedelta(days=i % 300),
+             "at": dt.datetime(2024, 1, 1, 12, 30, 15) + dt.timedelta(minutes=i),
+             "flag": [True, False, None][i % 3], "ratio": i / 4}
+            for i in range(n)]
+
+
+@pytest.mark.parametrize("size", [10, 2500])  # 2500: above the COPY threshold on PostgreSQL
+def test_values_round_trip(engine: sa.Engine, size: int) -> None:
+    rows = _typed_rows(size)
+    cols = ("id", "label", "price", "day", "at", "flag", "ratio")
+
+    first = run(engine, typed, rows, key="id")
+    again = run(engine, typed, rows, key="id")
+
+    assert first.inserted == size
+    assert again.unchanged == size  # every value compared equal after the round trip
+    expected = [tuple(r[c] for c in cols) for r in rows]
+    assert content(engine, typed, *cols) == expected
+
+
+@pytest.mark.parametrize("driver", ["psycopg", "psycopg2"])
+@pytest.mark.parametrize("size", [5, 3000])
+def test_postgresql_sequence_moves_past_seeded_ids(pg: TestDatabase, driver: str,
+                                                   size: int) -> None:
+    url = sa.engine.make_url(pg.url).set(drivername=f"postgresql+{driver}")
+    engine = sa.create_engine(url)
+    try:
+        metadata.create_all(engine)
+        rows = [{"id": i + 1, **r} for i, r in enumerate(rows_of(size))]
+        run(engine, items, rows, key="code")
+        with engine.begin() as conn:
+            new_id = conn.execute(items.insert().values(code="plain", name="no id")
+                                  .returning(items.c.id)).scalar()
+        assert new_id == size + 1
+        # An upsert with smaller ids never moves the sequence back.
+        run(engine, items, [{"id": 1, "code": "c00000", "name": "again", "qty": 0}], key="code")
+        with engine.begin() as conn:
+            assert conn.execute(items.insert().values(code="plain2")
+                                .returning(items.c.id)).scalar() == size + 2
+        assert len(content(engine, items, "code")) == size + 2
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("driver", ["psycopg", "psycopg2"])
+def test_postgresql_copy_path_updates_and_counts(pg: TestDatabase, driver: str) -> None:
+    url = sa.engine.make_url(pg.url).set(drivername=f"postgresql+{driver}")
+    engine = sa.create_engine(url)
+    try:
+        metadata.create_all(engine)
+        size = PG_COPY_THRESHOLD * 2
+        run(engine, items, rows_of(size), key="code")
+        changed = rows_of(size + 10, name="renamed")
+
+        result = run(engine, items, changed, key="code")
+
+        assert (result.inserted, result.updated, result.unchanged) == (10, size, 0)
+        names = {name for _, name in content(engine, items, "code", "name")}
+        assert names == {"renamed"}
+        with engine.connect() as conn:  # the temporary table is gone
+            assert not conn.execute(sa.text(
+                "SELECT count(*) FROM pg_class WHERE relname LIKE '\\_sg\\_upsert\\_%'")).scalar()
+    finally:
+        engine.dispose()
