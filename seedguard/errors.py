@@ -67,6 +67,24 @@ class DriftError(SeedguardError):
         return (_rebuild, (type(self), self.args, {"drifted": self.drifted}))
 
 
+class DataError(SeedguardError, ValueError):
+    """Seed data or an upsert call is wrong: bad value, unknown column, key without a unique index.
+
+    ``path``, ``line`` and ``column`` say where, as far as known (issue 4: data seeds).
+    """
+
+    def __init__(self, message: str, *, path: str = "", line: int | None = None,
+                 column: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+        self.line = line
+        self.column = column
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.args,
+                           {"path": self.path, "line": self.line, "column": self.column}))
+
+
 class UnitBlocked(SeedFailed):
     """A non-transactional unit was interrupted mid-way; it blocks until resolved.
 
