@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 HEAD_REVISION = "sg0002"
 """The newest revision in ``migrations/versions``; raise it with each new revision."""
 
+_ADDED_AFTER_SG0001 = frozenset({"description"})
+"""Ledger columns added by revisions after sg0001 (an interrupted sg0001 lacks them)."""
+
 KNOWN_REVISIONS = frozenset({"sg0001", "sg0002"})
 """Every revision this seedguard knows; a ledger at any other one is from a newer release."""
 
@@ -185,6 +188,8 @@ class Ledger:
             return
         if current is not None and current not in KNOWN_REVISIONS:
             raise newer_ledger(self.qualified_name, current)
+        if current is None:
+            self._refuse_foreign_table(conn)
         from alembic import command
         from alembic.config import Config
 
@@ -198,6 +203,28 @@ class Ledger:
         command.upgrade(cfg, "head")
         if commit:
             conn.commit()
+
+    def _refuse_foreign_table(self, conn: Connection) -> None:
+        """Refuse, before any DDL, a table of the ledger's name that is not a ledger (issue 6).
+
+        A table with exactly a ledger's columns but no revision is one whose
+        creation was interrupted (SQLite and MySQL/MariaDB do not roll DDL
+        back, so a SIGKILL can land between CREATE TABLE and alembic's stamp);
+        the idempotent revisions complete it. Anything else belongs to someone
+        else and is left exactly as it is.
+        """
+        inspector = sa.inspect(conn)
+        if not inspector.has_table(self.name, schema=self.schema):
+            return
+        found = {column["name"] for column in inspector.get_columns(self.name, schema=self.schema)}
+        expected = {column.name for column in self.table.columns}
+        if found in (expected, expected - _ADDED_AFTER_SG0001):
+            return
+        raise ConfigError(
+            f"table {self.qualified_name} exists but is not a seedguard ledger (columns: "
+            f"{', '.join(sorted(found))}); set ledger_table (SEEDGUARD_LEDGER_TABLE) to an "
+            "unused name, or rename that table"
+        )
 
     # -- writing -----------------------------------------------------------
 

@@ -29,8 +29,13 @@ index = f"ix_{table}_applied_at"[:63]
 
 
 def upgrade() -> None:
-    op.add_column(table, sa.Column("description", sa.Text, nullable=True), schema=schema)
-    op.create_index(index, table, ["applied_at"], schema=schema)
+    # Idempotent (issue 6): on SQLite and MySQL/MariaDB each statement commits
+    # on its own, so a killed applier may have done either step already.
+    inspector = sa.inspect(op.get_bind())
+    if "description" not in {c["name"] for c in inspector.get_columns(table, schema=schema)}:
+        op.add_column(table, sa.Column("description", sa.Text, nullable=True), schema=schema)
+    if index not in {i["name"] for i in inspector.get_indexes(table, schema=schema)}:
+        op.create_index(index, table, ["applied_at"], schema=schema)
 
 
 def downgrade() -> None:

@@ -1,0 +1,265 @@
+"""SIGKILL fault injection: an applier killed anywhere leaves nothing to repair.
+
+Each trial starts from an empty database (sometimes with a prefix of the
+units already applied), forks an applier and kills it with SIGKILL at one of
+these points, chosen in turn:
+
+* ``random``: after a random delay, wherever it happens to be;
+* ``in-unit``: right after unit *k* wrote its side effect, before its commit;
+* ``before-commit``: after unit *k*'s work and ledger row, as COMMIT is sent;
+* ``ledger-create``: while creating the ledger table, under both locks;
+* ``lock-wait``: while waiting for a lock another applier holds (the file
+  lock, or with a lock file of its own the database lock, as from another
+  host); the holder is killed inside a unit right after.
+
+After every trial: each unit's side effect is present if and only if its
+ledger row is, never twice; then a plain ``apply(lock_timeout=2)`` gets both
+locks within 2 seconds and finishes the job, with no manual command.
+
+Trial counts: ``SEEDGUARD_TEST_FULL=1`` (CI) runs 50 per database on SQLite
+and PostgreSQL and 20 on MariaDB; the default run does a few of each. The
+counts and outcomes are printed (``pytest -s``) per database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import random
+import re
+import select
+import signal
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from _support import TestDatabase, write_module
+
+import seedguard
+
+FULL = os.environ.get("SEEDGUARD_TEST_FULL") == "1"
+TRIALS = {"sqlite": 50, "postgresql": 50, "mariadb": 20} if FULL else \
+    {"sqlite": 6, "postgresql": 6, "mariadb": 5}
+KILL_POINTS = ("random", "in-unit", "before-commit", "ledger-create", "lock-wait")
+UNITS = [f"u{i}" for i in range(6)]
+CHILD_WAIT = 20.0  # seconds a child may take to reach its kill point
+
+SEEDS = '''
+import time
+import sqlalchemy as sa
+import seedguard
+
+def _work(name):
+    def work(session):
+        session.execute(sa.text("INSERT INTO effects (unit, value) VALUES (:u, 'x')"), {"u": name})
+        time.sleep(0.01)
+    return work
+
+previous = ()
+for _name in %r:
+    seedguard.seed(_name, after=previous)(_work(_name))
+    previous = (_name,)
+'''
+
+
+# -- the child: fork, arm a hook, apply, signal the parent at the kill point -----------
+
+
+def _fork_applier(url: str, seeds: str, *, hook: str | None = None, k: int = 0,
+                  lock_path: str | None = None) -> tuple[int, int]:
+    """Fork an applier; returns (pid, read end of a pipe it writes one byte to at ``hook``).
+
+    The child parks (sleeps) at its hook so the parent kills it exactly there.
+    """
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(write_fd)
+        return pid, read_fd
+    # Child: never returns into pytest.
+    code = 0
+    try:
+        os.close(read_fd)
+        engine = sa.create_engine(url)
+        _arm(engine, hook, k, write_fd)
+        os.write(write_fd, b"s")  # started
+        seedguard.apply(engine, seeds=seeds, lock_timeout=60, lock_path=lock_path)
+    except BaseException:
+        code = 1
+    finally:
+        os._exit(code)
+
+
+def _arm(engine: sa.Engine, hook: str | None, k: int, fd: int) -> None:
+    def park() -> None:
+        os.write(fd, b"k")
+        time.sleep(60)
+
+    if hook == "in-unit":
+        @sa.event.listens_for(engine, "after_cursor_execute")
+        def after(conn: Any, cursor: Any, statement: str, params: Any, *_: Any) -> None:
+            if statement.startswith("INSERT INTO effects") and _unit_of(params) == UNITS[k]:
+                park()
+    elif hook == "before-commit":
+        seen = {"work": False}
+
+        @sa.event.listens_for(engine, "after_cursor_execute")
+        def mark(conn: Any, cursor: Any, statement: str, params: Any, *_: Any) -> None:
+            if statement.startswith("INSERT INTO effects") and _unit_of(params) == UNITS[k]:
+                seen["work"] = True
+
+        @sa.event.listens_for(engine, "commit")
+        def commit(conn: Any) -> None:
+            if seen["work"]:
+                park()
+    elif hook == "ledger-create":
+        @sa.event.listens_for(engine, "after_cursor_execute")
+        def create(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+            if re.match(r"\s*CREATE TABLE seedguard_ledger\b", statement):
+                park()
+
+
+def _unit_of(params: Any) -> Any:
+    if isinstance(params, dict):
+        return params.get("u")
+    if isinstance(params, (list, tuple)) and params:
+        return params[0]
+    return None
+
+
+def _wait_byte(fd: int, wanted: bytes, timeout: float = CHILD_WAIT) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        ready, _, _ = select.select([fd], [], [], max(0.0, end - time.monotonic()))
+        if not ready:
+            break
+        data = os.read(fd, 1)
+        if not data:  # the child exited
+            return False
+        if data == wanted:
+            return True
+    return False
+
+
+def _kill(pid: int, fd: int) -> int:
+    """SIGKILL and reap ``pid`` (if it is still there); returns its wait status."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    return status
+
+
+# -- the trials -----------------------------------------------------------------------
+
+
+def _reset(db: TestDatabase, seeds: str, prefix: int) -> None:
+    engine = sa.create_engine(db.url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.begin() as conn:
+            inspector = sa.inspect(conn)
+            for table in ("effects", "seedguard_ledger", "seedguard_ledger_version"):
+                if inspector.has_table(table):
+                    conn.execute(sa.text(f"DROP TABLE {table}"))
+            conn.execute(sa.text(
+                "CREATE TABLE effects (unit VARCHAR(255) NOT NULL, value VARCHAR(255))"))
+    finally:
+        engine.dispose()
+    if prefix:
+        seedguard.apply(db.url, seeds=seeds, target=UNITS[prefix - 1], lock_timeout=10)
+
+
+def _state(db: TestDatabase) -> tuple[Counter[str], dict[str, str]]:
+    engine = sa.create_engine(db.url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            effects = Counter(row[0] for row in conn.execute(sa.text("SELECT unit FROM effects")))
+            ledger: dict[str, str] = {}
+            if sa.inspect(conn).has_table("seedguard_ledger"):
+                ledger = {row[0]: row[1] for row in conn.execute(
+                    sa.text("SELECT name, status FROM seedguard_ledger"))}
+    finally:
+        engine.dispose()
+    return effects, ledger
+
+
+def _check_invariant(db: TestDatabase, where: str) -> None:
+    effects, ledger = _state(db)
+    for name in UNITS:
+        assert effects[name] <= 1, f"{where}: {name} done {effects[name]} times"
+        assert (effects[name] == 1) == (ledger.get(name) == "applied"), (
+            f"{where}: {name}: effect {effects[name]}, ledger {ledger.get(name)}"
+        )
+    assert set(ledger) <= set(UNITS)
+
+
+def _trial(db: TestDatabase, seeds: str, point: str, rng: random.Random) -> str:
+    """One trial; returns a word on where the kill landed."""
+    prefix = 0 if point == "ledger-create" else rng.randrange(len(UNITS))
+    _reset(db, seeds, prefix)
+    k = rng.randrange(prefix, len(UNITS))
+    outcome = point
+    if point == "random":
+        pid, fd = _fork_applier(db.url, seeds)
+        _wait_byte(fd, b"s")
+        time.sleep(rng.uniform(0.0, 0.12))
+        status = _kill(pid, fd)
+        outcome = "random:finished" if os.WIFEXITED(status) else "random:killed"
+    elif point == "lock-wait":
+        holder, holder_fd = _fork_applier(db.url, seeds, hook="in-unit", k=k)
+        assert _wait_byte(holder_fd, b"k"), "holder never reached its unit"
+        other_host = db.kind != "sqlite" and rng.random() < 0.5
+        lock_path = str(db.tmp_path / f"other-host-{rng.random()}.lock") if other_host else None
+        waiter, waiter_fd = _fork_applier(db.url, seeds, lock_path=lock_path)
+        assert _wait_byte(waiter_fd, b"s")
+        time.sleep(rng.uniform(0.05, 0.3))  # now blocked on the file or database lock
+        waiter_status = _kill(waiter, waiter_fd)
+        assert os.WIFSIGNALED(waiter_status), "the waiter finished while the lock was held"
+        _kill(holder, holder_fd)
+        outcome = "lock-wait:db-lock" if other_host else "lock-wait:file-lock"
+    else:
+        pid, fd = _fork_applier(db.url, seeds, hook=point, k=k)
+        reached = _wait_byte(fd, b"k")
+        _kill(pid, fd)
+        assert reached, f"child never reached {point}"
+    _check_invariant(db, f"after {outcome}")
+    started = time.monotonic()
+    seedguard.apply(db.url, seeds=seeds, lock_timeout=2)  # LockTimeout if a lock was left
+    recovery = time.monotonic() - started
+    assert recovery < 2.0 + 1.0, f"recovery took {recovery:.2f} s"
+    effects, ledger = _state(db)
+    assert effects == Counter(UNITS) and set(ledger) == set(UNITS), (effects, ledger)
+    assert set(ledger.values()) == {"applied"}
+    return outcome
+
+
+@pytest.mark.slow
+def test_sigkill_anywhere_leaves_nothing_to_repair(db: TestDatabase, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    module = f"fault_seeds_{tmp_path.name.replace('-', '_')}"
+    write_module(tmp_path, module, SEEDS % (UNITS,))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.import_module(module)  # declared once, in the parent: forks inherit it
+    seed = int(os.environ.get("SEEDGUARD_FAULT_SEED", time.time_ns() % 100000))
+    rng = random.Random(seed)
+    trials = TRIALS[db.kind]
+    outcomes: Counter[str] = Counter()
+    started = time.monotonic()
+    for index in range(trials):
+        point = KILL_POINTS[index % len(KILL_POINTS)]
+        try:
+            outcomes[_trial(db, module, point, rng)] += 1
+        except AssertionError as err:
+            raise AssertionError(f"trial {index} ({point}, SEEDGUARD_FAULT_SEED={seed}): "
+                                 f"{err}") from err
+    elapsed = time.monotonic() - started
+    with capsys.disabled():
+        print(f"\nfaults[{db.kind}]: {trials} SIGKILL trials, all recovered "
+              f"(seed {seed}, {elapsed:.1f} s): {dict(sorted(outcomes.items()))}",
+              file=sys.stderr)
