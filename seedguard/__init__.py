@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from seedguard.__about__ import __version__
 from seedguard.api import apply
+from seedguard.data import data_seed
 from seedguard.errors import (
     ConfigError,
+    DataError,
     DefinitionError,
     DriftError,
     LockTimeout,
@@ -20,10 +22,12 @@ from seedguard.events import report_progress
 from seedguard.registry import Registry
 from seedguard.result import ApplyResult
 from seedguard.unit import SeedUnit, seed
+from seedguard.upsert import UpsertResult, upsert
 
 __all__ = [
     "ApplyResult",
     "ConfigError",
+    "DataError",
     "DefinitionError",
     "DriftError",
     "LockTimeout",
@@ -32,8 +36,11 @@ __all__ = [
     "SeedUnit",
     "SeedguardError",
     "UnitBlocked",
+    "UpsertResult",
     "__version__",
     "apply",
+    "data_seed",
     "report_progress",
     "seed",
+    "upsert",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from seedguard.unit import SeedUnit
 
@@ -52,6 +53,9 @@ class ApplyResult:
     drifted: list[Drift] = field(default_factory=list)
     ahead: list[SeedUnit] = field(default_factory=list)
     dry_run: bool = False
+    # dry_run only: unit name -> what its preview hook reported (data seeds:
+    # an UpsertResult with inserted/updated/unchanged/deleted counts).
+    previews: dict[str, Any] = field(default_factory=dict)
 
     @property
     def changed(self) -> bool:

@@ -122,7 +122,9 @@ def run(
         state = ledger.read(conn)
     first = plan(units, state or LedgerState(), strict=strict)
     if dry_run:
-        return first.result(dry_run=True)
+        result = first.result(dry_run=True)
+        _preview(engine, first.pending, result)
+        return result
     if state is not None and not first.pending:
         _raise_blocked(first)
         return first.result()
@@ -302,6 +304,21 @@ def _failed(unit: SeedUnit, err: Exception, *, partial: bool = False) -> SeedFai
         f"unit {unit.name!r} v{unit.version} failed: {type(err).__name__}: {detail}; {what}",
         unit=unit,
     )
+
+
+def _preview(engine: Engine, pending: Sequence[SeedUnit], result: ApplyResult) -> None:
+    """Ask pending units with a preview hook what they would do (issue 4: data seeds).
+
+    Each runs in a transaction that is always rolled back, so a dry run writes nothing.
+    """
+    for unit in pending:
+        if unit.preview is None:
+            continue
+        with connect(engine) as conn, conn.begin() as trans:
+            try:
+                result.previews[unit.name] = unit.preview(conn)
+            finally:
+                trans.rollback()
 
 
 def _raise_blocked(current: Plan) -> None:

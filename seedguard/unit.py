@@ -14,6 +14,7 @@ from seedguard.checksum import code_checksum
 from seedguard.errors import DefinitionError
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
     from sqlalchemy.orm import Session
 
 OnChange = Literal["warn", "rerun", "error"]
@@ -49,6 +50,9 @@ class SeedUnit:
     origin: str = ""
     identity: str = ""
     checksum_fn: Callable[[], str] | None = field(default=None, repr=False)
+    # Dry-run hook (issue 4): called with a connection whose transaction is
+    # rolled back; returns what the unit would do (data seeds: row counts).
+    preview: Callable[[Connection], Any] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         validate_name(self.name)
