@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import keyword
 import os
@@ -130,8 +131,17 @@ def status(bind: Bind = None, *, seeds: SeedsSpec = None,
             file_lock_holder=file_lock.holder(),
             database_lock_holder=db_lock.holder(),
         )
-    rows = state if state is not None else LedgerState()
-    result.units.extend(_unit_status(unit, rows) for unit in units)
+        rows = state if state is not None else LedgerState()
+        # Issue 5: a pending unit whose requires_revision is not applied yet in
+        # the user's alembic history is "waiting" (the graph is read only then).
+        from seedguard.alembic import RevisionGate, waiting_for
+
+        waits = waiting_for(units, rows, RevisionGate(settings, engine))
+    for unit in units:
+        item = _unit_status(unit, rows)
+        if item.state == "pending" and unit.name in waits:
+            item = dataclasses.replace(item, state="waiting", waits_for=waits[unit.name])
+        result.units.append(item)
     # Orphaned: recorded, but no unit of that name exists in the code any more
     # (units only filtered out by contexts still exist, so they are not orphans).
     declared = {unit.name for unit in every}
@@ -209,11 +219,22 @@ def _ledger_locked(settings: _config.Settings) -> Iterator[tuple[Connection, Led
     ledger = Ledger(settings.ledger_table, settings.ledger_schema)
     with engine_for(settings) as engine:
         file_lock = FileLock(settings.lock_path or default_lock_path(engine.url))
-        db_lock = database_lock(engine, lock_key(engine, ledger.name, ledger.schema))
-        with both_locks(file_lock, db_lock, Deadline(settings.lock_timeout)), \
-                connect(engine) as conn:
-            ledger.ensure(conn)
+        db_lock = database_lock(engine, lock_key(engine, ledger.name, ledger.schema),
+                                settings.lock_mode)
+        deadline = Deadline(settings.lock_timeout)
+        with both_locks(file_lock, db_lock, deadline), connect(engine) as conn:
+            if db_lock.per_transaction:
+                # lock_mode="transaction" (PgBouncer): no session lock is held, so
+                # the read and the write share one transaction that holds the
+                # transaction-level lock, like each unit of apply().
+                conn.begin()
+                db_lock.lock_unit(conn, deadline)
+                ledger.ensure(conn, commit=False)
+            else:
+                ledger.ensure(conn)
+            # On an error the connection closes uncommitted: nothing is written.
             yield conn, ledger
+            conn.commit()
 
 
 def _declared(settings: _config.Settings, name: str) -> SeedUnit | None:
@@ -262,7 +283,6 @@ def stamp(bind: Bind, name: str, *, version: int | None = None,
             ledger.finish(conn, name, version, checksum=checksum,
                           duration_ms=row.duration_ms or 0)
             action = "restamped"
-        conn.commit()
     return LedgerChange(name, action, [version] if action != "unchanged" else [])
 
 
@@ -281,7 +301,6 @@ def forget(bind: Bind, name: str, *, version: int | None = None,
                           if n == name and version in (None, v))
         for each in versions:
             ledger.delete(conn, name, each)
-        conn.commit()
     if not versions and _declared(settings, name) is None:
         raise _no_such_unit(name, settings)
     return LedgerChange(name, "forgotten" if versions else "unchanged", versions)
@@ -311,7 +330,6 @@ def resolve(bind: Bind, name: str, *, outcome: str) -> LedgerChange:
                               duration_ms=row.duration_ms or 0)
             else:
                 ledger.delete(conn, name, row.version)
-        conn.commit()
     return LedgerChange(name, f"resolved-{outcome}", [row.version for row in rows])
 
 

@@ -70,7 +70,8 @@ class Options:
     def apply_arguments(self) -> dict[str, Any]:
         """What ``seedguard.apply()`` takes of the global options."""
         return {"seeds": self.seeds, "contexts": self.contexts or None,
-                "lock_timeout": self.lock_timeout, "lock_path": self.lock_path}
+                "lock_timeout": self.lock_timeout, "lock_path": self.lock_path,
+                "alembic_config": self.alembic_config}
 
 
 pass_options = click.make_pass_decorator(Options)
@@ -272,6 +273,8 @@ def apply_document(result: ApplyResult) -> dict[str, Any]:
         "drifted": [{**_item(d), "recorded": d.recorded, "current": d.current}
                     for d in result.drifted],
         "ahead": [_item(u) for u in result.ahead],
+        # upgrade --schema: the user's alembic revisions applied first (issue 5).
+        "migrated": list(getattr(result, "migrated", [])),
     }
 
 
@@ -279,9 +282,11 @@ def apply_document(result: ApplyResult) -> dict[str, Any]:
 @click.argument("target", required=False)
 @click.option("--dry-run", is_flag=True, help="List what would run, in order; write nothing.")
 @click.option("--strict", is_flag=True, help="Fail (exit 1) when an applied unit drifted.")
+@click.option("--schema", is_flag=True,
+              help="Run your `alembic upgrade head` first, under the same locks.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @pass_options
-def upgrade(opts: Options, target: str | None, dry_run: bool, strict: bool,
+def upgrade(opts: Options, target: str | None, dry_run: bool, strict: bool, schema: bool,
             as_json: bool) -> None:
     """Apply every pending unit (or TARGET and what it depends on)."""
     _start(opts, "upgrade", as_json=as_json)
@@ -290,13 +295,16 @@ def upgrade(opts: Options, target: str | None, dry_run: bool, strict: bool,
     progress = None if (as_json or opts.quiet) else _Progress(out, tty=out.isatty())
     try:
         result = _run_apply(opts, target=target, dry_run=dry_run, strict=strict,
-                            on_event=progress)
+                            schema=schema, on_event=progress)
     finally:
         if progress is not None:
             progress.close()
     if as_json:
         _emit_json(apply_document(result))
         return
+    migrated = list(getattr(result, "migrated", []))
+    if migrated:
+        _info(opts, f"upgraded the schema: {', '.join(migrated)}")
     for drift in result.drifted:
         _warn(drift.message())
     for unit in result.ahead:
