@@ -101,6 +101,16 @@ def private_lock_dir() -> Path:
             f"lock directory {directory} is not a directory owned by you; remove it or set "
             "SEEDGUARD_LOCK_PATH / lock_path= to a path of your own"
         )
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        # Ours but opened up (made by an older release, or by hand under a
+        # permissive umask): close it, so no other account can plant or hold
+        # a lock file in it (issue 6).
+        try:
+            directory.chmod(0o700)
+        except OSError as err:
+            raise ConfigError(f"lock directory {directory} is accessible to other users and "
+                              f"cannot be made private: {err.strerror}; set "
+                              "SEEDGUARD_LOCK_PATH or lock_path=") from err
     return directory
 
 
