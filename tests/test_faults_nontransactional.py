@@ -1,0 +1,172 @@
+"""A non-transactional unit killed mid-way: reported, blocking, settled by `seedguard resolve`.
+
+``transactional=False`` units are recorded "running" before their work and
+"applied" after it. An applier SIGKILLed in between leaves the "running" row:
+the next run refuses that unit (and what depends on it) with a message naming
+it and the two commands that settle it, while independent units still run.
+The operator's ``seedguard resolve NAME --retry`` / ``--applied`` (the real
+CLI, in a subprocess) is the only manual step, and it is a decision, not a repair.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from _support import TestDatabase, child_env, write_module
+
+import seedguard
+from seedguard import UnitBlocked
+
+SEEDS = '''
+import os, time
+import sqlalchemy as sa
+import seedguard
+
+PARK_FD = None  # set in the forked child: write a byte, then wait to be killed
+
+
+def _effect(session, unit, value="x"):
+    session.execute(sa.text("INSERT INTO effects (unit, value) VALUES (:u, :v)"),
+                    {"u": unit, "v": value})
+
+
+@seedguard.seed("schema-setup")
+def schema_setup(session):
+    _effect(session, "schema-setup")
+
+
+@seedguard.seed("bulk-import", transactional=False, after=["schema-setup"])
+def bulk_import(session):
+    # Work that commits in steps: it cannot sit in one transaction.
+    _effect(session, "bulk-import", "part-1")
+    session.commit()
+    if PARK_FD is not None:
+        os.write(PARK_FD, b"k")
+        time.sleep(60)
+    _effect(session, "bulk-import", "part-2")
+    session.commit()
+
+
+@seedguard.seed("reports", after=["bulk-import"])
+def reports(session):
+    _effect(session, "reports")
+
+
+@seedguard.seed("independent")
+def independent(session):
+    _effect(session, "independent")
+'''
+
+
+def _kill_mid_import(url: str, module: str) -> None:
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            os.close(read_fd)
+            importlib.import_module(module).PARK_FD = write_fd
+            seedguard.apply(url, seeds=module, target="bulk-import", lock_timeout=30)
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    try:
+        assert os.read(read_fd, 1) == b"k", "the child never reached the middle of its unit"
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(read_fd)
+
+
+def _resolve(db: TestDatabase, module: str, *flags: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "seedguard", "--url", db.url, "--seeds", module,
+         "resolve", "bulk-import", *flags, "--yes"],
+        cwd=db.tmp_path, env=child_env(db.tmp_path), capture_output=True, text=True, timeout=60,
+    )
+
+
+@pytest.fixture
+def killed(db: TestDatabase, monkeypatch: pytest.MonkeyPatch) -> tuple[TestDatabase, str]:
+    db.create_effects_table()
+    module = f"nontx_seeds_{db.tmp_path.name.replace('-', '_')}"
+    write_module(db.tmp_path, module, SEEDS)
+    monkeypatch.syspath_prepend(str(db.tmp_path))
+    importlib.import_module(module)
+    _kill_mid_import(db.url, module)
+    return db, module
+
+
+def _status(db: TestDatabase) -> dict[str, str]:
+    return {row[0]: row[1] for row in db.execute("SELECT name, status FROM seedguard_ledger")}
+
+
+def test_interrupted_unit_blocks_itself_and_dependents_only(
+        killed: tuple[TestDatabase, str]) -> None:
+    db, module = killed
+    assert _status(db) == {"schema-setup": "applied", "bulk-import": "running"}
+    assert sorted(db.effects("bulk-import")) == ["part-1"]  # half done, and recorded as such
+
+    started = time.monotonic()
+    with pytest.raises(UnitBlocked) as info:
+        seedguard.apply(db.url, seeds=module, lock_timeout=2)
+    assert time.monotonic() - started < 3  # no stale lock from the killed applier
+    message = str(info.value)
+    assert "'bulk-import'" in message
+    assert "seedguard resolve bulk-import --applied" in message
+    assert "seedguard resolve bulk-import --retry" in message
+    assert info.value.unit.name == "bulk-import"
+    # The unit that does not depend on it ran; the one that does did not.
+    assert db.effects("independent") == ["x"]
+    assert db.effects("reports") == []
+    assert _status(db)["bulk-import"] == "running"
+    # Asking again changes nothing and says the same.
+    with pytest.raises(UnitBlocked, match="resolve bulk-import"):
+        seedguard.apply(db.url, seeds=module, lock_timeout=2)
+    assert sorted(db.effects()) == ["bulk-import", "independent", "schema-setup"]
+
+
+def test_resolve_retry_runs_it_again(killed: tuple[TestDatabase, str]) -> None:
+    db, module = killed
+    db.execute("DELETE FROM effects WHERE unit = 'bulk-import'")  # the operator cleans up
+    proc = _resolve(db, module, "--retry")
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+
+    result = seedguard.apply(db.url, seeds=module, lock_timeout=2)
+    assert [u.name for u in result.applied] == ["bulk-import", "reports", "independent"]
+    assert sorted(db.effects("bulk-import")) == ["part-1", "part-2"]
+    assert set(_status(db).values()) == {"applied"}
+
+
+def test_resolve_applied_records_it_and_unblocks_dependents(
+        killed: tuple[TestDatabase, str]) -> None:
+    db, module = killed
+    db.execute("INSERT INTO effects (unit, value) VALUES ('bulk-import', 'part-2')")  # by hand
+    proc = _resolve(db, module, "--applied")
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+
+    result = seedguard.apply(db.url, seeds=module, lock_timeout=2)
+    assert [u.name for u in result.applied] == ["reports", "independent"]
+    assert sorted(db.effects("bulk-import")) == ["part-1", "part-2"]  # not run again
+    assert set(_status(db).values()) == {"applied"}
+
+
+def test_resolve_refuses_a_unit_that_is_not_interrupted(db: TestDatabase,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    db.create_effects_table()
+    module = f"nontx_ok_{db.tmp_path.name.replace('-', '_')}"
+    write_module(db.tmp_path, module, SEEDS)
+    monkeypatch.syspath_prepend(str(db.tmp_path))
+    seedguard.apply(db.url, seeds=module)
+    proc = _resolve(db, module, "--retry")
+    assert proc.returncode == 2
+    assert "not interrupted" in proc.stderr + proc.stdout
+    assert _status(db)["bulk-import"] == "applied"
