@@ -166,6 +166,23 @@ def cli(ctx: click.Context, url: str | None, seeds: str | None, contexts: tuple[
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
     _configure_logging(verbose)
+    _flask_app_context(ctx)
+
+
+def _flask_app_context(ctx: click.Context) -> None:
+    """Under `flask seedguard`, run inside the app's context (like ``flask.cli.with_appcontext``).
+
+    ``flask`` itself pushes one when it loads the app, but not every way of
+    invoking the group does (``app.test_cli_runner()``, a group nested elsewhere).
+    """
+    if "flask.cli" not in sys.modules:  # never import Flask for the plain command
+        return
+    from flask import has_app_context
+    from flask.cli import ScriptInfo
+
+    info = ctx.find_object(ScriptInfo)
+    if info is not None and not has_app_context():
+        ctx.with_resource(info.load_app().app_context())
 
 
 def _configure_logging(verbose: bool) -> None:
