@@ -34,6 +34,8 @@ class UnitStatus:
     applied_at: dt.datetime | None = None
     applied_by: str | None = None
     description: str | None = None
+    # State "waiting" (issue 5): the user's alembic revision the unit needs first.
+    waits_for: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -43,6 +45,7 @@ class UnitStatus:
             "recorded_version": self.recorded_version,
             "applied_at": _when(self.applied_at),
             "applied_by": self.applied_by,
+            "waits_for": self.waits_for,
         }
 
 
@@ -63,8 +66,9 @@ class StatusResult:
 
     @property
     def ok(self) -> bool:
-        """Nothing pending, drifted or blocked (what ``seedguard check`` asks)."""
-        return not any(u.state in ("pending", "drifted", "blocked") for u in self.units)
+        """Nothing pending, waiting, drifted or blocked (what ``seedguard check`` asks)."""
+        return not any(u.state in ("pending", "waiting", "drifted", "blocked")
+                       for u in self.units)
 
     def as_dict(self) -> dict[str, Any]:
         return {

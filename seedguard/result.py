@@ -27,6 +27,29 @@ class Drift:
 
 
 @dataclass(frozen=True)
+class Waiting:
+    """A unit not applied yet because the user's alembic history lacks a revision.
+
+    ``revision`` is the revision it waits for; ``via`` names the unit (listed
+    in its ``after``) that declares it, when this unit only waits behind it.
+    """
+
+    name: str
+    version: int
+    revision: str
+    unit: SeedUnit
+    via: str | None = None
+
+    def message(self) -> str:
+        why = f" (behind unit {self.via!r})" if self.via else ""
+        return (
+            f"unit {self.name!r} v{self.version} waits for alembic revision "
+            f"{self.revision!r}{why}; run `alembic upgrade` (or `seedguard upgrade --schema`) "
+            "and apply again"
+        )
+
+
+@dataclass(frozen=True)
 class Applied:
     """A unit this call applied, with how long its transaction took."""
 
@@ -44,7 +67,11 @@ class ApplyResult:
     already applied. ``pending``: units still to apply (what a ``dry_run``
     would do). ``drifted``: applied units whose checksum changed. ``ahead``:
     units whose ledger holds a version above the code's (reported, not
-    applied). Each item has ``.name`` and ``.version``.
+    applied). ``waiting``: units whose ``requires_revision`` is not applied
+    yet in the user's alembic history (with ``.revision``), and the units
+    after them. ``migrated``: the user's alembic revisions that
+    ``schema=True`` applied, oldest first. Each unit item has ``.name`` and
+    ``.version``.
     """
 
     applied: list[Applied] = field(default_factory=list)
@@ -52,6 +79,8 @@ class ApplyResult:
     pending: list[SeedUnit] = field(default_factory=list)
     drifted: list[Drift] = field(default_factory=list)
     ahead: list[SeedUnit] = field(default_factory=list)
+    waiting: list[Waiting] = field(default_factory=list)
+    migrated: list[str] = field(default_factory=list)
     dry_run: bool = False
     # dry_run only: unit name -> what its preview hook reported (data seeds:
     # an UpsertResult with inserted/updated/unchanged/deleted counts).
@@ -60,4 +89,4 @@ class ApplyResult:
     @property
     def changed(self) -> bool:
         """Whether this call wrote anything."""
-        return bool(self.applied)
+        return bool(self.applied or self.migrated)

@@ -17,10 +17,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from seedguard.alembic import RevisionGate, upgrade_head
 from seedguard.checksum import same_algorithm
 from seedguard.connect import connect
 from seedguard.errors import DriftError, SeedFailed, SeedguardError, UnitBlocked
@@ -35,7 +36,7 @@ from seedguard.locking import (
     default_lock_path,
     lock_key,
 )
-from seedguard.result import Applied, ApplyResult, Drift
+from seedguard.result import Applied, ApplyResult, Drift, Waiting
 from seedguard.unit import SeedUnit
 
 if TYPE_CHECKING:
@@ -55,25 +56,44 @@ class Plan:
     drifted: list[Drift] = field(default_factory=list)
     ahead: list[SeedUnit] = field(default_factory=list)
     blocked: list[SeedUnit] = field(default_factory=list)
+    # Units whose requires_revision is not in the user's alembic history yet (issue 5).
+    waiting: list[Waiting] = field(default_factory=list)
     # Units whose (name, version) row exists and is re-applied (on_change="rerun").
     reruns: set[str] = field(default_factory=set)
     checksums: dict[str, str] = field(default_factory=dict)
 
     def result(self, *, dry_run: bool = False) -> ApplyResult:
         return ApplyResult(skipped=list(self.skipped), pending=list(self.pending),
-                           drifted=list(self.drifted), ahead=list(self.ahead), dry_run=dry_run)
+                           drifted=list(self.drifted), ahead=list(self.ahead),
+                           waiting=list(self.waiting), dry_run=dry_run)
 
 
-def plan(units: Sequence[SeedUnit], state: LedgerState, *, strict: bool = False) -> Plan:
-    """Sort ``units`` (already in run order) into pending, skipped, drifted, ahead, blocked."""
+def plan(units: Sequence[SeedUnit], state: LedgerState, *, strict: bool = False,
+         revisions: Callable[[SeedUnit], bool] | None = None) -> Plan:
+    """Sort ``units`` (already in run order) into pending, skipped, drifted, ahead, blocked.
+
+    ``revisions`` (a :class:`seedguard.alembic.RevisionGate`) says whether a
+    unit's ``requires_revision`` is applied; it is only asked about units that
+    would otherwise be pending, so the graph is read only when one declares a
+    requirement. Without it, requirements are not checked.
+    """
     result = Plan()
     stopped: set[str] = set()
+    waiting: dict[str, Waiting] = {}
     for unit in units:
         checksum = unit.checksum()
         result.checksums[unit.name] = checksum
         row = state.get(unit.key)
         if any(dep in stopped for dep in unit.after):
             stopped.add(unit.name)
+            continue
+        behind = next((waiting[dep] for dep in unit.after if dep in waiting), None)
+        if behind is not None and row is None:
+            # Issue 5: a unit after one that waits for its schema waits too
+            # (rather than failing on tables that do not exist yet).
+            waiting[unit.name] = Waiting(unit.name, unit.version, behind.revision, unit,
+                                         via=behind.via or behind.name)
+            result.waiting.append(waiting[unit.name])
             continue
         if row is not None and row.status == "running":
             # A non-transactional unit was interrupted mid-way: its work may be
@@ -86,6 +106,11 @@ def plan(units: Sequence[SeedUnit], state: LedgerState, *, strict: bool = False)
             latest = state.latest(unit.name)
             if latest is not None and latest.version > unit.version:
                 result.ahead.append(unit)
+            elif unit.requires_revision and revisions is not None and not revisions(unit):
+                # Issue 5: its schema is not there yet; report it, do not fail.
+                waiting[unit.name] = Waiting(unit.name, unit.version, unit.requires_revision,
+                                             unit)
+                result.waiting.append(waiting[unit.name])
             else:
                 result.pending.append(unit)
             continue
@@ -115,17 +140,26 @@ def run(
     dry_run: bool = False,
     strict: bool = False,
     listener: Listener | None = None,
+    schema: bool = False,
 ) -> ApplyResult:
-    """Apply the pending ``units`` (in the given order) to ``engine``."""
+    """Apply the pending ``units`` (in the given order) to ``engine``.
+
+    ``schema=True`` first runs the user's ``alembic upgrade head`` under the
+    same locks (issue 5), so concurrent deploys never race alembic.
+    """
     ledger = Ledger(settings.ledger_table, settings.ledger_schema)
     with connect(engine) as conn:
         state = ledger.read(conn)
-    first = plan(units, state or LedgerState(), strict=strict)
+    # Reads the user's alembic graph only if a would-be-pending unit declares
+    # requires_revision: the no-op start-up stays one query.
+    gate = RevisionGate(settings, engine)
+    first = plan(units, state or LedgerState(), strict=strict, revisions=gate)
     if dry_run:
         result = first.result(dry_run=True)
         _preview(engine, first.pending, result)
         return result
-    if state is not None and not first.pending:
+    # schema=True always takes the locks: the user's schema may be behind.
+    if state is not None and not first.pending and not schema:
         _raise_blocked(first)
         return first.result()
 
@@ -134,6 +168,7 @@ def run(
     db_lock = database_lock(engine, lock_key(engine, ledger.name, ledger.schema),
                             settings.lock_mode)
     with both_locks(file_lock, db_lock, deadline), _work_connection(engine, db_lock) as conn:
+        migrated = _upgrade_schema(settings, engine, conn, db_lock) if schema else []
         if settings.lock_mode == "transaction":
             # No session lock behind a transaction pooler: create the ledger in
             # one transaction that holds the transaction-level lock (issue 6).
@@ -142,9 +177,13 @@ def run(
                 ledger.ensure(conn, commit=False)
         else:
             ledger.ensure(conn)
-        current = plan(units, ledger.read_current(conn), strict=strict)
+        # Heads re-read under the locks: another applier (or our own
+        # schema upgrade) may have moved them since the fast path.
+        current = plan(units, ledger.read_current(conn), strict=strict,
+                       revisions=gate.with_connection(conn))
         conn.commit()
         result = current.result()
+        result.migrated = migrated
         for unit in current.pending:
             db_lock.verify()
             applied = _apply_one(conn, ledger, unit, current, listener, db_lock,
@@ -156,6 +195,19 @@ def run(
             result.pending.remove(unit)
     _raise_blocked(current)
     return result
+
+
+def _upgrade_schema(settings: Settings, engine: Engine, conn: Connection,
+                    db_lock: DatabaseLock) -> list[str]:
+    """The user's ``alembic upgrade head``, under the locks already held (issue 5)."""
+    if settings.lock_mode == "transaction":
+        # No session lock: hold the transaction-level lock for the whole
+        # upgrade by running it in one transaction (alembic leaves a
+        # transaction it did not begin to its caller).
+        with conn.begin():
+            db_lock.lock_unit(conn, Deadline(settings.lock_timeout))
+            return upgrade_head(settings, engine, conn, commit=False)
+    return upgrade_head(settings, engine, conn)
 
 
 @contextlib.contextmanager
@@ -225,7 +277,8 @@ def _apply_one(conn: Connection, ledger: Ledger, unit: SeedUnit, current: Plan,
                 return None
         if not rerun:
             try:
-                ledger.insert(conn, unit.name, unit.version, checksum)
+                ledger.insert(conn, unit.name, unit.version, checksum,
+                              description=unit.description)
             except IntegrityError:
                 # Only reachable when both locks were bypassed (e.g. a lock path
                 # per process and no database lock): the other applier's row won.
@@ -270,7 +323,8 @@ def _apply_non_transactional(conn: Connection, ledger: Ledger, unit: SeedUnit, c
             ledger.finish(conn, unit.name, unit.version, checksum=checksum, duration_ms=0,
                           status="running")
         else:
-            ledger.insert(conn, unit.name, unit.version, checksum, status="running")
+            ledger.insert(conn, unit.name, unit.version, checksum, status="running",
+                          description=unit.description)
     try:
         with Session(bind=conn) as session, running(unit, listener):
             unit(session)
