@@ -292,6 +292,9 @@ def apply_document(result: ApplyResult) -> dict[str, Any]:
         "ahead": [_item(u) for u in result.ahead],
         # upgrade --schema: the user's alembic revisions applied first (issue 5).
         "migrated": list(getattr(result, "migrated", [])),
+        # Units whose requires_revision is not applied yet (issue 5).
+        "waiting": [{**_item(w), "revision": w.revision, "via": w.via}
+                    for w in result.waiting],
     }
 
 
@@ -327,6 +330,8 @@ def upgrade(opts: Options, target: str | None, dry_run: bool, strict: bool, sche
     for unit in result.ahead:
         _warn(f"unit {unit.name!r}: the ledger holds a version above the code's "
               f"v{unit.version}; not applied (is this code older than the database?)")
+    for waiting in result.waiting:  # issue 5: not an error, the schema comes first
+        _info(opts, waiting.message())
     if dry_run:
         if not result.pending:
             _info(opts, "nothing to apply")
@@ -356,6 +361,9 @@ def _describe(unit: UnitStatus) -> str:
     by = f" by {unit.applied_by}" if unit.applied_by else ""
     if unit.state == "applied":
         return f"applied {when}{by}"
+    if unit.state == "waiting":  # issue 5
+        return (f"waits for alembic revision {unit.waits_for}; run `alembic upgrade head` "
+                "or `seedguard upgrade --schema`")
     if unit.state == "pending":
         if unit.recorded_version is not None:
             return f"v{unit.recorded_version} applied {when}; v{unit.version} not yet"

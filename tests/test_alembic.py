@@ -7,6 +7,11 @@ and autogenerate that leaves the ledger alone.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +27,11 @@ from _alembic_project import (
     make_project,
     schema_log,
 )
-from _support import TestDatabase, run_processes, unit, write_module
+from _support import TestDatabase, child_env, run_processes, unit, write_module
 
 import seedguard
 import seedguard.alembic
+import seedguard.cli
 from seedguard import ConfigError
 from seedguard.config import resolve
 from seedguard.result import Waiting
@@ -85,6 +91,37 @@ def test_unit_waits_for_its_revision_then_applies(project: tuple[TestDatabase, s
     assert second.waiting == []
     assert count(db, "gadgets") == 1
     assert sorted(db.effects()) == ["after-gadgets", "gadgets", "plain", "widgets"]
+
+
+def seedguard_cli(db: TestDatabase, *args: str) -> subprocess.CompletedProcess[str]:
+    """The installed command, in a real process, run from the project's folder."""
+    return subprocess.run([sys.executable, "-m", "seedguard", "--url", db.url, *args],
+                          capture_output=True, text=True, timeout=120, cwd=db.tmp_path,
+                          env=child_env(db.tmp_path), check=False)
+
+
+def test_cli_status_says_why_a_unit_waits(project: tuple[TestDatabase, str]) -> None:
+    db, ini = project
+    alembic_upgrade(ini, R1)
+    write_module(db.tmp_path, "app_seeds", SEEDS.format(r1=R1, r3=R3))
+    common = ["--seeds", "app_seeds", "--alembic-config", ini]
+
+    first = seedguard_cli(db, *common, "upgrade")
+    status = seedguard_cli(db, *common, "status")
+    check = seedguard_cli(db, *common, "check")
+    after = seedguard_cli(db, *common, "upgrade", "--schema", "--json")
+
+    assert first.returncode == 0, first.stderr
+    assert "'gadgets' v1 waits for alembic revision 'cccc00000003'" in first.stdout
+    assert status.returncode == 0, status.stderr
+    line = next(x for x in status.stdout.splitlines() if "gadgets v1" in x)
+    assert "waiting" in line and f"waits for alembic revision {R3}" in line
+    assert check.returncode == 3
+    assert after.returncode == 0, after.stderr
+    document = json.loads(after.stdout)
+    assert document["migrated"] == [R2, R3]
+    assert [item["name"] for item in document["applied"]] == ["gadgets"]
+    assert document["waiting"] == []
 
 
 def test_no_op_start_up_is_one_query_even_with_requirements(
@@ -210,10 +247,19 @@ def test_ignore_ledger_chains_a_user_hook() -> None:
 # -- one lock for schema and seeds: 8 real processes ----------------------------------------
 
 
-def schema_and_seeds(url: str, ini: str, seeds: str) -> dict[str, list[str]]:
-    """Child: what `seedguard upgrade --schema` does, through the library call."""
-    result = seedguard.apply(url, seeds=seeds, alembic_config=ini, schema=True, lock_timeout=90)
-    return {"migrated": result.migrated, "applied": [u.name for u in result.applied]}
+def cli_upgrade_schema(url: str, ini: str, seeds: str) -> dict[str, Any]:
+    """Child: the real `seedguard upgrade --schema` command, run in this process."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            seedguard.cli.main(["--url", url, "--seeds", seeds, "--alembic-config", ini,
+                                "--lock-timeout", "90", "upgrade", "--schema", "--json"])
+            code: Any = 0
+        except SystemExit as exit_:
+            code = exit_.code
+    document = json.loads(out.getvalue())
+    return {"code": code, "migrated": document["migrated"],
+            "applied": [item["name"] for item in document["applied"]]}
 
 
 def plain_alembic(ini: str) -> str:
@@ -245,12 +291,13 @@ def test_eight_processes_schema_and_seeds_each_once(server_db: TestDatabase) -> 
     ini = str(make_project(db.tmp_path / "app", db.url))
     write_module(db.tmp_path, "deploy_seeds", SEEDS.format(r1=R1, r3=R3))
 
-    outcomes = run_processes(8, schema_and_seeds, db.url, ini, "deploy_seeds",
+    outcomes = run_processes(8, cli_upgrade_schema, db.url, ini, "deploy_seeds",
                              paths=[db.tmp_path], timeout=180)
 
     errors = [value for status, value in outcomes if status != "ok"]
     assert errors == []
     results = [value for _, value in outcomes]
+    assert [r["code"] for r in results] == [0] * 8
     assert sorted(rev for r in results for rev in r["migrated"]) == sorted(REVISIONS)
     assert sorted(name for r in results for name in r["applied"]) == ["gadgets", "widgets"]
     assert schema_log(db.url) == sorted(REVISIONS)  # every revision ran once
