@@ -1,0 +1,155 @@
+"""The ledger's own schema: its revisions, upgrading in place under the lock, refusing newer.
+
+Policy: a newer seedguard upgrades an older ledger automatically, in place,
+under both locks, keeping every row; an older seedguard that meets a ledger
+made by a newer one refuses to write to it, on the fast path too.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from _support import TestDatabase, unit
+
+import seedguard
+from seedguard import LockTimeout, SeedguardError
+from seedguard.ledger import HEAD_REVISION, KNOWN_REVISIONS, Ledger, migrations_path
+from seedguard.locking import Deadline, FileLock, database_lock, lock_key
+
+LEDGER = "seedguard_ledger"
+
+
+def ledger_config(conn: sa.Connection | None = None) -> Any:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(migrations_path()))
+    config.attributes.update(connection=conn, ledger_table=LEDGER, ledger_schema=None)
+    return config
+
+
+def test_head_revision_is_the_migrations_folder_head() -> None:
+    from alembic.runtime.environment import EnvironmentContext
+    from alembic.script import ScriptDirectory
+
+    config = ledger_config()
+    script = ScriptDirectory.from_config(config)
+    # The revision modules read the table name from the environment at import.
+    with EnvironmentContext(config, script):
+        heads = script.get_heads()
+        revisions = {rev.revision for rev in script.walk_revisions()}
+    assert heads == [HEAD_REVISION]
+    assert revisions == set(KNOWN_REVISIONS)
+
+
+def test_ledger_table_describes_what_the_migrations_build(db: TestDatabase) -> None:
+    seedguard.apply(db.url, seeds=[])  # nothing to apply: creates the ledger only
+    engine = db.engine()
+    inspector = sa.inspect(engine)
+    built = {c["name"] for c in inspector.get_columns(LEDGER)}
+    declared = Ledger(LEDGER).table
+    assert built == {c.name for c in declared.columns}
+    assert {i["name"] for i in inspector.get_indexes(LEDGER)} >= {i.name for i in declared.indexes}
+
+
+def make_rev1_ledger(db: TestDatabase) -> list[tuple[Any, ...]]:
+    """A ledger as seedguard's first release left it: alembic to sg0001, two rows."""
+    from alembic import command
+
+    engine = db.engine()
+    with engine.connect() as conn:
+        command.upgrade(ledger_config(conn), "sg0001")
+        conn.commit()
+    when = dt.datetime(2026, 1, 2, 3, 4, 5)
+    db.execute(f"INSERT INTO {LEDGER} (name, version, checksum, status, applied_at, "
+               "duration_ms, applied_by) VALUES "
+               "('roles', 1, 'ast1:aaa', 'applied', :when, 12, 'old-host:1'), "
+               "('roles', 2, 'ast1:bbb', 'applied', :when, 34, 'old-host:2')", when=when)
+    return rev1_rows(db)
+
+
+def rev1_rows(db: TestDatabase) -> list[tuple[Any, ...]]:
+    return sorted(tuple(row) for row in db.execute(
+        f"SELECT name, version, checksum, status, applied_at, duration_ms, applied_by "
+        f"FROM {LEDGER}"))
+
+
+def ledger_revision(db: TestDatabase) -> str:
+    return str(db.execute(f"SELECT version_num FROM {LEDGER}_version")[0][0])
+
+
+def test_rev1_ledger_is_upgraded_in_place_under_the_lock(db: TestDatabase) -> None:
+    db.create_effects_table()
+    before = make_rev1_ledger(db)
+    assert ledger_revision(db) == "sg0001"
+    lock_path = db.tmp_path / "seed.lock"
+    units = [unit("roles", version=2), unit("users", description="the first users")]
+
+    # While another applier holds the lock, apply() waits and gives up: it does
+    # not upgrade the ledger outside the lock.
+    holder = FileLock(lock_path)
+    holder.acquire(Deadline(5))
+    try:
+        with pytest.raises(LockTimeout):
+            seedguard.apply(db.url, seeds=units, lock_path=lock_path, lock_timeout=0.3)
+    finally:
+        holder.release()
+    assert ledger_revision(db) == "sg0001"
+    if db.kind != "sqlite":  # the database lock alone also keeps it out
+        engine = db.engine()
+        db_lock = database_lock(engine, lock_key(engine, LEDGER, None))
+        db_lock.acquire(Deadline(5))
+        try:
+            with pytest.raises(LockTimeout):
+                seedguard.apply(db.url, seeds=units, lock_path=db.tmp_path / "other.lock",
+                                lock_timeout=0.3)
+        finally:
+            db_lock.release()
+        assert ledger_revision(db) == "sg0001"
+
+    result = seedguard.apply(db.url, seeds=units, lock_path=lock_path)
+
+    assert ledger_revision(db) == HEAD_REVISION
+    assert [u.name for u in result.applied] == ["users"]  # roles v2 was already recorded
+    assert [u.name for u in result.skipped] == ["roles"]
+    rows = rev1_rows(db)
+    assert [row for row in rows if row[0] == "roles"] == before  # every old row intact
+    described = dict(db.execute(f"SELECT name, description FROM {LEDGER} WHERE version = 1"))
+    assert described == {"roles": None, "users": "the first users"}
+    assert db.effects() == ["users"]
+
+
+def test_no_op_start_up_is_one_query(db: TestDatabase) -> None:
+    units = [unit("roles")]
+    db.create_effects_table()
+    seedguard.apply(db.url, seeds=units)
+    engine = db.engine()
+    statements: list[str] = []
+    sa.event.listen(engine, "before_cursor_execute",
+                    lambda conn, cursor, stmt, *a: statements.append(stmt))
+    result = seedguard.apply(engine, seeds=units)
+    assert [u.name for u in result.skipped] == ["roles"]
+    assert len(statements) == 1, statements
+
+
+@pytest.mark.parametrize("rows", [True, False], ids=["with-rows", "empty"])
+def test_older_seedguard_refuses_a_newer_ledger(db: TestDatabase, rows: bool) -> None:
+    db.create_effects_table()
+    seedguard.apply(db.url, seeds=[unit("roles")] if rows else [])
+    # What a future release would do: a new revision that adds a column.
+    db.execute(f"ALTER TABLE {LEDGER} ADD COLUMN future_column INTEGER")
+    db.execute(f"UPDATE {LEDGER}_version SET version_num = 'sg9999'")
+    before = db.ledger()
+
+    # Nothing pending: refused on the fast path, before any lock.
+    with pytest.raises(SeedguardError, match="'sg9999', made by a newer seedguard"):
+        seedguard.apply(db.url, seeds=[unit("roles")] if rows else [])
+    # Something pending: refused as well, and nothing is written.
+    with pytest.raises(SeedguardError, match="upgrade seedguard"):
+        seedguard.apply(db.url, seeds=[unit("roles"), unit("users")])
+    assert db.ledger() == before
+    assert db.effects() == (["roles"] if rows else [])
+    assert ledger_revision(db) == "sg9999"
