@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from _support import TestDatabase, run_processes, seeds_source, write_module
+from _support import TestDatabase, run_processes, seeds_source, unit, write_module
 from conftest import PG_URL, require_servers
 
 import seedguard
@@ -141,12 +141,12 @@ def test_session_mode_through_the_pooler_fails_clearly(pg: TestDatabase,
     url = bouncer_url(pg, pgbouncer_port)
     _warm_pool(url)
     with pytest.raises(ConfigError, match='lock_mode="transaction"') as info:
-        seedguard.apply(url, seeds=[_unit("a")], lock_path=pg.tmp_path / "lock",
+        seedguard.apply(url, seeds=[unit("a")], lock_path=pg.tmp_path / "lock",
                         lock_timeout=10)
     assert "pooler" in str(info.value)
     assert pg.effects() == []  # stopped before any work
     # The same call in the safe mode works through the same pooler.
-    result = seedguard.apply(url, seeds=[_unit("a")], lock_path=pg.tmp_path / "lock",
+    result = seedguard.apply(url, seeds=[unit("a")], lock_path=pg.tmp_path / "lock",
                              lock_mode="transaction", lock_timeout=10)
     assert [u.name for u in result.applied] == ["a"]
     assert pg.effects() == ["a"]
@@ -154,7 +154,7 @@ def test_session_mode_through_the_pooler_fails_clearly(pg: TestDatabase,
 
 def test_transaction_mode_is_refused_where_there_is_no_transaction_lock(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="PostgreSQL"):
-        seedguard.apply(f"sqlite:///{tmp_path / 'x.db'}", seeds=[_unit("a")],
+        seedguard.apply(f"sqlite:///{tmp_path / 'x.db'}", seeds=[unit("a")],
                         lock_mode="transaction")
 
 
@@ -164,14 +164,8 @@ def test_lock_mode_from_environment(pg: TestDatabase, pgbouncer_port: int,
     url = bouncer_url(pg, pgbouncer_port)
     _warm_pool(url)
     monkeypatch.setenv("SEEDGUARD_LOCK_MODE", "transaction")
-    result = seedguard.apply(url, seeds=[_unit("env")], lock_path=pg.tmp_path / "lock")
+    result = seedguard.apply(url, seeds=[unit("env")], lock_path=pg.tmp_path / "lock")
     assert [u.name for u in result.applied] == ["env"]
-
-
-def _unit(name: str) -> Any:
-    from _support import unit
-
-    return unit(name)
 
 
 def apply_own_lock_file(url: str, seeds: str, lock_dir: str) -> list[str]:
@@ -204,3 +198,57 @@ def test_exactly_once_with_8_processes_through_pgbouncer(pg: TestDatabase, pgbou
     assert sorted(pg.effects()) == names  # and its work done exactly once
     assert pg.ledger() == [(name, 1) for name in names]
     print(f"pgbouncer: {PROCESSES} processes, {UNITS} units, exactly once, {elapsed:.1f} s")
+
+
+def test_killed_applier_behind_pgbouncer_leaves_no_lock(pg: TestDatabase, pgbouncer_port: int,
+                                                         tmp_path: Path) -> None:
+    """SIGKILL inside a unit (holding the transaction lock): the next run gets it in < 2 s."""
+    import signal
+
+    pg.create_effects_table()
+    url = bouncer_url(pg, pgbouncer_port)
+    read_fd, write_fd = os.pipe()
+
+    def parks(session: Any) -> None:
+        session.execute(sa.text("INSERT INTO effects (unit, value) VALUES ('slow', 'x')"))
+        os.write(write_fd, b"k")
+        time.sleep(60)
+
+    pid = os.fork()
+    if pid == 0:
+        try:
+            seedguard.apply(url, seeds=[unit("first"), unit("slow", fn=parks)],
+                            lock_mode="transaction", lock_path=tmp_path / "child.lock")
+        finally:
+            os._exit(1)
+    os.close(write_fd)
+    try:
+        assert os.read(read_fd, 1) == b"k"
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(read_fd)
+    assert pg.effects() == ["first"] and pg.ledger() == [("first", 1)]
+    started = time.monotonic()
+    result = seedguard.apply(url, seeds=[unit("first"), unit("slow")], lock_mode="transaction",
+                             lock_path=tmp_path / "parent.lock", lock_timeout=2)
+    assert time.monotonic() - started < 3
+    assert [u.name for u in result.applied] == ["slow"]
+    assert sorted(pg.effects()) == ["first", "slow"]
+
+
+def test_interrupted_non_transactional_unit_blocks_in_transaction_mode(
+        pg: TestDatabase, pgbouncer_port: int) -> None:
+    from seedguard import UnitBlocked
+
+    pg.create_effects_table()
+    url = bouncer_url(pg, pgbouncer_port)
+    seedguard.apply(url, seeds=[unit("a")], lock_mode="transaction")
+    # What an applier killed mid-way through a non-transactional unit leaves behind:
+    pg.execute("INSERT INTO seedguard_ledger (name, version, status, applied_at) "
+               "VALUES ('bulk', 1, 'running', CURRENT_TIMESTAMP)")
+    units = [unit("a"), unit("bulk", transactional=False), unit("b", after=["bulk"]),
+             unit("c")]
+    with pytest.raises(UnitBlocked, match="seedguard resolve bulk"):
+        seedguard.apply(url, seeds=units, lock_mode="transaction", lock_timeout=2)
+    assert sorted(pg.effects()) == ["a", "c"]
