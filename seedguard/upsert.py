@@ -28,8 +28,9 @@ import datetime as dt
 import decimal
 import io
 import logging
+import operator
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Union
 
@@ -50,14 +51,16 @@ Row = Mapping[str, Any]
 BATCH_SIZE = 5000
 """Rows read, compared and written per round; memory stays flat at this many rows."""
 
-PG_COPY_THRESHOLD = 1000
+PG_COPY_THRESHOLD = 50
 """Rows to write in one batch from which PostgreSQL uses COPY + INSERT ... SELECT.
 
-Measured with ``python bench/run.py --only threshold`` (see bench/README.md):
-below about this many rows the temporary table's round trips cost more than
-the multi-row VALUES statement they replace.
+Measured with ``python bench/run.py --only threshold``: COPY lost at 30 rows
+(0.9x) and won from 100 rows (1.7-1.9x, 4.7-6.6x at 1,000) with psycopg 3 and
+psycopg2; below the crossover the temporary table's extra round trips cost more
+than the one multi-row VALUES statement they replace.
 """
 
+_MISSING = object()
 # Server-side parameter binding (psycopg 3) allows 65535 parameters per statement.
 _MAX_PARAMS = 30000
 _COPY_DRIVERS = frozenset({"psycopg", "psycopg2"})
@@ -218,6 +221,10 @@ class Upserter:
         self._compare: tuple[str, ...] = ()
         self._max_id: int | None = None
         self._tmp: sa.Table | None = None
+        self._empty: bool | None = None
+        self._column_set: frozenset[str] = frozenset()
+        self._key_of: Callable[[Row], Any] = operator.itemgetter(*self.key)
+        self._values_of: Callable[[Row], Any] | None = None
 
     # -- per batch -------------------------------------------------------------
 
@@ -227,37 +234,39 @@ class Upserter:
             return
         if self._columns is None:
             self._setup(batch[0])
-        columns = self._columns
-        assert columns is not None
         for index, row in enumerate(batch):
-            if len(row) != len(columns) or any(c not in row for c in columns):
+            if row.keys() != self._column_set:
                 raise DataError(
                     f"upsert into {self.table.fullname}: row {self.result.total + index + 1} has "
-                    f"columns {sorted(row)}, the first row has {sorted(columns)}; give every "
-                    "row the same columns"
+                    f"columns {sorted(row)}, the first row has {sorted(self._column_set)}; give "
+                    "every row the same columns"
                 )
-        existing = self._existing(batch)
+        key_of, values_of = self._key_of, self._values_of
+        keys = [key_of(row) for row in batch]
+        if len(set(keys)) != len(keys):
+            seen: set[Any] = set()
+            dup = next(k for k in keys if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+            raise DataError(
+                f"upsert into {self.table.fullname}: key {dup!r} ({', '.join(self.key)}) appears "
+                "twice in one batch of rows; remove the duplicate"
+            )
+        if self._empty is None:
+            self._empty = self._table_is_empty()
+        # Into an empty table everything is an insert: no look-up (a fresh
+        # load costs what a plain INSERT costs). ON CONFLICT still guards keys.
+        existing = {} if self._empty else self._existing(keys)
+        result = self.result
         changed: list[Row] = []
-        seen: set[tuple[Any, ...]] = set()
-        key, compare = self.key, self._compare
-        for row in batch:
-            k = tuple(row[c] for c in key)
-            if k in seen:
-                raise DataError(
-                    f"upsert into {self.table.fullname}: key "
-                    f"{dict(zip(key, k, strict=True))} appears twice in one batch of rows; "
-                    "remove the duplicate"
-                )
-            seen.add(k)
-            old = existing.get(k)
-            if old is None:
-                self.result.inserted += 1
+        for row, k in zip(batch, keys, strict=True):
+            old = existing.get(k, _MISSING)
+            if old is _MISSING:
+                result.inserted += 1
                 changed.append(row)
-            elif compare and any(o != row[c] for o, c in zip(old, compare, strict=True)):
-                self.result.updated += 1
+            elif values_of is not None and old != values_of(row):
+                result.updated += 1
                 changed.append(row)
             else:
-                self.result.unchanged += 1
+                result.unchanged += 1
         if changed and not self.dry_run:
             self._track_ids(changed)
             self._write(changed)
@@ -287,6 +296,7 @@ class Upserter:
                 raise DataError(f"rows for {table.fullname} lack the key column {name!r}",
                                 column=name)
         self._columns = tuple(first)
+        self._column_set = frozenset(self._columns)
         others = tuple(c for c in self._columns if c not in self.key)
         if self.update is True:
             self._compare = others
@@ -302,20 +312,41 @@ class Upserter:
                         column=name,
                     )
             self._compare = wanted
+        # A scalar for one column, a tuple for several: the shapes _existing returns.
+        self._key_of = operator.itemgetter(*self.key)
+        self._values_of = operator.itemgetter(*self._compare) if self._compare else None
 
-    def _existing(self, batch: Sequence[Row]) -> dict[tuple[Any, ...], tuple[Any, ...]]:
-        """Existing rows of the batch's keys: key tuple -> values of the compared columns."""
+    def _existing(self, keys: list[Any]) -> dict[Any, Any]:
+        """Existing rows of ``keys``: key -> compared values (shaped like the getters' output)."""
         import sqlalchemy as sa
-        table, key = self.table, self.key
+
+        table, key, n = self.table, self.key, len(self.key)
         cols = [table.c[c] for c in (*key, *self._compare)]
-        if len(key) == 1:
-            where = table.c[key[0]].in_([row[key[0]] for row in batch])
+        if n == 1 and self.dialect == "postgresql":
+            # One array parameter instead of thousands of IN parameters.
+            from sqlalchemy.dialects.postgresql import ARRAY
+
+            column = table.c[key[0]]
+            where = column == sa.any_(sa.bindparam("sg_keys", keys, type_=ARRAY(column.type)))
+        elif n == 1:
+            where = table.c[key[0]].in_(keys)
         else:
-            where = sa.tuple_(*(table.c[c] for c in key)).in_(
-                [tuple(row[c] for c in key) for row in batch])
-        n = len(key)
-        result = self.conn.execute(sa.select(*cols).where(where))
-        return {tuple(r[:n]): tuple(r[n:]) for r in result}
+            where = sa.tuple_(*(table.c[c] for c in key)).in_(keys)
+        rows = self.conn.execute(sa.select(*cols).where(where)).all()
+        m = len(self._compare)
+        if n == 1 and m == 1:
+            return {r[0]: r[1] for r in rows}
+        if n == 1:
+            return {r[0]: tuple(r[1:]) for r in rows}
+        if m == 1:
+            return {tuple(r[:n]): r[n] for r in rows}
+        return {tuple(r[:n]): tuple(r[n:]) for r in rows}
+
+    def _table_is_empty(self) -> bool:
+        import sqlalchemy as sa
+
+        probe = sa.select(sa.literal(1)).select_from(self.table).limit(1)
+        return self.conn.execute(probe).first() is None
 
     def _track_ids(self, rows: Sequence[Row]) -> None:
         import sqlalchemy as sa

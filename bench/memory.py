@@ -1,0 +1,85 @@
+"""Memory: a data seed from a 1,000,000-row CSV, peak RSS against the interpreter's baseline.
+
+The seed runs in a fresh child process. Its baseline is the peak RSS after
+importing seedguard and SQLAlchemy and connecting (what any app pays anyway);
+the measurement is the peak RSS after the seed applied. ``ru_maxrss`` is a
+high-water mark, so the difference is the seed's own peak.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import tempfile
+import textwrap
+from pathlib import Path
+
+from _common import PYTHON, Report, Row, fresh_database
+
+LIMIT_MB = 100.0
+
+CHILD = textwrap.dedent('''
+    import json, resource, sys, time
+    import sqlalchemy as sa
+    import seedguard
+
+    url, path = sys.argv[1], sys.argv[2]
+    metadata = sa.MetaData()
+    table = sa.Table(
+        "big", metadata,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("code", sa.String(32), nullable=False, unique=True),
+        sa.Column("name", sa.String(100), nullable=False),
+        sa.Column("qty", sa.Integer),
+        sa.Column("price", sa.Numeric(10, 2)),
+    )
+    engine = sa.create_engine(url)
+    metadata.create_all(engine)
+    with engine.connect() as conn:
+        conn.exec_driver_sql("SELECT 1")
+    import seedguard.runner, seedguard.ledger  # what apply() imports anyway
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    unit = seedguard.data_seed("big", table=table, key="code", path=path)
+    started = time.perf_counter()
+    result = seedguard.apply(engine, seeds=[unit])
+    elapsed = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with engine.connect() as conn:
+        count = conn.execute(sa.text("SELECT COUNT(*) FROM big")).scalar()
+    print(json.dumps({"base_kb": base, "peak_kb": peak, "seconds": elapsed, "rows": count,
+                      "applied": [u.name for u in result.applied]}))
+''')
+
+
+def write_csv(path: Path, rows: int) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["code", "name", "qty", "price"])
+        for i in range(rows):
+            writer.writerow([f"code-{i:08d}", f"name number {i}", i % 1000,
+                             f"{i % 100000 / 100:.2f}"])
+
+
+def run(report: Report, rows: int, kinds: tuple[str, ...] = ("sqlite", "postgresql")) -> None:
+    with tempfile.TemporaryDirectory(prefix="sg_bench_mem_") as tmp:
+        path = Path(tmp) / "big.csv"
+        write_csv(path, rows)
+        size_mb = os.path.getsize(path) / 2**20
+        for kind in kinds:
+            with fresh_database(kind) as url:
+                out = subprocess.run([PYTHON, "-c", CHILD, url, str(path)], capture_output=True,
+                                     text=True, timeout=1200)
+                if out.returncode:
+                    raise RuntimeError(out.stderr[-3000:])
+                data = json.loads(out.stdout.strip().splitlines()[-1])
+            assert data["rows"] == rows and data["applied"] == ["big"], data
+            above = (data["peak_kb"] - data["base_kb"]) / 1024
+            report.add(Row(
+                "memory", kind, f"data seed of a {rows:,}-row CSV ({size_mb:.0f} MB)",
+                f"peak +{above:.1f} MB", f"baseline {data['base_kb'] / 1024:.1f} MB",
+                None, f"<= {LIMIT_MB:g} MB above", above <= LIMIT_MB,
+                note=f"seeded in {data['seconds']:.1f} s "
+                     f"({rows / data['seconds']:,.0f} rows/s, type conversion included)",
+            ))

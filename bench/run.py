@@ -1,0 +1,83 @@
+"""Run every benchmark and print one table of side-by-side ratios with PASS/FAIL per target.
+
+    python bench/run.py                 # everything (a few minutes)
+    python bench/run.py --only noop,bulk --databases sqlite,postgresql
+
+Not a unit test and not run in CI: it needs the PostgreSQL and MariaDB servers
+of the test setup (SEEDGUARD_BENCH_PG_URL / SEEDGUARD_BENCH_MYSQL_URL) and
+creates and drops databases named sg_bench_<random> on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import platform
+import sys
+import time
+
+import sqlalchemy as sa
+from _common import Report
+
+import seedguard
+
+SECTIONS = ("noop", "bulk", "threshold", "contention", "memory", "cli")
+KINDS = ("sqlite", "postgresql", "mariadb")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default=",".join(SECTIONS),
+                        help=f"comma-separated sections ({', '.join(SECTIONS)})")
+    parser.add_argument("--databases", default=",".join(KINDS))
+    parser.add_argument("--rows", type=int, default=100_000, help="bulk-load rows")
+    parser.add_argument("--memory-rows", type=int, default=1_000_000)
+    args = parser.parse_args(argv)
+    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    kinds = [k.strip() for k in args.databases.split(",") if k.strip()]
+    logging.basicConfig(level=logging.WARNING)
+    print(f"seedguard {seedguard.__version__}, SQLAlchemy {sa.__version__}, "
+          f"Python {platform.python_version()}, {platform.machine()}", flush=True)
+    report = Report()
+    started = time.perf_counter()
+    servers = [k for k in kinds if k != "sqlite"]
+    if "noop" in only:
+        import noop
+
+        print("no-op start-up", flush=True)
+        noop.run(report, [k for k in kinds if k in ("sqlite", "postgresql")])
+    if "threshold" in only and "postgresql" in kinds:
+        import bulk
+
+        print("PostgreSQL COPY threshold", flush=True)
+        bulk.threshold(report)
+    if "bulk" in only:
+        import bulk
+
+        print(f"bulk load, {args.rows:,} rows", flush=True)
+        bulk.run(report, kinds, args.rows)
+    if "contention" in only:
+        import contention
+
+        print("contention, 16 processes", flush=True)
+        contention.run(report, [k for k in kinds if k in ("sqlite", "postgresql")])
+    if "memory" in only:
+        import memory
+
+        print(f"memory, {args.memory_rows:,}-row CSV", flush=True)
+        memory.run(report, args.memory_rows)
+    if "cli" in only:
+        import noop
+
+        print("whole-process CLI no-op", flush=True)
+        noop.run_cli(report, [k for k in kinds if k in ("sqlite", "postgresql")])
+    del servers
+    print(f"\nall benchmarks took {time.perf_counter() - started:.0f} s\n")
+    print(report.table())
+    failed = [r for r in report.rows if r.passed is False]
+    print(f"\n{sum(r.passed is True for r in report.rows)} PASS, {len(failed)} FAIL")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
