@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -247,13 +248,19 @@ def test_ignore_ledger_chains_a_user_hook() -> None:
 # -- one lock for schema and seeds: 8 real processes ----------------------------------------
 
 
-def cli_upgrade_schema(url: str, ini: str, seeds: str) -> dict[str, Any]:
-    """Child: the real `seedguard upgrade --schema` command, run in this process."""
+def cli_upgrade_schema(url: str, ini: str, seeds: str, lock_dir: str = "") -> dict[str, Any]:
+    """Child: the real `seedguard upgrade --schema` command, run in this process.
+
+    With ``lock_dir`` each child has a file lock of its own, as on separate
+    hosts: only the database lock stands between them.
+    """
+    own_lock = ["--lock-path", f"{lock_dir}/{os.getpid()}.lock"] if lock_dir else []
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         try:
             seedguard.cli.main(["--url", url, "--seeds", seeds, "--alembic-config", ini,
-                                "--lock-timeout", "90", "upgrade", "--schema", "--json"])
+                                "--lock-timeout", "90", *own_lock,
+                                "upgrade", "--schema", "--json"])
             code: Any = 0
         except SystemExit as exit_:
             code = exit_.code
@@ -284,14 +291,16 @@ def gadgets(session):
 '''
 
 
-def test_eight_processes_schema_and_seeds_each_once(server_db: TestDatabase) -> None:
+@pytest.mark.parametrize("locks", ["both", "database-lock-alone"])
+def test_eight_processes_schema_and_seeds_each_once(server_db: TestDatabase, locks: str) -> None:
     db = server_db
     db.create_effects_table()
     create_schema_log(db.url)
     ini = str(make_project(db.tmp_path / "app", db.url))
     write_module(db.tmp_path, "deploy_seeds", SEEDS.format(r1=R1, r3=R3))
+    lock_dir = str(db.tmp_path) if locks == "database-lock-alone" else ""
 
-    outcomes = run_processes(8, cli_upgrade_schema, db.url, ini, "deploy_seeds",
+    outcomes = run_processes(8, cli_upgrade_schema, db.url, ini, "deploy_seeds", lock_dir,
                              paths=[db.tmp_path], timeout=180)
 
     errors = [value for status, value in outcomes if status != "ok"]
@@ -318,3 +327,25 @@ def test_eight_processes_plain_alembic_race(server_db: TestDatabase) -> None:
     log = schema_log(db.url)
     doubled = len(log) > len(REVISIONS)
     assert failed or doubled, (outcomes, log)
+
+
+def test_eight_processes_schema_and_seeds_in_transaction_lock_mode(
+        pg: TestDatabase, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Behind PgBouncer (lock_mode="transaction") the upgrade holds the lock in one transaction."""
+    db = pg
+    db.create_effects_table()
+    create_schema_log(db.url)
+    ini = str(make_project(db.tmp_path / "app", db.url))
+    write_module(db.tmp_path, "deploy_seeds", SEEDS.format(r1=R1, r3=R3))
+    monkeypatch.setenv("SEEDGUARD_LOCK_MODE", "transaction")  # inherited by the children
+
+    # A file lock per process, as on separate hosts: the transaction-level
+    # database lock alone has to keep the upgrades apart.
+    outcomes = run_processes(8, cli_upgrade_schema, db.url, ini, "deploy_seeds",
+                             str(db.tmp_path), paths=[db.tmp_path], timeout=180)
+
+    assert [status for status, _ in outcomes] == ["ok"] * 8, outcomes
+    assert [value["code"] for _, value in outcomes] == [0] * 8
+    assert sorted(rev for _, v in outcomes for rev in v["migrated"]) == sorted(REVISIONS)
+    assert schema_log(db.url) == sorted(REVISIONS)
+    assert sorted(db.effects()) == ["gadgets", "widgets"]
