@@ -36,10 +36,11 @@ class Admin(db.Model):  # type: ignore[name-defined,misc]
     email: Mapped[str] = mapped_column(sa.String(255), unique=True)
 
 
-@seedguard.seed("tables")
+# create_all() at import races when several processes import the app at once
+# (gunicorn workers); as a unit it runs once, under seedguard's locks. DDL commits
+# implicitly on MySQL/MariaDB, so it cannot share a transaction: transactional=False.
+@seedguard.seed("tables", transactional=False)
 def tables(session: Session) -> None:
-    # create_all() at import races when several processes import the app at
-    # once (gunicorn workers); as a unit it runs once, under seedguard's locks.
     db.metadata.create_all(session.connection())
 
 

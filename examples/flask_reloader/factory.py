@@ -28,7 +28,7 @@ class Admin(db.Model):  # type: ignore[name-defined,misc]
     email: Mapped[str] = mapped_column(sa.String(255), unique=True)
 
 
-@seedguard.seed("tables")
+@seedguard.seed("tables", transactional=False)  # DDL: see app.py
 def tables(session: Session) -> None:
     db.metadata.create_all(session.connection())
 

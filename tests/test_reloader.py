@@ -1,0 +1,325 @@
+"""The bug seedguard exists for, on the real thing: the shipped example app
+(``examples/flask_reloader``) under the Werkzeug reloader, ``flask run --debug`` (module
+app and app factory) and gunicorn workers, in real processes.
+
+Each server is a process group of its own on a free loopback port; every wait is capped
+and every group is killed at the end. The seed unit asks ``input()``: the test answers
+each prompt as it appears on the server's output, so a second prompt (the bug) would be
+answered too, not hang. Children run from a tmp directory, so they import the installed
+seedguard, not the checkout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _support import TestDatabase, child_env
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "flask_reloader"
+PROMPT = b"admin e-mail? "
+WAIT = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    """A server process group whose output is read as it comes and whose prompts are answered."""
+
+    def __init__(self, args: list[str], cwd: Path, env: dict[str, str], port: int,
+                 answers: list[str]) -> None:
+        self.port = port
+        self.answers = list(answers)
+        self.prompts = 0
+        self._buffer = bytearray()
+        self._lock = threading.Lock()
+        self.proc = subprocess.Popen(args, cwd=cwd, env=env, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        self._reader = threading.Thread(target=self._pump, daemon=True)
+        self._reader.start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None and self.proc.stdin is not None
+        fd = self.proc.stdout.fileno()
+        while True:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                return
+            if not chunk:
+                return
+            with self._lock:
+                self._buffer += chunk
+                while self.prompts < self._buffer.count(PROMPT):
+                    self.prompts += 1
+                    self._answer()
+
+    def _answer(self) -> None:
+        assert self.proc.stdin is not None
+        try:
+            if self.answers:
+                self.proc.stdin.write(self.answers.pop(0).encode() + b"\n")
+                self.proc.stdin.flush()
+            else:
+                self.proc.stdin.close()
+        except (OSError, ValueError):
+            pass  # the process is gone: its output says why
+
+    @property
+    def output(self) -> str:
+        with self._lock:
+            return self._buffer.decode(errors="replace")
+
+    def get(self, path: str = "/", *, not_pid: int | None = None,
+            timeout: float = WAIT) -> dict[str, Any]:
+        """GET ``path`` once the server answers (from a process other than ``not_pid``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.output}")
+            try:
+                url = f"http://127.0.0.1:{self.port}{path}"
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    body: dict[str, Any] = json.load(response)
+                if not_pid is None or body.get("pid") != not_pid:
+                    return body
+            except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no answer on port {self.port} in {timeout} s:\n"
+                                     f"{self.output}")
+            time.sleep(0.1)
+
+    def status(self, path: str, timeout: float = WAIT) -> int:
+        """The HTTP status of GET ``path``, once the server answers at all."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.output}")
+            try:
+                url = f"http://127.0.0.1:{self.port}{path}"
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    return int(response.status)
+            except urllib.error.HTTPError as err:
+                return int(err.code)
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no answer on port {self.port} in {timeout} s:\n"
+                                     f"{self.output}")
+            time.sleep(0.1)
+
+    def expect(self, text: str, timeout: float = WAIT) -> str:
+        """The output once it holds ``text`` (output is read on another thread)."""
+        deadline = time.monotonic() + timeout
+        while text not in self.output:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} not in the output in {timeout} s:\n{self.output}")
+            time.sleep(0.05)
+        return self.output
+
+    def stop(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.proc.wait(timeout=10)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        self.proc.wait(timeout=10)
+        self._reader.join(timeout=10)
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+
+
+class Site:
+    """A tmp copy of the example app, its environment and its run log."""
+
+    def __init__(self, db: TestDatabase, folder: Path) -> None:
+        self.db = db
+        self.folder = folder
+        self.run_log = folder / "seed_runs.log"
+        self.servers: list[Server] = []
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = child_env(self.folder)
+        for key in list(env):  # never inherit a reloader's or seedguard's state
+            if key.startswith(("WERKZEUG_", "SEEDGUARD", "FLASK_")):
+                del env[key]
+        env.update(DATABASE_URL=self.db.url, SEED_RUN_LOG=str(self.run_log),
+                   PYTHONUNBUFFERED="1", **extra)
+        return env
+
+    def start(self, args: list[str], *, answers: list[str] = (), **env: str) -> Server:  # type: ignore[assignment]
+        port = free_port()
+        server = Server([a.replace("{port}", str(port)) for a in args], self.folder,
+                        self.env(PORT=str(port), **env), port, list(answers))
+        self.servers.append(server)
+        return server
+
+    def seed_runs(self) -> list[str]:
+        """One line (pid, e-mail) per time the seed body ran, in any process."""
+        if not self.run_log.exists():
+            return []
+        return self.run_log.read_text().splitlines()
+
+    def admins(self) -> list[str]:
+        return [row[0] for row in self.db.execute("SELECT email FROM admin ORDER BY id")]
+
+
+@pytest.fixture
+def site(db: TestDatabase, tmp_path: Path) -> Iterator[Site]:
+    folder = tmp_path / "site"
+    folder.mkdir()
+    for name in ("app.py", "factory.py"):
+        shutil.copy(EXAMPLE / name, folder / name)
+    created = Site(db, folder)
+    try:
+        yield created
+    finally:
+        for server in created.servers:
+            server.stop()
+
+
+PYTHON_APP = [sys.executable, "app.py"]
+FLASK_RUN = [sys.executable, "-m", "flask", "--app", "{app}", "run", "--debug",
+             "--host", "127.0.0.1", "--port", "{port}"]
+
+
+def flask_run(app: str) -> list[str]:
+    return [arg.replace("{app}", app) for arg in FLASK_RUN]
+
+
+def assert_seeded_once(site: Site, server: Server, email: str) -> None:
+    assert server.prompts == 1, server.output
+    runs = site.seed_runs()
+    assert len(runs) == 1 and runs[0].endswith(f" {email}"), runs
+    assert site.admins() == [email]
+    assert site.db.ledger() == [("admin-user", 1), ("tables", 1)]
+
+
+def test_python_app_py_with_the_reloader_seeds_once(site: Site) -> None:
+    server = site.start(PYTHON_APP, answers=["first@example.com"])
+    body = server.get()
+    assert body["admins"] == ["first@example.com"]
+    # The reloader's child answered, and the parent (which printed the prompt) also
+    # ran the module: two processes imported the app, the seed ran in one.
+    assert body["pid"] != server.proc.pid
+    assert "Restarting with stat" in server.output
+    assert_seeded_once(site, server, "first@example.com")
+
+    # A file change: the reloader starts a new child, which imports the app again.
+    later = time.time() + 2
+    os.utime(site.folder / "app.py", (later, later))
+    again = server.get(not_pid=body["pid"])
+    assert again["admins"] == ["first@example.com"]
+    server.expect("Detected change in")
+    assert_seeded_once(site, server, "first@example.com")
+
+
+@pytest.mark.parametrize("app", ["app", "factory"])
+def test_flask_run_debug_seeds_once(site: Site, app: str) -> None:
+    server = site.start(flask_run(app), answers=["first@example.com"])
+    body = server.get()
+    assert body["admins"] == ["first@example.com"]
+    assert body["pid"] != server.proc.pid  # served by the reloader's child
+    assert_seeded_once(site, server, "first@example.com")
+
+
+def test_without_seedguard_python_app_py_seeds_twice(site: Site) -> None:
+    server = site.start(PYTHON_APP, answers=["first@example.com", "second@example.com"],
+                        SEEDGUARD="off")
+    body = server.get()
+    # The bug: the reloader's parent and its child both ran the seed and asked twice;
+    # two different answers make two admins.
+    assert body["admins"] == ["first@example.com", "second@example.com"], server.output
+    assert server.prompts == 2, server.output
+    runs = site.seed_runs()
+    assert [line.split()[1] for line in runs] == ["first@example.com", "second@example.com"]
+    assert len({line.split()[0] for line in runs}) == 2  # in two processes
+
+
+def test_without_seedguard_flask_run_fails_on_the_unique_key(site: Site) -> None:
+    server = site.start(flask_run("app"), answers=["same@example.com", "same@example.com"],
+                        SEEDGUARD="off")
+    # The bug as reported: `flask run --debug` loads the app in the reloader's parent
+    # and again in its child; the child's second insert of the same e-mail fails, and
+    # (Flask keeps a reloader child up to wait for a fix) every request is an error.
+    assert server.status("/") == 500, server.output
+    output = server.expect("IntegrityError")
+    assert server.prompts == 2, output
+    assert len({line.split()[0] for line in site.seed_runs()}) == 2
+    assert site.admins() == ["same@example.com"]
+
+
+def test_gunicorn_workers_seed_once(pg: TestDatabase, tmp_path: Path) -> None:
+    folder = tmp_path / "site"
+    folder.mkdir()
+    shutil.copy(EXAMPLE / "app.py", folder / "app.py")
+    ready = folder / "ready"
+    ready.mkdir()
+    # A test-only wrapper: a slow route (so concurrent requests must spread over the
+    # workers) and a file per worker written once its import (and apply()) is done.
+    (folder / "wsgi.py").write_text(
+        "import os, pathlib, time\n"
+        "from app import app\n\n"
+        "@app.get('/slow')\n"
+        "def slow():\n"
+        "    time.sleep(1.0)\n"
+        "    return {'pid': os.getpid()}\n\n"
+        "pathlib.Path(os.environ['READY_DIR'], str(os.getpid())).touch()\n"
+    )
+    site = Site(pg, folder)
+    server = site.start([sys.executable, "-m", "gunicorn", "--workers", "4", "--bind",
+                         "127.0.0.1:{port}", "--timeout", "60", "wsgi:app"],
+                        ADMIN_EMAIL="gunicorn@example.com", READY_DIR=str(ready))
+    try:
+        deadline = time.monotonic() + WAIT
+        while len(list(ready.iterdir())) < 4:
+            assert server.proc.poll() is None, server.output
+            assert time.monotonic() < deadline, f"workers not ready:\n{server.output}"
+            time.sleep(0.1)
+        workers = {int(p.name) for p in ready.iterdir()}
+        assert len(workers) == 4
+
+        served: set[int] = set()
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            for _ in range(5):
+                fetch: Callable[[int], dict[str, Any]] = lambda _i: server.get("/slow")  # noqa: E731
+                served |= {body["pid"] for body in pool.map(fetch, range(4))}
+                if served == workers:
+                    break
+        assert served == workers, (served, workers)  # every worker imported the app and serves
+        assert server.get()["admins"] == ["gunicorn@example.com"]
+        runs = site.seed_runs()
+        assert len(runs) == 1 and int(runs[0].split()[0]) in workers, runs
+        assert site.admins() == ["gunicorn@example.com"]
+        assert pg.ledger() == [("admin-user", 1), ("tables", 1)]
+        assert "Worker failed to boot" not in server.output
+    finally:
+        server.stop()
