@@ -21,6 +21,7 @@ TARGETS = [
     ("postgresql+psycopg2", "postgresql", "postgresql+psycopg2"),
     ("mariadb", "mariadb", None),
 ]
+REPEAT = 3
 ORM_SAMPLE = 2000  # the naive loop is measured on this many rows and scaled per row
 
 metadata = sa.MetaData()
@@ -102,17 +103,26 @@ def run(report: Report, kinds: list[str], n: int) -> None:
 
 def _one(report: Report, label: str, engine: sa.Engine, rows: list[dict[str, Any]]) -> None:
     n = len(rows)
-    floor = min(time_floor(engine, rows) for _ in range(2))
-    fresh_table(engine)
-    fresh, result = time_upsert(engine, rows)
-    assert result.inserted == n, result
-    rerun, result = time_upsert(engine, rows)
-    assert result.unchanged == n, result
     changed_rows = [dict(r) for r in rows]
     for r in changed_rows[::100]:
         r["name"] += " (changed)"
-    changed, result = time_upsert(engine, changed_rows)
-    assert result.updated == len(changed_rows[::100]), result
+    # Best of REPEAT: the machine is shared, the minimum is the least disturbed run.
+    floors, freshes, reruns, changes = [], [], [], []
+    for _ in range(REPEAT):
+        floors.append(time_floor(engine, rows))
+        fresh_table(engine)
+        seconds, result = time_upsert(engine, rows)
+        assert result.inserted == n, result
+        freshes.append(seconds)
+        seconds, result = time_upsert(engine, rows)
+        assert result.unchanged == n, result
+        reruns.append(seconds)
+        seconds, result = time_upsert(engine, changed_rows)
+        assert result.updated == len(changed_rows[::100]), result
+        changes.append(seconds)
+        with engine.begin() as conn:  # back to the original values for the next round
+            seedguard.upsert(conn, bulk, rows, key="code")
+    floor, fresh, rerun, changed = min(floors), min(freshes), min(reruns), min(changes)
     # The naive loop on a sample, into a fresh table and then again over it.
     sample = rows[:ORM_SAMPLE]
     fresh_table(engine)
@@ -124,7 +134,8 @@ def _one(report: Report, label: str, engine: sa.Engine, rows: list[dict[str, Any
     report.add(Row("bulk upsert fresh", label, f"upsert {n:,} rows", rate(n, fresh),
                    f"executemany INSERT {rate(n, floor)}", fresh_ratio,
                    f">= {fast_target:g}x floor", fresh_ratio >= fast_target,
-                   note="COPY path" if label.startswith("postgresql") else ""))
+                   note=f"best of {REPEAT}" + (", COPY path" if label.startswith("postgresql")
+                                               else "")))
     report.add(Row("bulk upsert re-run", label, f"{n:,} rows unchanged", ms(rerun),
                    f"executemany INSERT {ms(floor)}", floor / rerun, ">= 3x faster",
                    floor / rerun >= 3))

@@ -148,9 +148,9 @@ class _DataSeed:
 
     def run(self, conn: Connection, *, dry_run: bool) -> UpsertResult:
         table = resolve_table(conn, self.table)
-        writer = Upserter(conn, table, self.key, self.update, dry_run=dry_run)
-        keep: set[tuple[Any, ...]] | None = set() if self.prune else None
         total = self.source.total()
+        writer = Upserter(conn, table, self.key, self.update, dry_run=dry_run, expected=total)
+        keep: set[tuple[Any, ...]] | None = set() if self.prune else None
         done = 0
         for batch in batches(self._converted(table), BATCH_SIZE):
             writer.write(batch)

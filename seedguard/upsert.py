@@ -60,6 +60,12 @@ psycopg2; below the crossover the temporary table's extra round trips cost more
 than the one multi-row VALUES statement they replace.
 """
 
+SNAPSHOT_MIN = 20_000
+SNAPSHOT_MAX = 250_000
+"""Data of this many rows, into a table of at most SNAPSHOT_MAX rows, is compared
+against one read of the whole table rather than per-batch look-ups (memory for
+the snapshot stays in the tens of MB)."""
+
 _MISSING = object()
 # Server-side parameter binding (psycopg 3) allows 65535 parameters per statement.
 _MAX_PARAMS = 30000
@@ -107,11 +113,16 @@ def upsert(
     values are not rewritten. On PostgreSQL, explicit integer primary keys in
     ``rows`` move the table's sequence past the largest one afterwards.
 
-    Every row must have the same columns. On MySQL/MariaDB ``ON DUPLICATE KEY``
+    Every row must have the same columns; the counts assume each key appears
+    once in ``rows`` (a repeated key is written again, the last values win).
+    Into an empty PostgreSQL table the rows are COPY-ed straight in under a
+    SHARE ROW EXCLUSIVE table lock held to the end of the transaction (other
+    writers wait; readers do not). On MySQL/MariaDB ``ON DUPLICATE KEY``
     fires on a conflict with any unique key of the table, not just ``key``.
     """
     conn = connection_of(target)
-    writer = Upserter(conn, resolve_table(conn, table_or_model), key, update)
+    expected = len(rows) if isinstance(rows, Sequence) else None
+    writer = Upserter(conn, resolve_table(conn, table_or_model), key, update, expected=expected)
     for batch in batches(rows, batch_size):
         writer.write(batch)
     writer.finish()
@@ -209,7 +220,8 @@ class Upserter:
     """
 
     def __init__(self, conn: Connection, table: sa.Table, key: str | Sequence[str],
-                 update: bool | Sequence[str] = True, *, dry_run: bool = False) -> None:
+                 update: bool | Sequence[str] = True, *, dry_run: bool = False,
+                 expected: int | None = None) -> None:
         self.conn = conn
         self.table = table
         self.key = key_columns(table, key)
@@ -222,6 +234,10 @@ class Upserter:
         self._max_id: int | None = None
         self._tmp: sa.Table | None = None
         self._empty: bool | None = None
+        self._expected = expected
+        self._snapshot: dict[Any, Any] | None = None
+        # PostgreSQL initial load: COPY straight into the table (see _lock_for_load).
+        self._direct = False
         self._column_set: frozenset[str] = frozenset()
         self._key_of: Callable[[Row], Any] = operator.itemgetter(*self.key)
         self._values_of: Callable[[Row], Any] | None = None
@@ -252,9 +268,15 @@ class Upserter:
             )
         if self._empty is None:
             self._empty = self._table_is_empty()
+            self._direct = self._empty and self._lock_for_load()
         # Into an empty table everything is an insert: no look-up (a fresh
         # load costs what a plain INSERT costs). ON CONFLICT still guards keys.
-        existing = {} if self._empty else self._existing(keys)
+        if self._empty:
+            existing: dict[Any, Any] = {}
+        elif self._snapshot is not None or self._take_snapshot():
+            existing = self._snapshot  # type: ignore[assignment]
+        else:
+            existing = self._existing(keys)
         result = self.result
         changed: list[Row] = []
         for row, k in zip(batch, keys, strict=True):
@@ -333,14 +355,49 @@ class Upserter:
         else:
             where = sa.tuple_(*(table.c[c] for c in key)).in_(keys)
         rows = self.conn.execute(sa.select(*cols).where(where)).all()
-        m = len(self._compare)
-        if n == 1 and m == 1:
-            return {r[0]: r[1] for r in rows}
-        if n == 1:
-            return {r[0]: tuple(r[1:]) for r in rows}
-        if m == 1:
-            return {tuple(r[:n]): r[n] for r in rows}
-        return {tuple(r[:n]): tuple(r[n:]) for r in rows}
+        return _shape(rows, n, len(self._compare))
+
+    def _take_snapshot(self) -> bool:
+        """Read the whole table's keys and compared columns once, if that is cheaper.
+
+        Looking up thousands of keys per batch makes PostgreSQL scan the table
+        per batch (a hashed ``= ANY`` seq scan), quadratic over a re-run. When
+        the data is large, bounded (memory), and about the table's size, one
+        read of the table serves every batch instead.
+        """
+        import sqlalchemy as sa
+
+        if self._expected is None or not SNAPSHOT_MIN <= self._expected <= SNAPSHOT_MAX:
+            self._expected = None  # decided once: per-batch look-ups
+            return False
+        self._expected = None
+        count = self.conn.execute(sa.select(sa.func.count()).select_from(self.table)).scalar()
+        if not count or count > SNAPSHOT_MAX:
+            return False
+        table, key, n = self.table, self.key, len(self.key)
+        rows = self.conn.execute(sa.select(*(table.c[c] for c in (*key, *self._compare))))
+        self._snapshot = _shape(rows.all(), n, len(self._compare))
+        return True
+
+    def _lock_for_load(self) -> bool:
+        """PostgreSQL, empty table: lock out other writers so COPY can go straight in.
+
+        Without ON CONFLICT a concurrent insert of the same key would fail the
+        COPY, so SHARE ROW EXCLUSIVE (readers still read) is taken until the
+        transaction ends, and emptiness is checked again under it. Without the
+        privilege to lock, the merge path is used.
+        """
+        if self.dialect != "postgresql" or self.dry_run or self.conn.dialect.driver not in \
+                _COPY_DRIVERS:
+            return False
+        try:
+            with self.conn.begin_nested():
+                self.conn.exec_driver_sql(
+                    f"LOCK TABLE {self._quoted(self.table)} IN SHARE ROW EXCLUSIVE MODE")
+        except self.conn.dialect.loaded_dbapi.Error as err:
+            log.debug("no table lock for a direct COPY (%s); merging instead", err)
+            return False
+        return self._table_is_empty()
 
     def _table_is_empty(self) -> bool:
         import sqlalchemy as sa
@@ -407,7 +464,8 @@ class Upserter:
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 
         if len(rows) >= PG_COPY_THRESHOLD and self._copyable():
-            self._copy_merge(rows)
+            if not (self._direct and self._copy_direct(rows)):
+                self._copy_merge(rows)
             return
         columns = self._columns
         assert columns is not None
@@ -428,6 +486,18 @@ class Upserter:
         columns = self._columns or ()
         return all(isinstance(self.table.c[c].type, kinds) for c in columns)
 
+    def _copy_direct(self, rows: Sequence[Row]) -> bool:
+        """COPY straight into the (locked, initially empty) table; False on a duplicate key."""
+        dbapi_error = self.conn.dialect.loaded_dbapi.IntegrityError
+        try:
+            with self.conn.begin_nested():
+                self._copy(self._quoted(self.table), rows)
+        except dbapi_error:
+            # The data repeats a key across batches: merge (and look up) from here on.
+            self._direct = self._empty = False
+            return False
+        return True
+
     def _copy_merge(self, rows: Sequence[Row]) -> None:
         import sqlalchemy as sa
         from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -435,8 +505,15 @@ class Upserter:
         columns = self._columns
         assert columns is not None
         tmp = self._temporary_table()
-        target = self._quoted(tmp)
-        self.conn.exec_driver_sql(f"TRUNCATE {target}")
+        self.conn.exec_driver_sql(f"TRUNCATE {self._quoted(tmp)}")
+        self._copy(self._quoted(tmp), rows)
+        merge = pg_insert(self.table).from_select(
+            list(columns), sa.select(*(tmp.c[c] for c in columns)))
+        self.conn.execute(self._pg_on_conflict(merge))
+
+    def _copy(self, target: str, rows: Sequence[Row]) -> None:
+        columns = self._columns
+        assert columns is not None
         column_list = ", ".join(self.conn.dialect.identifier_preparer.quote(c) for c in columns)
         copy_sql = f"COPY {target} ({column_list}) FROM STDIN"
         cursor = self.conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
@@ -449,9 +526,6 @@ class Upserter:
                 cursor.copy_expert(copy_sql, io.StringIO(_copy_text(rows, columns)))
         finally:
             cursor.close()
-        merge = pg_insert(self.table).from_select(
-            list(columns), sa.select(*(tmp.c[c] for c in columns)))
-        self.conn.execute(self._pg_on_conflict(merge))
 
     def _temporary_table(self) -> sa.Table:
         import sqlalchemy as sa
@@ -492,6 +566,17 @@ class Upserter:
             {"s": seq, "m": max_id},
         )
         log.debug("moved sequence %s of %s to %d", seq, name, max_id)
+
+
+def _shape(rows: Sequence[Any], n: int, m: int) -> dict[Any, Any]:
+    """key -> compared values, a scalar for one column and a tuple for several."""
+    if n == 1 and m == 1:
+        return {r[0]: r[1] for r in rows}
+    if n == 1:
+        return {r[0]: tuple(r[1:]) for r in rows}
+    if m == 1:
+        return {tuple(r[:n]): r[n] for r in rows}
+    return {tuple(r[:n]): tuple(r[n:]) for r in rows}
 
 
 def _copy_text(rows: Sequence[Row], columns: Sequence[str]) -> str:

@@ -306,3 +306,20 @@ def test_postgresql_copy_path_updates_and_counts(pg: TestDatabase, driver: str) 
                 "SELECT count(*) FROM pg_class WHERE relname LIKE '\\_sg\\_upsert\\_%'")).scalar()
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("driver", ["psycopg", "psycopg2"])
+def test_postgresql_initial_load_with_a_key_repeated_across_batches(pg: TestDatabase,
+                                                                    driver: str) -> None:
+    url = sa.engine.make_url(pg.url).set(drivername=f"postgresql+{driver}")
+    engine = sa.create_engine(url)
+    try:
+        metadata.create_all(engine)
+        rows = rows_of(300)
+        rows.append({"code": "c00010", "name": "last wins", "qty": -1})
+        with engine.begin() as conn:
+            seedguard.upsert(conn, items, rows, key="code", batch_size=PG_COPY_THRESHOLD * 2)
+        assert len(content(engine, items, "code")) == 300
+        assert ("c00010", "last wins", -1) in content(engine, items, "code", "name", "qty")
+    finally:
+        engine.dispose()
