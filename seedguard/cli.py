@@ -165,7 +165,7 @@ def cli(ctx: click.Context, url: str | None, seeds: str | None, contexts: tuple[
     cwd = os.getcwd()
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
-    _configure_logging(verbose)
+    _configure_logging(ctx, verbose)
     _flask_app_context(ctx)
 
 
@@ -185,16 +185,23 @@ def _flask_app_context(ctx: click.Context) -> None:
         ctx.with_resource(info.load_app().app_context())
 
 
-def _configure_logging(verbose: bool) -> None:
-    logger = logging.getLogger("seedguard")
+def _configure_logging(ctx: click.Context, verbose: bool) -> None:
+    """With -v, log seedguard's INFO records to stderr for this command only."""
     if not verbose:
         return
-    if not any(getattr(h, "_seedguard_cli", False) for h in logger.handlers):
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
-        handler._seedguard_cli = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
+    logger = logging.getLogger("seedguard")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+
+    def restore() -> None:
+        # The group may run in a longer-lived process (flask's CLI runner, tests).
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+    ctx.call_on_close(restore)
 
 
 def _require_units(settings: _config.Settings) -> None:
