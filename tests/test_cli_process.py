@@ -145,8 +145,13 @@ def test_lock_timeout_exits_4_and_status_names_the_holder(db: TestDatabase, work
 
 
 def on_terminal(args: list[str], cwd: Path, answer: str | None = None,
-                timeout: float = 60) -> tuple[int, str]:
-    """Run ``args`` with a pty as stdin/stdout/stderr; type ``answer`` at the first prompt."""
+                timeout: float = 60,
+                replies: list[tuple[bytes, str]] | None = None) -> tuple[int, str]:
+    """Run ``args`` with a pty as stdin/stdout/stderr; type ``answer`` at the first
+    confirmation prompt, or each reply once its prompt text has appeared."""
+    pending = list(replies or [])
+    if answer is not None:
+        pending.append((b"[y/N]", answer))
     master, slave = pty.openpty()
     proc = subprocess.Popen(args, cwd=cwd, env=child_env(cwd), stdin=slave, stdout=slave,
                             stderr=slave, start_new_session=True)
@@ -156,9 +161,8 @@ def on_terminal(args: list[str], cwd: Path, answer: str | None = None,
     try:
         for chunk in _read(master, deadline):
             output += chunk
-            if answer is not None and b"[y/N]" in output:
-                os.write(master, answer.encode() + b"\n")
-                answer = None
+            while pending and pending[0][0] in output:
+                os.write(master, pending.pop(0)[1].encode() + b"\n")
         code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
     finally:
         if proc.poll() is None:
@@ -217,3 +221,14 @@ def test_long_unit_shows_a_sign_of_life_on_a_terminal(tmp_path: Path) -> None:
     assert piped.returncode == 0
     logged = run([*base, "upgrade"], tmp_path)
     assert logged.returncode == 0 and "\r" not in logged.stdout
+
+
+def test_init_asks_on_a_terminal(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'asked.db'}"
+    code, output = on_terminal([sys.executable, "-m", "seedguard", "init"], tmp_path,
+                               replies=[(b"Database URL", url), (b"Seeds module", "my.seeds")])
+    assert code == 0, output
+    text = (tmp_path / "pyproject.toml").read_text()
+    assert text == f'[tool.seedguard]\nurl = "{url}"\nseeds = "my.seeds"\n'
+    piped = run([sys.executable, "-m", "seedguard", "--url", url, "init"], tmp_path)
+    assert piped.returncode == 2 and "already has a [tool.seedguard] section" in piped.stderr
