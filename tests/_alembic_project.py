@@ -2,7 +2,8 @@
 
 Each revision appends its id to ``schema_log`` (a table with no unique key,
 created by the test before alembic runs), so a revision applied twice shows
-as two rows. r1 sleeps a second inside its transaction to widen the race
+as two rows. With ``R1_SLEEP`` set in the environment (the concurrency tests
+set it to 1 second) r1 sleeps inside its transaction, widening the race
 window that concurrent, unlocked ``alembic upgrade head`` runs fall into.
 """
 
@@ -91,6 +92,7 @@ REVISION = '''\
 Revision ID: {rev}
 Revises: {down}
 """
+import os
 import time
 
 import sqlalchemy as sa
@@ -115,7 +117,7 @@ BODIES = {
     R1: '''\
     op.create_table("widgets", sa.Column("id", sa.Integer, primary_key=True),
                     sa.Column("name", sa.String(50), nullable=False))
-    time.sleep(1.0)''',
+    time.sleep(float(os.environ.get("R1_SLEEP", "0")))''',
     R2: '''\
     op.create_table("gadgets", sa.Column("id", sa.Integer, primary_key=True),
                     sa.Column("name", sa.String(50), nullable=False))''',

@@ -291,6 +291,14 @@ def gadgets(session):
 '''
 
 
+@pytest.fixture
+def race_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Revision r1 holds its transaction open for a second (children inherit this)."""
+    monkeypatch.setenv("R1_SLEEP", "1")
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("race_window")
 @pytest.mark.parametrize("locks", ["both", "database-lock-alone"])
 def test_eight_processes_schema_and_seeds_each_once(server_db: TestDatabase, locks: str) -> None:
     db = server_db
@@ -315,6 +323,8 @@ def test_eight_processes_schema_and_seeds_each_once(server_db: TestDatabase, loc
     assert db.ledger() == [("gadgets", 1), ("widgets", 1)]
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("race_window")
 def test_eight_processes_plain_alembic_race(server_db: TestDatabase) -> None:
     """The control: without seedguard's lock the same start fails or applies twice."""
     db = server_db
@@ -329,6 +339,8 @@ def test_eight_processes_plain_alembic_race(server_db: TestDatabase) -> None:
     assert failed or doubled, (outcomes, log)
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("race_window")
 def test_eight_processes_schema_and_seeds_in_transaction_lock_mode(
         pg: TestDatabase, monkeypatch: pytest.MonkeyPatch) -> None:
     """Behind PgBouncer (lock_mode="transaction") the upgrade holds the lock in one transaction."""
