@@ -111,7 +111,7 @@ def status(bind: Bind = None, *, seeds: SeedsSpec = None,
     another process is applying (and names that process).
     """
     from seedguard.connect import connect, safe_url
-    from seedguard.ledger import Ledger, LedgerState
+    from seedguard.ledger import HEAD_REVISION, Ledger, LedgerState
     from seedguard.locking import FileLock, database_lock, default_lock_path, lock_key
 
     settings = _settings(bind, seeds=seeds, contexts=contexts)
@@ -120,13 +120,15 @@ def status(bind: Bind = None, *, seeds: SeedsSpec = None,
     ledger = Ledger(settings.ledger_table, settings.ledger_schema)
     with engine_for(settings) as engine:
         with connect(engine) as conn:
-            state = ledger.read(conn)
+            state, revision = _read_any(conn, ledger)
         file_lock = FileLock(settings.lock_path or default_lock_path(engine.url))
         db_lock = database_lock(engine, lock_key(engine, ledger.name, ledger.schema))
         result = StatusResult(
             url=safe_url(engine.url),
             ledger=ledger.qualified_name,
             ledger_exists=state is not None,
+            ledger_revision=revision,
+            ledger_current=revision is None or revision == HEAD_REVISION,
             file_lock=str(file_lock.path),
             file_lock_holder=file_lock.holder(),
             database_lock_holder=db_lock.holder(),
@@ -153,6 +155,39 @@ def status(bind: Bind = None, *, seeds: SeedsSpec = None,
             applied_at=latest.applied_at, applied_by=latest.applied_by,
         ))
     return result
+
+
+def _read_any(conn: Connection, ledger: Ledger) -> tuple[LedgerState | None, str | None]:
+    """The ledger's rows and revision, also from a ledger an older seedguard made
+    (reading never upgrades it: only writes do, under the locks). None: no ledger."""
+    state = ledger.read(conn)
+    revision = ledger.revision(conn)
+    if state is None and revision is not None:
+        state = _read_behind(conn, ledger)
+    return state, revision
+
+
+def _read_behind(conn: Connection, ledger: Ledger) -> LedgerState:
+    """The rows of a ledger at an older revision: the columns every revision has."""
+    import datetime as dt
+
+    import sqlalchemy as sa
+
+    from seedguard.ledger import LedgerRow, LedgerState
+
+    c = ledger.table.c
+    query = sa.select(c.name, c.version, c.checksum, c.status, c.applied_at, c.duration_ms,
+                      c.applied_by)
+    rows = []
+    for row in conn.execute(query):
+        applied_at = row.applied_at
+        if applied_at.tzinfo is None:  # stored naive, in UTC
+            applied_at = applied_at.replace(tzinfo=dt.timezone.utc)
+        rows.append(LedgerRow(name=row.name, version=row.version, checksum=row.checksum,
+                              status=row.status, applied_at=applied_at,
+                              duration_ms=row.duration_ms, applied_by=row.applied_by))
+    conn.rollback()
+    return LedgerState(rows)
 
 
 def check(bind: Bind = None, *, seeds: SeedsSpec = None,
@@ -195,7 +230,7 @@ def history(bind: Bind = None) -> HistoryResult:
     settings = _settings(bind)
     ledger = Ledger(settings.ledger_table, settings.ledger_schema)
     with engine_for(settings) as engine, connect(engine) as conn:
-        state = ledger.read(conn)
+        state, _ = _read_any(conn, ledger)
         url = safe_url(engine.url)
     rows = state.rows() if state is not None else []
     rows.sort(key=lambda r: (r.applied_at, r.name, r.version), reverse=True)

@@ -387,8 +387,11 @@ def _describe(unit: UnitStatus) -> str:
 
 
 def _render_status(opts: Options, result: StatusResult) -> None:
-    _info(opts, f"database {result.url}, ledger {result.ledger}"
-          + ("" if result.ledger_exists else " (not created yet)"))
+    note = "" if result.ledger_exists else " (not created yet)"
+    if not result.ledger_current:
+        note = (f" (schema revision {result.ledger_revision}, made by an older seedguard; "
+                "the next upgrade, stamp or forget brings it up to date)")
+    _info(opts, f"database {result.url}, ledger {result.ledger}{note}")
     width = max((len(f"{u.name} v{u.version}") for u in result.units), default=0)
     for unit in result.units:
         label = unit.name if unit.version is None else f"{unit.name} v{unit.version}"

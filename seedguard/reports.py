@@ -57,6 +57,10 @@ class StatusResult:
     ledger: str
     ledger_exists: bool
     units: list[UnitStatus] = field(default_factory=list)
+    # The ledger schema's revision; behind the installed seedguard's until the
+    # next write (upgrade, stamp, ...) brings it up to date.
+    ledger_revision: str | None = None
+    ledger_current: bool = True
     file_lock: str = ""
     file_lock_holder: dict[str, object] | None = None
     database_lock_holder: str | None = None
@@ -75,6 +79,8 @@ class StatusResult:
             "url": self.url,
             "ledger": self.ledger,
             "ledger_exists": self.ledger_exists,
+            "ledger_revision": self.ledger_revision,
+            "ledger_current": self.ledger_current,
             "units": [u.as_dict() for u in self.units],
             "counts": {state: len(self.by_state(state)) for state in STATES},
             "locks": {
@@ -105,6 +111,7 @@ class HistoryResult:
                     "applied_at": _when(r.applied_at),
                     "duration_ms": r.duration_ms,
                     "applied_by": r.applied_by,
+                    "description": r.description,
                 }
                 for r in self.rows
             ],

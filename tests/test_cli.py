@@ -357,7 +357,7 @@ def one(session): pass
     assert [(r["name"], r["version"], r["status"]) for r in doc["rows"]] == [
         ("one", 2, "applied"), ("one", 1, "applied")]
     assert set(doc["rows"][0]) == {"name", "version", "status", "checksum", "applied_at",
-                                   "duration_ms", "applied_by"}
+                                   "duration_ms", "applied_by", "description"}
     text = project.run("history")
     assert text.exit_code == 0
     assert text.stdout.index("one v2") < text.stdout.index("one v1")
@@ -477,3 +477,35 @@ def test_exit_code_table() -> None:
     assert sgcli.exit_code(ConfigError("x")) == 2
     assert sgcli.exit_code(DefinitionError("x")) == 2
     assert sgcli.exit_code(LockTimeout("x")) == 4
+
+
+def test_status_and_history_read_a_ledger_made_by_an_older_seedguard(project: Project) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from seedguard.ledger import HEAD_REVISION, migrations_path
+
+    seeds = project.units()
+    assert project.run("upgrade", seeds=seeds).exit_code == 0
+    engine = project.db.engine()
+    with engine.connect() as conn:  # take the ledger back to its first revision
+        cfg = Config()
+        cfg.set_main_option("script_location", str(migrations_path()))
+        cfg.attributes.update(connection=conn, ledger_table="seedguard_ledger",
+                              ledger_schema=None)
+        command.downgrade(cfg, "sg0001")
+        conn.commit()
+    engine.dispose()
+
+    code, doc = project.json("status", "--json", seeds=seeds)
+    assert code == 0
+    assert doc["ledger_revision"] == "sg0001" and doc["ledger_current"] is False
+    assert [u["state"] for u in doc["units"]] == ["applied", "applied"]
+    assert "made by an older seedguard" in project.run("status", seeds=seeds).stdout
+    code, doc = project.json("history", "--json")
+    assert sorted(r["name"] for r in doc["rows"]) == ["roles", "users"]
+
+    assert project.run("stamp", "roles", seeds=seeds).exit_code == 0  # a write upgrades it
+    code, doc = project.json("status", "--json", seeds=seeds)
+    assert doc["ledger_revision"] == HEAD_REVISION and doc["ledger_current"] is True
+    assert project.db.effects() == ["roles", "users"]
