@@ -92,7 +92,7 @@ class _Group(click.Group):
         formatter.write_paragraph()
         formatter.write_text(
             "Exit codes: 0 done or nothing to do; 1 a unit failed; 2 usage or configuration "
-            "error; 3 `check` found pending, drifted or blocked units; 4 lock timeout."
+            "error; 3 `check` found pending, waiting, drifted or blocked units; 4 lock timeout."
         )
 
 
@@ -428,7 +428,7 @@ def status(opts: Options, as_json: bool) -> None:
 @pass_options
 @click.pass_context
 def check(ctx: click.Context, opts: Options) -> None:
-    """Exit 0 when nothing is pending, drifted or blocked; else exit 3 and say what."""
+    """Exit 0 when nothing is pending, waiting, drifted or blocked; else exit 3 and say what."""
     _start(opts, "check")
     settings = opts.settings()
     _require_units(settings)
@@ -438,7 +438,7 @@ def check(ctx: click.Context, opts: Options) -> None:
               "or drifted")
         return
     for unit in result.units:
-        if unit.state in ("pending", "drifted", "blocked"):
+        if unit.state in ("pending", "waiting", "drifted", "blocked"):
             click.echo(f"{unit.state}: {unit.name} v{unit.version}: {_describe(unit)}")
     ctx.exit(EXIT_CHECK)
 

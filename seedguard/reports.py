@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from seedguard.ledger import LedgerRow
 
-STATES = ("applied", "pending", "drifted", "ahead", "blocked", "orphaned")
+STATES = ("applied", "pending", "waiting", "drifted", "ahead", "blocked", "orphaned")
 """Every state :func:`seedguard.api.status` reports for a unit."""
 
 

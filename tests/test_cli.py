@@ -246,8 +246,8 @@ def fresh(session): pass
     roles = next(u for u in doc["units"] if u["name"] == "roles")
     assert roles["version"] == 2 and roles["recorded_version"] == 3
     assert roles["applied_at"].endswith("+00:00") and ":" in roles["applied_by"]
-    assert doc["counts"] == {"applied": 0, "pending": 1, "drifted": 1, "ahead": 1,
-                             "blocked": 0, "orphaned": 1}
+    assert doc["counts"] == {"applied": 0, "pending": 1, "waiting": 0, "drifted": 1,
+                             "ahead": 1, "blocked": 0, "orphaned": 1}
     assert doc["ledger_exists"] is True
     assert doc["locks"]["file"]["holder"] is None and doc["locks"]["database"]["holder"] is None
     assert "***" not in doc["url"] or project.db.kind != "sqlite"
