@@ -484,7 +484,9 @@ class Upserter:
         kinds = (sa.String, sa.Integer, sa.Numeric, sa.Boolean, sa.Date, sa.DateTime, sa.Time,
                  sa.Uuid)
         columns = self._columns or ()
-        return all(isinstance(self.table.c[c].type, kinds) for c in columns)
+        # Enum columns take Python enum members, which COPY's text format cannot spell.
+        return all(isinstance(self.table.c[c].type, kinds)
+                   and not isinstance(self.table.c[c].type, sa.Enum) for c in columns)
 
     def _copy_direct(self, rows: Sequence[Row]) -> bool:
         """COPY straight into the (locked, initially empty) table; False on a duplicate key."""
