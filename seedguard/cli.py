@@ -15,7 +15,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, Any, TypeVar
 
 import click
@@ -59,6 +59,8 @@ class Options:
     verbose: bool = False
     command: str = ""
     json: bool = False
+    # Added to the JSON error document: what a command did before it failed.
+    partial: dict[str, Any] = field(default_factory=dict)
 
     def settings(self) -> _config.Settings:
         return _config.resolve(
@@ -110,7 +112,7 @@ def _fail(ctx: click.Context, err: Exception) -> None:
         if isinstance(err, LockTimeout):
             error["lock"] = err.lock
             error["holder"] = err.holder
-        _emit_json({"ok": False, "command": opts.command, "error": error})
+        _emit_json({"ok": False, "command": opts.command, **opts.partial, "error": error})
     else:
         click.echo(f"error: {message}", err=True)
     if opts.verbose:
@@ -320,9 +322,19 @@ def upgrade(opts: Options, target: str | None, dry_run: bool, strict: bool, sche
     _require_units(opts.settings())
     out = sys.stdout
     progress = None if (as_json or opts.quiet) else _Progress(out, tty=out.isatty())
+    # Units applied before a failure stay applied: the JSON error document lists them.
+    finished: list[dict[str, Any]] = []
+    opts.partial["applied"] = finished
+
+    def listener(event: Event) -> None:
+        if isinstance(event, UnitFinished):
+            finished.append({**_item(event.unit), "duration_ms": event.duration_ms})
+        if progress is not None:
+            progress(event)
+
     try:
         result = _run_apply(opts, target=target, dry_run=dry_run, strict=strict,
-                            schema=schema, on_event=progress)
+                            schema=schema, on_event=listener)
     finally:
         if progress is not None:
             progress.close()

@@ -180,6 +180,11 @@ def test_failed_unit_exits_1_with_one_line_and_resumes(project: Project) -> None
     assert doc["ok"] is False and doc["command"] == "upgrade"
     assert doc["error"]["type"] == "SeedFailed" and doc["error"]["unit"] == "broken"
     assert doc["error"]["exit_code"] == 1
+    assert doc["applied"] == []  # "first" was applied by the first run
+
+    fresh = project.module(BROKEN.replace('"first"', '"first-again"'))
+    code, doc = project.json("upgrade", "--json", seeds=fresh)
+    assert code == 1 and [u["name"] for u in doc["applied"]] == ["first-again"]
 
 
 def test_configuration_errors_exit_2(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
