@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import enum
 from collections.abc import Iterator
 from typing import Any
 
@@ -323,3 +324,38 @@ def test_postgresql_initial_load_with_a_key_repeated_across_batches(pg: TestData
         assert ("c00010", "last wins", -1) in content(engine, items, "code", "name", "qty")
     finally:
         engine.dispose()
+
+
+class Colour(enum.Enum):
+    red = "red"
+    blue = "blue"
+
+
+paints = sa.Table(
+    "paints", sa.MetaData(),
+    sa.Column("code", sa.String(20), primary_key=True),
+    sa.Column("colour", sa.Enum(Colour)),
+)
+
+
+def test_enum_column_and_composite_key_in_large_batches(db: TestDatabase,
+                                                        engine: sa.Engine) -> None:
+    paints.create(engine)
+    size = PG_COPY_THRESHOLD * 3  # the COPY paths on PostgreSQL, where they apply
+    colours = [{"code": f"p{i}", "colour": [Colour.red, Colour.blue][i % 2]} for i in range(size)]
+    price_rows = [{"region": f"r{i % 3}", "sku": f"s{i}", "amount": decimal.Decimal(i)}
+                  for i in range(size)]
+    run(engine, paints, colours, key="code")
+    run(engine, prices, price_rows, key=["region", "sku"])
+    for row in price_rows[::2]:
+        row["amount"] += 1
+    colours[0]["colour"] = Colour.blue
+
+    paint_result = run(engine, paints, colours, key="code")
+    price_result = run(engine, prices, price_rows, key=["region", "sku"])
+
+    assert (paint_result.updated, paint_result.unchanged) == (1, size - 1)
+    assert (price_result.updated, price_result.unchanged) == (size - size // 2, size // 2)
+    assert content(engine, paints, "code", "colour")[0] == ("p0", Colour.blue)
+    assert sum(a for _, _, a in content(engine, prices, "region", "sku", "amount")) == sum(
+        r["amount"] for r in price_rows)
