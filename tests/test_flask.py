@@ -137,18 +137,40 @@ def test_flask_seedguard_commands(make_app: object, seeds_dir: Path, db: TestDat
     assert missing.exit_code == 2 and "not found" in missing.output
 
 
-def test_flask_seedguard_in_a_real_process(db: TestDatabase, tmp_path: Path) -> None:
-    db.create_effects_table()
-    write_module(tmp_path, "flaskapp", f'''
+SINGLE_FILE = '''
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 from seedguard.flask import SeedGuard
 
 app = Flask(__name__)
-app.config["SQLALCHEMY_DATABASE_URI"] = {db.url!r}
+app.config["SQLALCHEMY_DATABASE_URI"] = {url!r}
 db = SQLAlchemy(app)
 SeedGuard(app, db, seeds="flaskapp_seeds")
-''')
+'''
+
+FACTORY = '''
+from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
+from seedguard.flask import SeedGuard
+
+db = SQLAlchemy()
+guard = SeedGuard(seeds="flaskapp_seeds")
+
+def create_app():
+    app = Flask(__name__)
+    app.config["SQLALCHEMY_DATABASE_URI"] = {url!r}
+    db.init_app(app)
+    guard.init_app(app)
+    return app
+'''
+
+
+@pytest.mark.parametrize("layout", ["single-file", "factory"])
+def test_flask_seedguard_in_a_real_process(db: TestDatabase, tmp_path: Path,
+                                           layout: str) -> None:
+    db.create_effects_table()
+    source = SINGLE_FILE if layout == "single-file" else FACTORY
+    write_module(tmp_path, "flaskapp", source.format(url=db.url))
     write_module(tmp_path, "flaskapp_seeds", SEEDS.format(tag="cli"))
     command = [sys.executable, "-m", "flask", "--app", "flaskapp", "seedguard"]
 
