@@ -15,9 +15,10 @@ Alembic is imported inside functions: ``import seedguard`` must stay light.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
-from collections.abc import Callable, Container, Iterable
+from collections.abc import Callable, Container, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -261,6 +262,35 @@ def waiting_for(units: Iterable[SeedUnit], recorded: Container[tuple[str, int]],
     return waits
 
 
+@contextlib.contextmanager
+def _loggers_kept() -> Iterator[None]:
+    """Undo what ``fileConfig`` in the user's env.py does to this process's logging.
+
+    The env.py that ``alembic init`` and Flask-Migrate write calls
+    ``logging.config.fileConfig(alembic.ini)``: it replaces the root logger's
+    handlers and level and, with its default ``disable_existing_loggers=True``,
+    mutes every logger that already exists (seedguard's and the
+    application's) for the rest of the process. That configuration is meant
+    for the ``alembic`` command; run in-process, the application's own
+    logging set-up must survive it.
+    """
+    loggers = logging.Logger.manager.loggerDict
+    disabled = {name for name, logger in loggers.items()
+                if isinstance(logger, logging.Logger) and logger.disabled}
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        yield
+    finally:
+        # Every logger not disabled before, including ones created meanwhile
+        # (e.g. a module imported for the first time by the migrations).
+        for name, logger in list(loggers.items()):
+            if isinstance(logger, logging.Logger) and name not in disabled:
+                logger.disabled = False
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
 # -- one lock for schema and seeds ---------------------------------------------------
 
 
@@ -293,7 +323,8 @@ def upgrade_head(settings: Settings, engine: Engine, conn: Connection, *,
     config.set_main_option("sqlalchemy.url", url)
     log.info("running the user's alembic upgrade head (%s)", script.dir)
     try:
-        command.upgrade(config, "head")
+        with _loggers_kept():
+            command.upgrade(config, "head")
     except CommandError as err:
         raise ConfigError(f"alembic upgrade head failed: {err}; {_WHERE}") from err
     except Exception as err:

@@ -45,12 +45,17 @@ handlers =
 # The cookbook env.py: use a connection handed over in config.attributes
 # (seedguard does), else build an engine from sqlalchemy.url (plain alembic).
 ENV = '''\
+from logging.config import fileConfig
+
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
 import seedguard.alembic
 
 config = context.config
+# As `alembic init` writes it: this silences every logger that already exists.
+if config.config_file_name is not None:
+    fileConfig(config.config_file_name)
 {models}
 
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,14 @@ import seedguard.cli
 from seedguard import ConfigError
 from seedguard.config import resolve
 from seedguard.result import Waiting
+
+
+@pytest.fixture(autouse=True)
+def _logging_restored() -> Iterator[None]:
+    """The project's env.py calls fileConfig; tests that run alembic directly in this
+    process must not leave later tests (in other files) with muted loggers."""
+    with seedguard.alembic._loggers_kept():
+        yield
 
 
 @pytest.fixture
@@ -182,6 +192,18 @@ def test_schema_true_upgrades_schema_then_seeds(project: tuple[TestDatabase, str
     assert db.execute("SELECT version_num FROM alembic_version")[0][0] == R3
     # seedguard's ledger has its own version table: alembic_version is the user's alone.
     assert count(db, "alembic_version") == 1
+
+
+def test_schema_upgrade_keeps_existing_loggers_enabled(
+        project: tuple[TestDatabase, str], caplog: pytest.LogCaptureFixture) -> None:
+    db, ini = project
+    app_logger = logging.getLogger("myapp.startup")  # exists before the upgrade runs
+    caplog.set_level(logging.INFO)
+    seedguard.apply(db.url, seeds=[unit("plain")], alembic_config=ini, schema=True)
+
+    assert not app_logger.disabled
+    assert not logging.getLogger("seedguard.runner").disabled
+    assert "applied plain v1" in caplog.text  # logged after the user's env.py ran
 
 
 def test_failing_user_migration_runs_no_seed(project: tuple[TestDatabase, str]) -> None:
