@@ -331,7 +331,9 @@ class PostgresSessionLock(DatabaseLock):
                     conn.rollback()
                     raise self._timeout(deadline) from err
                 raise
-            conn.execute(text("SELECT set_config('lock_timeout', '0', false)"))
+            # Back to the session's own setting (units now run on this session,
+            # issue 6), not to 0: a lock_timeout the application configured stays.
+            conn.execute(text("RESET lock_timeout"))
             self.backend_pid = conn.execute(text("SELECT pg_backend_pid()")).scalar()
             conn.commit()
             self.conn = conn
@@ -364,6 +366,8 @@ class PostgresSessionLock(DatabaseLock):
                 pid = conn.execute(text("SELECT pg_backend_pid()")).scalar()
                 if self.backend_pid is None or pid == self.backend_pid:
                     conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": self.number})
+                    # The connection goes back to the caller's pool: no seedguard label on it.
+                    conn.execute(text("RESET application_name"))
                     conn.commit()
                     self._unlocked = True
                     return
@@ -553,7 +557,9 @@ class PostgresTransactionLock(PostgresSessionLock):
             if getattr(err.orig, "sqlstate", None) == "55P03":  # lock_not_available
                 raise self._timeout(deadline) from err
             raise
-        conn.execute(text("SELECT set_config('lock_timeout', '0', true)"))
+        # TO DEFAULT: the session's own value, so the unit runs with the
+        # lock_timeout the application configured, not with ours.
+        conn.execute(text("SET LOCAL lock_timeout TO DEFAULT"))
 
 
 DATABASE_LOCKS: dict[str, type[DatabaseLock]] = {

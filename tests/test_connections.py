@@ -107,3 +107,21 @@ def test_one_connection_per_applier(fx: TestDatabase) -> None:
     (first, holders_a), (second, holders_b) = seen
     assert first == second  # both units on one session...
     assert holders_a == holders_b == {first}  # ...the one holding the database lock
+
+
+@pytest.mark.parametrize("lock_mode", ["session", "transaction"])
+def test_units_keep_the_applications_session_settings(pg: TestDatabase, lock_mode: str) -> None:
+    """Units run on the lock's session: seedguard's lock wait settings must not leak into them."""
+    pg.create_effects_table()
+    engine = pg.engine(connect_args={"options": "-c lock_timeout=1234ms"})
+    seen: list[str] = []
+
+    def probe(session: Any) -> None:
+        seen.append(session.execute(sa.text("SHOW lock_timeout")).scalar())
+
+    seedguard.apply(engine, seeds=[unit("a", fn=probe), unit("b", fn=probe)],
+                    lock_timeout=5, lock_mode=lock_mode)
+    assert seen == ["1234ms", "1234ms"]
+    with engine.connect() as conn:  # the pooled connection the run used, handed back clean
+        assert not conn.execute(sa.text("SHOW application_name")).scalar().startswith("seedguard")
+        assert conn.execute(sa.text("SHOW lock_timeout")).scalar() == "1234ms"
