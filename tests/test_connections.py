@@ -97,7 +97,8 @@ def test_one_connection_per_applier(fx: TestDatabase) -> None:
         own = session.execute(sa.text(OWN_ID[fx.kind])).scalar()
         if fx.kind == "postgresql":
             holders = {row[0] for row in fx.execute(
-                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted")}
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND database = "
+                "(SELECT oid FROM pg_database WHERE datname = current_database())")}
         else:
             holders = {row[0] for row in fx.execute("SELECT IS_USED_LOCK(:n)", n=lock_name)}
         seen.append((own, holders))
