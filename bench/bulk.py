@@ -21,7 +21,7 @@ TARGETS = [
     ("postgresql+psycopg2", "postgresql", "postgresql+psycopg2"),
     ("mariadb", "mariadb", None),
 ]
-REPEAT = 3
+REPEAT = 5
 ORM_SAMPLE = 2000  # the naive loop is measured on this many rows and scaled per row
 
 metadata = sa.MetaData()
