@@ -283,3 +283,40 @@ def _run_trials(db: TestDatabase, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         print(f"\nfaults[{label}]: {kills} SIGKILL trials ({index} runs), all recovered "
               f"(seed {seed}, {elapsed:.1f} s): {dict(sorted(outcomes.items()))}",
               file=sys.stderr)
+
+
+def test_waiter_takes_over_when_the_holder_is_killed(db: TestDatabase, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Appliers already waiting finish the job themselves once the holder is SIGKILLed."""
+    module = f"takeover_seeds_{tmp_path.name.replace('-', '_')}"
+    write_module(tmp_path, module, SEEDS % (UNITS,))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.import_module(module)
+    _reset(db, module, 0)
+    holder, holder_fd = _fork_applier(db.url, module, hook="in-unit", k=2)
+    assert _wait_byte(holder_fd, b"k")
+    # SQLite has no database lock: there both waiters share the file lock.
+    other_host = None if db.kind == "sqlite" else str(tmp_path / "other-host.lock")
+    waiters = [_fork_applier(db.url, module), _fork_applier(db.url, module, lock_path=other_host)]
+    for _, fd in waiters:
+        assert _wait_byte(fd, b"s")
+    time.sleep(0.3)  # both blocked: on the file lock, and (servers) on the database lock
+    _kill(holder, holder_fd)
+    killed_at = time.monotonic()
+    for pid, fd in waiters:
+        deadline = killed_at + 20
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                _kill(pid, fd)
+                pytest.fail("a waiter was still blocked 20 s after the holder died")
+            time.sleep(0.02)
+        os.close(fd)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    took_over = time.monotonic() - killed_at
+    effects, ledger = _state(db)
+    assert effects == Counter(UNITS)
+    assert set(ledger) == set(UNITS) and set(ledger.values()) == {"applied"}
+    assert took_over < 10, f"waiters took {took_over:.1f} s after the holder died"
