@@ -252,3 +252,27 @@ def test_interrupted_non_transactional_unit_blocks_in_transaction_mode(
     with pytest.raises(UnitBlocked, match="seedguard resolve bulk"):
         seedguard.apply(url, seeds=units, lock_mode="transaction", lock_timeout=2)
     assert sorted(pg.effects()) == ["a", "c"]
+
+
+def test_server_session_killed_mid_unit_behind_pgbouncer(pg: TestDatabase,
+                                                         pgbouncer_port: int) -> None:
+    from seedguard import SeedFailed
+
+    pg.create_effects_table()
+    url = bouncer_url(pg, pgbouncer_port)
+
+    def killed(session: Any) -> None:
+        session.execute(sa.text("INSERT INTO effects (unit, value) VALUES ('victim', 'half')"))
+        pid = session.execute(sa.text("SELECT pg_backend_pid()")).scalar()
+        pg.execute("SELECT pg_terminate_backend(:pid)", pid=pid)  # directly on the server
+        session.execute(sa.text("INSERT INTO effects (unit, value) VALUES ('victim', 'rest')"))
+
+    units = [unit("before"), unit("victim", fn=killed, after=["before"])]
+    with pytest.raises(SeedFailed) as info:
+        seedguard.apply(url, seeds=units, lock_mode="transaction", lock_timeout=5)
+    assert info.value.unit.name == "victim"
+    assert pg.effects() == ["before"] and pg.ledger() == [("before", 1)]
+    result = seedguard.apply(url, seeds=[units[0], unit("victim", after=["before"])],
+                             lock_mode="transaction", lock_timeout=2)
+    assert [u.name for u in result.applied] == ["victim"]
+    assert sorted(pg.effects()) == ["before", "victim"]
