@@ -359,3 +359,15 @@ def test_enum_column_and_composite_key_in_large_batches(db: TestDatabase,
     assert content(engine, paints, "code", "colour")[0] == ("p0", Colour.blue)
     assert sum(a for _, _, a in content(engine, prices, "region", "sku", "amount")) == sum(
         r["amount"] for r in price_rows)
+
+
+def test_update_false_in_large_batches_only_inserts(engine: sa.Engine) -> None:
+    size = PG_COPY_THRESHOLD * 2
+    run(engine, items, rows_of(size), key="code")
+
+    result = run(engine, items, rows_of(size + PG_COPY_THRESHOLD, name="other"), key="code",
+                 update=False)
+
+    assert (result.inserted, result.updated, result.unchanged) == (PG_COPY_THRESHOLD, 0, size)
+    names = [name for _, name in content(engine, items, "code", "name")]
+    assert names.count("other") == PG_COPY_THRESHOLD
