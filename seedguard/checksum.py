@@ -18,6 +18,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import inspect
+import linecache
 import textwrap
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -62,7 +63,21 @@ def same_algorithm(a: str, b: str) -> bool:
     return a.partition(":")[0] == b.partition(":")[0]
 
 
-def _function_node(fn: Callable[..., Any]) -> ast.FunctionDef | ast.AsyncFunctionDef | None:
+FunctionNode = ast.FunctionDef | ast.AsyncFunctionDef
+
+# filename -> (the linecache lines it was parsed from, function nodes by line).
+_parsed: dict[str, tuple[list[str], dict[int, FunctionNode]]] = {}
+
+
+def _function_node(fn: Callable[..., Any]) -> FunctionNode | None:
+    # Parse each source file once and find the function by its first line: a
+    # module of 1,000 units would otherwise be read and tokenized 1,000 times
+    # (inspect.getsource) at every fresh start-up (bench/noop.py).
+    code = getattr(fn, "__code__", None)
+    if code is not None:
+        found = _node_in_file(code.co_filename, code.co_firstlineno, fn.__name__)
+        if found is not None:
+            return found
     try:
         source = inspect.getsource(fn)
     except (OSError, TypeError):
@@ -75,6 +90,27 @@ def _function_node(fn: Callable[..., Any]) -> ast.FunctionDef | ast.AsyncFunctio
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             return node
     return None
+
+
+def _node_in_file(filename: str, line: int, name: str) -> FunctionNode | None:
+    lines = linecache.getlines(filename)
+    if not lines:
+        return None
+    cached = _parsed.get(filename)
+    if cached is None or cached[0] is not lines:  # linecache re-read the file
+        try:
+            tree = ast.parse("".join(lines))
+        except (SyntaxError, ValueError):
+            return None
+        index: dict[int, FunctionNode] = {}
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                # co_firstlineno is the first decorator's line (3.8+).
+                first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+                index.setdefault(first, node)
+        cached = _parsed[filename] = (lines, index)
+    found = cached[1].get(line)
+    return found if found is not None and found.name == name else None
 
 
 def _is_docstring(stmt: ast.stmt) -> bool:

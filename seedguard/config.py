@@ -162,11 +162,7 @@ def _pyproject_layer(cwd: Path) -> tuple[str, Mapping[str, Any]]:
     path = find_pyproject(cwd)
     if path is None:
         return ("pyproject.toml", {})
-    try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except (OSError, tomllib.TOMLDecodeError) as err:
-        raise ConfigError(f"cannot read {path}: {err}") from err
+    data = _read_toml(path)
     section = data.get("tool", {}).get("seedguard", {})
     if not isinstance(section, dict):
         raise ConfigError(f"{path}: [tool.seedguard] must be a table")
@@ -182,6 +178,25 @@ def _pyproject_layer(cwd: Path) -> tuple[str, Mapping[str, Any]]:
         if isinstance(layer.get(key), str):
             layer[key] = str((path.parent / layer[key]).resolve())
     return (f"{path}", layer)
+
+
+_toml_cache: dict[Path, tuple[tuple[int, int], dict[str, Any]]] = {}
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    """``path`` parsed, re-read only when its size or mtime changed (apply() at every start-up)."""
+    try:
+        info = path.stat()
+        stamp = (info.st_mtime_ns, info.st_size)
+        cached = _toml_cache.get(path)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise ConfigError(f"cannot read {path}: {err}") from err
+    _toml_cache[path] = (stamp, data)
+    return data
 
 
 def _contexts(value: Any) -> tuple[str, ...]:

@@ -11,6 +11,7 @@ with the ledger's revision, so one query tells "current and complete" from
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import os
 import socket
@@ -18,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import sqlalchemy as sa
 
@@ -53,14 +54,32 @@ class LedgerRow:
     description: str | None = None  # since sg0002
 
 
+class PlanRow(NamedTuple):
+    """What planning needs of a ledger row; the fast path reads only this."""
+
+    name: str
+    version: int
+    checksum: str | None
+    status: str
+
+
 class LedgerState(Mapping[tuple[str, int], LedgerRow]):
-    """The ledger's rows by ``(name, version)``, with look-ups by name."""
+    """The ledger's rows by ``(name, version)``, with look-ups by name.
+
+    On the fast path the rows are :class:`PlanRow` tuples carrying only what
+    planning needs: building a LedgerRow per row was most of a no-op
+    start-up's cost (bench/noop.py).
+    """
 
     def __init__(self, rows: Iterable[LedgerRow] = ()) -> None:
         self._rows = {(row.name, row.version): row for row in rows}
+        self._latest: dict[str, LedgerRow] | None = None
 
     def __getitem__(self, key: tuple[str, int]) -> LedgerRow:
         return self._rows[key]
+
+    def get(self, key: tuple[str, int], default: Any = None) -> Any:  # a plain dict look-up
+        return self._rows.get(key, default)
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(self._rows)
@@ -70,8 +89,13 @@ class LedgerState(Mapping[tuple[str, int], LedgerRow]):
 
     def latest(self, name: str) -> LedgerRow | None:
         """The row of the highest recorded version of ``name``."""
-        rows = [row for (n, _), row in self._rows.items() if n == name]
-        return max(rows, key=lambda row: row.version) if rows else None
+        if self._latest is None:
+            self._latest = {}
+            for row in self._rows.values():
+                seen = self._latest.get(row.name)
+                if seen is None or row.version > seen.version:
+                    self._latest[row.name] = row
+        return self._latest.get(name)
 
     def rows(self) -> list[LedgerRow]:
         return list(self._rows.values())
@@ -79,6 +103,13 @@ class LedgerState(Mapping[tuple[str, int], LedgerRow]):
 
 class Ledger:
     """The ledger table ``schema.name`` and the statements that touch it."""
+
+    @staticmethod
+    @functools.cache
+    def named(name: str, schema: str | None = None) -> Ledger:
+        """The shared Ledger for ``schema.name``: one Table, so SQLAlchemy's
+        statement cache is hit on every start-up after the first."""
+        return Ledger(name, schema)
 
     def __init__(self, name: str, schema: str | None = None) -> None:
         self.name = name
@@ -112,20 +143,24 @@ class Ledger:
 
     # -- reading -----------------------------------------------------------
 
-    def read(self, conn: Connection) -> LedgerState | None:
+    def read(self, conn: Connection, *, full: bool = True) -> LedgerState | None:
         """The ledger's rows, or None when the table is missing or not at ``HEAD_REVISION``.
 
         One statement. It runs in a SAVEPOINT-free way: on failure the caller's
         connection is rolled back, so use a connection dedicated to reading.
         A ledger made by a newer seedguard raises instead of returning rows:
         the caller would otherwise write to a table it does not understand.
+        ``full=False`` reads only what planning needs (the runner's fast path).
         """
         # The version table drives the query, so even an empty ledger yields
         # one row carrying the revision (its ledger columns NULL): a newer
         # ledger is recognised whether or not it has rows. A behind ledger
         # lacks some newest column, so the statement fails and we return None.
-        query = sa.select(self.table, self.version_table.c.version_num.label("revision")) \
-            .select_from(self.version_table.outerjoin(self.table, sa.true()))
+        table = self.table
+        columns = [table] if full else [table.c.name, table.c.version, table.c.checksum,
+                                        table.c.status]
+        query = sa.select(*columns, self.version_table.c.version_num.label("revision")) \
+            .select_from(self.version_table.outerjoin(table, sa.true()))
         try:
             result = conn.execute(query).all()
         except sa.exc.DBAPIError as err:
@@ -142,6 +177,11 @@ class Ledger:
             if revision not in KNOWN_REVISIONS:
                 raise newer_ledger(self.qualified_name, revision)
             return None
+        if not full:
+            # Index access and a NamedTuple: attribute access on result rows
+            # is ten times slower, and this runs for every row at start-up.
+            return LedgerState(cast("LedgerRow", PlanRow(r[0], r[1], r[2], r[3]))
+                               for r in result if r[0] is not None)
         return LedgerState(self._row(r) for r in result if r.name is not None)
 
     def read_current(self, conn: Connection) -> LedgerState:
@@ -155,7 +195,7 @@ class Ledger:
         return conn.execute(sa.select(self.version_table.c.version_num)).scalar()
 
     @staticmethod
-    def _row(row: sa.Row[tuple[object, ...]]) -> LedgerRow:
+    def _row(row: Any) -> LedgerRow:  # a result row with every ledger column
         applied_at = row.applied_at
         if applied_at.tzinfo is None:
             applied_at = applied_at.replace(tzinfo=dt.timezone.utc)

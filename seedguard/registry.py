@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import heapq
 import importlib
 import pkgutil
@@ -90,7 +91,13 @@ def order(units: Iterable[SeedUnit]) -> list[SeedUnit]:
 
     Raises DefinitionError for a dependency that is not among ``units`` or a cycle.
     """
-    units = list(units)
+    # Memoised on the units themselves (compared by identity): a warm start-up
+    # orders the same selection again and again.
+    return list(_order(tuple(units)))
+
+
+@functools.lru_cache(maxsize=16)
+def _order(units: tuple[SeedUnit, ...]) -> tuple[SeedUnit, ...]:
     position = {unit.name: index for index, unit in enumerate(units)}
     dependents: dict[str, list[str]] = {unit.name: [] for unit in units}
     waiting_on: dict[str, int] = {}
@@ -118,7 +125,7 @@ def order(units: Iterable[SeedUnit]) -> list[SeedUnit]:
     if len(ordered) != len(units):
         cycle = _find_cycle({u.name: u.after for u in units if waiting_on[u.name] > 0})
         raise DefinitionError(f"dependency cycle among units: {' -> '.join(cycle)}")
-    return ordered
+    return tuple(ordered)
 
 
 def with_dependencies(units: list[SeedUnit], target: str) -> list[SeedUnit]:

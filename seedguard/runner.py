@@ -83,11 +83,17 @@ def plan(units: Sequence[SeedUnit], state: LedgerState, *, strict: bool = False,
     for unit in units:
         checksum = unit.checksum()
         result.checksums[unit.name] = checksum
-        row = state.get(unit.key)
-        if any(dep in stopped for dep in unit.after):
+        row = state.get((unit.name, unit.version))
+        if row is not None and row.checksum == checksum and row.status == "applied" \
+                and not (stopped and unit.after and any(dep in stopped for dep in unit.after)):
+            # The common case, first: applied, unchanged, nothing before it stopped.
+            result.skipped.append(unit)
+            continue
+        if unit.after and any(dep in stopped for dep in unit.after):
             stopped.add(unit.name)
             continue
-        behind = next((waiting[dep] for dep in unit.after if dep in waiting), None)
+        behind = (next((waiting[dep] for dep in unit.after if dep in waiting), None)
+                  if unit.after and waiting else None)
         if behind is not None and row is None:
             # Issue 5: a unit after one that waits for its schema waits too
             # (rather than failing on tables that do not exist yet).
@@ -147,9 +153,9 @@ def run(
     ``schema=True`` first runs the user's ``alembic upgrade head`` under the
     same locks (issue 5), so concurrent deploys never race alembic.
     """
-    ledger = Ledger(settings.ledger_table, settings.ledger_schema)
+    ledger = Ledger.named(settings.ledger_table, settings.ledger_schema)
     with connect(engine) as conn:
-        state = ledger.read(conn)
+        state = ledger.read(conn, full=False)
     # Reads the user's alembic graph only if a would-be-pending unit declares
     # requires_revision: the no-op start-up stays one query.
     gate = RevisionGate(settings, engine)

@@ -158,12 +158,12 @@ def describe_origin(fn: Callable[..., Any]) -> str:
     """``module.qualname (file:line)``, for messages that point at a declaration."""
     qualname = getattr(fn, "__qualname__", repr(fn))
     module = getattr(fn, "__module__", "?")
-    try:
-        path = inspect.getsourcefile(fn)
-        line = inspect.getsourcelines(fn)[1]
-        return f"{module}.{qualname} ({path}:{line})"
-    except (OSError, TypeError):
+    # The code object knows its file and first line; inspect.getsourcelines
+    # would read and tokenize the file for each unit at every start-up.
+    code = getattr(fn, "__code__", None)
+    if code is None:
         return f"{module}.{qualname}"
+    return f"{module}.{qualname} ({code.co_filename}:{code.co_firstlineno})"
 
 
 def _identity(fn: Callable[..., Any]) -> str:
