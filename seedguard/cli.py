@@ -304,7 +304,21 @@ def apply_document(result: ApplyResult) -> dict[str, Any]:
         # Units whose requires_revision is not applied yet (issue 5).
         "waiting": [{**_item(w), "revision": w.revision, "via": w.via}
                     for w in result.waiting],
+        # --dry-run: what each pending data seed would write (issue 4).
+        "previews": {name: _preview_counts(preview)
+                     for name, preview in result.previews.items()},
     }
+
+
+def _preview_counts(preview: Any) -> dict[str, int]:
+    fields = ("inserted", "updated", "unchanged", "deleted")
+    return {field: int(getattr(preview, field, 0)) for field in fields}
+
+
+def _describe_preview(preview: Any) -> str:
+    counts = _preview_counts(preview)
+    return (f" (would insert {counts['inserted']}, update {counts['updated']}, "
+            f"delete {counts['deleted']}; {counts['unchanged']} unchanged)")
 
 
 @cli.command()
@@ -357,7 +371,9 @@ def upgrade(opts: Options, target: str | None, dry_run: bool, strict: bool, sche
         else:
             _info(opts, f"would apply {len(result.pending)} unit(s), in order:")
             for unit in result.pending:
-                _info(opts, f"  {unit.name} v{unit.version}")
+                preview = result.previews.get(unit.name)
+                detail = _describe_preview(preview) if preview is not None else ""
+                _info(opts, f"  {unit.name} v{unit.version}{detail}")
         return
     if result.applied:
         total = sum(a.duration_ms for a in result.applied)

@@ -121,12 +121,14 @@ def plan(units: Sequence[SeedUnit], state: LedgerState, *, strict: bool = False,
                 result.pending.append(unit)
             continue
         if row.checksum and same_algorithm(row.checksum, checksum) and row.checksum != checksum:
-            drift = Drift(unit.name, unit.version, row.checksum, checksum, unit)
-            result.drifted.append(drift)
             if unit.on_change == "rerun":
+                # Re-applying on change is this unit's policy (data seeds by
+                # default): pending work, not drift to warn about.
                 result.pending.append(unit)
                 result.reruns.add(unit.name)
                 continue
+            drift = Drift(unit.name, unit.version, row.checksum, checksum, unit)
+            result.drifted.append(drift)
             if unit.on_change == "error":
                 raise DriftError(drift.message(), drifted=[drift])
         result.skipped.append(unit)
@@ -272,6 +274,7 @@ def _apply_one(conn: Connection, ledger: Ledger, unit: SeedUnit, current: Plan,
         return _apply_non_transactional(conn, ledger, unit, checksum, rerun, listener, started,
                                         db_lock, lock_timeout)
     trans = conn.begin()
+    in_work = False
     try:
         if db_lock is not None and db_lock.per_transaction:
             # Transaction lock mode: lock first, then re-check the ledger under it.
@@ -292,16 +295,21 @@ def _apply_one(conn: Connection, ledger: Ledger, unit: SeedUnit, current: Plan,
                 log.warning("unit %s v%d was applied concurrently by another process; skipped",
                             unit.name, unit.version)
                 return None
+        in_work = True
         with Session(bind=conn, join_transaction_mode="create_savepoint") as session, \
                 running(unit, listener):
             unit(session)
             session.commit()
+        in_work = False
         duration_ms = _elapsed_ms(started)
         ledger.finish(conn, unit.name, unit.version, checksum=checksum, duration_ms=duration_ms)
         trans.commit()
     except BaseException as err:
         _rollback(trans)
-        if isinstance(err, Exception) and not isinstance(err, SeedguardError):
+        # Whatever the unit's own work raised (a DataError from a data seed
+        # included) is that unit's failure; seedguard's own errors around it
+        # (lock lost, blocked) pass through as they are.
+        if isinstance(err, Exception) and (in_work or not isinstance(err, SeedguardError)):
             raise _failed(unit, err) from err
         raise
     return _finished(unit, duration_ms, listener)

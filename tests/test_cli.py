@@ -514,3 +514,39 @@ def test_status_and_history_read_a_ledger_made_by_an_older_seedguard(project: Pr
     code, doc = project.json("status", "--json", seeds=seeds)
     assert doc["ledger_revision"] == HEAD_REVISION and doc["ledger_current"] is True
     assert project.db.effects() == ["roles", "users"]
+
+
+DATA_SEEDS = '''
+import seedguard
+seedguard.data_seed("colours", table="colours", key="code",
+                    rows=[{{"code": "r", "name": "red"}}, {{"code": "g", "name": "{green}"}}])
+'''
+
+
+def test_dry_run_shows_what_a_data_seed_would_write(project: Project) -> None:
+    project.db.execute("CREATE TABLE colours (code VARCHAR(8) PRIMARY KEY, name VARCHAR(20))")
+    project.db.execute("INSERT INTO colours (code, name) VALUES ('g', 'GREEN')")
+    seeds = project.module(DATA_SEEDS.format(green="green"))
+
+    text = project.run("upgrade", "--dry-run", seeds=seeds)
+    code, document = project.json("upgrade", "--dry-run", "--json", seeds=seeds)
+
+    assert text.exit_code == 0, text.output
+    assert "colours v1 (would insert 1, update 1, delete 0; 0 unchanged)" in text.stdout
+    assert code == 0
+    assert document["previews"] == {
+        "colours": {"inserted": 1, "updated": 1, "unchanged": 0, "deleted": 0}}
+    assert project.db.execute("SELECT name FROM colours WHERE code = 'g'")[0][0] == "GREEN"
+
+
+def test_changed_data_is_reapplied_without_a_drift_warning(project: Project) -> None:
+    project.db.execute("CREATE TABLE colours (code VARCHAR(8) PRIMARY KEY, name VARCHAR(20))")
+    assert project.run("upgrade", seeds=project.module(DATA_SEEDS.format(green="green"))) \
+        .exit_code == 0
+
+    changed = project.run("upgrade", seeds=project.module(DATA_SEEDS.format(green="lime")))
+
+    assert changed.exit_code == 0, changed.output
+    assert "applying colours v1" in changed.stdout
+    assert "different checksum" not in changed.output
+    assert project.db.execute("SELECT name FROM colours WHERE code = 'g'")[0][0] == "lime"

@@ -202,14 +202,18 @@ def test_dry_run_before_the_table_exists_counts_inserts(db: TestDatabase) -> Non
 def _failure(db: TestDatabase, name: str, text: str) -> DataError:
     path = write(db.tmp_path / name, text)
     unit = seedguard.data_seed("countries", table=countries, key="code", path=path)
-    # A DataError is a SeedguardError: it reaches the caller as is (the unit's
-    # transaction rolled back), with the place in the data as attributes.
-    with pytest.raises(DataError) as info:
+    # Bad data fails the unit like any error of its work: SeedFailed (the
+    # unit's transaction rolled back), the DataError with the place in the
+    # data as its cause, and the place in the one-line message too.
+    with pytest.raises(seedguard.SeedFailed) as info:
         seedguard.apply(db.url, seeds=[unit])
-    assert info.value.path == str(path)
+    err = info.value.__cause__
+    assert isinstance(err, DataError)
+    assert info.value.unit.name == "countries"
+    assert err.path == str(path)
     assert str(path) in str(info.value)
     assert db.ledger() == []
-    return info.value
+    return err
 
 
 def test_bad_csv_value_names_file_line_and_column(db: TestDatabase, engine: sa.Engine) -> None:
