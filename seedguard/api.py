@@ -212,7 +212,9 @@ def _unit_status(unit: SeedUnit, rows: LedgerState) -> UnitStatus:
         current = unit.checksum()
         drifted = bool(row.checksum) and same_algorithm(row.checksum or "", current) \
             and row.checksum != current
-        state = "drifted" if drifted else "applied"
+        # A unit that re-applies on change (data seeds by default) is simply
+        # pending again, as `upgrade` treats it.
+        state = ("pending" if unit.on_change == "rerun" else "drifted") if drifted else "applied"
     return UnitStatus(
         name=unit.name, state=state, version=unit.version,
         recorded_version=row.version if row is not None else None,

@@ -550,3 +550,16 @@ def test_changed_data_is_reapplied_without_a_drift_warning(project: Project) -> 
     assert "applying colours v1" in changed.stdout
     assert "different checksum" not in changed.output
     assert project.db.execute("SELECT name FROM colours WHERE code = 'g'")[0][0] == "lime"
+
+
+def test_status_shows_changed_data_as_pending(project: Project) -> None:
+    project.db.execute("CREATE TABLE colours (code VARCHAR(8) PRIMARY KEY, name VARCHAR(20))")
+    assert project.run("upgrade", seeds=project.module(DATA_SEEDS.format(green="green"))) \
+        .exit_code == 0
+    seeds = project.module(DATA_SEEDS.format(green="lime"))
+
+    code, document = project.json("status", "--json", seeds=seeds)
+
+    assert code == 0
+    assert [(u["name"], u["state"]) for u in document["units"]] == [("colours", "pending")]
+    assert project.run("check", seeds=seeds).exit_code == 3
