@@ -19,7 +19,7 @@ import socket
 import stat
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -602,13 +602,21 @@ def lock_key(engine: Engine, ledger_name: str, schema: str | None) -> str:
 
 
 @contextlib.contextmanager
-def both_locks(file_lock: FileLock, db_lock: DatabaseLock, deadline: Deadline) -> Iterator[None]:
-    """Hold the file lock, then the database lock; release in reverse order."""
+def both_locks(file_lock: FileLock, db_lock: DatabaseLock, deadline: Deadline, *,
+               skip_if: Callable[[], bool] | None = None) -> Iterator[bool]:
+    """Hold the file lock, then the database lock; release in reverse order.
+
+    ``skip_if`` runs under the file lock alone: when it answers True the
+    database lock is not taken and the body gets False (nothing to do).
+    """
     file_lock.acquire(deadline)
     try:
+        if skip_if is not None and skip_if():
+            yield False
+            return
         db_lock.acquire(deadline)
         try:
-            yield
+            yield True
         finally:
             db_lock.release()
     finally:

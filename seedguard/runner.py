@@ -171,36 +171,62 @@ def run(
         _raise_blocked(first)
         return first.result()
 
+    # Work to do: import what the units need now, not while holding the locks
+    # (sqlalchemy.orm alone takes ~40 ms, paid by every waiting applier:
+    # bench/contention.py). The no-op path above never pays it.
+    import sqlalchemy.orm  # noqa: F401
+
     deadline = Deadline(settings.lock_timeout)
     file_lock = FileLock(settings.lock_path or default_lock_path(engine.url))
     db_lock = database_lock(engine, lock_key(engine, ledger.name, ledger.schema),
                             settings.lock_mode)
-    with both_locks(file_lock, db_lock, deadline), _work_connection(engine, db_lock) as conn:
-        migrated = _upgrade_schema(settings, engine, conn, db_lock) if schema else []
-        if settings.lock_mode == "transaction":
-            # No session lock behind a transaction pooler: create the ledger in
-            # one transaction that holds the transaction-level lock (issue 6).
-            with conn.begin():
-                db_lock.lock_unit(conn, Deadline(settings.lock_timeout))
-                ledger.ensure(conn, commit=False)
-        else:
-            ledger.ensure(conn)
-        # Heads re-read under the locks: another applier (or our own
-        # schema upgrade) may have moved them since the fast path.
-        current = plan(units, ledger.read_current(conn), strict=strict,
-                       revisions=gate.with_connection(conn))
-        conn.commit()
-        result = current.result()
-        result.migrated = migrated
-        for unit in current.pending:
-            db_lock.verify()
-            applied = _apply_one(conn, ledger, unit, current, listener, db_lock,
-                                 settings.lock_timeout)
-            if applied is None:
-                result.skipped.append(unit)
+    settled: list[Plan] = []
+
+    def already_done() -> bool:
+        # Under the file lock, before the database lock: the process this one
+        # waited for on this host has usually just applied everything. One
+        # read ends the wait then, as safely as the lock-free fast path does;
+        # otherwise the waiter would hold the file lock while it connected,
+        # locked and re-read (bench/contention.py: most of a hand-over).
+        if schema:
+            return False
+        with connect(engine) as check:
+            now = ledger.read(check, full=False)
+        if now is None:
+            return False
+        settled.append(plan(units, now, strict=strict, revisions=gate))
+        return not settled[0].pending
+
+    with both_locks(file_lock, db_lock, deadline, skip_if=already_done) as held:
+        if not held:
+            _raise_blocked(settled[0])
+            return settled[0].result()
+        with _work_connection(engine, db_lock) as conn:
+            migrated = _upgrade_schema(settings, engine, conn, db_lock) if schema else []
+            if settings.lock_mode == "transaction":
+                # No session lock behind a transaction pooler: create the ledger in
+                # one transaction that holds the transaction-level lock (issue 6).
+                with conn.begin():
+                    db_lock.lock_unit(conn, Deadline(settings.lock_timeout))
+                    ledger.ensure(conn, commit=False)
             else:
-                result.applied.append(applied)
-            result.pending.remove(unit)
+                ledger.ensure(conn)
+            # Heads re-read under the locks: another applier (or our own
+            # schema upgrade) may have moved them since the fast path.
+            current = plan(units, ledger.read_current(conn), strict=strict,
+                           revisions=gate.with_connection(conn))
+            conn.commit()
+            result = current.result()
+            result.migrated = migrated
+            for unit in current.pending:
+                db_lock.verify()
+                applied = _apply_one(conn, ledger, unit, current, listener, db_lock,
+                                     settings.lock_timeout)
+                if applied is None:
+                    result.skipped.append(unit)
+                else:
+                    result.applied.append(applied)
+                result.pending.remove(unit)
     _raise_blocked(current)
     return result
 
@@ -325,7 +351,6 @@ def _apply_non_transactional(conn: Connection, ledger: Ledger, unit: SeedUnit, c
     until an operator resolves it: the work may be half done.
     """
     from sqlalchemy.orm import Session
-
     with conn.begin():
         if db_lock is not None and db_lock.per_transaction:
             # Transaction lock mode: the "running" row is what other appliers
