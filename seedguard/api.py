@@ -117,7 +117,7 @@ def status(bind: Bind = None, *, seeds: SeedsSpec = None,
     settings = _settings(bind, seeds=seeds, contexts=contexts)
     every = order(discover(settings.seeds))
     units = active(every, settings.contexts)
-    ledger = Ledger(settings.ledger_table, settings.ledger_schema)
+    ledger = Ledger.named(settings.ledger_table, settings.ledger_schema)
     with engine_for(settings) as engine:
         with connect(engine) as conn:
             state, revision = _read_any(conn, ledger)
@@ -230,7 +230,7 @@ def history(bind: Bind = None) -> HistoryResult:
     from seedguard.ledger import Ledger
 
     settings = _settings(bind)
-    ledger = Ledger(settings.ledger_table, settings.ledger_schema)
+    ledger = Ledger.named(settings.ledger_table, settings.ledger_schema)
     with engine_for(settings) as engine, connect(engine) as conn:
         state, _ = _read_any(conn, ledger)
         url = safe_url(engine.url)
@@ -244,21 +244,11 @@ def _ledger_locked(settings: _config.Settings) -> Iterator[tuple[Connection, Led
     """A connection and the current ledger, under the file and database locks apply() takes."""
     from seedguard.connect import connect
     from seedguard.ledger import Ledger
-    from seedguard.locking import (
-        Deadline,
-        FileLock,
-        both_locks,
-        database_lock,
-        default_lock_path,
-        lock_key,
-    )
+    from seedguard.locking import both_locks, ledger_locks
 
-    ledger = Ledger(settings.ledger_table, settings.ledger_schema)
+    ledger = Ledger.named(settings.ledger_table, settings.ledger_schema)
     with engine_for(settings) as engine:
-        file_lock = FileLock(settings.lock_path or default_lock_path(engine.url))
-        db_lock = database_lock(engine, lock_key(engine, ledger.name, ledger.schema),
-                                settings.lock_mode)
-        deadline = Deadline(settings.lock_timeout)
+        file_lock, db_lock, deadline = ledger_locks(engine, settings)
         with both_locks(file_lock, db_lock, deadline), connect(engine) as conn:
             if db_lock.per_transaction:
                 # lock_mode="transaction" (PgBouncer): no session lock is held, so

@@ -29,6 +29,8 @@ from seedguard.errors import ConfigError, LockTimeout, SeedguardError
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL, Connection, Engine
 
+    from seedguard.config import Settings
+
 log = logging.getLogger(__name__)
 
 # filelock polls a non-blocking flock; its 50 ms default would add up to 50 ms
@@ -599,6 +601,15 @@ def lock_key(engine: Engine, ledger_name: str, schema: str | None) -> str:
     """
     database = engine.url.database or ""
     return f"{database}.{schema or ''}.{ledger_name}"
+
+
+def ledger_locks(engine: Engine, settings: Settings) -> tuple[FileLock, DatabaseLock, Deadline]:
+    """The two locks every writer of ``settings``' ledger takes, and the one deadline
+    bounding both waits: apply() and the ledger commands (stamp, forget, resolve)."""
+    file_lock = FileLock(settings.lock_path or default_lock_path(engine.url))
+    key = lock_key(engine, settings.ledger_table, settings.ledger_schema)
+    db_lock = database_lock(engine, key, settings.lock_mode)
+    return file_lock, db_lock, Deadline(settings.lock_timeout)
 
 
 @contextlib.contextmanager

@@ -27,15 +27,7 @@ from seedguard.connect import connect
 from seedguard.errors import DriftError, SeedFailed, SeedguardError, UnitBlocked
 from seedguard.events import Listener, UnitFinished, UnitStarted, running
 from seedguard.ledger import Ledger, LedgerState
-from seedguard.locking import (
-    DatabaseLock,
-    Deadline,
-    FileLock,
-    both_locks,
-    database_lock,
-    default_lock_path,
-    lock_key,
-)
+from seedguard.locking import DatabaseLock, Deadline, both_locks, ledger_locks
 from seedguard.result import Applied, ApplyResult, Drift, Waiting
 from seedguard.unit import SeedUnit
 
@@ -176,10 +168,7 @@ def run(
     # bench/contention.py). The no-op path above never pays it.
     import sqlalchemy.orm  # noqa: F401
 
-    deadline = Deadline(settings.lock_timeout)
-    file_lock = FileLock(settings.lock_path or default_lock_path(engine.url))
-    db_lock = database_lock(engine, lock_key(engine, ledger.name, ledger.schema),
-                            settings.lock_mode)
+    file_lock, db_lock, deadline = ledger_locks(engine, settings)
     settled: list[Plan] = []
 
     def already_done() -> bool:
@@ -203,7 +192,7 @@ def run(
             return settled[0].result()
         with _work_connection(engine, db_lock) as conn:
             migrated = _upgrade_schema(settings, engine, conn, db_lock) if schema else []
-            if settings.lock_mode == "transaction":
+            if db_lock.per_transaction:
                 # No session lock behind a transaction pooler: create the ledger in
                 # one transaction that holds the transaction-level lock (issue 6).
                 with conn.begin():
@@ -234,7 +223,7 @@ def run(
 def _upgrade_schema(settings: Settings, engine: Engine, conn: Connection,
                     db_lock: DatabaseLock) -> list[str]:
     """The user's ``alembic upgrade head``, under the locks already held (issue 5)."""
-    if settings.lock_mode == "transaction":
+    if db_lock.per_transaction:
         # No session lock: hold the transaction-level lock for the whole
         # upgrade by running it in one transaction (alembic leaves a
         # transaction it did not begin to its caller).
