@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -60,9 +60,12 @@ class Plan:
                            waiting=list(self.waiting), dry_run=dry_run)
 
 
-def plan(units: Sequence[SeedUnit], state: LedgerState, *, strict: bool = False,
-         revisions: Callable[[SeedUnit], bool] | None = None) -> Plan:
+def plan(units: Sequence[SeedUnit], state: LedgerState, checksums: Mapping[str, str], *,
+         strict: bool = False, revisions: Callable[[SeedUnit], bool] | None = None) -> Plan:
     """Sort ``units`` (already in run order) into pending, skipped, drifted, ahead, blocked.
+
+    ``checksums`` holds each unit's current checksum, taken once per run: a
+    run plans up to three times, and a data seed's checksum hashes its file.
 
     ``revisions`` (a :class:`seedguard.alembic.RevisionGate`) says whether a
     unit's ``requires_revision`` is applied; it is only asked about units that
@@ -72,9 +75,9 @@ def plan(units: Sequence[SeedUnit], state: LedgerState, *, strict: bool = False,
     result = Plan()
     stopped: set[str] = set()
     waiting: dict[str, Waiting] = {}
+    result.checksums = dict(checksums)
     for unit in units:
-        checksum = unit.checksum()
-        result.checksums[unit.name] = checksum
+        checksum = checksums[unit.name]
         row = state.get((unit.name, unit.version))
         if row is not None and row.checksum == checksum and row.status == "applied" \
                 and not (stopped and unit.after and any(dep in stopped for dep in unit.after)):
@@ -153,7 +156,8 @@ def run(
     # Reads the user's alembic graph only if a would-be-pending unit declares
     # requires_revision: the no-op start-up stays one query.
     gate = RevisionGate(settings, engine)
-    first = plan(units, state or LedgerState(), strict=strict, revisions=gate)
+    checksums = {unit.name: unit.checksum() for unit in units}
+    first = plan(units, state or LedgerState(), checksums, strict=strict, revisions=gate)
     if dry_run:
         result = first.result(dry_run=True)
         _preview(engine, first.pending, result)
@@ -183,7 +187,7 @@ def run(
             now = ledger.read(check, full=False)
         if now is None:
             return False
-        settled.append(plan(units, now, strict=strict, revisions=gate))
+        settled.append(plan(units, now, checksums, strict=strict, revisions=gate))
         return not settled[0].pending
 
     with both_locks(file_lock, db_lock, deadline, skip_if=already_done) as held:
@@ -202,7 +206,7 @@ def run(
                 ledger.ensure(conn)
             # Heads re-read under the locks: another applier (or our own
             # schema upgrade) may have moved them since the fast path.
-            current = plan(units, ledger.read_current(conn), strict=strict,
+            current = plan(units, ledger.read_current(conn), checksums, strict=strict,
                            revisions=gate.with_connection(conn))
             conn.commit()
             result = current.result()
