@@ -12,7 +12,7 @@ import os
 import re
 import sys
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,9 +52,6 @@ class Settings:
     ledger_schema: str | None = None
     lock_mode: str = "session"
     sources: Mapping[str, str] = field(default_factory=dict)
-
-    def with_values(self, **values: Any) -> Settings:
-        return replace(self, **values)
 
 
 def resolve(
