@@ -25,6 +25,7 @@ class Registry:
 
     def __init__(self, units: Iterable[SeedUnit] = ()) -> None:
         self._units: dict[str, SeedUnit] = {}
+        self._lowered: dict[str, str] = {}
         for unit in units:
             self.add(unit)
 
@@ -41,7 +42,18 @@ class Registry:
                 f"two units are named {unit.name!r}: {existing.origin} and {unit.origin}; "
                 "rename one of them"
             )
+        # One rule everywhere: names are compared byte for byte, and names that
+        # differ only in case are refused, since a case-insensitive collation
+        # (MySQL/MariaDB's default) would call them one.
+        lowered = unit.name.lower()
+        other = self._lowered.get(lowered)
+        if other is not None and other != unit.name:
+            raise DefinitionError(
+                f"units {other!r} and {unit.name!r} differ only in case "
+                f"({self._units[other].origin} and {unit.origin}); rename one of them"
+            )
         self._units[unit.name] = unit
+        self._lowered[lowered] = unit.name
         return unit
 
     def get(self, name: str) -> SeedUnit | None:
@@ -58,6 +70,7 @@ class Registry:
 
     def clear(self) -> None:
         self._units.clear()
+        self._lowered.clear()
 
     def __repr__(self) -> str:
         return f"Registry({list(self._units)!r})"

@@ -471,8 +471,9 @@ def _abort(conn: Connection, scope: _Scope) -> bool:
     """
     with ending(scope):
         try:
-            if conn.in_transaction():
-                conn.rollback()
+            # Unconditionally: after a refused commit SQLAlchemy holds an
+            # inactive transaction that only rollback() clears.
+            conn.rollback()
             dbapi_connection: Any = conn.connection.dbapi_connection
             dbapi_connection.rollback()
         except Exception as err:
@@ -565,11 +566,14 @@ def _preview(engine: Engine, pending: Sequence[SeedUnit], result: ApplyResult) -
 def _raise_blocked(current: Plan) -> None:
     if current.blocked:
         unit = current.blocked[0]
+        why = ("was interrupted mid-way (it is non-transactional)" if not unit.transactional
+               else "has a ledger row left 'running': its transaction was committed early by "
+               "something seedguard cannot see (a raw DB-API commit?), so its work may be "
+               "partly done")
         raise UnitBlocked(
-            f"unit {unit.name!r} v{unit.version} was interrupted mid-way (it is "
-            "non-transactional) and blocks the units that depend on it; check its work, then "
-            f"run `seedguard resolve {unit.name} --applied` or `seedguard resolve "
-            f"{unit.name} --retry`",
+            f"unit {unit.name!r} v{unit.version} {why} and blocks the units that depend on "
+            f"it; check its work, then run `seedguard resolve {unit.name} --applied` or "
+            f"`seedguard resolve {unit.name} --retry`",
             unit=unit,
         )
 

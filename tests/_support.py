@@ -199,3 +199,13 @@ def child_env(*paths: Path | str) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join([*(str(p) for p in paths),
                                          env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return env
+
+
+def apply_module_own_lock(url: str, seeds: str, lock_dir: str) -> list[str]:
+    """Child entry point: apply with a lock file of this process's own, as on another host
+    (or after the shared lock file was deleted): only the database can serialise it."""
+    import seedguard
+
+    lock_path = os.path.join(lock_dir, f"{os.getpid()}.lock")
+    result = seedguard.apply(url, seeds=seeds, lock_path=lock_path)
+    return [item.name for item in result.applied]

@@ -67,6 +67,27 @@ for _name in %r:
 '''
 
 
+# The same chain, each unit also creating a table of its own: DDL inside a
+# transactional unit (PostgreSQL and SQLite roll it back with the unit).
+DDL_SEEDS = '''
+import time
+import sqlalchemy as sa
+import seedguard
+
+def _work(name):
+    def work(session):
+        session.execute(sa.text(f"CREATE TABLE t_{name} (id INTEGER PRIMARY KEY)"))
+        session.execute(sa.text("INSERT INTO effects (unit, value) VALUES (:u, 'x')"), {"u": name})
+        time.sleep(0.01)
+    return work
+
+previous = ()
+for _name in %r:
+    seedguard.seed(_name, after=previous)(_work(_name))
+    previous = (_name,)
+'''
+
+
 # -- the child: fork, arm a hook, apply, signal the parent at the kill point -----------
 
 
@@ -163,7 +184,8 @@ def _reset(db: TestDatabase, seeds: str, prefix: int) -> None:
     try:
         with engine.begin() as conn:
             inspector = sa.inspect(conn)
-            for table in ("effects", "seedguard_ledger", "seedguard_ledger_version"):
+            for table in ("effects", "seedguard_ledger", "seedguard_ledger_version",
+                          *(f"t_{name}" for name in UNITS)):
                 if inspector.has_table(table):
                     conn.execute(sa.text(f"DROP TABLE {table}"))
             conn.execute(sa.text(
@@ -180,25 +202,35 @@ def _state(db: TestDatabase) -> tuple[Counter[str], dict[str, str]]:
         with engine.connect() as conn:
             effects = Counter(row[0] for row in conn.execute(sa.text("SELECT unit FROM effects")))
             ledger: dict[str, str] = {}
-            if sa.inspect(conn).has_table("seedguard_ledger"):
+            inspector = sa.inspect(conn)
+            if inspector.has_table("seedguard_ledger"):
                 ledger = {row[0]: row[1] for row in conn.execute(
                     sa.text("SELECT name, status FROM seedguard_ledger"))}
+            # A unit's table (DDL trials): counted like a side effect.
+            for name in UNITS:
+                if inspector.has_table(f"t_{name}"):
+                    effects[f"t_{name}"] += 1
     finally:
         engine.dispose()
     return effects, ledger
 
 
-def _check_invariant(db: TestDatabase, where: str) -> None:
+def _check_invariant(db: TestDatabase, where: str, ddl: bool = False) -> None:
     effects, ledger = _state(db)
     for name in UNITS:
         assert effects[name] <= 1, f"{where}: {name} done {effects[name]} times"
         assert (effects[name] == 1) == (ledger.get(name) == "applied"), (
             f"{where}: {name}: effect {effects[name]}, ledger {ledger.get(name)}"
         )
+        if ddl:
+            assert (effects[f"t_{name}"] == 1) == (ledger.get(name) == "applied"), (
+                f"{where}: {name}: table {effects[f't_{name}']}, ledger {ledger.get(name)}"
+            )
     assert set(ledger) <= set(UNITS)
 
 
-def _trial(db: TestDatabase, seeds: str, point: str, rng: random.Random) -> str:
+def _trial(db: TestDatabase, seeds: str, point: str, rng: random.Random,
+           ddl: bool = False) -> str:
     """One trial; returns a word on where the kill landed."""
     prefix = 0 if point == "ledger-create" else rng.randrange(len(UNITS))
     _reset(db, seeds, prefix)
@@ -227,13 +259,14 @@ def _trial(db: TestDatabase, seeds: str, point: str, rng: random.Random) -> str:
         reached = _wait_byte(fd, b"k")
         _kill(pid, fd)
         assert reached, f"child never reached {point}"
-    _check_invariant(db, f"after {outcome}")
+    _check_invariant(db, f"after {outcome}", ddl)
     started = time.monotonic()
     seedguard.apply(db.url, seeds=seeds, lock_timeout=2)  # LockTimeout if a lock was left
     recovery = time.monotonic() - started
     assert recovery < 2.0 + 1.0, f"recovery took {recovery:.2f} s"
     effects, ledger = _state(db)
-    assert effects == Counter(UNITS) and set(ledger) == set(UNITS), (effects, ledger)
+    expected = Counter(UNITS) + (Counter(f"t_{name}" for name in UNITS) if ddl else Counter())
+    assert effects == expected and set(ledger) == set(UNITS), (effects, ledger)
     assert set(ledger.values()) == {"applied"}
     return outcome
 
@@ -255,10 +288,22 @@ def test_sigkill_in_transaction_lock_mode(pg: TestDatabase, tmp_path: Path,
                 "postgresql lock_mode=transaction")
 
 
+@pytest.mark.slow
+def test_sigkill_with_ddl_in_units(db: TestDatabase, tmp_path: Path,
+                                   monkeypatch: pytest.MonkeyPatch,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Units that create tables (transactional DDL): table, effect and row go together."""
+    if db.kind == "mariadb":
+        pytest.skip("MariaDB commits DDL implicitly: such units are refused (test_integrity)")
+    _run_trials(db, tmp_path, monkeypatch, capsys, TRIALS[db.kind] // 2, f"{db.kind} ddl",
+                ddl=True)
+
+
 def _run_trials(db: TestDatabase, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                capsys: pytest.CaptureFixture[str], trials: int, label: str) -> None:
+                capsys: pytest.CaptureFixture[str], trials: int, label: str,
+                ddl: bool = False) -> None:
     module = f"fault_seeds_{tmp_path.name.replace('-', '_')}"
-    write_module(tmp_path, module, SEEDS % (UNITS,))
+    write_module(tmp_path, module, (DDL_SEEDS if ddl else SEEDS) % (UNITS,))
     monkeypatch.syspath_prepend(str(tmp_path))
     importlib.import_module(module)  # declared once, in the parent: forks inherit it
     seed = int(os.environ.get("SEEDGUARD_FAULT_SEED", time.time_ns() % 100000))
@@ -271,7 +316,7 @@ def _run_trials(db: TestDatabase, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     while kills < trials:
         point = KILL_POINTS[index % len(KILL_POINTS)]
         try:
-            outcome = _trial(db, module, point, rng)
+            outcome = _trial(db, module, point, rng, ddl)
         except AssertionError as err:
             raise AssertionError(f"trial {index} ({point}, SEEDGUARD_FAULT_SEED={seed}): "
                                  f"{err}") from err
