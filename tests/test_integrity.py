@@ -94,7 +94,7 @@ def test_mariadb_implicit_commit_is_refused_before_it_runs(fx: TestDatabase,
         session.execute(sa.text(statement))
         _write(session, "after")
 
-    with pytest.raises(SeedFailed, match="commit implicitly.*alembic"):
+    with pytest.raises(SeedFailed, match=r"commit implicitly.*alembic"):
         seedguard.apply(fx.url, seeds=[unit("escaper", fn=ddl)])
     assert fx.effects() == []
     assert fx.ledger() == []
