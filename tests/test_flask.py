@@ -106,6 +106,29 @@ def test_app_config_seeds_win_over_the_extension_argument(
     assert db.effects("roles") == ["config"]
 
 
+def test_the_apps_database_wins_over_seedguard_url_and_pyproject(
+        make_app: object, seeds_dir: Path, db: TestDatabase, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A developer with SEEDGUARD_URL exported for the CLI, and a [tool.seedguard] url
+    # in the project: inside the app's context, the app's own database is the one seeded.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.setenv("SEEDGUARD_URL", f"sqlite:///{elsewhere / 'from-env.db'}")
+    (tmp_path / "pyproject.toml").write_text(
+        f'[tool.seedguard]\nurl = "sqlite:///{elsewhere / "from-pyproject.db"}"\n')
+    app, fsa = make_app()  # type: ignore[operator]
+    SeedGuard(app, fsa, seeds=seeds_module(seeds_dir))
+    with app.app_context():
+        assert [u.name for u in seedguard.apply().applied] == ["roles"]
+    assert db.ledger() == [("roles", 1)]
+    assert db.effects() == ["roles"]
+    status = app.test_cli_runner().invoke(args=["seedguard", "status", "--json"])
+    assert status.exit_code == 0, status.output
+    assert [(u["name"], u["state"]) for u in json.loads(status.stdout)["units"]] == [
+        ("roles", "applied")]
+    assert list(elsewhere.iterdir()) == []  # neither other database was ever opened
+
+
 def test_extension_apply_needs_its_app(make_app: object, seeds_dir: Path) -> None:
     app, fsa = make_app()  # type: ignore[operator]
     guard = SeedGuard(app, fsa, seeds=seeds_module(seeds_dir))
