@@ -215,6 +215,12 @@ def flask_run(app: str) -> list[str]:
     return [arg.replace("{app}", app) for arg in FLASK_RUN]
 
 
+def touch(path: Path) -> None:
+    """A file change the reloader's stat poll sees (mtime well past the child's start)."""
+    later = time.time() + 2
+    os.utime(path, (later, later))
+
+
 def assert_seeded_once(site: Site, server: Server, email: str) -> None:
     assert server.prompts == 1, server.output
     runs = site.seed_runs()
@@ -234,8 +240,7 @@ def test_python_app_py_with_the_reloader_seeds_once(site: Site) -> None:
     assert_seeded_once(site, server, "first@example.com")
 
     # A file change: the reloader starts a new child, which imports the app again.
-    later = time.time() + 2
-    os.utime(site.folder / "app.py", (later, later))
+    touch(site.folder / "app.py")
     again = server.get(not_pid=body["pid"])
     assert again["admins"] == ["first@example.com"]
     server.expect("Detected change in")
@@ -244,10 +249,24 @@ def test_python_app_py_with_the_reloader_seeds_once(site: Site) -> None:
 
 @pytest.mark.parametrize("app", ["app", "factory"])
 def test_flask_run_debug_seeds_once(site: Site, app: str) -> None:
+    # apply_on_start: other flask commands load the app without seeding (or prompting).
+    check = subprocess.run([sys.executable, "-m", "flask", "--app", app, "seedguard", "check"],
+                           cwd=site.folder, env=site.env(), capture_output=True, text=True,
+                           timeout=WAIT, stdin=subprocess.DEVNULL)
+    assert check.returncode == 3, check.stdout + check.stderr
+    assert "pending: admin-user v1" in check.stdout
+    assert PROMPT.decode() not in check.stdout and site.seed_runs() == []
+
     server = site.start(flask_run(app), answers=["first@example.com"])
     body = server.get()
     assert body["admins"] == ["first@example.com"]
     assert body["pid"] != server.proc.pid  # served by the reloader's child
+    assert_seeded_once(site, server, "first@example.com")
+
+    touch(site.folder / f"{app}.py")  # a new child loads the app again, and applies nothing
+    again = server.get(not_pid=body["pid"])
+    assert again["admins"] == ["first@example.com"]
+    server.expect("Detected change in")
     assert_seeded_once(site, server, "first@example.com")
 
 
