@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from seedguard.errors import ConfigError
@@ -50,6 +50,9 @@ class SeedGuard:
         is found through ``app.extensions["sqlalchemy"]`` anyway).
     :param seeds: selects the units like ``apply(seeds=)``; ``SEEDGUARD_SEEDS``
         in ``app.config`` wins over it, as an app's config should.
+    :param scoped_sessions: the app's own ``scoped_session`` objects besides
+        ``db.session`` (which always joins): while a unit runs, each returns
+        the unit's session.
     :param apply_on_start: seed when the app is created for a server:
         ``True``, or a mapping of keyword arguments for :func:`seedguard.apply`
         (``{"schema": True}`` runs your ``alembic upgrade head`` first). Every
@@ -60,9 +63,11 @@ class SeedGuard:
     """
 
     def __init__(self, app: Flask | None = None, db: Any = None, *,
-                 seeds: SeedsSpec = None, apply_on_start: StartOption = False) -> None:
+                 seeds: SeedsSpec = None, scoped_sessions: Iterable[Any] = (),
+                 apply_on_start: StartOption = False) -> None:
         self.db = db
         self.seeds = seeds
+        self.scoped_sessions = tuple(scoped_sessions)
         self.apply_on_start = apply_on_start
         _start_options(apply_on_start, "apply_on_start")  # a typo fails here, not at start-up
         if app is not None:
