@@ -1,9 +1,19 @@
 """Configuration: where the database, the seeds and the lock are, first found wins.
 
-Sources, in order: explicit arguments (or CLI options); inside a Flask app
-context, the app's ``SEEDGUARD_*`` config and its Flask-SQLAlchemy engine;
-``SEEDGUARD_*`` environment variables; ``[tool.seedguard]`` in the nearest
-``pyproject.toml`` above the current directory.
+Sources, in order, for every key:
+
+1. explicit arguments (or CLI options; ``bind`` as a URL or an Engine);
+2. inside a Flask app context: the app's ``SEEDGUARD_*`` config (plus the
+   ``seeds=`` given to its ``SeedGuard`` when ``SEEDGUARD_SEEDS`` is unset),
+   and for the database, after ``SEEDGUARD_URL`` in that config, the app's
+   Flask-SQLAlchemy engine;
+3. ``SEEDGUARD_*`` environment variables;
+4. ``[tool.seedguard]`` in the nearest ``pyproject.toml`` above the current
+   directory.
+
+The database is one choice, a URL or an Engine, made by the first source
+that has either: inside an app context the app's own database wins over an
+exported ``SEEDGUARD_URL`` or a project-wide ``url``.
 """
 
 from __future__ import annotations
@@ -83,25 +93,28 @@ def resolve(
         explicit["url"] = bind
     elif bind is not None:
         engine = bind
-    layers: list[tuple[str, Mapping[str, Any]]] = [("argument", explicit)]
+    # Each layer: (source, values, the Engine it offers after its own url).
+    layers: list[tuple[str, Mapping[str, Any], Engine | None]] = [
+        ("argument", explicit, engine)]
     flask_layer, flask_engine = _flask_layer()
     if flask_layer is not None:
-        layers.append(("Flask app config", flask_layer))
-    layers.append(("environment", _environment_layer()))
-    layers.append(_pyproject_layer(cwd or Path.cwd()))
+        layers.append(("Flask app config", flask_layer, flask_engine))
+    layers.append(("environment", _environment_layer(), None))
+    layers.append((*_pyproject_layer(cwd or Path.cwd()), None))
 
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
-    for source, layer in layers:
+    engine = None
+    for source, layer, layer_engine in layers:
         for key in _KEYS:
+            if key == "url" and engine is not None:
+                continue  # the database is already chosen, as an Engine
             if key not in values and layer.get(key) not in (None, ""):
                 values[key] = layer[key]
                 sources[key] = source
-    if engine is None and "url" not in values and flask_engine is not None:
-        engine = flask_engine
-        sources["url"] = "Flask-SQLAlchemy engine"
-    elif engine is not None:
-        sources["url"] = "argument"
+        if engine is None and "url" not in values and layer_engine is not None:
+            engine = layer_engine
+            sources["url"] = "argument" if source == "argument" else "Flask-SQLAlchemy engine"
     return Settings(
         url=values.get("url"),
         engine=engine,

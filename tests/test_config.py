@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from _support import TestDatabase, unit
 
 import seedguard
@@ -141,3 +142,45 @@ def test_configured_ledger_table_name_is_used(db: TestDatabase) -> None:
         seedguard.apply(db.url, seeds=[unit("a")])
     assert {"my_seeds", "my_seeds_version"} <= db.tables()
     assert "seedguard_ledger" not in db.tables()
+
+
+def test_inside_a_flask_app_context_the_apps_database_comes_first(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flask import Flask
+    from flask_sqlalchemy import SQLAlchemy
+
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.seedguard]\nurl = "sqlite:///pyproject.db"\nseeds = "p"\n')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SEEDGUARD_URL", "sqlite:///env.db")
+    app = Flask("cfg")
+    app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{tmp_path / 'app.db'}"
+    fsa = SQLAlchemy(app)
+    other = sa.create_engine("sqlite://")
+    try:
+        with app.app_context():
+            # The app's engine beats SEEDGUARD_URL and [tool.seedguard] url ...
+            settings = resolve()
+            assert settings.engine is fsa.engine
+            assert settings.url is None
+            assert settings.sources["url"] == "Flask-SQLAlchemy engine"
+            # ... while the keys the app does not set still come from further down.
+            assert settings.seeds == "p"
+            # Arguments beat the app: a URL, or an Engine (and then no URL from anywhere).
+            assert resolve("sqlite:///arg.db").url == "sqlite:///arg.db"
+            assert resolve("sqlite:///arg.db").engine is None
+            by_engine = resolve(other)
+            assert by_engine.engine is other and by_engine.url is None
+            assert by_engine.sources["url"] == "argument"
+            # The app's own SEEDGUARD_URL beats its engine.
+            app.config["SEEDGUARD_URL"] = "sqlite:///config.db"
+            configured = resolve()
+            assert configured.url == "sqlite:///config.db"
+            assert configured.engine is None
+            assert configured.sources["url"] == "Flask app config"
+        # Outside the app context the environment wins again.
+        assert resolve().url == "sqlite:///env.db"
+    finally:
+        other.dispose()
+        with app.app_context():
+            fsa.engine.dispose()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import textwrap
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -106,6 +107,29 @@ def test_app_config_seeds_win_over_the_extension_argument(
     assert db.effects("roles") == ["config"]
 
 
+def test_the_apps_database_wins_over_seedguard_url_and_pyproject(
+        make_app: object, seeds_dir: Path, db: TestDatabase, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A developer with SEEDGUARD_URL exported for the CLI, and a [tool.seedguard] url
+    # in the project: inside the app's context, the app's own database is the one seeded.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.setenv("SEEDGUARD_URL", f"sqlite:///{elsewhere / 'from-env.db'}")
+    (tmp_path / "pyproject.toml").write_text(
+        f'[tool.seedguard]\nurl = "sqlite:///{elsewhere / "from-pyproject.db"}"\n')
+    app, fsa = make_app()  # type: ignore[operator]
+    SeedGuard(app, fsa, seeds=seeds_module(seeds_dir))
+    with app.app_context():
+        assert [u.name for u in seedguard.apply().applied] == ["roles"]
+    assert db.ledger() == [("roles", 1)]
+    assert db.effects() == ["roles"]
+    status = app.test_cli_runner().invoke(args=["seedguard", "status", "--json"])
+    assert status.exit_code == 0, status.output
+    assert [(u["name"], u["state"]) for u in json.loads(status.stdout)["units"]] == [
+        ("roles", "applied")]
+    assert list(elsewhere.iterdir()) == []  # neither other database was ever opened
+
+
 def test_extension_apply_needs_its_app(make_app: object, seeds_dir: Path) -> None:
     app, fsa = make_app()  # type: ignore[operator]
     guard = SeedGuard(app, fsa, seeds=seeds_module(seeds_dir))
@@ -195,3 +219,181 @@ def test_import_seedguard_stays_light(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+# -- seeding at start-up: SeedGuard(apply_on_start=...) -------------------------------
+
+
+def test_apply_on_start_applies_when_the_app_is_created(
+        make_app: object, seeds_dir: Path, db: TestDatabase) -> None:
+    # Outside the `flask` command (here: pytest, like gunicorn importing the app),
+    # creating the app applies; SEEDGUARD_APPLY_ON_START in its config wins over the
+    # constructor, init_app(apply_on_start=) over both.
+    seeds = seeds_module(seeds_dir)
+    factory = SeedGuard(seeds=seeds, apply_on_start=True)
+    off, _ = make_app(SEEDGUARD_APPLY_ON_START=False)  # type: ignore[operator]
+    factory.init_app(off)
+    assert db.ledger() == []
+    on, _ = make_app(SEEDGUARD_APPLY_ON_START="false")  # type: ignore[operator]
+    factory.init_app(on, apply_on_start={"contexts": ["dev"]})
+    assert db.ledger() == [("roles", 1)]
+    app, fsa = make_app()  # type: ignore[operator]
+    SeedGuard(app, fsa, seeds=seeds, apply_on_start=True)
+    assert db.ledger() == [("roles", 1)]
+    assert db.effects() == ["roles"]  # once, though three apps started
+
+
+def test_apply_on_start_refuses_what_it_cannot_do(make_app: object, seeds_dir: Path,
+                                                  db: TestDatabase) -> None:
+    with pytest.raises(ConfigError, match=r"unknown apply\(\) argument\(s\) shema; known: "
+                       r"seeds, contexts"):
+        SeedGuard(apply_on_start={"shema": True})
+    app, fsa = make_app(SEEDGUARD_APPLY_ON_START="sometimes")  # type: ignore[operator]
+    with pytest.raises(ConfigError, match=r"app.config\['SEEDGUARD_APPLY_ON_START'\] must be "
+                       r"True, False, or a dict of apply\(\) arguments"):
+        SeedGuard(app, fsa)
+    # Created before any unit is declared (the top of a single-file app): say so
+    # instead of seeding nothing.
+    early, early_fsa = make_app()  # type: ignore[operator]
+    with pytest.raises(ConfigError, match="found no seed units: create the extension"):
+        SeedGuard(early, early_fsa, apply_on_start=True)
+    assert db.ledger() == []
+
+
+START_APP = '''
+from flask import Flask
+from flask_migrate import Migrate
+from flask_sqlalchemy import SQLAlchemy
+from seedguard.flask import SeedGuard
+
+app = Flask(__name__)
+app.config["SQLALCHEMY_DATABASE_URI"] = {url!r}
+db = SQLAlchemy(app)
+Migrate(app, db)
+# At start-up: the app's `alembic upgrade head`, then the seeds.
+SeedGuard(app, db, seeds="start_seeds", apply_on_start={{"schema": True}})
+'''
+
+START_SEEDS = '''
+import os
+import sqlalchemy as sa
+import seedguard
+
+VERSION = int(os.environ.get("ROLES_VERSION", "1"))
+
+@seedguard.seed("roles", version=VERSION)
+def roles(session):
+    session.execute(sa.text("INSERT INTO effects (unit, value) VALUES ('roles', :v)"),
+                    {"v": str(VERSION)})
+'''
+
+START_REVISION = '''
+"""{name}
+
+Revision ID: {rev}
+Revises: {down}
+"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = {rev!r}
+down_revision = {down!r}
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    op.create_table({name!r}, sa.Column("id", sa.Integer, primary_key=True))
+
+
+def downgrade():
+    op.drop_table({name!r})
+'''
+
+
+def test_apply_on_start_seeds_a_server_start_and_leaves_flask_commands_alone(
+        pg: TestDatabase) -> None:
+    # What is under test is which `flask` command applies, not the database: one
+    # database keeps these processes few (the reloader tests start up on all three).
+    db = pg
+    db.create_effects_table()
+    cwd = db.tmp_path
+    write_module(cwd, "flaskapp", START_APP.format(url=db.url))
+    write_module(cwd, "start_seeds", START_SEEDS)
+
+    def start(*args: str, version: int = 1) -> subprocess.Popen[str]:
+        env = child_env(cwd)
+        env["ROLES_VERSION"] = str(version)
+        return subprocess.Popen([sys.executable, *args], cwd=cwd, env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                stdin=subprocess.DEVNULL)
+
+    def finish(proc: subprocess.Popen[str]) -> subprocess.CompletedProcess[str]:
+        try:
+            out, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+            proc.wait(timeout=10)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+    def flask(*args: str, version: int = 1) -> subprocess.Popen[str]:
+        return start("-m", "flask", "--app", "flaskapp", *args, version=version)
+
+    def revision() -> str | None:
+        rows = db.execute("SELECT version_num FROM alembic_version")
+        return rows[0][0] if rows else None
+
+    migrations_folder(cwd / "migrations", db.url)
+    versions = cwd / "migrations" / "versions"
+    for name, rev, down in (("widgets", "a1", None), ("gadgets", "a2", "a1")):
+        (versions / f"{rev}_{name}.py").write_text(
+            textwrap.dedent(START_REVISION.format(name=name, rev=rev, down=down)))
+
+    # The app created for a server (what gunicorn and uWSGI do: import it) migrates and seeds.
+    started = finish(start("-c", "import flaskapp"))
+    assert started.returncode == 0, started.stderr
+    assert revision() == "a2"
+    assert db.ledger() == [("roles", 1)]
+
+    # `flask db downgrade` goes below head, and stays there: no later command
+    # re-upgrades the schema first.
+    down = finish(flask("db", "downgrade"))
+    assert down.returncode == 0, down.stderr
+    assert revision() == "a1"
+
+    # A version bump: no flask command but `run` applies it. These only read, so they
+    # run side by side; the ledger afterwards shows that none of them applied anything.
+    procs = [flask("routes", version=2),
+             flask("seedguard", "status", "--json", version=2),
+             flask("seedguard", "upgrade", "--dry-run", version=2),
+             flask("seedguard", "check", version=2)]
+    try:
+        routes, status, dry, check = (finish(proc) for proc in procs)
+    finally:
+        for proc in procs:  # reap the others when one of them timed out
+            proc.kill()
+            proc.wait(timeout=10)
+    assert routes.returncode == 0, routes.stderr
+    assert status.returncode == 0, status.stderr
+    assert [(u["name"], u["state"], u["version"]) for u in json.loads(status.stdout)["units"]
+            ] == [("roles", "pending", 2)]
+    assert dry.returncode == 0, dry.stderr
+    assert "would apply 1 unit(s)" in dry.stdout and "roles v2" in dry.stdout, dry.stdout
+    assert check.returncode == 3, check.stdout + check.stderr
+    assert "pending: roles v2" in check.stdout
+    assert db.ledger() == [("roles", 1)]
+    assert db.effects("roles") == ["1"]
+    assert revision() == "a1"
+
+
+def migrations_folder(directory: Path, url: str) -> None:
+    """What `flask db init` writes, made in-process by Flask-Migrate's own init()."""
+    from flask_migrate import Migrate, init
+
+    app = Flask("migrations")
+    app.config["SQLALCHEMY_DATABASE_URI"] = url
+    fsa = SQLAlchemy(app)
+    Migrate(app, fsa, directory=str(directory))
+    with app.app_context():
+        init()
+        fsa.engine.dispose()

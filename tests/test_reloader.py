@@ -215,6 +215,12 @@ def flask_run(app: str) -> list[str]:
     return [arg.replace("{app}", app) for arg in FLASK_RUN]
 
 
+def touch(path: Path) -> None:
+    """A file change the reloader's stat poll sees (mtime well past the child's start)."""
+    later = time.time() + 2
+    os.utime(path, (later, later))
+
+
 def assert_seeded_once(site: Site, server: Server, email: str) -> None:
     assert server.prompts == 1, server.output
     runs = site.seed_runs()
@@ -234,8 +240,7 @@ def test_python_app_py_with_the_reloader_seeds_once(site: Site) -> None:
     assert_seeded_once(site, server, "first@example.com")
 
     # A file change: the reloader starts a new child, which imports the app again.
-    later = time.time() + 2
-    os.utime(site.folder / "app.py", (later, later))
+    touch(site.folder / "app.py")
     again = server.get(not_pid=body["pid"])
     assert again["admins"] == ["first@example.com"]
     server.expect("Detected change in")
@@ -244,10 +249,24 @@ def test_python_app_py_with_the_reloader_seeds_once(site: Site) -> None:
 
 @pytest.mark.parametrize("app", ["app", "factory"])
 def test_flask_run_debug_seeds_once(site: Site, app: str) -> None:
+    # apply_on_start: other flask commands load the app without seeding (or prompting).
+    check = subprocess.run([sys.executable, "-m", "flask", "--app", app, "seedguard", "check"],
+                           cwd=site.folder, env=site.env(), capture_output=True, text=True,
+                           timeout=WAIT, stdin=subprocess.DEVNULL)
+    assert check.returncode == 3, check.stdout + check.stderr
+    assert "pending: admin-user v1" in check.stdout
+    assert PROMPT.decode() not in check.stdout and site.seed_runs() == []
+
     server = site.start(flask_run(app), answers=["first@example.com"])
     body = server.get()
     assert body["admins"] == ["first@example.com"]
     assert body["pid"] != server.proc.pid  # served by the reloader's child
+    assert_seeded_once(site, server, "first@example.com")
+
+    touch(site.folder / f"{app}.py")  # a new child loads the app again, and applies nothing
+    again = server.get(not_pid=body["pid"])
+    assert again["admins"] == ["first@example.com"]
+    server.expect("Detected change in")
     assert_seeded_once(site, server, "first@example.com")
 
 
@@ -277,26 +296,35 @@ def test_without_seedguard_flask_run_fails_on_the_unique_key(site: Site) -> None
     assert site.admins() == ["same@example.com"]
 
 
-def test_gunicorn_workers_seed_once(pg: TestDatabase, tmp_path: Path) -> None:
+@pytest.mark.parametrize("preload", [False, True], ids=["import-per-worker", "preload"])
+def test_gunicorn_workers_seed_once(pg: TestDatabase, tmp_path: Path, preload: bool) -> None:
     folder = tmp_path / "site"
     folder.mkdir()
     shutil.copy(EXAMPLE / "app.py", folder / "app.py")
     ready = folder / "ready"
     ready.mkdir()
     # A test-only wrapper: a slow route (so concurrent requests must spread over the
-    # workers) and a file per worker written once its import (and apply()) is done.
+    # workers) that reports the PostgreSQL backend serving this worker, and a file per
+    # worker written once it has loaded the app (after apply_on_start, in the worker or,
+    # with --preload, in the master before the fork, like uWSGI without lazy-apps).
     (folder / "wsgi.py").write_text(
-        "import os, pathlib, time\n"
-        "from app import app\n\n"
+        "import os\n"
+        "import sqlalchemy as sa\n"
+        "from app import app, db\n\n"
         "@app.get('/slow')\n"
         "def slow():\n"
-        "    time.sleep(1.0)\n"
-        "    return {'pid': os.getpid()}\n\n"
-        "pathlib.Path(os.environ['READY_DIR'], str(os.getpid())).touch()\n"
+        "    backend = db.session.scalar(sa.text('SELECT pg_backend_pid() FROM pg_sleep(1.0)'))\n"
+        "    return {'pid': os.getpid(), 'backend': backend}\n"
+    )
+    (folder / "gunicorn.conf.py").write_text(
+        "import os, pathlib\n\n"
+        "def post_worker_init(worker):\n"
+        "    pathlib.Path(os.environ['READY_DIR'], str(os.getpid())).touch()\n"
     )
     site = Site(pg, folder)
     server = site.start([sys.executable, "-m", "gunicorn", "--workers", "4", "--bind",
-                         "127.0.0.1:{port}", "--timeout", "60", "wsgi:app"],
+                         "127.0.0.1:{port}", "--timeout", "60",
+                         *(["--preload"] if preload else []), "wsgi:app"],
                         ADMIN_EMAIL="gunicorn@example.com", READY_DIR=str(ready))
     try:
         deadline = time.monotonic() + WAIT
@@ -307,17 +335,23 @@ def test_gunicorn_workers_seed_once(pg: TestDatabase, tmp_path: Path) -> None:
         workers = {int(p.name) for p in ready.iterdir()}
         assert len(workers) == 4
 
-        served: set[int] = set()
+        backends: dict[int, set[int]] = {}
         with ThreadPoolExecutor(max_workers=4) as pool:
             for _ in range(5):
                 fetch: Callable[[int], dict[str, Any]] = lambda _i: server.get("/slow")  # noqa: E731
-                served |= {body["pid"] for body in pool.map(fetch, range(4))}
-                if served == workers:
+                for body in pool.map(fetch, range(4)):
+                    backends.setdefault(body["pid"], set()).add(body["backend"])
+                if set(backends) == workers:
                     break
-        assert served == workers, (served, workers)  # every worker imported the app and serves
+        assert set(backends) == workers, (backends, workers)  # every worker serves
+        # No two workers on one server connection: a connection the start-up apply left
+        # in the pool before a fork would be shared by every worker.
+        all_backends = [b for seen in backends.values() for b in seen]
+        assert len(all_backends) == len(set(all_backends)), backends
         assert server.get()["admins"] == ["gunicorn@example.com"]
         runs = site.seed_runs()
-        assert len(runs) == 1 and int(runs[0].split()[0]) in workers, runs
+        applier = {server.proc.pid} if preload else workers
+        assert len(runs) == 1 and int(runs[0].split()[0]) in applier, runs
         assert site.admins() == ["gunicorn@example.com"]
         assert pg.ledger() == [("admin-user", 1), ("tables", 1)]
         assert "Worker failed to boot" not in server.output

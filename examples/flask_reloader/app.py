@@ -28,7 +28,6 @@ app.config["SQLALCHEMY_DATABASE_URI"] = os.environ.get(
     "DATABASE_URL", f"sqlite:///{HERE / 'app.db'}"
 )
 db = SQLAlchemy(app)
-SeedGuard(app, db)
 
 
 class Admin(db.Model):  # type: ignore[name-defined,misc]
@@ -65,16 +64,21 @@ def index() -> object:
     return jsonify(pid=os.getpid(), admins=emails)
 
 
-with app.app_context():
-    if os.environ.get("SEEDGUARD", "on") == "off":
-        # The bug: this runs in the reloader's parent AND in every child it starts.
+SEEDGUARD_ON = os.environ.get("SEEDGUARD", "on") != "off"
+
+# The fix, last in the module so that the units above are declared: when the app
+# starts for a server (python app.py, flask run, gunicorn) the first process applies
+# both units and every later one (the reloader's child, each restart, each gunicorn
+# worker) finds them done; `flask seedguard ...`, `flask shell` and the other flask
+# commands leave the database alone.
+SeedGuard(app, db, apply_on_start=SEEDGUARD_ON)
+
+if not SEEDGUARD_ON:
+    # The bug: this runs in the reloader's parent AND in every child it starts.
+    with app.app_context():
         db.create_all()
         admin_user(db.session)
         db.session.commit()
-    else:
-        # The fix: the first process applies both units, every later one (the
-        # reloader's child, each restart, each gunicorn worker) finds them done.
-        seedguard.apply()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The same app as ``app.py`` with an app factory: ``flask --app factory run --debug``.
 
 ``flask run --debug`` calls ``create_app()`` in the reloader's parent and again
-in each child; seeding inside it runs once all the same.
+in each child; ``guard.init_app(app)`` with ``apply_on_start=True`` seeds there,
+once all the same, and not when another ``flask`` command creates the app.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from seedguard.flask import SeedGuard
 HERE = Path(__file__).resolve().parent
 
 db = SQLAlchemy()
-guard = SeedGuard()
+guard = SeedGuard(apply_on_start=True)
 
 
 class Admin(db.Model):  # type: ignore[name-defined,misc]
@@ -49,13 +50,11 @@ def create_app() -> Flask:
         "DATABASE_URL", f"sqlite:///{HERE / 'app.db'}"
     )
     db.init_app(app)
-    guard.init_app(app)
 
     @app.get("/")
     def index() -> object:
         emails = db.session.scalars(sa.select(Admin.email).order_by(Admin.id)).all()
         return jsonify(pid=os.getpid(), admins=emails)
 
-    with app.app_context():
-        guard.apply()
+    guard.init_app(app)  # last: seeds here when the app is created for a server
     return app
