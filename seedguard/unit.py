@@ -24,7 +24,7 @@ _NAME = re.compile(r"[A-Za-z0-9_.:-]{1,255}")
 _ON_CHANGE: tuple[OnChange, ...] = ("warn", "rerun", "error")
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class SeedUnit:
     """One named, versioned piece of seed work.
 
@@ -69,6 +69,11 @@ class SeedUnit:
 
     def __call__(self, session: Session) -> Any:
         return self.fn(session)
+
+    def __repr__(self) -> str:
+        # Name and version identify a unit; the function, its checksum hook and
+        # its origin made `print(result)` pages long.
+        return f"SeedUnit({self.name!r}, version={self.version})"
 
     def checksum(self) -> str:
         """The unit's current drift checksum (code or data)."""
