@@ -423,9 +423,8 @@ _TEMPLATE = '''\
 
 from __future__ import annotations
 
-from sqlalchemy.orm import Session
-
 import seedguard
+from sqlalchemy.orm import Session
 
 
 @seedguard.seed("{name}", version=1)
@@ -484,7 +483,10 @@ def _seeds_directory(seeds: SeedsSpec) -> Path:
     try:
         spec = importlib.util.find_spec(configured)
     except (ImportError, ValueError) as err:
-        raise ConfigError(f"cannot find the seeds package {configured!r}: {err}") from err
+        raise ConfigError(
+            f"cannot find the seeds package {configured!r} ({err}); run from the project "
+            "root, or give --dir DIR"
+        ) from err
     if spec is None:
         raise ConfigError(
             f"seeds package {configured!r} not found (run from the project root, or give "
@@ -559,4 +561,4 @@ def _without_password(url: str) -> tuple[str, bool]:
         ) from err
     if parsed.password is None:
         return url, False
-    return parsed.set(password=None).render_as_string(hide_password=False), True
+    return parsed._replace(password=None).render_as_string(hide_password=False), True
