@@ -453,12 +453,12 @@ def _describe_preview(preview: Any) -> str:
 
 @cli.command()
 @click.argument("target", required=False)
-@_command_options
 @click.option("--dry-run", is_flag=True, help="List what would run, in order; write nothing.")
 @click.option("--strict", is_flag=True, help="Fail (exit 1) when an applied unit drifted.")
 @click.option("--schema", is_flag=True,
               help="Run your `alembic upgrade head` first, under the same locks.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@_command_options
 @pass_options
 def upgrade(opts: Options, target: str | None, dry_run: bool, strict: bool, schema: bool,
             as_json: bool) -> None:
@@ -597,8 +597,8 @@ def _read_settings(opts: Options, *, units: bool = True) -> _config.Settings:
 
 
 @cli.command()
-@_command_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@_command_options
 @pass_options
 def status(opts: Options, as_json: bool) -> None:
     """Show every unit's state and who holds the lock now."""
@@ -614,9 +614,9 @@ _PROBLEMS = ("pending", "waiting", "drifted", "blocked")
 
 
 @cli.command()
-@_command_options
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON document (status's, with `ok` the answer).")
+@_command_options
 @pass_options
 @click.pass_context
 def check(ctx: click.Context, opts: Options, as_json: bool) -> None:
@@ -638,8 +638,8 @@ def check(ctx: click.Context, opts: Options, as_json: bool) -> None:
 
 
 @cli.command()
-@_command_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@_command_options
 @pass_options
 def history(opts: Options, as_json: bool) -> None:
     """Show the ledger, newest first."""
@@ -671,7 +671,8 @@ def history(opts: Options, as_json: bool) -> None:
 
 def _confirm(yes: bool, question: str) -> None:
     # Ask only a person at a terminal; a deploy script without --yes is not held up.
-    if not yes and sys.stdin.isatty() and not click.confirm(question, default=False):
+    # The question goes to stderr: under --json, stdout holds only the document.
+    if not yes and sys.stdin.isatty() and not click.confirm(question, default=False, err=True):
         raise _Declined("not confirmed; nothing changed")
 
 
@@ -682,11 +683,11 @@ def _change_document(command: str, changes: list[LedgerChange]) -> dict[str, Any
 
 @cli.command()
 @click.argument("name")
-@_command_options
 @click.option("--version", type=click.IntRange(min=1), help="Version to record (default: "
               "the code's).")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@_command_options
 @pass_options
 def stamp(opts: Options, name: str, version: int | None, yes: bool, as_json: bool) -> None:
     """Record NAME as applied without running it (e.g. a database restored from a dump)."""
@@ -705,12 +706,12 @@ def stamp(opts: Options, name: str, version: int | None, yes: bool, as_json: boo
 
 @cli.command()
 @click.argument("name", required=False)
-@_command_options
 @click.option("--version", type=click.IntRange(min=1), help="Only this version (default: all).")
 @click.option("--all", "every", is_flag=True,
               help="Every unit: empty the ledger (after resetting the tables).")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@_command_options
 @pass_options
 def forget(opts: Options, name: str | None, version: int | None, every: bool, yes: bool,
            as_json: bool) -> None:
@@ -746,12 +747,12 @@ def forget(opts: Options, name: str | None, version: int | None, every: bool, ye
 
 @cli.command()
 @click.argument("name")
-@_command_options
 @click.option("--applied", "outcome", flag_value="applied",
               help="Its work is complete: record it applied.")
 @click.option("--retry", "outcome", flag_value="retry", help="Remove its row: run it again.")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@_command_options
 @pass_options
 def resolve(opts: Options, name: str, outcome: str | None, yes: bool, as_json: bool) -> None:
     """Settle NAME, a non-transactional unit interrupted mid-way (--applied or --retry)."""
@@ -774,9 +775,9 @@ def resolve(opts: Options, name: str, outcome: str | None, yes: bool, as_json: b
 
 @cli.command()
 @click.argument("name")
-@_command_options
 @click.option("--dir", "directory", type=click.Path(file_okay=False),
               help="Where to write the module (default: the configured seeds package).")
+@_command_options
 @pass_options
 def new(opts: Options, name: str, directory: str | None) -> None:
     """Write a seed module template declaring one unit called NAME."""
