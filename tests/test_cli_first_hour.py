@@ -348,8 +348,16 @@ def test_verbose_logs_never_break_a_progress_line(project: Path) -> None:
 
 
 def test_quiet_silences_warnings(project: Path) -> None:
-    typo = run([*base(project), "-q", "--context", "deb", "upgrade"], project)
-    assert typo.returncode == 0 and typo.stdout == "" and typo.stderr == ""
+    assert run([*base(project), "upgrade"], project).returncode == 0
+    # Changed code of an applied unit (another size, so no stale .pyc): a drift warning.
+    write_module(project, "units", UNITS.replace("VALUES ('roles', 'x')",
+                                             "VALUES ('roles', 'changed')"))
+    loud = run([*base(project), "upgrade"], project)
+    assert loud.returncode == 0 and "warning: unit 'roles' v1 was applied with a different" \
+        in loud.stderr
+    for args in (["-q", "upgrade"], ["upgrade", "-q"], ["-q", "--context", "deb", "upgrade"]):
+        quiet = run([*base(project), *args], project)
+        assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == "", args
 
 
 def test_history_table_shows_stamped_rows(project: Path) -> None:
