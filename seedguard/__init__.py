@@ -1,6 +1,6 @@
 """seedguard: exactly-once, retry-safe database seeding.
 
-This module only re-exports the public API; see ``DESIGN.md`` for the contract.
+This module only re-exports the public API; README.md describes it.
 """
 
 from __future__ import annotations

@@ -14,10 +14,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 from seedguard import config as _config
-from seedguard.connect import engine_for
+from seedguard.connect import engine_for, read_only_engine
 from seedguard.errors import ConfigError
 from seedguard.events import Listener
-from seedguard.registry import SeedsSpec, active, discover, order, with_dependencies
+from seedguard.registry import (
+    SeedsSpec,
+    active,
+    declared_contexts,
+    describe_contexts,
+    discover,
+    order,
+    with_dependencies,
+)
 from seedguard.reports import HistoryResult, LedgerChange, StatusResult, UnitStatus, WrittenFile
 from seedguard.result import ApplyResult
 from seedguard.unit import SeedUnit, validate_name, validate_version
@@ -108,7 +116,24 @@ def select(settings: _config.Settings, *, target: str | None = None) -> list[See
     units = order(discover(settings.seeds))
     if target is not None:
         units = with_dependencies(units, target)
+        wanted = next(unit for unit in units if unit.name == target)
+        if not wanted.runs_in(settings.contexts):
+            # Running its dependencies and silently not the unit asked for
+            # would report success for work that never happened.
+            needed = describe_contexts(wanted.contexts)
+            first = sorted(wanted.contexts or ())[0]
+            raise ConfigError(
+                f"unit {target!r} runs only in context(s) {needed}, and the active context(s) "
+                f"are {describe_contexts(settings.contexts)}; activate one (e.g. --context "
+                f"{first}, SEEDGUARD_CONTEXTS={first} or contexts=[{first!r}]); nothing ran"
+            )
     return active(units, settings.contexts)
+
+
+def contexts_declared(settings: _config.Settings) -> list[str]:
+    """Every context a unit of ``settings.seeds`` declares, sorted: a ``--context``
+    that is not among them selects nothing (most likely a typo)."""
+    return sorted(declared_contexts(discover(settings.seeds)))
 
 
 # -- administration: status, history, check, stamp, forget, resolve, new, init ----------
@@ -143,7 +168,7 @@ def status(bind: Bind = None, *, seeds: SeedsSpec = None,
     every = order(discover(settings.seeds))
     units = active(every, settings.contexts)
     ledger = Ledger.named(settings.ledger_table, settings.ledger_schema)
-    with engine_for(settings) as engine:
+    with read_only_engine(settings) as engine:
         with connect(engine) as conn:
             state, revision = _read_any(conn, ledger)
         file_lock = FileLock(settings.lock_path or default_lock_path(engine.url))
@@ -169,6 +194,18 @@ def status(bind: Bind = None, *, seeds: SeedsSpec = None,
         if item.state == "pending" and unit.name in waits:
             item = dataclasses.replace(item, state="waiting", waits_for=waits[unit.name])
         result.units.append(item)
+    # Inactive: recorded, but left out by the active contexts; listing them
+    # keeps `status` from hiding what a dev or test run put in the database.
+    selected = {unit.name for unit in units}
+    for unit in every:
+        latest = rows.latest(unit.name)
+        if unit.name not in selected and latest is not None:
+            result.units.append(UnitStatus(
+                name=unit.name, state="inactive", version=unit.version,
+                recorded_version=latest.version, applied_at=latest.applied_at,
+                applied_by=latest.applied_by, description=unit.description,
+                contexts=tuple(sorted(unit.contexts or ())),
+            ))
     # Orphaned: recorded, but no unit of that name exists in the code any more
     # (units only filtered out by contexts still exist, so they are not orphans).
     declared = {unit.name for unit in every}
@@ -227,6 +264,7 @@ def _unit_status(unit: SeedUnit, rows: LedgerState) -> UnitStatus:
 
     row = rows.get(unit.key)
     latest = rows.latest(unit.name)
+    changed = None
     if row is None:
         ahead = latest is not None and latest.version > unit.version
         state = "ahead" if ahead else "pending"
@@ -240,12 +278,14 @@ def _unit_status(unit: SeedUnit, rows: LedgerState) -> UnitStatus:
         # A unit that re-applies on change (data seeds by default) is simply
         # pending again, as `upgrade` treats it.
         state = ("pending" if unit.on_change == "rerun" else "drifted") if drifted else "applied"
+        if state == "pending":
+            changed = "data" if unit.preview is not None else "code"
     return UnitStatus(
         name=unit.name, state=state, version=unit.version,
         recorded_version=row.version if row is not None else None,
         applied_at=row.applied_at if row is not None else None,
         applied_by=row.applied_by if row is not None else None,
-        description=unit.description,
+        description=unit.description, changed=changed,
     )
 
 
@@ -256,7 +296,7 @@ def history(bind: Bind = None) -> HistoryResult:
 
     settings = _settings(bind)
     ledger = Ledger.named(settings.ledger_table, settings.ledger_schema)
-    with engine_for(settings) as engine, connect(engine) as conn:
+    with read_only_engine(settings) as engine, connect(engine) as conn:
         state, _ = _read_any(conn, ledger)
         url = safe_url(engine.url)
     rows = state.rows() if state is not None else []
@@ -358,6 +398,24 @@ def forget(bind: Bind, name: str, *, version: int | None = None,
     return LedgerChange(name, "forgotten" if versions else "unchanged", versions)
 
 
+def forget_all(bind: Bind = None) -> list[LedgerChange]:
+    """Remove every ledger row, so every unit runs again (after the tables were reset).
+
+    Under the same locks as :func:`forget`; returns one change per unit name
+    that had rows (an empty list: the ledger was empty already).
+    """
+    settings = _settings(bind)
+    changes: list[LedgerChange] = []
+    with _ledger_locked(settings) as (conn, ledger):
+        recorded: dict[str, list[int]] = {}
+        for name, version in ledger.read_current(conn):
+            recorded.setdefault(name, []).append(version)
+        for name in sorted(recorded):
+            ledger.delete(conn, name)
+            changes.append(LedgerChange(name, "forgotten", sorted(recorded[name])))
+    return changes
+
+
 def resolve(bind: Bind, name: str, *, outcome: str) -> LedgerChange:
     """Settle an interrupted non-transactional unit (a ledger row with status "running").
 
@@ -386,30 +444,35 @@ def resolve(bind: Bind, name: str, *, outcome: str) -> LedgerChange:
 
 
 _TEMPLATE = '''\
-"""Seed unit {name!r}: say what it puts in the database and why."""
+"""Seed unit "{name}": say what it puts in the database and why."""
 
 from __future__ import annotations
 
-import sqlalchemy as sa
+import seedguard
 from sqlalchemy.orm import Session
 
-import seedguard
 
-
-@seedguard.seed({name!r}, version=1)
+@seedguard.seed("{name}", version=1)
 def {function}(session: Session) -> None:
     """Runs once per database: its work and its ledger row commit together.
 
     Raise ``version`` to apply a changed unit again; ``after=[...]`` orders it
     behind other units; ``contexts=[...]`` limits it to e.g. "dev".
     """
-    # session.execute(sa.text("INSERT INTO roles (name) VALUES ('admin')"))
+    # e.g. session.add(Role(name="admin")), or
+    # session.execute(sqlalchemy.text("INSERT INTO roles (name) VALUES ('admin')"))
     raise NotImplementedError("write the seed work here, then remove this line")
 '''
 
 
-def new(name: str, *, directory: str | os.PathLike[str] = ".") -> WrittenFile:
-    """Write ``<directory>/<name>.py``: a seed module declaring one unit called ``name``.
+def new(name: str, *, directory: str | os.PathLike[str] | None = None,
+        seeds: SeedsSpec = None) -> WrittenFile:
+    """Write a seed module declaring one unit called ``name``; returns its path.
+
+    ``directory``: where to write it; None means the directory of the
+    configured seeds package (``seeds=``, SEEDGUARD_SEEDS, ``[tool.seedguard]``),
+    so that discovery finds the new module. ``seeds``: that package, if not
+    configured elsewhere.
 
     The template raises NotImplementedError, so an unedited template fails
     (and is not recorded) rather than being applied as an empty unit.
@@ -418,7 +481,7 @@ def new(name: str, *, directory: str | os.PathLike[str] = ".") -> WrittenFile:
     module = re.sub(r"[^A-Za-z0-9_]", "_", name).lower()
     if not module.isidentifier() or keyword.iskeyword(module):
         module = f"seed_{module}"
-    folder = Path(directory)
+    folder = Path(directory) if directory is not None else _seeds_directory(seeds)
     path = folder / f"{module}.py"
     if path.exists():
         raise ConfigError(f"{path} already exists; choose another name or --dir")
@@ -431,10 +494,47 @@ def new(name: str, *, directory: str | os.PathLike[str] = ".") -> WrittenFile:
     return WrittenFile(path, created=True)
 
 
+def _seeds_directory(seeds: SeedsSpec) -> Path:
+    """The folder of the configured seeds package: where its discovered modules live."""
+    import importlib.util
+
+    configured = _config.resolve(seeds=seeds).seeds
+    if not isinstance(configured, str):
+        raise ConfigError(
+            "no seeds package configured, so there is nowhere discovery would find a new "
+            "module: give --dir DIR, or --seeds PACKAGE (or seeds = \"myapp.seeds\" under "
+            "[tool.seedguard])"
+        )
+    try:
+        spec = importlib.util.find_spec(configured)
+    except (ImportError, ValueError) as err:
+        raise ConfigError(
+            f"cannot find the seeds package {configured!r} ({err}); run from the project "
+            "root, or give --dir DIR"
+        ) from err
+    if spec is None:
+        raise ConfigError(
+            f"seeds package {configured!r} not found (run from the project root, or give "
+            "--dir DIR)"
+        )
+    locations = list(spec.submodule_search_locations or [])
+    if not locations:
+        raise ConfigError(
+            f"seeds {configured!r} is a single module ({spec.origin}), so a new module "
+            "beside it would not be discovered; make it a package (a folder with "
+            "__init__.py), or give --dir DIR"
+        )
+    return Path(locations[0])
+
+
 def init(*, url: str | None = None, seeds: str | None = None,
          directory: str | os.PathLike[str] = ".") -> WrittenFile:
     """Add a ``[tool.seedguard]`` section with ``url`` and ``seeds`` to ``pyproject.toml``.
 
+    ``url``: the database URL; a password in it is never written (the result's
+    ``password_removed`` says it was left out: put the full URL in
+    SEEDGUARD_URL). ``seeds``: the dotted seeds module or package.
+    ``directory``: where the ``pyproject.toml`` is (default: the current one).
     Creates the file if missing; appends to it otherwise, and refuses when it
     already has the section (it is the user's: edit it there).
     """
@@ -452,6 +552,9 @@ def init(*, url: str | None = None, seeds: str | None = None,
         tool = data.get("tool", {})
         if isinstance(tool, dict) and "seedguard" in tool:
             raise ConfigError(f"{path} already has a [tool.seedguard] section; edit it there")
+    password_removed = False
+    if url:
+        url, password_removed = _without_password(url)
     lines = ["[tool.seedguard]"]
     # JSON string escapes are valid TOML basic-string escapes.
     lines += [f"{key} = {json.dumps(value)}" for key, value in (("url", url), ("seeds", seeds))
@@ -466,4 +569,21 @@ def init(*, url: str | None = None, seeds: str | None = None,
             fh.write(section)
     except OSError as err:
         raise ConfigError(f"cannot write {path}: {err.strerror or err}") from err
-    return WrittenFile(path, created=not existing)
+    return WrittenFile(path, created=not existing, password_removed=password_removed)
+
+
+def _without_password(url: str) -> tuple[str, bool]:
+    """``url`` without its password (pyproject.toml is committed; secrets go in SEEDGUARD_URL)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError) as err:
+        raise ConfigError(
+            "cannot parse the database URL: expected dialect+driver://user@host/database, "
+            "e.g. postgresql+psycopg://app@localhost/app or sqlite:///app.db"
+        ) from err
+    if parsed.password is None:
+        return url, False
+    return parsed._replace(password=None).render_as_string(hide_password=False), True

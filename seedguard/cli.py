@@ -7,9 +7,11 @@ them as text or, with ``--json``, as the documented JSON documents.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -24,7 +26,7 @@ from seedguard import api
 from seedguard import config as _config
 from seedguard.errors import ConfigError, DefinitionError, LockTimeout, SeedFailed, SeedguardError
 from seedguard.events import Event, UnitFinished, UnitProgress, UnitStarted
-from seedguard.reports import StatusResult, UnitStatus
+from seedguard.reports import LedgerChange, StatusResult, UnitStatus
 from seedguard.result import ApplyResult
 
 EXIT_OK = 0
@@ -32,16 +34,23 @@ EXIT_UNIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_CHECK = 3
 EXIT_LOCK_TIMEOUT = 4
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _Declined(Exception):
+    """The person at the terminal answered no: nothing was changed."""
 
 
 def exit_code(err: BaseException) -> int:
     """The documented exit code for ``err``."""
     if isinstance(err, LockTimeout):
         return EXIT_LOCK_TIMEOUT
-    if isinstance(err, (ConfigError, DefinitionError)):
+    if isinstance(err, (ConfigError, DefinitionError, _Declined)):
         return EXIT_USAGE
+    if isinstance(err, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
     return EXIT_UNIT_FAILED
 
 
@@ -87,25 +96,59 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
-        except Exception as err:
+        except (Exception, KeyboardInterrupt) as err:
+            # Click would turn a Ctrl-C into "Aborted!" and exit 1, which reads as
+            # "a unit failed"; it gets its own code and the run's summary instead.
+            _fail(ctx, err)
+        except (SystemExit, GeneratorExit) as err:
+            # click exits through its own Exit exception, so a SystemExit here
+            # comes from user code (a unit or a seeds module calling sys.exit()):
+            # exiting with its code would report success for a run that stopped.
             _fail(ctx, err)
 
     def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         formatter.write_paragraph()
         formatter.write_text(
             "Exit codes: 0 done or nothing to do; 1 a unit failed; 2 usage or configuration "
-            "error; 3 `check` found pending, waiting, drifted or blocked units; 4 lock timeout."
+            "error; 3 `check` found pending, waiting, drifted or blocked units; 4 lock timeout; "
+            "130 interrupted (Ctrl-C)."
         )
 
 
-def _fail(ctx: click.Context, err: Exception) -> None:
+# Library messages name apply()'s keywords; on the command line the options.
+_CLI_WORDS = ((re.compile(r"\braise lock_timeout\b"), "raise --lock-timeout"),
+              (re.compile(r"\block_timeout=(?=\d)"), "--lock-timeout "))
+
+
+def _for_cli(message: str) -> str:
+    for pattern, replacement in _CLI_WORDS:
+        message = pattern.sub(replacement, message)
+    return message
+
+
+def _message(err: BaseException) -> str:
+    if isinstance(err, _Declined):
+        return str(err)
+    if isinstance(err, SeedguardError):
+        return _for_cli(str(err))
+    if isinstance(err, KeyboardInterrupt):
+        return ("interrupted (Ctrl-C): the unit that was running was rolled back; units "
+                "applied before it stay applied; run the command again to resume")
+    if isinstance(err, SystemExit):
+        return (f"SystemExit({err.code!r}) raised while running the command (a unit or a "
+                "seeds module called sys.exit()); the unit that was running was rolled "
+                "back; units applied before it stay applied")
+    return f"unexpected {type(err).__name__}: {err}"
+
+
+def _fail(ctx: click.Context, err: BaseException) -> None:
     opts = ctx.find_object(Options) or Options()
     code = exit_code(err)
-    known = isinstance(err, SeedguardError)
-    message = str(err) if known else f"unexpected {type(err).__name__}: {err}"
+    known = isinstance(err, (SeedguardError, _Declined, KeyboardInterrupt))
+    message = _message(err)
     if opts.json:
-        error: dict[str, Any] = {"type": type(err).__name__, "message": message,
-                                 "exit_code": code}
+        kind = "Declined" if isinstance(err, _Declined) else type(err).__name__
+        error: dict[str, Any] = {"type": kind, "message": message, "exit_code": code}
         unit = getattr(err, "unit", None)
         if isinstance(err, SeedFailed) and unit is not None:
             error["unit"] = getattr(unit, "name", None)
@@ -136,28 +179,73 @@ def _info(opts: Options, message: str) -> None:
         click.echo(message)
 
 
-def _warn(message: str) -> None:
-    click.echo(f"warning: {message}", err=True)
+def _warn(opts: Options, message: str) -> None:
+    if not opts.quiet:
+        click.echo(f"warning: {message}", err=True)
+
+
+# The global options: on the group (`seedguard --url U upgrade`) and, through
+# _late_option, on every command too (`seedguard upgrade --url U`), where
+# people type them after having typed the command.
+_GLOBAL_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
+    (("--url",), {"metavar": "URL", "help": "Database URL (else SEEDGUARD_URL, the Flask "
+                  "app, or [tool.seedguard] in pyproject.toml)."}),
+    (("--seeds",), {"metavar": "MODULE",
+                    "help": "Dotted module or package that declares the units."}),
+    (("--context", "contexts"), {"multiple": True, "metavar": "NAME",
+                                 "help": "Activate a context (repeatable)."}),
+    (("--lock-timeout",), {"type": click.FloatRange(min=0), "metavar": "SECONDS",
+                           "help": "Give up waiting for a lock after this long (exit 4)."}),
+    (("--lock-path",), {"metavar": "PATH",
+                        "help": "File lock path (default: derived from the URL)."}),
+    (("--alembic-config",), {"metavar": "INI", "help": "The application's alembic.ini."}),
+    (("-q", "--quiet"), {"is_flag": True, "help": "Only errors (no progress, no warnings)."}),
+    (("-v", "--verbose"), {"is_flag": True,
+                           "help": "Log progress; tracebacks on errors."}),
+]
+
+
+def _group_options(f: F) -> F:
+    for args, kwargs in reversed(_GLOBAL_OPTIONS):
+        f = click.option(*args, **kwargs)(f)
+    return f
+
+
+def _command_options(f: F) -> F:
+    for args, kwargs in reversed(_GLOBAL_OPTIONS):
+        f = click.option(*args, **kwargs, expose_value=False, callback=_late_option)(f)
+    return f
+
+
+def _late_option(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    """A global option given after the command: the same as before it."""
+    if value is None or value is False or value == ():  # 0 (a lock timeout) counts
+        return
+    opts = ctx.find_object(Options)
+    if opts is None:  # pragma: no cover - the group always creates it first
+        return
+    name = param.name or ""
+    if name == "contexts":
+        opts.contexts = (*opts.contexts, *value)
+    else:
+        setattr(opts, name, value)
+    if name in ("quiet", "verbose"):
+        if opts.quiet and opts.verbose:
+            raise click.UsageError("-q/--quiet and -v/--verbose exclude each other")
+        _configure_logging(ctx, verbose=opts.verbose, quiet=opts.quiet)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--url", metavar="URL", help="Database URL (else SEEDGUARD_URL, the Flask app, "
-              "or [tool.seedguard] in pyproject.toml).")
-@click.option("--seeds", metavar="MODULE", help="Dotted module or package that declares the units.")
-@click.option("--context", "contexts", multiple=True, metavar="NAME",
-              help="Activate a context (repeatable).")
-@click.option("--lock-timeout", type=click.FloatRange(min=0), metavar="SECONDS",
-              help="Give up waiting for a lock after this long (exit 4).")
-@click.option("--lock-path", metavar="PATH", help="File lock path (default: derived from the URL).")
-@click.option("--alembic-config", metavar="INI", help="The application's alembic.ini.")
-@click.option("-q", "--quiet", is_flag=True, help="Only errors.")
-@click.option("-v", "--verbose", is_flag=True, help="Log progress; tracebacks on errors.")
+@_group_options
 @click.version_option(package_name="seedguard", prog_name="seedguard")
 @click.pass_context
 def cli(ctx: click.Context, url: str | None, seeds: str | None, contexts: tuple[str, ...],
         lock_timeout: float | None, lock_path: str | None, alembic_config: str | None,
         quiet: bool, verbose: bool) -> None:
-    """Exactly-once, retry-safe database seeding."""
+    """Exactly-once, retry-safe database seeding.
+
+    The options below work before or after the command.
+    """
     if quiet and verbose:
         raise click.UsageError("-q/--quiet and -v/--verbose exclude each other")
     ctx.obj = Options(url=url, seeds=seeds, contexts=contexts, lock_timeout=lock_timeout,
@@ -167,7 +255,7 @@ def cli(ctx: click.Context, url: str | None, seeds: str | None, contexts: tuple[
     cwd = os.getcwd()
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
-    _configure_logging(ctx, verbose)
+    _configure_logging(ctx, verbose=verbose, quiet=quiet)
     _flask_app_context(ctx)
 
 
@@ -187,23 +275,48 @@ def _flask_app_context(ctx: click.Context) -> None:
         ctx.with_resource(info.load_app().app_context())
 
 
-def _configure_logging(ctx: click.Context, verbose: bool) -> None:
-    """With -v, log seedguard's INFO records to stderr for this command only."""
-    if not verbose:
+def _configure_logging(ctx: click.Context, *, verbose: bool, quiet: bool = False) -> None:
+    """With -v, log seedguard's INFO records to stderr for this command only; with -q,
+    not even its warnings (Python prints those to stderr when no handler is set)."""
+    if not verbose and not quiet:
         return
     logger = logging.getLogger("seedguard")
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
     level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    handler: logging.Handler | None = None
+    if verbose:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    else:
+        logger.setLevel(logging.ERROR)
 
     def restore() -> None:
         # The group may run in a longer-lived process (flask's CLI runner, tests).
-        logger.removeHandler(handler)
+        if handler is not None:
+            logger.removeHandler(handler)
         logger.setLevel(level)
 
     ctx.call_on_close(restore)
+
+
+def _require_database(settings: _config.Settings) -> None:
+    # The library's message lists apply() arguments and Flask; here, the options.
+    if settings.url is None and settings.engine is None:
+        raise ConfigError(
+            "no database: give --url URL, set SEEDGUARD_URL, or add url = \"...\" under "
+            "[tool.seedguard] in pyproject.toml (`seedguard init` writes it)"
+        )
+
+
+def _warn_unknown_contexts(opts: Options, settings: _config.Settings) -> None:
+    """A --context that no unit declares selects nothing: most likely a typo."""
+    if not opts.contexts:
+        return
+    declared = api.contexts_declared(settings)
+    for name in sorted(set(opts.contexts) - set(declared)):
+        _warn(opts, f"no unit declares context {name!r}; check the spelling (declared: "
+              f"{', '.join(declared) or 'none'})")
 
 
 def _require_units(settings: _config.Settings) -> None:
@@ -220,14 +333,21 @@ def _require_units(settings: _config.Settings) -> None:
 
 
 class _Progress:
-    """Per-unit lines as a run goes; on a terminal, a ticking line as a sign of life."""
+    """Per-unit lines as a run goes; on a terminal, a ticking line as a sign of life.
+
+    ``whole_lines`` (with -v): log records go to stderr while a unit runs, so
+    the unit's line is written complete at its start and its outcome on a line
+    of its own; an open line would be cut in two by every log record.
+    """
 
     TICK_SECONDS = 0.5
 
-    def __init__(self, out: IO[str], *, tty: bool) -> None:
+    def __init__(self, out: IO[str], *, tty: bool, whole_lines: bool = False) -> None:
         self.out = out
-        self.tty = tty
+        self.whole_lines = whole_lines
+        self.tty = tty and not whole_lines
         self._lock = threading.Lock()
+        self._unit = ""
         self._label = ""
         self._started = 0.0
         self._progress = ""
@@ -236,7 +356,8 @@ class _Progress:
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, UnitStarted):
-            self._begin(f"applying {event.unit.name} v{event.unit.version} ...")
+            self._unit = f"{event.unit.name} v{event.unit.version}"
+            self._begin(f"applying {self._unit} ...")
         elif isinstance(event, UnitFinished):
             self._end(f"done {event.duration_ms} ms")
         elif isinstance(event, UnitProgress):
@@ -248,7 +369,7 @@ class _Progress:
     def _begin(self, label: str) -> None:
         with self._lock:
             self._label, self._started, self._progress = label, time.monotonic(), ""
-            self.out.write(label + " ")
+            self.out.write(label + ("\n" if self.whole_lines else " "))
             self.out.flush()
         if self.tty:
             self._stop = threading.Event()
@@ -274,6 +395,8 @@ class _Progress:
                 return
             if self.tty:
                 self.out.write(f"\r\x1b[K{self._label} ")
+            if self.whole_lines:
+                self.out.write(f"{self._unit}: ")
             self.out.write(outcome + "\n")
             self.out.flush()
             self._label = ""
@@ -305,7 +428,7 @@ def apply_document(result: ApplyResult) -> dict[str, Any]:
         "waiting": [{**_item(w), "revision": w.revision, "via": w.via}
                     for w in result.waiting],
         # --dry-run: what each pending data seed would write (issue 4).
-        "previews": {name: _preview_counts(preview)
+        "previews": {name: _preview_document(preview)
                      for name, preview in result.previews.items()},
     }
 
@@ -315,8 +438,15 @@ def _preview_counts(preview: Any) -> dict[str, int]:
     return {field: int(getattr(preview, field, 0)) for field in fields}
 
 
+def _preview_document(preview: Any) -> dict[str, Any]:
+    return {**_preview_counts(preview),
+            "table_exists": not getattr(preview, "table_missing", False)}
+
+
 def _describe_preview(preview: Any) -> str:
     counts = _preview_counts(preview)
+    if getattr(preview, "table_missing", False):
+        return f" (would insert {counts['inserted']}; its table does not exist yet)"
     return (f" (would insert {counts['inserted']}, update {counts['updated']}, "
             f"delete {counts['deleted']}; {counts['unchanged']} unchanged)")
 
@@ -328,14 +458,19 @@ def _describe_preview(preview: Any) -> str:
 @click.option("--schema", is_flag=True,
               help="Run your `alembic upgrade head` first, under the same locks.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@_command_options
 @pass_options
 def upgrade(opts: Options, target: str | None, dry_run: bool, strict: bool, schema: bool,
             as_json: bool) -> None:
     """Apply every pending unit (or TARGET and what it depends on)."""
     _start(opts, "upgrade", as_json=as_json)
-    _require_units(opts.settings())
+    settings = opts.settings()
+    _require_database(settings)
+    _require_units(settings)
+    _warn_unknown_contexts(opts, settings)
     out = sys.stdout
-    progress = None if (as_json or opts.quiet) else _Progress(out, tty=out.isatty())
+    progress = None if (as_json or opts.quiet) else _Progress(out, tty=out.isatty(),
+                                                               whole_lines=opts.verbose)
     # Units applied before a failure stay applied: the JSON error document lists them.
     finished: list[dict[str, Any]] = []
     opts.partial["applied"] = finished
@@ -349,9 +484,17 @@ def upgrade(opts: Options, target: str | None, dry_run: bool, strict: bool, sche
     try:
         result = _run_apply(opts, target=target, dry_run=dry_run, strict=strict,
                             schema=schema, on_event=listener)
-    finally:
+    except BaseException:
         if progress is not None:
             progress.close()
+        if not as_json and finished:
+            # The error line follows; this says what the run did before it.
+            total = sum(item["duration_ms"] for item in finished)
+            _info(opts, f"applied {len(finished)} unit(s) in {total} ms before the failure; "
+                  "they stay applied")
+        raise
+    if progress is not None:
+        progress.close()
     if as_json:
         _emit_json(apply_document(result))
         return
@@ -359,9 +502,9 @@ def upgrade(opts: Options, target: str | None, dry_run: bool, strict: bool, sche
     if migrated:
         _info(opts, f"upgraded the schema: {', '.join(migrated)}")
     for drift in result.drifted:
-        _warn(drift.message())
+        _warn(opts, drift.message())
     for unit in result.ahead:
-        _warn(f"unit {unit.name!r}: the ledger holds a version above the code's "
+        _warn(opts, f"unit {unit.name!r}: the ledger holds a version above the code's "
               f"v{unit.version}; not applied (is this code older than the database?)")
     for waiting in result.waiting:  # issue 5: not an error, the schema comes first
         _info(opts, waiting.message())
@@ -400,6 +543,8 @@ def _describe(unit: UnitStatus) -> str:
         return (f"waits for alembic revision {unit.waits_for}; run `alembic upgrade head` "
                 "or `seedguard upgrade --schema`")
     if unit.state == "pending":
+        if unit.changed is not None:
+            return f"{unit.changed} changed since applied {when}; will re-apply"
         if unit.recorded_version is not None:
             return f"v{unit.recorded_version} applied {when}; v{unit.version} not yet"
         return "not applied yet"
@@ -411,6 +556,10 @@ def _describe(unit: UnitStatus) -> str:
     if unit.state == "blocked":
         return (f"interrupted mid-way (started {when}{by}); check its work, then "
                 f"`seedguard resolve {unit.name} --applied` or `--retry`")
+    if unit.state == "inactive":
+        contexts = ", ".join(unit.contexts or ())
+        return (f"v{unit.recorded_version} applied {when}{by}; runs only in context(s) "
+                f"{contexts}, none active")
     return f"v{unit.recorded_version} applied {when}{by}; no longer declared in the code"
 
 
@@ -420,9 +569,10 @@ def _render_status(opts: Options, result: StatusResult) -> None:
         note = (f" (schema revision {result.ledger_revision}, made by an older seedguard; "
                 "the next upgrade, stamp or forget brings it up to date)")
     _info(opts, f"database {result.url}, ledger {result.ledger}{note}")
-    width = max((len(f"{u.name} v{u.version}") for u in result.units), default=0)
-    for unit in result.units:
-        label = unit.name if unit.version is None else f"{unit.name} v{unit.version}"
+    labels = [unit.name if unit.version is None else f"{unit.name} v{unit.version}"
+              for unit in result.units]
+    width = max((len(label) for label in labels), default=0)
+    for unit, label in zip(result.units, labels, strict=True):
         _info(opts, f"  {unit.state:<9} {label:<{width}}  {_describe(unit)}")
     if not result.units:
         _info(opts, "  no units selected")
@@ -437,56 +587,83 @@ def _render_status(opts: Options, result: StatusResult) -> None:
     _info(opts, "lock: " + ("; ".join(holders) if holders else "free"))
 
 
+def _read_settings(opts: Options, *, units: bool = True) -> _config.Settings:
+    settings = opts.settings()
+    _require_database(settings)
+    if units:
+        _require_units(settings)
+        _warn_unknown_contexts(opts, settings)
+    return settings
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@_command_options
 @pass_options
 def status(opts: Options, as_json: bool) -> None:
     """Show every unit's state and who holds the lock now."""
     _start(opts, "status", as_json=as_json)
-    settings = opts.settings()
-    _require_units(settings)
-    result = api.status(settings)
+    result = api.status(_read_settings(opts))
     if as_json:
         _emit_json({"ok": True, "command": "status", **result.as_dict()})
     else:
         _render_status(opts, result)
 
 
+_PROBLEMS = ("pending", "waiting", "drifted", "blocked")
+
+
 @cli.command()
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON document (status's, with `ok` the answer).")
+@_command_options
 @pass_options
 @click.pass_context
-def check(ctx: click.Context, opts: Options) -> None:
+def check(ctx: click.Context, opts: Options, as_json: bool) -> None:
     """Exit 0 when nothing is pending, waiting, drifted or blocked; else exit 3 and say what."""
-    _start(opts, "check")
-    settings = opts.settings()
-    _require_units(settings)
-    result = api.check(settings)
-    if result.ok:
+    _start(opts, "check", as_json=as_json)
+    result = api.check(_read_settings(opts))
+    if as_json:
+        _emit_json({"ok": result.ok, "command": "check", **result.as_dict(),
+                    "exit_code": EXIT_OK if result.ok else EXIT_CHECK})
+    elif result.ok:
         _info(opts, f"ok: {len(result.by_state('applied'))} unit(s) applied, nothing pending "
               "or drifted")
-        return
-    for unit in result.units:
-        if unit.state in ("pending", "waiting", "drifted", "blocked"):
-            click.echo(f"{unit.state}: {unit.name} v{unit.version}: {_describe(unit)}")
-    ctx.exit(EXIT_CHECK)
+    else:
+        for unit in result.units:
+            if unit.state in _PROBLEMS:
+                click.echo(f"{unit.state}: {unit.name} v{unit.version}: {_describe(unit)}")
+    if not result.ok:
+        ctx.exit(EXIT_CHECK)
 
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@_command_options
 @pass_options
 def history(opts: Options, as_json: bool) -> None:
     """Show the ledger, newest first."""
     _start(opts, "history", as_json=as_json)
-    result = api.history(opts.settings())
+    result = api.history(_read_settings(opts, units=False))
     if as_json:
         _emit_json({"ok": True, "command": "history", **result.as_dict()})
         return
     if not result.rows:
         _info(opts, f"ledger {result.ledger} is empty or not created yet")
+        return
+    table = [("applied at (UTC)", "unit", "status", "took", "by")]
     for row in result.rows:
+        # A stamped row was recorded without running: it has no duration.
+        stamped = row.status == "applied" and row.duration_ms is None
         took = f"{row.duration_ms} ms" if row.duration_ms is not None else "-"
-        _info(opts, f"{row.applied_at.isoformat(timespec='seconds')}  {row.name} v{row.version}"
-              f"  {row.status}  {took}  {row.applied_by or ''}".rstrip())
+        table.append((row.applied_at.astimezone(dt.timezone.utc).isoformat(timespec="seconds"),
+                      f"{row.name} v{row.version}", "stamped" if stamped else row.status,
+                      took, row.applied_by or ""))
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+    for line in table:
+        cells = [cell.rjust(w) if i == 3 else cell.ljust(w)
+                 for i, (cell, w) in enumerate(zip(line, widths, strict=True))]
+        _info(opts, "  ".join(cells).rstrip())
 
 
 # -- stamp, forget, resolve ------------------------------------------------------------------
@@ -494,8 +671,14 @@ def history(opts: Options, as_json: bool) -> None:
 
 def _confirm(yes: bool, question: str) -> None:
     # Ask only a person at a terminal; a deploy script without --yes is not held up.
-    if not yes and sys.stdin.isatty():
-        click.confirm(question, abort=True)
+    # The question goes to stderr: under --json, stdout holds only the document.
+    if not yes and sys.stdin.isatty() and not click.confirm(question, default=False, err=True):
+        raise _Declined("not confirmed; nothing changed")
+
+
+def _change_document(command: str, changes: list[LedgerChange]) -> dict[str, Any]:
+    return {"ok": True, "command": command, "changed": any(c.changed for c in changes),
+            "changes": [change.as_dict() for change in changes]}
 
 
 @cli.command()
@@ -503,31 +686,60 @@ def _confirm(yes: bool, question: str) -> None:
 @click.option("--version", type=click.IntRange(min=1), help="Version to record (default: "
               "the code's).")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@_command_options
 @pass_options
-def stamp(opts: Options, name: str, version: int | None, yes: bool) -> None:
+def stamp(opts: Options, name: str, version: int | None, yes: bool, as_json: bool) -> None:
     """Record NAME as applied without running it (e.g. a database restored from a dump)."""
-    _start(opts, "stamp")
+    _start(opts, "stamp", as_json=as_json)
+    settings = _read_settings(opts, units=False)
     what = f"{name} v{version}" if version else name
     _confirm(yes, f"Record {what} as applied without running it?")
-    change = api.stamp(opts.settings(), name, version=version)
-    if change.action == "unchanged":
+    change = api.stamp(settings, name, version=version)
+    if as_json:
+        _emit_json(_change_document("stamp", [change]))
+    elif change.action == "unchanged":
         _info(opts, f"{what} is already recorded as applied; nothing changed")
     else:
         _info(opts, f"{change.action} {name} v{change.versions[0]}")
 
 
 @cli.command()
-@click.argument("name")
+@click.argument("name", required=False)
 @click.option("--version", type=click.IntRange(min=1), help="Only this version (default: all).")
+@click.option("--all", "every", is_flag=True,
+              help="Every unit: empty the ledger (after resetting the tables).")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@_command_options
 @pass_options
-def forget(opts: Options, name: str, version: int | None, yes: bool) -> None:
-    """Remove NAME's ledger rows so it runs again on the next upgrade."""
-    _start(opts, "forget")
+def forget(opts: Options, name: str | None, version: int | None, every: bool, yes: bool,
+           as_json: bool) -> None:
+    """Remove NAME's ledger rows (or, with --all, every row) so it runs again."""
+    _start(opts, "forget", as_json=as_json)
+    if every == (name is not None):
+        raise click.UsageError("give a unit NAME, or --all for every unit")
+    if every and version is not None:
+        raise click.UsageError("--version goes with a NAME, not with --all")
+    settings = _read_settings(opts, units=False)
+    if every:
+        _confirm(yes, "Remove every ledger row? Every unit will run again.")
+        changes = api.forget_all(settings)
+        if as_json:
+            _emit_json(_change_document("forget", changes))
+        elif changes:
+            _info(opts, "forgot " + ", ".join(
+                f"{c.name} " + ", ".join(f"v{v}" for v in c.versions) for c in changes))
+        else:
+            _info(opts, "the ledger is empty; nothing changed")
+        return
+    assert name is not None
     what = f"{name} v{version}" if version else f"every version of {name}"
     _confirm(yes, f"Remove the ledger rows of {what}? It will run again.")
-    change = api.forget(opts.settings(), name, version=version)
-    if change.changed:
+    change = api.forget(settings, name, version=version)
+    if as_json:
+        _emit_json(_change_document("forget", [change]))
+    elif change.changed:
         _info(opts, f"forgot {name} " + ", ".join(f"v{v}" for v in change.versions))
     else:
         _info(opts, f"nothing recorded for {what}; nothing changed")
@@ -539,14 +751,20 @@ def forget(opts: Options, name: str, version: int | None, yes: bool) -> None:
               help="Its work is complete: record it applied.")
 @click.option("--retry", "outcome", flag_value="retry", help="Remove its row: run it again.")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@_command_options
 @pass_options
-def resolve(opts: Options, name: str, outcome: str | None, yes: bool) -> None:
+def resolve(opts: Options, name: str, outcome: str | None, yes: bool, as_json: bool) -> None:
     """Settle NAME, a non-transactional unit interrupted mid-way (--applied or --retry)."""
-    _start(opts, "resolve")
+    _start(opts, "resolve", as_json=as_json)
     if outcome is None:
         raise click.UsageError("give --applied (its work is complete) or --retry (run it again)")
+    settings = _read_settings(opts, units=False)
     _confirm(yes, f"Mark {name} as {'applied' if outcome == 'applied' else 'to run again'}?")
-    change = api.resolve(opts.settings(), name, outcome=outcome)
+    change = api.resolve(settings, name, outcome=outcome)
+    if as_json:
+        _emit_json(_change_document("resolve", [change]))
+        return
     versions = ", ".join(f"v{v}" for v in change.versions)
     _info(opts, f"{name} {versions} " + ("recorded as applied" if outcome == "applied"
                                           else "will run again on the next upgrade"))
@@ -557,17 +775,19 @@ def resolve(opts: Options, name: str, outcome: str | None, yes: bool) -> None:
 
 @cli.command()
 @click.argument("name")
-@click.option("--dir", "directory", default=".", show_default=True, type=click.Path(),
-              help="Where to write the module.")
+@click.option("--dir", "directory", type=click.Path(file_okay=False),
+              help="Where to write the module (default: the configured seeds package).")
+@_command_options
 @pass_options
-def new(opts: Options, name: str, directory: str) -> None:
+def new(opts: Options, name: str, directory: str | None) -> None:
     """Write a seed module template declaring one unit called NAME."""
     _start(opts, "new")
-    written = api.new(name, directory=directory)
+    written = api.new(name, directory=directory, seeds=opts.seeds)
     _info(opts, f"wrote {written.path}; edit it, then run `seedguard upgrade`")
 
 
 @cli.command()
+@_command_options
 @pass_options
 def init(opts: Options) -> None:
     """Write a [tool.seedguard] section (url, seeds) to ./pyproject.toml."""
@@ -575,14 +795,17 @@ def init(opts: Options) -> None:
     url, seeds = opts.url, opts.seeds
     if sys.stdin.isatty():
         if url is None:
-            url = click.prompt("Database URL", default="sqlite:///app.db")
+            url = click.prompt("Database URL (no password: that goes in SEEDGUARD_URL)",
+                               default="sqlite:///app.db")
         if seeds is None:
             seeds = click.prompt("Seeds module", default="seeds")
     written = api.init(url=url, seeds=seeds)
     verb = "created" if written.created else "added [tool.seedguard] to"
     _info(opts, f"{verb} {written.path}")
-    if url and "@" in url.partition("://")[2] and ":" in url.partition("://")[2].split("@")[0]:
-        _warn("the URL holds a password, now in pyproject.toml; prefer SEEDGUARD_URL for secrets")
+    if written.password_removed:
+        _warn(opts, "the URL's password was not written to pyproject.toml (it is usually "
+              "committed); set SEEDGUARD_URL to the full URL, with the password, where the "
+              "commands run")
 
 
 def main(argv: list[str] | None = None) -> None:

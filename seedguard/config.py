@@ -187,7 +187,28 @@ def _pyproject_layer(cwd: Path) -> tuple[str, Mapping[str, Any]]:
     for key in ("lock_path", "alembic_config"):
         if isinstance(layer.get(key), str):
             layer[key] = str((path.parent / layer[key]).resolve())
+    if isinstance(layer.get("url"), str):
+        layer["url"] = _sqlite_relative_to(layer["url"], path.parent)
     return (f"{path}", layer)
+
+
+# sqlite[+driver]:///relative/path[?query]; four slashes is an absolute path.
+_RELATIVE_SQLITE = re.compile(r"(sqlite(?:\+\w+)?:///)(?!/)([^?]+)(\?.*)?", re.DOTALL)
+
+
+def _sqlite_relative_to(url: str, base: Path) -> str:
+    """A relative SQLite file in ``url`` made absolute against ``base`` (the pyproject's folder).
+
+    As alembic's ``%(here)s``: run from a subdirectory, ``sqlite:///app.db``
+    would otherwise open (and create) a second, empty database there.
+    """
+    match = _RELATIVE_SQLITE.fullmatch(url)
+    if match is None:
+        return url
+    prefix, database, query = match.group(1), match.group(2), match.group(3) or ""
+    if database == ":memory:" or database.startswith("file:"):
+        return url
+    return f"{prefix}{(base / database).resolve()}{query}"
 
 
 _toml_cache: dict[Path, tuple[tuple[int, int], dict[str, Any]]] = {}

@@ -18,7 +18,20 @@ if TYPE_CHECKING:
 
     from seedguard.config import Settings
 
-_DRIVER_EXTRAS = {"postgresql": "postgresql", "mysql": "mysql", "mariadb": "mysql"}
+# backend -> (the driver a seedguard extra installs, that extra).
+_EXTRA_DRIVERS = {"postgresql": ("psycopg", "postgresql"), "mysql": ("pymysql", "mysql"),
+                  "mariadb": ("pymysql", "mysql")}
+# SQLAlchemy driver name -> what `pip install` fixes it.
+_DRIVER_PACKAGES = {
+    "psycopg": "'psycopg[binary]'", "psycopg2": "psycopg2-binary", "pg8000": "pg8000",
+    "asyncpg": "asyncpg", "psycopg_async": "'psycopg[binary]'",
+    "pymysql": "pymysql", "mysqldb": "mysqlclient", "mysqlconnector": "mysql-connector-python",
+    "mariadbconnector": "mariadb", "aiomysql": "aiomysql", "asyncmy": "asyncmy",
+    "aiosqlite": "aiosqlite", "pysqlcipher": "sqlcipher3-binary",
+}
+# Spellings SQLAlchemy does not know -> the dialect meant (postgres:// is Heroku's form).
+_DIALECT_ALIASES = {"postgres": "postgresql", "pgsql": "postgresql", "psql": "postgresql",
+                    "sqlite3": "sqlite", "maria": "mariadb"}
 _NO_DATABASE = (
     "no database configured: pass a URL or Engine to apply(), set SEEDGUARD_URL, use --url, "
     "add `url = \"...\"` under [tool.seedguard] in pyproject.toml, or call apply() inside a "
@@ -60,20 +73,97 @@ def create(url_text: str) -> Engine:
     except NoSuchModuleError as err:
         raise ConfigError(
             f"unknown database dialect or driver in {safe_url(url)}: {url.drivername!r}; "
-            "check the part before ://"
+            f"{_dialect_hint(url)}"
         ) from err
     except ImportError as err:
-        extra = _DRIVER_EXTRAS.get(url.get_backend_name())
-        hint = (f"pip install 'seedguard[{extra}]'" if extra
-                else f"install the {url.drivername} driver")
         raise ConfigError(
             f"the database driver for {safe_url(url)} is not installed ({err.name or err}); "
-            f"{hint}"
+            f"{driver_hint(url)}"
         ) from err
     except (ArgumentError, TypeError, ValueError) as err:
         raise ConfigError(
             f"cannot use database URL {safe_url(url)}: {scrub(str(err), url)}"
         ) from err
+
+
+def driver_hint(url: URL) -> str:
+    """What fixes a missing driver for ``url``: the scheme an extra installs, or the package.
+
+    ``mysql://`` means SQLAlchemy's default MySQL driver, mysqlclient, not the
+    PyMySQL that ``seedguard[mysql]`` installs: advising the extra alone would
+    leave the same error in place.
+    """
+    backend = url.get_backend_name()
+    try:
+        driver = url.get_driver_name()
+    except Exception:  # the dialect itself failed to load
+        driver = url.drivername.partition("+")[2]
+    package = _DRIVER_PACKAGES.get(driver)
+    install = f"pip install {package}" if package else f"install the {driver!r} driver"
+    extra = _EXTRA_DRIVERS.get(backend)
+    if extra is None:
+        return install
+    extra_driver, extra_name = extra
+    if driver == extra_driver:
+        return f"pip install 'seedguard[{extra_name}]'"
+    return (f"use {backend}+{extra_driver}:// (installed by `pip install "
+            f"'seedguard[{extra_name}]'`) or {install}")
+
+
+def _dialect_hint(url: URL) -> str:
+    backend, plus, driver = url.drivername.partition("+")
+    meant = _DIALECT_ALIASES.get(backend.lower())
+    if meant is not None:
+        return f"did you mean {meant}{plus}{driver}://?"
+    return "check the part before :// (e.g. postgresql+psycopg, mysql+pymysql, sqlite)"
+
+
+def sqlite_file(url: URL) -> str | None:
+    """The file a ``sqlite`` URL names (None: in memory, or not SQLite)."""
+    if url.get_backend_name() != "sqlite":
+        return None
+    database = url.database or ""
+    if database in ("", ":memory:") or "mode=memory" in database:
+        return None
+    if database.startswith("file:"):
+        return database[len("file:"):].partition("?")[0] or None
+    return database
+
+
+@contextlib.contextmanager
+def read_only_engine(settings: Settings) -> Iterator[Engine]:
+    """:func:`engine_for`, for commands that only read: a SQLite file is opened read-only.
+
+    SQLite creates a missing file on connect, so `status` on a mistyped URL
+    would leave an empty database behind; a missing file is a ConfigError
+    naming the path instead, and an existing one is opened with ``mode=ro``.
+    """
+    with engine_for(settings) as engine:
+        path = sqlite_file(engine.url) if settings.engine is None else None
+        if path is None or engine.url.get_driver_name() != "pysqlite":
+            yield engine
+            return
+        import os
+        import urllib.parse
+
+        from sqlalchemy import event
+
+        if not os.path.isfile(path):
+            raise ConfigError(
+                f"no SQLite database at {os.path.abspath(path)}; check the URL "
+                "(commands that only read never create it)"
+            )
+        uri = f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro"
+
+        @event.listens_for(engine, "do_connect")
+        def _read_only(dialect: object, record: object, cargs: list[object],
+                       cparams: dict[str, object]) -> None:
+            # The engine's URL stays as given (lock paths and messages use it);
+            # only the file is opened read-only.
+            cargs[:1] = [uri]
+            cparams["uri"] = True
+
+        yield engine
 
 
 @contextlib.contextmanager

@@ -160,8 +160,40 @@ def with_dependencies(units: list[SeedUnit], target: str) -> list[SeedUnit]:
 
 
 def active(units: Iterable[SeedUnit], contexts: Collection[str]) -> list[SeedUnit]:
-    """The units that run when ``contexts`` are active."""
-    return [unit for unit in units if unit.runs_in(contexts)]
+    """The units that run when ``contexts`` are active.
+
+    Raises DefinitionError when a unit that runs depends on one the contexts
+    leave out: running it alone would break the promise that a unit runs only
+    after what it lists in ``after``.
+    """
+    units = list(units)
+    selected = [unit for unit in units if unit.runs_in(contexts)]
+    chosen = {unit.name for unit in selected}
+    by_name = {unit.name: unit for unit in units}
+    for unit in selected:
+        for dep in unit.after:
+            left_out = by_name.get(dep)
+            if dep not in chosen and left_out is not None:
+                raise DefinitionError(
+                    f"unit {unit.name!r} depends on {dep!r}, which runs only in context(s) "
+                    f"{describe_contexts(left_out.contexts)}, and the active context(s) are "
+                    f"{describe_contexts(contexts)}; give {dep!r} the contexts of "
+                    f"{unit.name!r} ({describe_contexts(unit.contexts)}), or activate one of "
+                    f"{describe_contexts(left_out.contexts)}"
+                )
+    return selected
+
+
+def describe_contexts(contexts: Collection[str] | None) -> str:
+    """Contexts for a message: "dev, test", "every context" (None) or "none" (empty)."""
+    if contexts is None:
+        return "every context"
+    return ", ".join(sorted(contexts)) or "none"
+
+
+def declared_contexts(units: Iterable[SeedUnit]) -> set[str]:
+    """Every context some unit among ``units`` declares."""
+    return {name for unit in units for name in (unit.contexts or ())}
 
 
 def _import_tree(path: str) -> list[str]:
@@ -188,6 +220,10 @@ def _import(name: str, requested: str) -> ModuleType:
                 f"(current directory: run from the project root)"
             ) from err
         raise ConfigError(f"importing seeds module {name!r} failed: {err}") from err
+    except DefinitionError as err:
+        # A unit declared wrongly is a definition error wherever it is found,
+        # not a configuration error about importing.
+        raise DefinitionError(f"{err} (in seeds module {name!r})") from err
     except Exception as err:
         raise ConfigError(
             f"importing seeds module {name!r} (from {requested!r}) failed: "

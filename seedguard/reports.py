@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from seedguard.ledger import LedgerRow
 
-STATES = ("applied", "pending", "waiting", "drifted", "ahead", "blocked", "orphaned")
+STATES = ("applied", "pending", "waiting", "drifted", "ahead", "blocked", "orphaned",
+          "inactive")
 """Every state :func:`seedguard.api.status` reports for a unit."""
 
 
@@ -36,6 +37,11 @@ class UnitStatus:
     description: str | None = None
     # State "waiting" (issue 5): the user's alembic revision the unit needs first.
     waits_for: str | None = None
+    # State "pending" because this version's recorded checksum differs and the
+    # unit re-applies on change: "data" (a data seed) or "code".
+    changed: str | None = None
+    # State "inactive" (applied, but no active context selects it): its contexts.
+    contexts: tuple[str, ...] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -46,6 +52,8 @@ class UnitStatus:
             "applied_at": _when(self.applied_at),
             "applied_by": self.applied_by,
             "waits_for": self.waits_for,
+            "changed": self.changed,
+            "contexts": list(self.contexts) if self.contexts is not None else None,
         }
 
 
@@ -135,6 +143,9 @@ class LedgerChange:
     def changed(self) -> bool:
         return self.action != "unchanged"
 
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "action": self.action, "versions": list(self.versions)}
+
 
 @dataclass
 class WrittenFile:
@@ -142,3 +153,5 @@ class WrittenFile:
 
     path: Path
     created: bool
+    # init: the URL had a password, which was left out of the file.
+    password_removed: bool = False

@@ -56,7 +56,10 @@ class Applied:
     name: str
     version: int
     duration_ms: int
-    unit: SeedUnit
+    unit: SeedUnit = field(repr=False)
+
+    def __repr__(self) -> str:
+        return f"Applied({self.name!r}, version={self.version}, duration_ms={self.duration_ms})"
 
 
 @dataclass
@@ -90,3 +93,17 @@ class ApplyResult:
     def changed(self) -> bool:
         """Whether this call wrote anything."""
         return bool(self.applied or self.migrated)
+
+    def __repr__(self) -> str:
+        # "name vN" per unit, and only the lists that hold something: the
+        # default dataclass repr printed every unit's function and hooks.
+        parts = []
+        for label in ("applied", "skipped", "pending", "drifted", "ahead", "waiting"):
+            items = getattr(self, label)
+            if items:
+                parts.append(f"{label}={[f'{i.name} v{i.version}' for i in items]!r}")
+        if self.migrated:
+            parts.append(f"migrated={self.migrated!r}")
+        if self.dry_run:
+            parts.append("dry_run=True")
+        return f"ApplyResult({', '.join(parts)})"

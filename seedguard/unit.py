@@ -25,7 +25,7 @@ _NAME = re.compile(r"[A-Za-z0-9_.:-]{1,255}")
 _ON_CHANGE: tuple[OnChange, ...] = ("warn", "rerun", "error")
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class SeedUnit:
     """One named, versioned piece of seed work.
 
@@ -74,6 +74,11 @@ class SeedUnit:
         if _takes_session(self.fn):
             return self.fn(session)
         return self.fn()
+
+    def __repr__(self) -> str:
+        # Name and version identify a unit; the function, its checksum hook and
+        # its origin made `print(result)` pages long.
+        return f"SeedUnit({self.name!r}, version={self.version})"
 
     def checksum(self) -> str:
         """The unit's current drift checksum (code or data)."""

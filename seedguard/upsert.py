@@ -86,6 +86,8 @@ class UpsertResult:
     updated: int = 0
     unchanged: int = 0
     deleted: int = 0
+    # Preview only: the table does not exist yet, so every row counts as an insert.
+    table_missing: bool = False
 
     @property
     def total(self) -> int:
@@ -402,6 +404,13 @@ class Upserter:
     def _table_is_empty(self) -> bool:
         import sqlalchemy as sa
 
+        if self.dry_run and not sa.inspect(self.conn).has_table(self.table.name,
+                                                                schema=self.table.schema):
+            # A dry run before the unit (or alembic) that creates the table: every
+            # row would be inserted. Querying it would fail, and on PostgreSQL
+            # abort the preview's transaction.
+            self.result.table_missing = True
+            return True
         probe = sa.select(sa.literal(1)).select_from(self.table).limit(1)
         return self.conn.execute(probe).first() is None
 

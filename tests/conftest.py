@@ -4,9 +4,11 @@ Each test gets a database of its own (``CREATE DATABASE sg_<random>``), so
 tests, and several developers' runs on one machine, never see each other's
 ledgers or locks. Which databases run: ``SEEDGUARD_TEST_DATABASES``
 (comma-separated, default all three). Server URLs: ``SEEDGUARD_TEST_PG_URL``
-and ``SEEDGUARD_TEST_MYSQL_URL``. A server that cannot be reached skips its
-tests with a one-line reason, or fails them when
-``SEEDGUARD_TEST_REQUIRE_SERVERS=1`` (as in CI).
+and ``SEEDGUARD_TEST_MYSQL_URL``. The tests of a database that is not selected,
+or of a server that cannot be reached, are deselected at collection with one
+line per database in the summary (not one skip line per test); with
+``SEEDGUARD_TEST_REQUIRE_SERVERS=1`` (as in CI) an unreachable server fails
+its tests instead.
 """
 
 from __future__ import annotations
@@ -68,6 +70,54 @@ def need_server(kind: str) -> None:
     if require_servers():
         pytest.fail(problem + " (SEEDGUARD_TEST_REQUIRE_SERVERS=1)", pytrace=False)
     pytest.skip(problem)
+
+
+def _kind_of(item: pytest.Item) -> str | None:
+    """The database an item runs on, when a fixture of this module chooses it."""
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None:
+        for name in ("db", "server_db"):
+            if name in callspec.params:
+                return str(callspec.params[name])
+    if "pg" in getattr(item, "fixturenames", ()):
+        return "postgresql"
+    return None
+
+
+_LEFT_OUT = pytest.StashKey[dict[tuple[str, str], int]]()
+
+
+@pytest.hookimpl(trylast=True)  # after -k/-m, so the counts are of tests that would run
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the tests of unselected databases and unreachable servers, counting them."""
+    chosen = selected_databases()
+    kept: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    left_out: dict[tuple[str, str], int] = {}
+    for item in items:
+        kind = _kind_of(item)
+        reason = None
+        if kind is not None and kind not in chosen:
+            reason = "not in SEEDGUARD_TEST_DATABASES"
+        elif kind in SERVER_URLS and not require_servers():
+            reason = server_problem(kind)
+        if reason is None:
+            kept.append(item)
+        else:
+            dropped.append(item)
+            key = (kind or "", reason)
+            left_out[key] = left_out.get(key, 0) + 1
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+    config.stash[_LEFT_OUT] = left_out
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for (kind, reason), count in sorted(terminalreporter.config.stash.get(_LEFT_OUT, {}).items()):
+        if kind in SERVER_URLS and reason != "not in SEEDGUARD_TEST_DATABASES":
+            reason += " (SEEDGUARD_TEST_REQUIRE_SERVERS=1 fails them instead)"
+        terminalreporter.write_line(f"{kind}: {count} test(s) deselected: {reason}")
 
 
 def _connect_timeout(kind: str) -> dict[str, int]:

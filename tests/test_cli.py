@@ -194,7 +194,7 @@ def test_configuration_errors_exit_2(project: Project, monkeypatch: pytest.Monke
     seeds = project.units()
     no_url = project.run("upgrade", seeds=seeds, url=False)
     assert no_url.exit_code == 2
-    assert no_url.stderr.startswith("error: no database configured")
+    assert no_url.stderr.startswith("error: no database: give --url")
 
     missing = project.run("upgrade", seeds="no_such_seeds_module")
     assert missing.exit_code == 2 and "seeds module 'no_such_seeds_module' not found" \
@@ -252,7 +252,8 @@ def fresh(session): pass
     assert roles["version"] == 2 and roles["recorded_version"] == 3
     assert roles["applied_at"].endswith("+00:00") and ":" in roles["applied_by"]
     assert doc["counts"] == {"applied": 0, "pending": 1, "waiting": 0, "drifted": 1,
-                             "ahead": 1, "blocked": 0, "orphaned": 1}
+                             "ahead": 1, "blocked": 0, "orphaned": 1,
+                             "inactive": 0}
     assert doc["ledger_exists"] is True
     assert doc["locks"]["file"]["holder"] is None and doc["locks"]["database"]["holder"] is None
     assert "***" not in doc["url"] or project.db.kind != "sqlite"
@@ -381,7 +382,7 @@ def test_new_writes_a_template_that_refuses_to_run_unedited(project: Project) ->
     path = project.path / package / "admin_user.py"
     assert str(path.relative_to(project.path)) in result.stdout
     source = path.read_text()
-    assert '@seedguard.seed(\'admin-user\', version=1)' in source
+    assert '@seedguard.seed("admin-user", version=1)' in source
     (project.path / package / "__init__.py").touch()
 
     status = project.run("status", seeds=package)
@@ -535,7 +536,8 @@ def test_dry_run_shows_what_a_data_seed_would_write(project: Project) -> None:
     assert "colours v1 (would insert 1, update 1, delete 0; 0 unchanged)" in text.stdout
     assert code == 0
     assert document["previews"] == {
-        "colours": {"inserted": 1, "updated": 1, "unchanged": 0, "deleted": 0}}
+        "colours": {"inserted": 1, "updated": 1, "unchanged": 0, "deleted": 0,
+                    "table_exists": True}}
     assert project.db.execute("SELECT name FROM colours WHERE code = 'g'")[0][0] == "GREEN"
 
 

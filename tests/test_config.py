@@ -92,7 +92,8 @@ def test_pyproject_configures_url_and_seeds(tmp_path: Path,
     nested.mkdir(parents=True)
     monkeypatch.chdir(nested)
     settings = resolve()
-    assert settings.url == "sqlite:///from-pyproject.db"
+    # Relative to the pyproject.toml, like lock_path: not to the current directory.
+    assert settings.url == f"sqlite:///{tmp_path / 'from-pyproject.db'}"
     assert settings.seeds == "app.seeds"
     assert settings.contexts == ("dev",)
     assert settings.lock_timeout == 7
