@@ -70,10 +70,12 @@ def apply(
         alembic_config=os.fspath(alembic_config) if alembic_config is not None else None,
     )
     # The runner pulls in SQLAlchemy; import it here so `import seedguard` stays light.
+    from seedguard.aio import check_units
     from seedguard.runner import run
 
     units = select(settings, target=target)
     with engine_for(settings) as engine:
+        check_units(units, engine)
         return run(engine, units, settings, dry_run=dry_run, strict=strict, listener=on_event,
                    schema=schema)
 

@@ -7,6 +7,7 @@ them as text or, with ``--json``, as the documented JSON documents.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -84,6 +85,12 @@ class _Group(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
+            if _async_url(ctx):
+                # One URL for the app and the command: with an async driver the
+                # whole command runs on an event loop (async def units included).
+                from seedguard import aio
+
+                return aio.run_blocking(functools.partial(click.Group.invoke, self, ctx))
             return super().invoke(ctx)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
@@ -96,6 +103,15 @@ class _Group(click.Group):
             "Exit codes: 0 done or nothing to do; 1 a unit failed; 2 usage or configuration "
             "error; 3 `check` found pending, waiting, drifted or blocked units; 4 lock timeout."
         )
+
+
+def _async_url(ctx: click.Context) -> bool:
+    from seedguard.aio import is_async_url
+
+    url = ctx.params.get("url") or os.environ.get("SEEDGUARD_URL")
+    if url is None and "flask.cli" not in sys.modules:
+        url = _config.resolve().url  # [tool.seedguard]
+    return is_async_url(url)
 
 
 def _fail(ctx: click.Context, err: Exception) -> None:

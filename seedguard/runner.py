@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from seedguard.aio import call_unit
 from seedguard.alembic import RevisionGate, upgrade_head
 from seedguard.checksum import same_algorithm
 from seedguard.connect import connect
@@ -317,7 +318,7 @@ def _apply_one(conn: Connection, ledger: Ledger, unit: SeedUnit, current: Plan,
         in_work = True
         with Session(bind=conn, join_transaction_mode="create_savepoint") as session, \
                 running(unit, listener):
-            unit(session)
+            call_unit(unit, session)
             session.commit()
         in_work = False
         duration_ms = _elapsed_ms(started)
@@ -359,7 +360,7 @@ def _apply_non_transactional(conn: Connection, ledger: Ledger, unit: SeedUnit, c
                           description=unit.description)
     try:
         with Session(bind=conn) as session, running(unit, listener):
-            unit(session)
+            call_unit(unit, session)
             session.commit()
     except Exception as err:
         _rollback(conn.get_transaction())

@@ -199,3 +199,13 @@ def child_env(*paths: Path | str) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join([*(str(p) for p in paths),
                                          env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return env
+
+
+ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg",
+                 "mariadb": "mysql+aiomysql"}
+
+
+def async_url(db: TestDatabase) -> str:
+    """``db``'s URL with the async driver of its kind (aiosqlite, asyncpg, aiomysql)."""
+    url = sa.engine.make_url(db.url).set(drivername=ASYNC_DRIVERS[db.kind])
+    return url.render_as_string(hide_password=False)
