@@ -21,7 +21,7 @@ from _support import TestDatabase, async_url, child_env, run_processes, write_mo
 
 import seedguard
 import seedguard.api
-from seedguard import ConfigError, SeedFailed
+from seedguard import ConfigError, LockTimeout, SeedFailed
 
 MIXED = '''
 import asyncio, os, time
@@ -179,6 +179,47 @@ def test_import_seedguard_imports_no_async_driver(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=tmp_path, timeout=60, check=True)
     assert done.stdout.strip() == "[]"
+
+
+# -- lock waits end at lock_timeout, on the loop -------------------------------------------
+
+
+def test_file_lock_wait_ends_in_lock_timeout(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from seedguard.locking import Deadline, FileLock
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'app.db'}"
+    seedguard.seed("unit")(lambda session: None)
+    held = FileLock(tmp_path / "app.db.seedguard.lock")
+    held.acquire(Deadline(5))
+    try:
+        with pytest.raises(LockTimeout, match=r"file lock .* held by pid \d+") as info:
+            asyncio.run(seedguard.apply_async(url, lock_timeout=0.3))
+        assert info.value.lock == str(tmp_path / "app.db.seedguard.lock")
+    finally:
+        held.release()
+    assert [u.name for u in asyncio.run(seedguard.apply_async(url)).applied] == ["unit"]
+
+
+def test_database_lock_wait_ends_in_lock_timeout(server_db: TestDatabase,
+                                                 tmp_path: Path) -> None:
+    """As from another host (a lock file of its own): the database lock's wait, awaited
+    on the async driver, ends at lock_timeout and names the holder."""
+    from seedguard.locking import Deadline, database_lock, lock_key
+
+    seedguard.seed("unit")(lambda session: None)
+    engine = server_db.engine()
+    held = database_lock(engine, lock_key(engine, "seedguard_ledger", None))
+    held.acquire(Deadline(5))
+    try:
+        with pytest.raises(LockTimeout, match="database lock") as info:
+            asyncio.run(seedguard.apply_async(async_url(server_db), lock_timeout=1,
+                                              lock_path=tmp_path / "other-host.lock"))
+        assert info.value.holder
+    finally:
+        held.release()
+    result = asyncio.run(seedguard.apply_async(async_url(server_db), lock_timeout=5))
+    assert [u.name for u in result.applied] == ["unit"]
 
 
 # -- many processes, and a loop that keeps running while they wait -----------------------
