@@ -69,6 +69,23 @@ def test_async_and_sync_units_apply_once(db: TestDatabase, tmp_path: Path,
     assert len(db.effects()) == 3
 
 
+def test_async_units_report_progress_and_events(tmp_path: Path) -> None:
+    from seedguard.events import Event, UnitFinished, UnitProgress, UnitStarted
+
+    async def counted(session: Any) -> None:
+        for done in (1, 2):
+            seedguard.report_progress(done, 2)
+            await asyncio.sleep(0)
+
+    seedguard.seed("counted")(counted)
+    events: list[Event] = []
+    asyncio.run(seedguard.apply_async(f"sqlite+aiosqlite:///{tmp_path / 'app.db'}",
+                                      on_event=events.append))
+    assert [type(e) for e in events] == [UnitStarted, UnitProgress, UnitProgress, UnitFinished]
+    assert [(e.done, e.total) for e in events if isinstance(e, UnitProgress)] == [(1, 2),
+                                                                                 (2, 2)]
+
+
 def test_apply_async_takes_an_async_engine(db: TestDatabase, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     from sqlalchemy.ext.asyncio import create_async_engine
