@@ -72,9 +72,10 @@ async def apply_async(
     :param bind: an ``AsyncEngine``, a URL with an async driver
         (``postgresql+asyncpg://``, ``postgresql+psycopg://``,
         ``sqlite+aiosqlite://``, ``mysql+aiomysql://``, ``mysql+asyncmy://``), or
-        None (``SEEDGUARD_URL``, ``[tool.seedguard]``). A sync ``Engine`` or a
-        sync driver's URL also works: the run then happens in a worker thread,
-        and ``async def`` units are refused (they need an async driver).
+        None (``SEEDGUARD_URL``, ``[tool.seedguard]``, a Flask app context's
+        engine). A sync ``Engine`` or a sync driver's URL also works: the run
+        then happens in a worker thread, and ``async def`` units are refused
+        (they need an async driver).
     :param seeds: selects units (dotted module path, module, Registry,
         iterable of units; None: the configured seeds, else every unit
         declared so far).
@@ -113,8 +114,7 @@ async def apply_async(
             return await run_in_greenlet(api.apply, bind, **options)
         # A sync driver blocks: keep it off the event loop.
         return await asyncio.to_thread(api.apply, bind, **options)
-    settings = _config.resolve(bind, lock_path=lock_path, lock_timeout=lock_timeout,
-                               lock_mode=lock_mode)
+    settings = _config.resolve(bind)  # only to find the URL: apply() resolves the rest
     if settings.engine is not None or not settings.url:
         # The Flask-SQLAlchemy engine (sync), or no database at all (apply() says
         # where to configure one).
@@ -206,10 +206,10 @@ def loop_sleep() -> Callable[[float], None] | None:
         return None
     import asyncio
 
-    from sqlalchemy.util import await_only
+    await_ = _await_function()
 
     def sleep(seconds: float) -> None:
-        await_only(asyncio.sleep(seconds))
+        await_(asyncio.sleep(seconds))
 
     return sleep
 
@@ -261,7 +261,6 @@ def call_unit(unit: SeedUnit, session: Session) -> Any:
         raise _cannot_await(unit)
     from sqlalchemy.engine import Connection
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
-    from sqlalchemy.util import await_only
 
     assert isinstance(conn, Connection)
     proxy = AsyncConnection(AsyncEngine(conn.engine), conn)
@@ -274,7 +273,15 @@ def call_unit(unit: SeedUnit, session: Session) -> Any:
             await async_session.commit()
             return outcome
 
-    return await_only(work())
+    return _await_function()(work())
+
+
+def _await_function() -> Callable[[Any], Any]:
+    import sqlalchemy.util
+
+    # SQLAlchemy 2.1 renamed await_only to await_ (the old name is deprecated in 2.2).
+    found: Callable[[Any], Any] | None = getattr(sqlalchemy.util, "await_", None)
+    return found or sqlalchemy.util.await_only
 
 
 def _cannot_await(unit: SeedUnit) -> ConfigError:

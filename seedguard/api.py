@@ -63,6 +63,8 @@ def apply(
     ``schema=True`` runs your ``alembic upgrade head`` first, under the same
     locks; ``alembic_config`` is your ``alembic.ini`` (or its folder), for
     that and for units with ``requires_revision`` (see :mod:`seedguard.alembic`).
+    From async code (an ``AsyncEngine``, an async driver's URL, ``async def``
+    units) use :func:`seedguard.apply_async`; this call refuses them.
     """
     settings = _config.resolve(
         bind, seeds=seeds, contexts=contexts, lock_path=lock_path, lock_timeout=lock_timeout,

@@ -370,6 +370,15 @@ def test_cli_upgrade_and_check_with_an_async_url(db: TestDatabase, tmp_path: Pat
     again = seedguard_cli("upgrade")
     assert again.returncode == 0 and "nothing to do" in again.stdout, again.stdout + again.stderr
     assert sorted(db.effects()) == ["async-roles", "async-roles", "sync-users"]
+    # The ledger commands take the same locks, on the same loop.
+    forgot = seedguard_cli("forget", "async-roles", "--yes")
+    assert forgot.returncode == 0, forgot.stdout + forgot.stderr
+    assert db.ledger() == [("sync-users", 1)]
+    status = seedguard_cli("status", "--json")
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert {u["name"]: u["state"] for u in json.loads(status.stdout)["units"]} == {
+        "async-roles": "pending", "sync-users": "applied"}
+    assert seedguard_cli("upgrade").returncode == 0
     assert db.ledger() == [("async-roles", 1), ("sync-users", 1)]
 
 
