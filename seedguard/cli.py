@@ -110,7 +110,10 @@ def _async_url(ctx: click.Context) -> bool:
 
     url = ctx.params.get("url") or os.environ.get("SEEDGUARD_URL")
     if url is None and "flask.cli" not in sys.modules:
-        url = _config.resolve().url  # [tool.seedguard]
+        try:
+            url = _config.resolve().url  # [tool.seedguard]
+        except ConfigError:  # reported by the command that needs the configuration
+            return False
     return is_async_url(url)
 
 

@@ -391,3 +391,26 @@ def test_cli_refuses_async_units_with_a_sync_url(db: TestDatabase, tmp_path: Pat
     assert done.returncode == 2, done.stdout + done.stderr
     assert "async def" in done.stderr and db.ledger() == []
 
+
+
+def test_cli_reads_an_async_url_from_pyproject(tmp_path: Path) -> None:
+    write_module(tmp_path, "py_seeds", '''
+import sqlalchemy as sa
+import seedguard
+
+@seedguard.seed("made")
+async def made(session):
+    await session.execute(sa.text("CREATE TABLE made (id INTEGER)"))
+''')
+    url = f"sqlite+aiosqlite:///{tmp_path / 'app.db'}"
+    (tmp_path / "pyproject.toml").write_text(
+        f'[tool.seedguard]\nurl = "{url}"\nseeds = "py_seeds"\n')
+    done = subprocess.run([sys.executable, "-m", "seedguard", "upgrade"], cwd=tmp_path,
+                          env=child_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "applied 1 unit(s)" in done.stdout
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'app.db'}")
+    try:
+        assert "made" in sa.inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
