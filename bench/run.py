@@ -21,7 +21,7 @@ from _common import Report
 
 import seedguard
 
-SECTIONS = ("noop", "bulk", "threshold", "contention", "memory", "cli")
+SECTIONS = ("noop", "async", "bulk", "threshold", "contention", "memory", "cli")
 KINDS = ("sqlite", "postgresql", "mariadb")
 
 
@@ -46,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
 
         print("no-op start-up", flush=True)
         noop.run(report, [k for k in kinds if k in ("sqlite", "postgresql")])
+    if "async" in only:
+        import async_noop
+
+        print("no-op start-up, apply_async() vs apply()", flush=True)
+        async_noop.run(report, kinds)
     if "threshold" in only and "postgresql" in kinds:
         import bulk
 

@@ -6,6 +6,7 @@ This module only re-exports the public API; README.md describes it.
 from __future__ import annotations
 
 from seedguard.__about__ import __version__
+from seedguard.aio import apply_async
 from seedguard.api import apply
 from seedguard.data import data_seed
 from seedguard.errors import (
@@ -39,6 +40,7 @@ __all__ = [
     "UpsertResult",
     "__version__",
     "apply",
+    "apply_async",
     "data_seed",
     "report_progress",
     "seed",

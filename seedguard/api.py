@@ -96,6 +96,9 @@ def apply(
     :raises LockTimeout: another applier held a lock for longer than ``lock_timeout``.
     :raises ConfigError: no database, a bad URL or setting, a missing seeds module.
     :raises DefinitionError: a bad unit declaration, dependency or cycle.
+
+    From async code (an ``AsyncEngine``, an async driver's URL, ``async def``
+    units) use :func:`seedguard.apply_async`; this call refuses them.
     """
     settings = _config.resolve(
         bind, seeds=seeds, contexts=contexts, lock_path=lock_path, lock_timeout=lock_timeout,
@@ -103,10 +106,12 @@ def apply(
         alembic_config=os.fspath(alembic_config) if alembic_config is not None else None,
     )
     # The runner pulls in SQLAlchemy; import it here so `import seedguard` stays light.
+    from seedguard.aio import check_units
     from seedguard.runner import run
 
     units = select(settings, target=target)
     with engine_for(settings) as engine:
+        check_units(units, engine)
         return run(engine, units, settings, dry_run=dry_run, strict=strict, listener=on_event,
                    schema=schema, scoped_sessions=list(scoped_sessions))
 

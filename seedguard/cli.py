@@ -8,6 +8,7 @@ them as text or, with ``--json``, as the documented JSON documents.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import os
@@ -93,6 +94,12 @@ class _Group(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
+            if _async_url(ctx):
+                # One URL for the app and the command: with an async driver the
+                # whole command runs on an event loop (async def units included).
+                from seedguard import aio
+
+                return aio.run_blocking(functools.partial(click.Group.invoke, self, ctx))
             return super().invoke(ctx)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
@@ -113,6 +120,31 @@ class _Group(click.Group):
             "error; 3 `check` found pending, waiting, drifted or blocked units; 4 lock timeout; "
             "130 interrupted (Ctrl-C)."
         )
+
+
+def _async_url(ctx: click.Context) -> bool:
+    """Whether the command's database URL has an async driver (then it runs on a loop)."""
+    from seedguard.aio import is_async_url
+
+    url = ctx.params.get("url") or _late_url(ctx) or os.environ.get("SEEDGUARD_URL")
+    if url is None and "flask.cli" not in sys.modules:
+        try:
+            url = _config.resolve().url  # [tool.seedguard]
+        except ConfigError:  # reported by the command that needs the configuration
+            return False
+    return is_async_url(url)
+
+
+def _late_url(ctx: click.Context) -> str | None:
+    # `seedguard upgrade --url U`: the command's own options are parsed only
+    # after the group decided how to run it, so look at its arguments.
+    rest: list[str] = [*getattr(ctx, "_protected_args", ()), *ctx.args]
+    for index, arg in enumerate(rest):
+        if arg == "--url" and index + 1 < len(rest):
+            return rest[index + 1]
+        if arg.startswith("--url="):
+            return arg.split("=", 1)[1]
+    return None
 
 
 # Library messages name apply()'s keywords; on the command line the options.

@@ -42,13 +42,17 @@ _NO_DATABASE = (
 @contextlib.contextmanager
 def engine_for(settings: Settings) -> Iterator[Engine]:
     """The settings' engine; one made from a URL here is disposed of afterwards."""
+    from seedguard.aio import require_sync_context
+
     if settings.engine is not None:
+        require_sync_context(settings.engine)
         yield settings.engine
         return
     if not settings.url:
         raise ConfigError(_NO_DATABASE)
     engine = create(settings.url)
     try:
+        require_sync_context(engine)
         yield engine
     finally:
         engine.dispose()

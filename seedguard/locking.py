@@ -27,6 +27,7 @@ from seedguard.connect import safe_url
 from seedguard.errors import ConfigError, LockTimeout, SeedguardError
 
 if TYPE_CHECKING:
+    import filelock
     from sqlalchemy.engine import URL, Connection, Engine
 
     from seedguard.config import Settings
@@ -130,8 +131,16 @@ class FileLock:
         self._check_path()
         timeout = deadline.remaining()
         lock = filelock.FileLock(str(self.path), timeout=-1 if timeout is None else timeout)
+        # Under apply_async() the wait must not block the event loop: poll, and
+        # sleep between polls on the loop (seedguard.aio.loop_sleep).
+        from seedguard.aio import loop_sleep
+
+        sleep = loop_sleep()
         try:
-            lock.acquire(poll_interval=FILE_LOCK_POLL_SECONDS)
+            if sleep is None:
+                lock.acquire(poll_interval=FILE_LOCK_POLL_SECONDS)
+            else:
+                _acquire_polling(lock, deadline, sleep)
         except filelock.Timeout as err:
             holder = describe_holder(self._read_holder())
             raise LockTimeout(
@@ -205,6 +214,23 @@ class FileLock:
         except (OSError, ValueError):
             return None
         return record if isinstance(record, dict) else None
+
+
+def _acquire_polling(lock: filelock.FileLock, deadline: Deadline,
+                     sleep: Callable[[float], None]) -> None:
+    """filelock's wait (filelock.Timeout at the deadline), sleeping with ``sleep``."""
+    import filelock
+
+    while True:
+        try:
+            lock.acquire(blocking=False)
+            return
+        except filelock.Timeout:
+            remaining = deadline.remaining()
+            if remaining is not None and remaining <= 0:
+                raise
+            sleep(FILE_LOCK_POLL_SECONDS if remaining is None
+                  else min(FILE_LOCK_POLL_SECONDS, remaining))
 
 
 # -- database locks ----------------------------------------------------------------

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from seedguard.aio import call_unit
 from seedguard.alembic import RevisionGate, upgrade_head
 from seedguard.checksum import same_algorithm, same_kind
 from seedguard.connect import connect
@@ -406,7 +407,7 @@ def _apply_one(conn: Connection, ledger: Ledger, unit: SeedUnit, current: Plan,
                 return None
             in_work = True
             with unit_session(conn, registries) as session, running(unit, listener):
-                unit(session)
+                call_unit(unit, session)
                 # Flush what the unit left pending: its writes, not a commit of the unit.
                 session.commit()
             if scope.refused is not None:
@@ -449,7 +450,7 @@ def _apply_non_transactional(conn: Connection, ledger: Ledger, unit: SeedUnit, c
     try:
         with unit_session(conn, registries, transactional=False) as session, \
                 running(unit, listener):
-            unit(session)
+            call_unit(unit, session)
             session.commit()
     except BaseException as err:
         _abort(conn, scope)

@@ -71,7 +71,7 @@ class SeedUnit:
     def __call__(self, session: Session) -> Any:
         # A unit may take the session, or nothing (code that writes through
         # db.session or a scoped_session, which are the unit's session then).
-        if _takes_session(self.fn):
+        if takes_session(self.fn):
             return self.fn(session)
         return self.fn()
 
@@ -185,7 +185,7 @@ def _identity(fn: Callable[..., Any]) -> str:
 
 
 @functools.cache
-def _takes_session(fn: Callable[..., Any]) -> bool:
+def takes_session(fn: Callable[..., Any]) -> bool:
     """Whether ``fn`` accepts one positional argument (asked when it first runs)."""
     try:
         parameters = inspect.signature(fn).parameters.values()

@@ -209,3 +209,13 @@ def apply_module_own_lock(url: str, seeds: str, lock_dir: str) -> list[str]:
     lock_path = os.path.join(lock_dir, f"{os.getpid()}.lock")
     result = seedguard.apply(url, seeds=seeds, lock_path=lock_path)
     return [item.name for item in result.applied]
+
+
+ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg",
+                 "mariadb": "mysql+aiomysql"}
+
+
+def async_url(db: TestDatabase) -> str:
+    """``db``'s URL with the async driver of its kind (aiosqlite, asyncpg, aiomysql)."""
+    url = sa.engine.make_url(db.url).set(drivername=ASYNC_DRIVERS[db.kind])
+    return url.render_as_string(hide_password=False)

@@ -23,6 +23,7 @@ counts and outcomes are printed (``pytest -s``) per database.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib
 import os
@@ -38,7 +39,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from _support import TestDatabase, write_module
+from _support import TestDatabase, async_url, write_module
 
 import seedguard
 
@@ -66,6 +67,34 @@ for _name in %r:
     previous = (_name,)
 '''
 
+# The same units for the async path (apply_async, an async driver): async def
+# units on an AsyncSession, each awaiting the loop mid-unit.
+ASYNC_SEEDS = '''
+import asyncio
+import sqlalchemy as sa
+import seedguard
+
+def _work(name):
+    async def work(session):
+        await session.execute(sa.text("INSERT INTO effects (unit, value) VALUES (:u, 'x')"),
+                              {"u": name})
+        await asyncio.sleep(0.01)
+    return work
+
+previous = ()
+for _name in %r:
+    seedguard.seed(_name, after=previous)(_work(_name))
+    previous = (_name,)
+'''
+
+
+def _apply(db: TestDatabase, aio: bool, **options: Any) -> None:
+    """``apply()``, or on the async path ``asyncio.run(apply_async())`` with the async driver."""
+    if aio:
+        asyncio.run(seedguard.apply_async(async_url(db), **options))
+    else:
+        seedguard.apply(db.url, **options)
+
 
 # The same chain, each unit also creating a table of its own: DDL inside a
 # transactional unit (PostgreSQL and SQLite roll it back with the unit).
@@ -92,7 +121,7 @@ for _name in %r:
 
 
 def _fork_applier(url: str, seeds: str, *, hook: str | None = None, k: int = 0,
-                  lock_path: str | None = None) -> tuple[int, int]:
+                  lock_path: str | None = None, aio: bool = False) -> tuple[int, int]:
     """Fork an applier; returns (pid, read end of a pipe it writes one byte to at ``hook``).
 
     The child parks (sleeps) at its hook so the parent kills it exactly there.
@@ -106,6 +135,15 @@ def _fork_applier(url: str, seeds: str, *, hook: str | None = None, k: int = 0,
     code = 0
     try:
         os.close(read_fd)
+        if aio:
+            from sqlalchemy.ext.asyncio import create_async_engine
+
+            async_engine = create_async_engine(url)
+            _arm(async_engine.sync_engine, hook, k, write_fd)
+            os.write(write_fd, b"s")  # started
+            asyncio.run(seedguard.apply_async(async_engine, seeds=seeds, lock_timeout=60,
+                                              lock_path=lock_path))
+            os._exit(0)
         engine = sa.create_engine(url)
         _arm(engine, hook, k, write_fd)
         os.write(write_fd, b"s")  # started
@@ -179,7 +217,7 @@ def _kill(pid: int, fd: int) -> int:
 # -- the trials -----------------------------------------------------------------------
 
 
-def _reset(db: TestDatabase, seeds: str, prefix: int) -> None:
+def _reset(db: TestDatabase, seeds: str, prefix: int, aio: bool = False) -> None:
     engine = sa.create_engine(db.url, poolclass=sa.pool.NullPool)
     try:
         with engine.begin() as conn:
@@ -193,7 +231,7 @@ def _reset(db: TestDatabase, seeds: str, prefix: int) -> None:
     finally:
         engine.dispose()
     if prefix:
-        seedguard.apply(db.url, seeds=seeds, target=UNITS[prefix - 1], lock_timeout=10)
+        _apply(db, aio, seeds=seeds, target=UNITS[prefix - 1], lock_timeout=10)
 
 
 def _state(db: TestDatabase) -> tuple[Counter[str], dict[str, str]]:
@@ -230,24 +268,25 @@ def _check_invariant(db: TestDatabase, where: str, ddl: bool = False) -> None:
 
 
 def _trial(db: TestDatabase, seeds: str, point: str, rng: random.Random,
-           ddl: bool = False) -> str:
+           ddl: bool = False, aio: bool = False) -> str:
     """One trial; returns a word on where the kill landed."""
     prefix = 0 if point == "ledger-create" else rng.randrange(len(UNITS))
-    _reset(db, seeds, prefix)
+    _reset(db, seeds, prefix, aio)
+    url = async_url(db) if aio else db.url
     k = rng.randrange(prefix, len(UNITS))
     outcome = point
     if point == "random":
-        pid, fd = _fork_applier(db.url, seeds)
+        pid, fd = _fork_applier(url, seeds, aio=aio)
         _wait_byte(fd, b"s")
         time.sleep(rng.uniform(0.0, 0.08))
         status = _kill(pid, fd)
         outcome = "random:finished" if os.WIFEXITED(status) else "random:killed"
     elif point == "lock-wait":
-        holder, holder_fd = _fork_applier(db.url, seeds, hook="in-unit", k=k)
+        holder, holder_fd = _fork_applier(url, seeds, hook="in-unit", k=k, aio=aio)
         assert _wait_byte(holder_fd, b"k"), "holder never reached its unit"
         other_host = db.kind != "sqlite" and rng.random() < 0.5
         lock_path = str(db.tmp_path / f"other-host-{rng.random()}.lock") if other_host else None
-        waiter, waiter_fd = _fork_applier(db.url, seeds, lock_path=lock_path)
+        waiter, waiter_fd = _fork_applier(url, seeds, lock_path=lock_path, aio=aio)
         assert _wait_byte(waiter_fd, b"s")
         time.sleep(rng.uniform(0.05, 0.3))  # now blocked on the file or database lock
         waiter_status = _kill(waiter, waiter_fd)
@@ -255,13 +294,13 @@ def _trial(db: TestDatabase, seeds: str, point: str, rng: random.Random,
         _kill(holder, holder_fd)
         outcome = "lock-wait:db-lock" if other_host else "lock-wait:file-lock"
     else:
-        pid, fd = _fork_applier(db.url, seeds, hook=point, k=k)
+        pid, fd = _fork_applier(url, seeds, hook=point, k=k, aio=aio)
         reached = _wait_byte(fd, b"k")
         _kill(pid, fd)
         assert reached, f"child never reached {point}"
     _check_invariant(db, f"after {outcome}", ddl)
     started = time.monotonic()
-    seedguard.apply(db.url, seeds=seeds, lock_timeout=2)  # LockTimeout if a lock was left
+    _apply(db, aio, seeds=seeds, lock_timeout=2)  # LockTimeout if a lock was left
     recovery = time.monotonic() - started
     assert recovery < 2.0 + 1.0, f"recovery took {recovery:.2f} s"
     effects, ledger = _state(db)
@@ -276,6 +315,15 @@ def test_sigkill_anywhere_leaves_nothing_to_repair(db: TestDatabase, tmp_path: P
                                                   monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     _run_trials(db, tmp_path, monkeypatch, capsys, TRIALS[db.kind], db.kind)
+
+
+@pytest.mark.slow
+def test_sigkill_anywhere_on_the_async_path(db: TestDatabase, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """The same trials with apply_async() on aiosqlite, asyncpg and aiomysql."""
+    _run_trials(db, tmp_path, monkeypatch, capsys, TRIALS[db.kind], f"{db.kind} async",
+                aio=True)
 
 
 @pytest.mark.slow
@@ -301,9 +349,10 @@ def test_sigkill_with_ddl_in_units(db: TestDatabase, tmp_path: Path,
 
 def _run_trials(db: TestDatabase, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                 capsys: pytest.CaptureFixture[str], trials: int, label: str,
-                ddl: bool = False) -> None:
+                ddl: bool = False, aio: bool = False) -> None:
     module = f"fault_seeds_{tmp_path.name.replace('-', '_')}"
-    write_module(tmp_path, module, (DDL_SEEDS if ddl else SEEDS) % (UNITS,))
+    source = DDL_SEEDS if ddl else ASYNC_SEEDS if aio else SEEDS
+    write_module(tmp_path, module, source % (UNITS,))
     monkeypatch.syspath_prepend(str(tmp_path))
     importlib.import_module(module)  # declared once, in the parent: forks inherit it
     seed = int(os.environ.get("SEEDGUARD_FAULT_SEED", time.time_ns() % 100000))
@@ -316,7 +365,7 @@ def _run_trials(db: TestDatabase, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     while kills < trials:
         point = KILL_POINTS[index % len(KILL_POINTS)]
         try:
-            outcome = _trial(db, module, point, rng, ddl)
+            outcome = _trial(db, module, point, rng, ddl, aio)
         except AssertionError as err:
             raise AssertionError(f"trial {index} ({point}, SEEDGUARD_FAULT_SEED={seed}): "
                                  f"{err}") from err
