@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-from collections.abc import Callable, Container, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -243,25 +243,6 @@ class RevisionGate:
         return revision.revision
 
 
-def waiting_for(units: Iterable[SeedUnit], recorded: Container[tuple[str, int]],
-                gate: Callable[[SeedUnit], bool]) -> dict[str, str]:
-    """Unit name -> the revision it waits for, for units not recorded yet (for ``status``).
-
-    The same rule as the runner's plan: a unit whose ``requires_revision`` is
-    not applied waits, and so does every unit after it.
-    """
-    waits: dict[str, str] = {}
-    for unit in units:
-        if unit.key in recorded:
-            continue
-        behind = next((waits[dep] for dep in unit.after if dep in waits), None)
-        if behind is not None:
-            waits[unit.name] = behind
-        elif unit.requires_revision and not gate(unit):
-            waits[unit.name] = unit.requires_revision
-    return waits
-
-
 @contextlib.contextmanager
 def _loggers_kept() -> Iterator[None]:
     """Undo what ``fileConfig`` in the user's env.py does to this process's logging.
@@ -358,5 +339,4 @@ __all__ = [
     "ledger_tables",
     "script_directory",
     "upgrade_head",
-    "waiting_for",
 ]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import keyword
 import os
@@ -40,6 +39,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import scoped_session
 
     from seedguard.ledger import Ledger, LedgerState
+    from seedguard.runner import Plan
 
 
 def apply(
@@ -175,7 +175,7 @@ def status(bind: Bind = None, *, seeds: SeedsSpec = None,
     ledger = Ledger.named(settings.ledger_table, settings.ledger_schema)
     with read_only_engine(settings) as engine:
         with connect(engine) as conn:
-            state, revision = _read_any(conn, ledger)
+            state, revision = ledger.read_any(conn)
         file_lock = FileLock(settings.lock_path or default_lock_path(engine.url))
         db_lock = database_lock(engine, lock_key(engine, ledger.name, ledger.schema))
         result = StatusResult(
@@ -189,16 +189,18 @@ def status(bind: Bind = None, *, seeds: SeedsSpec = None,
             database_lock_holder=db_lock.holder(),
         )
         rows = state if state is not None else LedgerState()
-        # Issue 5: a pending unit whose requires_revision is not applied yet in
-        # the user's alembic history is "waiting" (the graph is read only then).
-        from seedguard.alembic import RevisionGate, waiting_for
+        # The planner's rule, in its reporting mode: what upgrade would do is
+        # what status says (the alembic graph is read only for would-be
+        # pending units that declare requires_revision).
+        from seedguard.alembic import RevisionGate
+        from seedguard.runner import plan
 
-        waits = waiting_for(units, rows, RevisionGate(settings, engine))
+        checksums = {unit.name: unit.checksum() for unit in units}
+        planned = plan(units, rows, checksums, revisions=RevisionGate(settings, engine),
+                       report=True)
+    states = _states(planned)
     for unit in units:
-        item = _unit_status(unit, rows)
-        if item.state == "pending" and unit.name in waits:
-            item = dataclasses.replace(item, state="waiting", waits_for=waits[unit.name])
-        result.units.append(item)
+        result.units.append(_unit_status(unit, rows, planned, states))
     # Inactive: recorded, but left out by the active contexts; listing them
     # keeps `status` from hiding what a dev or test run put in the database.
     selected = {unit.name for unit in units}
@@ -224,39 +226,6 @@ def status(bind: Bind = None, *, seeds: SeedsSpec = None,
     return result
 
 
-def _read_any(conn: Connection, ledger: Ledger) -> tuple[LedgerState | None, str | None]:
-    """The ledger's rows and revision, also from a ledger an older seedguard made
-    (reading never upgrades it: only writes do, under the locks). None: no ledger."""
-    state = ledger.read(conn)
-    revision = ledger.revision(conn)
-    if state is None and revision is not None:
-        state = _read_behind(conn, ledger)
-    return state, revision
-
-
-def _read_behind(conn: Connection, ledger: Ledger) -> LedgerState:
-    """The rows of a ledger at an older revision: the columns every revision has."""
-    import datetime as dt
-
-    import sqlalchemy as sa
-
-    from seedguard.ledger import LedgerRow, LedgerState
-
-    c = ledger.table.c
-    query = sa.select(c.name, c.version, c.checksum, c.status, c.applied_at, c.duration_ms,
-                      c.applied_by)
-    rows = []
-    for row in conn.execute(query):
-        applied_at = row.applied_at
-        if applied_at.tzinfo is None:  # stored naive, in UTC
-            applied_at = applied_at.replace(tzinfo=dt.timezone.utc)
-        rows.append(LedgerRow(name=row.name, version=row.version, checksum=row.checksum,
-                              status=row.status, applied_at=applied_at,
-                              duration_ms=row.duration_ms, applied_by=row.applied_by))
-    conn.rollback()
-    return LedgerState(rows)
-
-
 def check(bind: Bind = None, *, seeds: SeedsSpec = None,
           contexts: Iterable[str] | None = None) -> StatusResult:
     """:func:`status`, for asking whether the database is done: ``result.ok`` is False
@@ -264,33 +233,36 @@ def check(bind: Bind = None, *, seeds: SeedsSpec = None,
     return status(bind, seeds=seeds, contexts=contexts)
 
 
-def _unit_status(unit: SeedUnit, rows: LedgerState) -> UnitStatus:
-    from seedguard.checksum import same_algorithm
+def _states(planned: Plan) -> dict[str, tuple[str, str | None]]:
+    """Unit name -> (state, what it waits for) as :func:`status` reports it."""
+    states: dict[str, tuple[str, str | None]] = {}
+    for state, units in (("applied", planned.skipped), ("pending", planned.pending),
+                         ("ahead", planned.ahead), ("blocked", planned.blocked),
+                         # After a blocked unit: pending until it is resolved.
+                         ("pending", planned.stopped)):
+        for unit in units:
+            states[unit.name] = (state, None)
+    for drift in planned.drifted:  # also among the skipped: drift wins
+        states[drift.name] = ("drifted", None)
+    for waiting in planned.waiting:
+        states[waiting.name] = ("waiting", waiting.revision)
+    return states
 
-    row = rows.get(unit.key)
-    latest = rows.latest(unit.name)
+
+def _unit_status(unit: SeedUnit, rows: LedgerState, planned: Plan,
+                 states: dict[str, tuple[str, str | None]]) -> UnitStatus:
+    state, waits_for = states[unit.name]
+    row = rows.get(unit.key) or rows.latest(unit.name)
     changed = None
-    if row is None:
-        ahead = latest is not None and latest.version > unit.version
-        state = "ahead" if ahead else "pending"
-        row = latest
-    elif row.status == "running":
-        state = "blocked"
-    else:
-        current = unit.checksum()
-        drifted = bool(row.checksum) and same_algorithm(row.checksum or "", current) \
-            and row.checksum != current
-        # A unit that re-applies on change (data seeds by default) is simply
-        # pending again, as `upgrade` treats it.
-        state = ("pending" if unit.on_change == "rerun" else "drifted") if drifted else "applied"
-        if state == "pending":
-            changed = "data" if unit.preview is not None else "code"
+    if unit.name in planned.replaces or unit.name in planned.newer_data:
+        # Re-applied on change, or the database already has newer data.
+        changed = "data" if unit.preview is not None else "code"
     return UnitStatus(
         name=unit.name, state=state, version=unit.version,
         recorded_version=row.version if row is not None else None,
         applied_at=row.applied_at if row is not None else None,
         applied_by=row.applied_by if row is not None else None,
-        description=unit.description, changed=changed,
+        description=unit.description, changed=changed, waits_for=waits_for,
     )
 
 
@@ -302,7 +274,7 @@ def history(bind: Bind = None) -> HistoryResult:
     settings = _settings(bind)
     ledger = Ledger.named(settings.ledger_table, settings.ledger_schema)
     with read_only_engine(settings) as engine, connect(engine) as conn:
-        state, _ = _read_any(conn, ledger)
+        state, _ = ledger.read_any(conn)
         url = safe_url(engine.url)
     rows = state.rows() if state is not None else []
     rows.sort(key=lambda r: (r.applied_at, r.name, r.version), reverse=True)

@@ -584,6 +584,9 @@ def _describe(unit: UnitStatus) -> str:
         return (f"applied {when}{by}, but its code or data changed since; raise its version "
                 f"to re-apply it, or `seedguard stamp {unit.name}` to accept the change")
     if unit.state == "ahead":
+        if unit.changed is not None:
+            return (f"the database has newer data for this seed (applied {when}{by}); "
+                    f"`seedguard forget {unit.name}` then upgrade to go back to this data")
         return f"the ledger has v{unit.recorded_version} (applied {when}), above the code"
     if unit.state == "blocked":
         return (f"interrupted mid-way (started {when}{by}); check its work, then "

@@ -192,6 +192,27 @@ class Ledger:
                                for r in result if r[0] is not None)
         return LedgerState(self._row(r) for r in result if r.name is not None)
 
+    def read_any(self, conn: Connection) -> tuple[LedgerState | None, str | None]:
+        """The rows and the schema revision, also of a ledger an older seedguard made.
+
+        For reading only (``status``, ``history``): reading never upgrades a
+        ledger, only writes do, under the locks. ``(None, None)``: no ledger.
+        """
+        state = self.read(conn)
+        revision = self.revision(conn)
+        if state is None and revision is not None:
+            # Behind: read the columns every revision has.
+            c = self.table.c
+            query = sa.select(c.name, c.version, c.checksum, c.status, c.applied_at,
+                              c.duration_ms, c.applied_by)
+            state = LedgerState(
+                LedgerRow(name=r.name, version=r.version, checksum=r.checksum,
+                          status=r.status, applied_at=_utc(r.applied_at),
+                          duration_ms=r.duration_ms, applied_by=r.applied_by)
+                for r in conn.execute(query))
+            conn.rollback()
+        return state, revision
+
     def read_current(self, conn: Connection) -> LedgerState:
         """The ledger's rows, for use after :meth:`ensure` (errors propagate)."""
         return LedgerState(self._row(r) for r in conn.execute(sa.select(self.table)))
@@ -204,9 +225,7 @@ class Ledger:
 
     @staticmethod
     def _row(row: Any) -> LedgerRow:  # a result row with every ledger column
-        applied_at = row.applied_at
-        if applied_at.tzinfo is None:
-            applied_at = applied_at.replace(tzinfo=dt.timezone.utc)
+        applied_at = _utc(row.applied_at)
         return LedgerRow(
             name=row.name,
             version=row.version,
@@ -348,6 +367,11 @@ class Ledger:
         if version is not None:
             query = query.where(table.c.version == version)
         return conn.execute(query).rowcount
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    # Stored naive, in UTC (utcnow()).
+    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value
 
 
 def _same(column: Any, value: str | None) -> Any:

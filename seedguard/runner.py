@@ -60,8 +60,12 @@ class Plan:
     blocked: list[SeedUnit] = field(default_factory=list)
     # Units whose requires_revision is not in the user's alembic history yet (issue 5).
     waiting: list[Waiting] = field(default_factory=list)
+    # Units after a blocked one: they wait until it is resolved.
+    stopped: list[SeedUnit] = field(default_factory=list)
     # Units whose (name, version) row exists and is re-applied: the row each replaces.
     replaces: dict[str, LedgerRow] = field(default_factory=dict)
+    # Units in ``ahead`` because the ledger holds newer data than theirs.
+    newer_data: set[str] = field(default_factory=set)
     checksums: dict[str, str] = field(default_factory=dict)
 
     def result(self, *, dry_run: bool = False) -> ApplyResult:
@@ -71,8 +75,12 @@ class Plan:
 
 
 def plan(units: Sequence[SeedUnit], state: LedgerState, checksums: Mapping[str, str], *,
-         strict: bool = False, revisions: Callable[[SeedUnit], bool] | None = None) -> Plan:
+         strict: bool = False, revisions: Callable[[SeedUnit], bool] | None = None,
+         report: bool = False) -> Plan:
     """Sort ``units`` (already in run order) into pending, skipped, drifted, ahead, blocked.
+
+    The one rule for a unit's state: ``apply()`` acts on it, ``status`` and
+    ``check`` report it (``report=True``: drift is listed, never raised).
 
     ``checksums`` holds each unit's current checksum, taken once per run: a
     run plans up to three times, and a data seed's checksum hashes its file.
@@ -96,6 +104,7 @@ def plan(units: Sequence[SeedUnit], state: LedgerState, checksums: Mapping[str, 
             continue
         if unit.after and any(dep in stopped for dep in unit.after):
             stopped.add(unit.name)
+            result.stopped.append(unit)
             continue
         behind = (next((waiting[dep] for dep in unit.after if dep in waiting), None)
                   if unit.after and waiting else None)
@@ -138,6 +147,7 @@ def plan(units: Sequence[SeedUnit], state: LedgerState, checksums: Mapping[str, 
                     # data (an old replica during a rolling deploy): never go
                     # back to it; `seedguard forget` is the explicit way back.
                     result.ahead.append(unit)
+                    result.newer_data.add(unit.name)
                     continue
                 # Re-applying on change is this unit's policy (data seeds by
                 # default): pending work, not drift to warn about.
@@ -146,10 +156,10 @@ def plan(units: Sequence[SeedUnit], state: LedgerState, checksums: Mapping[str, 
                 continue
             drift = Drift(unit.name, unit.version, row.checksum, checksum, unit)
             result.drifted.append(drift)
-            if unit.on_change == "error":
+            if unit.on_change == "error" and not report:
                 raise DriftError(drift.message(), drifted=[drift])
         result.skipped.append(unit)
-    if strict and result.drifted:
+    if strict and result.drifted and not report:
         raise DriftError(
             "; ".join(d.message() for d in result.drifted) + " (strict mode refuses drift)",
             drifted=result.drifted,
