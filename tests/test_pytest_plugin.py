@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import select
+import shutil
 import socket
 import subprocess
 import sys
@@ -77,6 +78,8 @@ def test_seeded_and_isolated(seedguard_session, n):
     with open(os.environ["SG_RECORD"], "a") as fh:
         fh.write(f"{worker} {_database(session)}\\n")
 '''
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 SCHEMA = (
     "CREATE TABLE roles (name VARCHAR(50) PRIMARY KEY)",
@@ -358,3 +361,24 @@ def test_clone_refused_on_mariadb(project: Project, tmp_path: Path) -> None:
         "seedguard: --seedguard-clone needs PostgreSQL (CREATE DATABASE ... TEMPLATE), not "
         "mysql; drop the option, SQLite gets a copy per worker anyway"
     ], _output(done)
+
+
+def test_example_project_plain_sqlalchemy_and_flask(tmp_path: Path) -> None:
+    """The README's example project passes under xdist: services and Flask views that
+    commit, db.session joined to the test's transaction, nothing left behind."""
+    root = tmp_path / "testing"
+    shutil.copytree(EXAMPLES / "testing", root)
+    example = Project(root)
+    done = example.pytest("-n", "2", "-q", "-p", "no:cacheprovider")
+    assert done.returncode == 0, _output(done)
+    assert "6 passed" in done.stdout, _output(done)
+    engine = sa.create_engine(f"sqlite:///{root / 'test.db'}")
+    try:
+        with engine.connect() as conn:
+            ledger = sorted(conn.execute(sa.text("SELECT name FROM seedguard_ledger")).scalars())
+            users = conn.execute(sa.text("SELECT COUNT(*) FROM users")).scalar_one()
+    finally:
+        engine.dispose()
+    assert (ledger, users) == (["roles", "schema"], 0)
+    # The app's own database was never touched.
+    assert not (root / "shop.db").exists()
