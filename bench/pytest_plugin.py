@@ -1,0 +1,138 @@
+"""A 200-test suite on ``seedguard_session``: 1 worker against 4 (pytest-xdist), per database.
+
+Each run is a real ``python -m pytest`` on a generated project against a fresh
+database (so every run includes the seeding, as a CI job does): a schema unit,
+a 1,000-row data seed, then 200 tests that each read seeded rows, insert and
+commit 20 rows, and check that no other test's rows are visible. Printed side
+by side: wall time with 1 worker, with ``-n 4``, their ratio, and on
+PostgreSQL also ``-n 4 --seedguard-clone``.
+
+    python bench/pytest_plugin.py
+    python bench/pytest_plugin.py --databases sqlite,postgresql --repeat 3 --tests 200
+
+Needs the servers of the test setup (``SEEDGUARD_BENCH_PG_URL``,
+``SEEDGUARD_BENCH_MYSQL_URL``) and the ``test`` extra (pytest-xdist). The
+times include pytest's and the workers' start-up; on a machine with fewer
+cores than workers, 4 workers cannot be 4x faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import PYTHON, fresh_database
+
+SEEDS = '''
+import sqlalchemy as sa
+
+import seedguard
+
+metadata = sa.MetaData()
+products = sa.Table(
+    "products", metadata,
+    sa.Column("sku", sa.String(20), primary_key=True),
+    sa.Column("price", sa.Integer, nullable=False),
+)
+orders = sa.Table(
+    "orders", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("sku", sa.String(20), sa.ForeignKey("products.sku"), nullable=False),
+    sa.Column("test", sa.Integer, nullable=False),
+)
+
+
+@seedguard.seed("schema", transactional=False)
+def schema(session):
+    metadata.create_all(session.connection())
+
+
+seedguard.data_seed("products", table=products, key="sku", after=["schema"],
+                    rows=[{"sku": f"p{i:04d}", "price": i} for i in range(1000)])
+'''
+
+TESTS = '''
+import pytest
+import sqlalchemy as sa
+
+
+@pytest.mark.parametrize("n", range({count}))
+def test_order(seedguard_session, n):
+    session = seedguard_session
+    price = session.execute(sa.text("SELECT price FROM products WHERE sku = :s"),
+                            {{"s": f"p{{n % 1000:04d}}"}}).scalar_one()
+    assert price == n % 1000
+    assert session.execute(sa.text("SELECT COUNT(*) FROM orders")).scalar_one() == 0
+    for i in range(20):
+        session.execute(sa.text("INSERT INTO orders (sku, test) VALUES (:s, :t)"),
+                        {{"s": f"p{{(n + i) % 1000:04d}}", "t": n}})
+    session.commit()
+    assert session.execute(sa.text("SELECT COUNT(*) FROM orders")).scalar_one() == 20
+'''
+
+
+def _project(root: Path, count: int) -> None:
+    (root / "seeds_bench.py").write_text(textwrap.dedent(SEEDS))
+    (root / "test_bench.py").write_text(textwrap.dedent(TESTS.format(count=count)))
+    (root / "pytest.ini").write_text("[pytest]\naddopts = -p no:cacheprovider\n"
+                                     "seedguard_seeds = seeds_bench\n")
+
+
+def _run(root: Path, url: str, args: list[str], count: int) -> float:
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("SEEDGUARD_", "PYTEST_"))}
+    started = time.perf_counter()
+    done = subprocess.run([PYTHON, "-m", "pytest", "-q", "--seedguard-url", url, *args],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    elapsed = time.perf_counter() - started
+    if done.returncode != 0 or f"{count} passed" not in done.stdout:
+        raise SystemExit(f"pytest {' '.join(args)} on {url.split(':')[0]} failed:\n"
+                         f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return elapsed
+
+
+def _best(kind: str, root: Path, args: list[str], count: int, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        with fresh_database(kind) as url:
+            times.append(_run(root, url, args, count))
+    return min(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--databases", default="sqlite,postgresql,mariadb")
+    parser.add_argument("--tests", type=int, default=200)
+    parser.add_argument("--repeat", type=int, default=1, help="best of N runs per cell")
+    options = parser.parse_args(argv)
+    kinds = [kind.strip() for kind in options.databases.split(",") if kind.strip()]
+    print(f"{options.tests} tests on seedguard_session, best of {options.repeat}, "
+          f"{os.cpu_count()} CPU(s); each run on a fresh database, seeding included")
+    print("| database | 1 worker | -n 4 | ratio (1 / 4) | -n 4 --seedguard-clone | ratio |")
+    print("|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory(prefix="sg_bench_pytest_") as tmp:
+        root = Path(tmp)
+        _project(root, options.tests)
+        for kind in kinds:
+            one = _best(kind, root, [], options.tests, options.repeat)
+            four = _best(kind, root, ["-n", "4"], options.tests, options.repeat)
+            clone = "— | —"
+            if kind == "postgresql":
+                cloned = _best(kind, root, ["-n", "4", "--seedguard-clone"], options.tests,
+                               options.repeat)
+                clone = f"{cloned:.1f} s | {one / cloned:.2f}x"
+            print(f"| {kind} | {one:.1f} s | {four:.1f} s | {one / four:.2f}x | {clone} |",
+                  flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
