@@ -349,6 +349,15 @@ def _engine(url: URL) -> Engine:
     from seedguard.connect import create
 
     engine = create(url.render_as_string(hide_password=False))
+    if getattr(engine.dialect, "is_async", False):
+        from seedguard.connect import safe_url
+        from seedguard.errors import ConfigError
+
+        engine.dispose()
+        raise ConfigError(
+            f"the seedguard fixtures are synchronous, and {safe_url(url)} names an async "
+            "driver; use a sync one for the tests (postgresql+psycopg, sqlite, mysql+pymysql)"
+        )
     if engine.dialect.name == "sqlite" and engine.dialect.driver == "pysqlite":
         _fix_pysqlite_savepoints(engine)
     return engine
