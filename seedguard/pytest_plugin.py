@@ -48,6 +48,14 @@ _PG_NAME_MAX = 63
 _CLONE_LOCK_TIMEOUT = 300.0
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "seedguard(contexts=[...]): run the seed units these contexts add inside the "
+        "test's seedguard_session transaction, rolled back with it",
+    )
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("seedguard", "seedguard: a seeded test database")
     group.addoption(
@@ -88,14 +96,23 @@ def seedguard_engine(request: pytest.FixtureRequest,
 
 
 @pytest.fixture
-def seedguard_session(seedguard_engine: Engine) -> Iterator[Session]:
-    """A Session whose work is rolled back after the test; its commits end only a SAVEPOINT."""
+def seedguard_session(request: pytest.FixtureRequest,
+                      seedguard_engine: Engine) -> Iterator[Session]:
+    """A Session whose work is rolled back after the test; its commits end only a SAVEPOINT.
+
+    A test marked ``@pytest.mark.seedguard(contexts=["demo"])`` also gets the
+    units those contexts add, run in this session before the test.
+    """
     from sqlalchemy.orm import Session
 
     connection = seedguard_engine.connect()
     transaction = connection.begin()
     session = Session(bind=connection, join_transaction_mode="create_savepoint")
     try:
+        marker = request.node.get_closest_marker("seedguard")
+        if marker is not None:
+            with _one_line_failure():
+                _apply_marked_contexts(session, request.config, marker)
         yield session
     finally:
         session.close()
@@ -386,3 +403,31 @@ def _apply(engine: Engine, settings: Settings) -> None:
     from seedguard.api import apply
 
     apply(engine, seeds=settings.seeds, contexts=settings.contexts)
+
+
+def _apply_marked_contexts(session: Session, config: pytest.Config, marker: pytest.Mark) -> None:
+    """Run the units a ``seedguard(contexts=[...])`` marker adds to the run's selection.
+
+    They run in the test's transaction, in order, each ending with a commit
+    (a SAVEPOINT), and are rolled back with the test; the ledger is not
+    written, as nothing of theirs outlives the test.
+    """
+    import dataclasses
+
+    from seedguard.api import select
+    from seedguard.errors import ConfigError
+
+    contexts = marker.kwargs.get("contexts")
+    if marker.args or set(marker.kwargs) != {"contexts"} or isinstance(contexts, str) \
+            or not contexts:
+        raise ConfigError(
+            "the seedguard marker takes one argument, a list of context names: "
+            "@pytest.mark.seedguard(contexts=[\"demo\"])"
+        )
+    settings = _settings(config)
+    applied = {unit.name for unit in select(settings)}
+    wider = dataclasses.replace(settings, contexts=(*settings.contexts, *map(str, contexts)))
+    for unit in select(wider):
+        if unit.name not in applied:
+            unit(session)
+            session.commit()

@@ -179,7 +179,8 @@ def test_seeds_applied_once_across_four_workers_and_tests_isolated(
     assert _count(db, "users") == 0
 
 
-def test_command_line_beats_ini_beats_seedguard_configuration(project: Project) -> None:
+def test_command_line_beats_ini_beats_seedguard_configuration_and_marker(
+        project: Project) -> None:
     root = project.root
 
     def seeded(name: str) -> list[str]:
@@ -199,8 +200,22 @@ def test_command_line_beats_ini_beats_seedguard_configuration(project: Project) 
                 conn.execute(sa.text(statement))
         engine.dispose()
     project.write("test_one.py", """
-        def test_uses_the_database(seedguard_engine):
-            pass
+        import os
+
+        import pytest
+        import sqlalchemy as sa
+
+        DEMO = "SELECT COUNT(*) FROM users WHERE email = 'demo@example.com'"
+
+
+        @pytest.mark.seedguard(contexts=["demo"])
+        def test_marked(seedguard_session):
+            assert seedguard_session.execute(sa.text(DEMO)).scalar_one() == 1
+
+
+        def test_unmarked(seedguard_session):
+            with open(os.environ["SG_RECORD"], "a") as fh:
+                fh.write(f"unmarked {seedguard_session.execute(sa.text(DEMO)).scalar_one()}\\n")
     """)
     # Seeds from [tool.seedguard] (the usual configuration, as nothing else names
     # them); the ini's URL and contexts beat [tool.seedguard]'s.
@@ -214,12 +229,17 @@ def test_command_line_beats_ini_beats_seedguard_configuration(project: Project) 
     done = project.pytest("-q")
     assert done.returncode == 0, _output(done)
     assert (seeded("a.db"), seeded("b.db")) == ([], ["demo-users", "roles"])
+    assert project.effect_lines() == ["roles", "demo-users"]
 
     # The command line beats the ini, contexts included.
     done = project.pytest("-q", "--seedguard-url", f"sqlite:///{root / 'c.db'}",
                           "--seedguard-context", "other", "--seedguard-context", "more")
     assert done.returncode == 0, _output(done)
     assert (seeded("a.db"), seeded("c.db")) == ([], ["roles"])
+    # The marker ran demo-users inside test_marked's transaction only: its
+    # side effect happened, its rows and ledger entry did not outlive the test.
+    assert project.effect_lines() == ["roles", "demo-users", "roles", "demo-users"]
+    assert project.records() == [("unmarked", "1"), ("unmarked", "0")]
 
 
 def test_help_lists_the_options_and_ini_keys(project: Project) -> None:
