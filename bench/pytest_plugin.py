@@ -5,7 +5,9 @@ database (so every run includes the seeding, as a CI job does): a schema unit,
 a 1,000-row data seed, then 200 tests that each read seeded rows, insert and
 commit 20 rows, and check that no other test's rows are visible. Printed side
 by side: wall time with 1 worker, with ``-n 4``, their ratio, and on
-PostgreSQL also ``-n 4 --seedguard-clone``.
+PostgreSQL also ``-n 4 --seedguard-clone``; CPU is user + system time of
+pytest and its workers. A last row runs as many database-free tests, for what
+pytest and xdist cost by themselves on the machine.
 
     python bench/pytest_plugin.py
     python bench/pytest_plugin.py --databases sqlite,postgresql --repeat 3 --tests 200
@@ -20,11 +22,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -86,25 +90,50 @@ def _project(root: Path, count: int) -> None:
                                      "seedguard_seeds = seeds_bench\n")
 
 
-def _run(root: Path, url: str, args: list[str], count: int) -> float:
+PLAIN = '''
+import pytest
+
+
+@pytest.mark.parametrize("n", range({count}))
+def test_plain(n):
+    assert sum(range(n)) == n * (n - 1) // 2
+'''
+
+
+@dataclass
+class Timing:
+    wall: float
+    cpu: float  # user + system seconds of pytest and its workers
+
+    def __str__(self) -> str:
+        return f"{self.wall:.1f} s (CPU {self.cpu:.1f} s)"
+
+
+def _run(root: Path, args: list[str], count: int) -> Timing:
     env = {key: value for key, value in os.environ.items()
            if not key.startswith(("SEEDGUARD_", "PYTEST_"))}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    done = subprocess.run([PYTHON, "-m", "pytest", "-q", "--seedguard-url", url, *args],
+    done = subprocess.run([PYTHON, "-m", "pytest", "-q", *args],
                           cwd=root, env=env, capture_output=True, text=True, timeout=900)
     elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0 or f"{count} passed" not in done.stdout:
-        raise SystemExit(f"pytest {' '.join(args)} on {url.split(':')[0]} failed:\n"
+        raise SystemExit(f"pytest {' '.join(args)} failed:\n"
                          f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    return elapsed
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return Timing(elapsed, cpu)
 
 
-def _best(kind: str, root: Path, args: list[str], count: int, repeat: int) -> float:
+def _best(kind: str | None, root: Path, args: list[str], count: int, repeat: int) -> Timing:
     times = []
     for _ in range(repeat):
+        if kind is None:
+            times.append(_run(root, args, count))
+            continue
         with fresh_database(kind) as url:
-            times.append(_run(root, url, args, count))
-    return min(times)
+            times.append(_run(root, ["--seedguard-url", url, *args], count))
+    return min(times, key=lambda timing: timing.wall)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     print("| database | 1 worker | -n 4 | ratio (1 / 4) | -n 4 --seedguard-clone | ratio |")
     print("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(prefix="sg_bench_pytest_") as tmp:
-        root = Path(tmp)
+        root = Path(tmp) / "suite"
+        root.mkdir()
         _project(root, options.tests)
         for kind in kinds:
             one = _best(kind, root, [], options.tests, options.repeat)
@@ -128,9 +158,19 @@ def main(argv: list[str] | None = None) -> int:
             if kind == "postgresql":
                 cloned = _best(kind, root, ["-n", "4", "--seedguard-clone"], options.tests,
                                options.repeat)
-                clone = f"{cloned:.1f} s | {one / cloned:.2f}x"
-            print(f"| {kind} | {one:.1f} s | {four:.1f} s | {one / four:.2f}x | {clone} |",
+                clone = f"{cloned} | {one.wall / cloned.wall:.2f}x"
+            print(f"| {kind} | {one} | {four} | {one.wall / four.wall:.2f}x | {clone} |",
                   flush=True)
+        # The same number of tests without a database: what pytest and xdist
+        # cost by themselves on this machine (worker start-up, scheduling).
+        plain = Path(tmp) / "plain"
+        plain.mkdir()
+        (plain / "test_plain.py").write_text(textwrap.dedent(PLAIN.format(count=options.tests)))
+        (plain / "pytest.ini").write_text("[pytest]\naddopts = -p no:cacheprovider\n")
+        one = _best(None, plain, [], options.tests, options.repeat)
+        four = _best(None, plain, ["-n", "4"], options.tests, options.repeat)
+        print(f"| no database, no plugin fixture | {one} | {four} | "
+              f"{one.wall / four.wall:.2f}x | — | — |", flush=True)
     return 0
 
 

@@ -45,7 +45,6 @@ __all__ = ["use_session"]
 
 # PostgreSQL database names are at most 63 bytes; the clone's suffix needs 20.
 _PG_NAME_MAX = 63
-_CLONE_LOCK_TIMEOUT = 300.0
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -206,8 +205,8 @@ class _TestDatabase:
         settings = _settings(config)
         from sqlalchemy.engine import make_url
 
-        assert settings.url is not None
-        url = make_url(settings.url)
+        # No URL but an engine: a Flask app context was active (config.resolve).
+        url = make_url(settings.url) if settings.url else settings.engine.url  # type: ignore[union-attr]
         worker = os.environ.get("PYTEST_XDIST_WORKER")
         clone = bool(_option(config, "seedguard_clone"))
         backend = url.get_backend_name()
@@ -272,6 +271,8 @@ class _TestDatabase:
                   tmp_path_factory: pytest.TempPathFactory) -> _TestDatabase:
         import filelock
 
+        from seedguard.connect import safe_url
+
         template = str(url.database or "")
         name = f"{template[:_PG_NAME_MAX - 20]}_sg_{worker or 'main'}_{uuid.uuid4().hex[:8]}"
         # CREATE DATABASE ... TEMPLATE refuses while any other session is
@@ -280,8 +281,20 @@ class _TestDatabase:
         # xdist's workers share): apply, close every connection, clone.
         base = tmp_path_factory.getbasetemp()
         shared = base.parent if worker else base
-        lock = filelock.FileLock(str(shared / "seedguard-clone.lock"), timeout=_CLONE_LOCK_TIMEOUT)
-        with lock:
+        lock_path = shared / "seedguard-clone.lock"
+        lock = filelock.FileLock(str(lock_path), timeout=(
+            -1 if settings.lock_timeout is None else settings.lock_timeout))
+        try:
+            lock.acquire()
+        except filelock.Timeout as err:
+            from seedguard.errors import LockTimeout
+
+            raise LockTimeout(
+                f"timed out after {settings.lock_timeout:g} s waiting for another xdist worker "
+                f"to clone {safe_url(url)} (lock {lock_path}); raise lock_timeout",
+                lock=str(lock_path), holder="another xdist worker",
+            ) from err
+        try:
             seeded = _engine(url)
             try:
                 _apply(seeded, settings)
@@ -292,6 +305,8 @@ class _TestDatabase:
                         f"CREATE DATABASE {quote(name)} TEMPLATE {quote(template)}")
             finally:
                 seeded.dispose()
+        finally:
+            lock.release()
         engine = _engine(url.set(database=name))
 
         def drop() -> None:
@@ -341,7 +356,7 @@ def _settings(config: pytest.Config) -> Settings:
         seeds=_option(config, "seedguard_seeds"),
         contexts=[part for item in contexts for part in item.split(",")] if contexts else None,
     )
-    if settings.url is None:
+    if settings.url is None and settings.engine is None:
         raise ConfigError(
             "no database for the seedguard fixtures: pass --seedguard-url, set seedguard_url in "
             "the pytest ini file, set SEEDGUARD_URL, or add `url = \"...\"` under "
