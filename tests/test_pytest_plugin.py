@@ -402,3 +402,37 @@ def test_example_project_plain_sqlalchemy_and_flask(tmp_path: Path) -> None:
     assert (ledger, users) == (["roles", "schema"], 0)
     # The app's own database was never touched.
     assert not (root / "shop.db").exists()
+
+
+def test_use_session_pins_a_plain_scoped_session(db: TestDatabase) -> None:
+    """In-process: ``use_session`` on a plain scoped_session, as app code would use it."""
+    from sqlalchemy.orm import Session, scoped_session, sessionmaker
+
+    from seedguard.pytest_plugin import _engine, use_session
+
+    db.execute("CREATE TABLE users (email VARCHAR(100) PRIMARY KEY)")
+    engine = _engine(sa.engine.make_url(db.url))
+    session_local = scoped_session(sessionmaker(engine))
+    insert = sa.text("INSERT INTO users (email) VALUES (:e)")
+    count = sa.text("SELECT COUNT(*) FROM users")
+    try:
+        with engine.connect() as conn:
+            outer = conn.begin()
+            test_session = Session(bind=conn, join_transaction_mode="create_savepoint")
+            with use_session(session_local, test_session):
+                # Code under test: its session is the test's, in any thread.
+                assert session_local() is test_session
+                session_local.execute(insert, {"e": "kept@example.com"})
+                session_local.commit()
+                session_local.execute(insert, {"e": "dropped@example.com"})
+                # End of a request: what was not committed is gone, the session lives on.
+                session_local.remove()
+                assert test_session.execute(count).scalar_one() == 1
+            assert session_local() is not test_session
+            session_local.remove()
+            test_session.close()
+            outer.rollback()
+        # The committed row was only a SAVEPOINT inside the rolled-back transaction.
+        assert db.execute("SELECT COUNT(*) FROM users")[0][0] == 0
+    finally:
+        engine.dispose()
