@@ -136,6 +136,29 @@ def _best(kind: str | None, root: Path, args: list[str], count: int, repeat: int
     return min(times, key=lambda timing: timing.wall)
 
 
+def _import_cpu(code: str, repeat: int = 8) -> float:
+    """Least CPU time (user + system) of a fresh interpreter running ``code``."""
+    best = float("inf")
+    for _ in range(repeat):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        subprocess.run([PYTHON, "-c", code], check=True)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        best = min(best, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime))
+    return best
+
+
+def _startup_cost() -> str:
+    # What every pytest run pays for the entry point, fixtures unused: CPU
+    # time, as wall time on a shared machine is mostly waiting for a core.
+    base = _import_cpu("import pytest")
+    plugin = _import_cpu("import pytest, seedguard.pytest_plugin")
+    heavy = _import_cpu("import pytest, sqlalchemy")
+    return (f"start-up, fixtures unused: `import pytest` {base * 1000:.0f} ms CPU; "
+            f"+ seedguard.pytest_plugin {(plugin - base) * 1000:+.0f} ms "
+            f"({(plugin - base) / base:.0%}); for scale, + sqlalchemy "
+            f"{(heavy - base) * 1000:+.0f} ms")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--databases", default="sqlite,postgresql,mariadb")
@@ -171,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         four = _best(None, plain, ["-n", "4"], options.tests, options.repeat)
         print(f"| no database, no plugin fixture | {one} | {four} | "
               f"{one.wall / four.wall:.2f}x | — | — |", flush=True)
+    print(_startup_cost())
     return 0
 
 
