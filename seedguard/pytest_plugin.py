@@ -102,16 +102,30 @@ def seedguard_session(request: pytest.FixtureRequest,
     A test marked ``@pytest.mark.seedguard(contexts=["demo"])`` also gets the
     units those contexts add, run in this session before the test.
     """
-    from sqlalchemy.orm import Session
-
-    connection = seedguard_engine.connect()
-    transaction = connection.begin()
-    session = Session(bind=connection, join_transaction_mode="create_savepoint")
-    try:
+    with _rolled_back_session(seedguard_engine) as session:
         marker = request.node.get_closest_marker("seedguard")
         if marker is not None:
             with _one_line_failure():
                 _apply_marked_contexts(session, request.config, marker)
+        yield session
+
+
+@contextlib.contextmanager
+def _rolled_back_session(engine: Engine) -> Iterator[Session]:
+    """SQLAlchemy's "joining a Session into an external transaction" recipe."""
+    from sqlalchemy.orm import Session
+
+    connection = engine.connect()
+    transaction = connection.begin()
+    if connection.dialect.name == "sqlite" and connection.dialect.driver == "pysqlite":
+        # pysqlite emits no BEGIN until the first INSERT/UPDATE/DELETE, so the
+        # session's SAVEPOINT would open the transaction itself, and its
+        # RELEASE (the test's commit) would commit to the file. Begin for real,
+        # on this connection only: seedguard.apply() refuses a literal BEGIN on
+        # a unit's connection, so the engine's own behaviour stays as it is.
+        connection.exec_driver_sql("BEGIN")
+    session = Session(bind=connection, join_transaction_mode="create_savepoint")
+    try:
         yield session
     finally:
         session.close()
@@ -390,28 +404,7 @@ def _engine(url: URL) -> Engine:
             f"the seedguard fixtures are synchronous, and {safe_url(url)} names an async "
             "driver; use a sync one for the tests (postgresql+psycopg, sqlite, mysql+pymysql)"
         )
-    if engine.dialect.name == "sqlite" and engine.dialect.driver == "pysqlite":
-        _fix_pysqlite_savepoints(engine)
     return engine
-
-
-def _fix_pysqlite_savepoints(engine: Engine) -> None:
-    """SQLAlchemy's recipe for SAVEPOINT on pysqlite ("Serializable isolation / Savepoints").
-
-    pysqlite emits no BEGIN until the first INSERT/UPDATE/DELETE, so the test's
-    outer transaction would not have begun when the session's SAVEPOINT runs;
-    SQLite then opens the transaction with the SAVEPOINT itself, and the
-    session's commit (RELEASE) would commit the test's writes to the file.
-    """
-    from sqlalchemy import event
-
-    @event.listens_for(engine, "connect")
-    def _no_implicit_begin(dbapi_connection: Any, record: Any) -> None:
-        dbapi_connection.isolation_level = None
-
-    @event.listens_for(engine, "begin")
-    def _explicit_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN")
 
 
 def _apply(engine: Engine, settings: Settings) -> None:

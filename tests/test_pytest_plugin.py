@@ -406,19 +406,18 @@ def test_example_project_plain_sqlalchemy_and_flask(tmp_path: Path) -> None:
 
 def test_use_session_pins_a_plain_scoped_session(db: TestDatabase) -> None:
     """In-process: ``use_session`` on a plain scoped_session, as app code would use it."""
-    from sqlalchemy.orm import Session, scoped_session, sessionmaker
+    from sqlalchemy.orm import scoped_session, sessionmaker
 
-    from seedguard.pytest_plugin import _engine, use_session
+    from seedguard.pytest_plugin import _rolled_back_session, use_session
 
     db.execute("CREATE TABLE users (email VARCHAR(100) PRIMARY KEY)")
-    engine = _engine(sa.engine.make_url(db.url))
+    engine = sa.create_engine(db.url)
     session_local = scoped_session(sessionmaker(engine))
     insert = sa.text("INSERT INTO users (email) VALUES (:e)")
     count = sa.text("SELECT COUNT(*) FROM users")
     try:
-        with engine.connect() as conn:
-            outer = conn.begin()
-            test_session = Session(bind=conn, join_transaction_mode="create_savepoint")
+        # The body of the seedguard_session fixture.
+        with _rolled_back_session(engine) as test_session:
             with use_session(session_local, test_session):
                 # Code under test: its session is the test's, in any thread.
                 assert session_local() is test_session
@@ -430,8 +429,6 @@ def test_use_session_pins_a_plain_scoped_session(db: TestDatabase) -> None:
                 assert test_session.execute(count).scalar_one() == 1
             assert session_local() is not test_session
             session_local.remove()
-            test_session.close()
-            outer.rollback()
         # The committed row was only a SAVEPOINT inside the rolled-back transaction.
         assert db.execute("SELECT COUNT(*) FROM users")[0][0] == 0
     finally:
