@@ -1,0 +1,1 @@
+"""A shop with roles and users: plain SQLAlchemy models, a service, a Flask app."""
