@@ -138,6 +138,13 @@ IDIOMS: dict[str, Callable[[Context], None]] = {
 }
 
 
+REASONS = (
+    ("other than the unit's own", "a write on another connection"),
+    ("commit implicitly", "MySQL/MariaDB commit implicitly"),
+    ("would end the unit's transaction", "it ends the unit's transaction"),
+)
+
+
 def cell(c: Context, idiom: Callable[[Context], None]) -> str:
     c.reset()
 
@@ -158,8 +165,8 @@ def cell(c: Context, idiom: Callable[[Context], None]) -> str:
         if c.rows() or c.ledger():
             return f"BROKEN: failing unit left {c.rows()} rows, {c.ledger()} ledger rows"
         if "fails after the idiom" not in message:
-            words = message.split(": ", 1)[-1].split(";")[0]
-            return f"refused: {words[:70]}"
+            return "refused: " + next(
+                (why for words, why in REASONS if words in message), message[:60])
         try:
             seedguard.apply(seeds=[seedguard.SeedUnit("idiom", unit_body(False))],
                             scoped_sessions=[c.scoped])
