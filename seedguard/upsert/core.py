@@ -1,6 +1,6 @@
-"""Dialect-native bulk upsert by natural key.
+"""The dialect-neutral core of the bulk upsert: match rows by key, write only what differs.
 
-How one batch is written (issue 4):
+How one batch is written:
 
 1. Read the existing rows of the batch's keys (key columns plus the columns
    that would be updated) in one ``SELECT ... WHERE key IN (...)``.
@@ -8,57 +8,32 @@ How one batch is written (issue 4):
    missing and changed rows are written: on a re-run where most rows hold the
    same values this is several times cheaper than re-upserting everything,
    and unchanged rows are never rewritten (no new row versions, no triggers).
-3. Write those rows with the dialect's native upsert, so a row inserted by
-   someone else between steps 1 and 3 is updated rather than a unique-key
-   error: ``INSERT ... ON CONFLICT (key) DO UPDATE`` on PostgreSQL and SQLite,
-   ``INSERT ... ON DUPLICATE KEY UPDATE`` on MySQL/MariaDB. Existing rows are
+3. Hand those rows to the dialect's writer (:mod:`seedguard.upsert.base`),
+   which uses the native upsert, so a row inserted by someone else between
+   steps 1 and 3 is updated rather than a unique-key error. Existing rows are
    updated in place, so their primary keys (and what references them) stay.
-
-On PostgreSQL the write never goes through ``executemany`` of an ``ON
-CONFLICT`` statement: SQLAlchemy 2.1 turns off insertmanyvalues batching for
-those on psycopg2 (sqlalchemy#13130), one round trip per row. Small writes are
-one multi-row ``VALUES`` statement per chunk; large ones are ``COPY``-ed into a
-temporary table (psycopg 3 and psycopg2) and merged with one ``INSERT ...
-SELECT ... ON CONFLICT``.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import decimal
-import io
-import logging
 import operator
-import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Union
 
 from seedguard.errors import DataError
+from seedguard.upsert.base import Row, Writer, writer_for
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
     from sqlalchemy.engine import Connection
     from sqlalchemy.orm import Session
 
-log = logging.getLogger(__name__)
-
 TableLike = Union["sa.Table", str, Any]
 """A Core ``Table``, an ORM model (anything with ``__table__``) or a table name."""
 
-Row = Mapping[str, Any]
-
 BATCH_SIZE = 5000
 """Rows read, compared and written per round; memory stays flat at this many rows."""
-
-PG_COPY_THRESHOLD = 50
-"""Rows to write in one batch from which PostgreSQL uses COPY + INSERT ... SELECT.
-
-Measured with ``python bench/run.py --only threshold``: COPY lost at 30 rows
-(0.9x) and won from 100 rows (1.7-1.9x, 4.7-6.6x at 1,000) with psycopg 3 and
-psycopg2; below the crossover the temporary table's extra round trips cost more
-than the one multi-row VALUES statement they replace.
-"""
 
 SNAPSHOT_MIN = 20_000
 SNAPSHOT_MAX = 250_000
@@ -67,10 +42,6 @@ against one read of the whole table rather than per-batch look-ups (memory for
 the snapshot stays in the tens of MB)."""
 
 _MISSING = object()
-# Server-side parameter binding (psycopg 3) allows 65535 parameters per statement.
-_MAX_PARAMS = 30000
-_COPY_DRIVERS = frozenset({"psycopg", "psycopg2"})
-_COPYABLE = (str, int, float, decimal.Decimal, dt.date, dt.time, uuid.UUID)
 
 
 @dataclass
@@ -231,13 +202,10 @@ class Upserter:
         self.dialect = conn.dialect.name
         self._columns: tuple[str, ...] | None = None
         self._compare: tuple[str, ...] = ()
-        self._max_id: int | None = None
-        self._tmp: sa.Table | None = None
+        self._writer: Writer | None = None
         self._empty: bool | None = None
         self._expected = expected
         self._snapshot: dict[Any, Any] | None = None
-        # PostgreSQL initial load: COPY straight into the table (see _lock_for_load).
-        self._direct = False
         self._column_set: frozenset[str] = frozenset()
         self._key_of: Callable[[Row], Any] = operator.itemgetter(*self.key)
         self._values_of: Callable[[Row], Any] | None = None
@@ -266,9 +234,13 @@ class Upserter:
                 f"upsert into {self.table.fullname}: key {dup!r} ({', '.join(self.key)}) appears "
                 "twice in one batch of rows; remove the duplicate"
             )
+        writer = self._writer
+        assert writer is not None
         if self._empty is None:
             self._empty = self._table_is_empty()
-            self._direct = self._empty and self._lock_for_load()
+            if self._empty and not self.dry_run and writer.lock_for_load():
+                # Emptiness again, under the lock: a row may have come in between.
+                writer.direct = self._table_is_empty()
         # Into an empty table everything is an insert: no look-up (a fresh
         # load costs what a plain INSERT costs). ON CONFLICT still guards keys.
         if self._empty:
@@ -290,18 +262,17 @@ class Upserter:
             else:
                 result.unchanged += 1
         if changed and not self.dry_run:
-            self._track_ids(changed)
-            self._write(changed)
+            direct = writer.direct
+            writer.write(changed)
+            if direct and not writer.direct:
+                # The data repeats a key across batches: look up from here on.
+                self._empty = False
 
     def finish(self) -> None:
-        """Repair the PostgreSQL sequence and drop the temporary table, if any."""
-        if self.dry_run:
+        """Let the writer tidy up (PostgreSQL: the sequence, the temporary table)."""
+        if self.dry_run or self._writer is None:
             return
-        if self._tmp is not None:
-            self.conn.exec_driver_sql(f"DROP TABLE IF EXISTS {self._quoted(self._tmp)}")
-            self._tmp = None
-        if self._max_id is not None and self.dialect == "postgresql":
-            self._repair_sequence(self._max_id)
+        self._writer.finish()
 
     # -- set-up ----------------------------------------------------------------
 
@@ -337,6 +308,8 @@ class Upserter:
         # A scalar for one column, a tuple for several: the shapes _existing returns.
         self._key_of = operator.itemgetter(*self.key)
         self._values_of = operator.itemgetter(*self._compare) if self._compare else None
+        self._writer = writer_for(self.conn, table, self.key, self._columns,
+                                  self._compare if self.update is not False else ())
 
     def _existing(self, keys: list[Any]) -> dict[Any, Any]:
         """Existing rows of ``keys``: key -> compared values (shaped like the getters' output)."""
@@ -379,195 +352,11 @@ class Upserter:
         self._snapshot = _shape(rows.all(), n, len(self._compare))
         return True
 
-    def _lock_for_load(self) -> bool:
-        """PostgreSQL, empty table: lock out other writers so COPY can go straight in.
-
-        Without ON CONFLICT a concurrent insert of the same key would fail the
-        COPY, so SHARE ROW EXCLUSIVE (readers still read) is taken until the
-        transaction ends, and emptiness is checked again under it. Without the
-        privilege to lock, the merge path is used.
-        """
-        if self.dialect != "postgresql" or self.dry_run or self.conn.dialect.driver not in \
-                _COPY_DRIVERS:
-            return False
-        try:
-            with self.conn.begin_nested():
-                self.conn.exec_driver_sql(
-                    f"LOCK TABLE {self._quoted(self.table)} IN SHARE ROW EXCLUSIVE MODE")
-        except self.conn.dialect.loaded_dbapi.Error as err:
-            log.debug("no table lock for a direct COPY (%s); merging instead", err)
-            return False
-        return self._table_is_empty()
-
     def _table_is_empty(self) -> bool:
         import sqlalchemy as sa
 
         probe = sa.select(sa.literal(1)).select_from(self.table).limit(1)
         return self.conn.execute(probe).first() is None
-
-    def _track_ids(self, rows: Sequence[Row]) -> None:
-        import sqlalchemy as sa
-        pk = list(self.table.primary_key.columns)
-        if len(pk) != 1 or pk[0].name not in rows[0] or self.dialect != "postgresql":
-            return
-        if not isinstance(pk[0].type, sa.Integer):
-            return
-        values = [row[pk[0].name] for row in rows if isinstance(row[pk[0].name], int)]
-        if values:
-            top = max(values)
-            self._max_id = top if self._max_id is None else max(self._max_id, top)
-
-    # -- writing ---------------------------------------------------------------
-
-    @property
-    def _update_columns(self) -> tuple[str, ...]:
-        return self._compare if self.update is not False else ()
-
-    def _write(self, rows: Sequence[Row]) -> None:
-        if self.dialect == "postgresql":
-            self._write_postgresql(rows)
-        elif self.dialect == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-            stmt = sqlite_insert(self.table)
-            updates = {c: stmt.excluded[c] for c in self._update_columns}
-            stmt = (stmt.on_conflict_do_update(index_elements=list(self.key), set_=updates)
-                    if updates else stmt.on_conflict_do_nothing(index_elements=list(self.key)))
-            self.conn.execute(stmt, list(rows))
-        elif self.dialect in ("mysql", "mariadb"):
-            from sqlalchemy.dialects.mysql import insert as mysql_insert
-
-            mstmt = mysql_insert(self.table)
-            # With nothing to update, "set the key to itself" keeps the existing row.
-            mupdates = ({c: mstmt.inserted[c] for c in self._update_columns}
-                        or {self.key[0]: self.table.c[self.key[0]]})
-            self.conn.execute(mstmt.on_duplicate_key_update(mupdates), list(rows))
-        else:
-            raise DataError(
-                f"upsert does not support the {self.dialect!r} dialect; supported: "
-                "postgresql, sqlite, mysql, mariadb"
-            )
-
-    def _pg_on_conflict(self, stmt: Any) -> Any:
-        import sqlalchemy as sa
-        updates = {c: stmt.excluded[c] for c in self._update_columns}
-        if not updates:
-            return stmt.on_conflict_do_nothing(index_elements=list(self.key))
-        # The guard keeps a row that meanwhile got the same values from being
-        # rewritten (a new row version) if it raced in after our SELECT.
-        current = sa.tuple_(*(self.table.c[c] for c in updates))
-        proposed = sa.tuple_(*(stmt.excluded[c] for c in updates))
-        return stmt.on_conflict_do_update(index_elements=list(self.key), set_=updates,
-                                          where=current.is_distinct_from(proposed))
-
-    def _write_postgresql(self, rows: Sequence[Row]) -> None:
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        if len(rows) >= PG_COPY_THRESHOLD and self._copyable():
-            if not (self._direct and self._copy_direct(rows)):
-                self._copy_merge(rows)
-            return
-        columns = self._columns
-        assert columns is not None
-        chunk = max(1, _MAX_PARAMS // len(columns))
-        for start in range(0, len(rows), chunk):
-            stmt = pg_insert(self.table).values([dict(r) for r in rows[start:start + chunk]])
-            self.conn.execute(self._pg_on_conflict(stmt))
-
-    def _copyable(self) -> bool:
-        if self.conn.dialect.driver not in _COPY_DRIVERS:
-            return False
-        # COPY's text format is written by hand below; JSON, arrays and other
-        # structured types go through the VALUES statement, which adapts them.
-        import sqlalchemy as sa
-
-        kinds = (sa.String, sa.Integer, sa.Numeric, sa.Boolean, sa.Date, sa.DateTime, sa.Time,
-                 sa.Uuid)
-        columns = self._columns or ()
-        # Enum columns take Python enum members, which COPY's text format cannot spell.
-        return all(isinstance(self.table.c[c].type, kinds)
-                   and not isinstance(self.table.c[c].type, sa.Enum) for c in columns)
-
-    def _copy_direct(self, rows: Sequence[Row]) -> bool:
-        """COPY straight into the (locked, initially empty) table; False on a duplicate key."""
-        dbapi_error = self.conn.dialect.loaded_dbapi.IntegrityError
-        try:
-            with self.conn.begin_nested():
-                self._copy(self._quoted(self.table), rows)
-        except dbapi_error:
-            # The data repeats a key across batches: merge (and look up) from here on.
-            self._direct = self._empty = False
-            return False
-        return True
-
-    def _copy_merge(self, rows: Sequence[Row]) -> None:
-        import sqlalchemy as sa
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        columns = self._columns
-        assert columns is not None
-        tmp = self._temporary_table()
-        self.conn.exec_driver_sql(f"TRUNCATE {self._quoted(tmp)}")
-        self._copy(self._quoted(tmp), rows)
-        merge = pg_insert(self.table).from_select(
-            list(columns), sa.select(*(tmp.c[c] for c in columns)))
-        self.conn.execute(self._pg_on_conflict(merge))
-
-    def _copy(self, target: str, rows: Sequence[Row]) -> None:
-        columns = self._columns
-        assert columns is not None
-        column_list = ", ".join(self.conn.dialect.identifier_preparer.quote(c) for c in columns)
-        copy_sql = f"COPY {target} ({column_list}) FROM STDIN"
-        cursor = self.conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        try:
-            if self.conn.dialect.driver == "psycopg":
-                with cursor.copy(copy_sql) as copy:
-                    for row in rows:
-                        copy.write_row([row[c] for c in columns])
-            else:  # psycopg2
-                cursor.copy_expert(copy_sql, io.StringIO(_copy_text(rows, columns)))
-        finally:
-            cursor.close()
-
-    def _temporary_table(self) -> sa.Table:
-        import sqlalchemy as sa
-        if self._tmp is None:
-            columns = self._columns
-            assert columns is not None
-            name = f"_sg_upsert_{uuid.uuid4().hex[:12]}"
-            tmp = sa.Table(name, sa.MetaData(),
-                           *(sa.Column(c, self.table.c[c].type) for c in columns),
-                           prefixes=["TEMPORARY"])
-            source = sa.select(*(self.table.c[c] for c in columns))
-            compiled = source.compile(dialect=self.conn.dialect)
-            # Same column types as the target, no constraints; dropped at commit
-            # at the latest, explicitly in finish().
-            self.conn.exec_driver_sql(
-                f"CREATE TEMPORARY TABLE {self._quoted(tmp)} ON COMMIT DROP AS {compiled} "
-                "WITH NO DATA")
-            self._tmp = tmp
-        return self._tmp
-
-    def _quoted(self, table: sa.Table) -> str:
-        return self.conn.dialect.identifier_preparer.format_table(table)
-
-    def _repair_sequence(self, max_id: int) -> None:
-        import sqlalchemy as sa
-        # Rows seeded with explicit ids leave a serial/identity sequence behind
-        # them, and the app's next plain INSERT fails on a duplicate key.
-        # Move the sequence forward only, never back.
-        pk = next(iter(self.table.primary_key.columns))
-        name = self._quoted(self.table)
-        seq = self.conn.execute(sa.text("SELECT pg_get_serial_sequence(:t, :c)"),
-                                {"t": name, "c": pk.name}).scalar()
-        if seq is None:
-            return
-        self.conn.execute(
-            sa.text("SELECT setval(CAST(:s AS regclass), :m) "
-                    "WHERE :m > COALESCE(pg_sequence_last_value(CAST(:s AS regclass)), 0)"),
-            {"s": seq, "m": max_id},
-        )
-        log.debug("moved sequence %s of %s to %d", seq, name, max_id)
 
 
 def _shape(rows: Sequence[Any], n: int, m: int) -> dict[Any, Any]:
@@ -579,34 +368,3 @@ def _shape(rows: Sequence[Any], n: int, m: int) -> dict[Any, Any]:
     if m == 1:
         return {tuple(r[:n]): r[n] for r in rows}
     return {tuple(r[:n]): tuple(r[n:]) for r in rows}
-
-
-def _copy_text(rows: Sequence[Row], columns: Sequence[str]) -> str:
-    """Rows in COPY's text format (tab-separated, ``\\N`` for NULL, backslash escapes)."""
-    out = []
-    for row in rows:
-        out.append("\t".join(_copy_value(row[c]) for c in columns))
-    out.append("")
-    return "\n".join(out)
-
-
-_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-
-def _copy_value(value: Any) -> str:
-    kind = type(value)  # exact types first: this runs once per value of a large load
-    if kind is str:
-        return value.translate(_ESCAPES)  # type: ignore[no-any-return]
-    if kind is int or kind is decimal.Decimal or kind is float:
-        return str(value)
-    if value is None:
-        return "\\N"
-    if value is True:
-        return "t"
-    if value is False:
-        return "f"
-    if isinstance(value, (dt.date, dt.time)):
-        return value.isoformat()
-    if isinstance(value, _COPYABLE):
-        return str(value).translate(_ESCAPES)
-    raise DataError(f"cannot COPY a value of type {type(value).__name__}: {value!r}")
