@@ -57,8 +57,12 @@ class Writer:
         """
         return False
 
-    def write(self, rows: Sequence[Row]) -> None:
-        """Insert ``rows``, updating those whose key exists by then."""
+    def write(self, rows: Sequence[Row], *, all_new: bool) -> None:
+        """Insert ``rows``, updating those whose key exists by then.
+
+        Each key appears once in ``rows``. ``all_new``: no row's key was in
+        the table when the core looked.
+        """
         raise NotImplementedError
 
     def finish(self) -> None:

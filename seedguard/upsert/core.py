@@ -17,7 +17,7 @@ How one batch is written:
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Union
 
@@ -80,12 +80,16 @@ def upsert(
     name (reflected). ``key``: a column name or a list of them, which must be
     the primary key or a unique constraint/index. ``update``: True updates
     every given non-key column of existing rows, a list updates only those
-    columns, False inserts missing rows only. Rows already holding the same
-    values are not rewritten. On PostgreSQL, explicit integer primary keys in
+    columns, False inserts missing rows only. ``batch_size``: rows read,
+    compared and written per round (memory stays flat at this many). Rows
+    already holding the same values are not rewritten. On PostgreSQL, explicit integer primary keys in
     ``rows`` move the table's sequence past the largest one afterwards.
 
-    Every row must have the same columns; the counts assume each key appears
-    once in ``rows`` (a repeated key is written again, the last values win).
+    Every row must have the same columns. A key that appears more than once
+    is applied in order: the last values win, and each copy counts against
+    the values before it (a repeat with the same values is unchanged), however
+    the rows split into batches. A string given for an ``Enum`` column counts
+    as the member SQLAlchemy stores it as.
     Into an empty PostgreSQL table the rows are COPY-ed straight in under a
     SHARE ROW EXCLUSIVE table lock held to the end of the transaction (other
     writers wait; readers do not). On MySQL/MariaDB ``ON DUPLICATE KEY``
@@ -206,6 +210,12 @@ class Upserter:
         self._empty: bool | None = None
         self._expected = expected
         self._snapshot: dict[Any, Any] | None = None
+        self._total = expected
+        # Dry run: key -> compared values of what earlier batches would have
+        # written (nothing is written, so the table cannot tell).
+        self._overlay: dict[Any, Any] | None = None
+        self._bits: bytearray | None = None
+        self._enums: tuple[tuple[str, Mapping[str, Any]], ...] = ()
         self._column_set: frozenset[str] = frozenset()
         self._key_of: Callable[[Row], Any] = operator.itemgetter(*self.key)
         self._values_of: Callable[[Row], Any] | None = None
@@ -225,15 +235,10 @@ class Upserter:
                     f"columns {sorted(row)}, the first row has {sorted(self._column_set)}; give "
                     "every row the same columns"
                 )
+        if self._enums:
+            batch = [self._with_members(row) for row in batch]
         key_of, values_of = self._key_of, self._values_of
         keys = [key_of(row) for row in batch]
-        if len(set(keys)) != len(keys):
-            seen: set[Any] = set()
-            dup = next(k for k in keys if k in seen or seen.add(k))  # type: ignore[func-returns-value]
-            raise DataError(
-                f"upsert into {self.table.fullname}: key {dup!r} ({', '.join(self.key)}) appears "
-                "twice in one batch of rows; remove the duplicate"
-            )
         writer = self._writer
         assert writer is not None
         if self._empty is None:
@@ -242,31 +247,121 @@ class Upserter:
                 # Emptiness again, under the lock: a row may have come in between.
                 writer.direct = self._table_is_empty()
         # Into an empty table everything is an insert: no look-up (a fresh
-        # load costs what a plain INSERT costs). ON CONFLICT still guards keys.
+        # load costs what a plain INSERT costs), except for the few keys an
+        # earlier batch may have written. ON CONFLICT still guards keys.
         if self._empty:
-            existing: dict[Any, Any] = {}
+            existing = self._written_before(keys)
         elif self._snapshot is not None or self._take_snapshot():
             existing = self._snapshot  # type: ignore[assignment]
         else:
             existing = self._existing(keys)
         result = self.result
-        changed: list[Row] = []
+        overlay = self._overlay
+        if overlay is None and len(set(keys)) == len(keys):
+            # Every key once and nothing written in this run that the table
+            # does not show yet: compare with the table alone.
+            changed: list[Row] = []
+            for row, k in zip(batch, keys, strict=True):
+                old = existing.get(k, _MISSING)
+                if old is _MISSING:
+                    result.inserted += 1
+                    changed.append(row)
+                elif values_of is not None and old != values_of(row):
+                    result.updated += 1
+                    changed.append(row)
+                else:
+                    result.unchanged += 1
+        else:
+            changed = self._compare_in_order(batch, keys, existing, overlay or {})
+        if self._snapshot is not None and not self._empty:
+            # The snapshot was read once: what this batch writes, later ones must see.
+            for row in changed:
+                self._snapshot[key_of(row)] = values_of(row) if values_of is not None else ()
+        if self.dry_run:
+            if self._overlay is None:
+                self._overlay = {}
+            for row in changed:
+                self._overlay[key_of(row)] = values_of(row) if values_of is not None else ()
+            return
+        if self._empty:
+            self._remember(keys)
+        if changed:
+            direct = writer.direct
+            writer.write(changed, all_new=not existing)
+            if direct and not writer.direct:
+                self._empty = False  # a key it did not expect: look up from here on
+
+    def _compare_in_order(self, batch: Sequence[Row], keys: list[Any], existing: dict[Any, Any],
+                          overlay: dict[Any, Any]) -> list[Row]:
+        """The rows to write when a key repeats: rows apply in order, the last values win.
+
+        Each copy of a key counts against the values before it (the table's,
+        an earlier batch's in a dry run, or an earlier row's), so the counts
+        and the outcome do not depend on where the batches split.
+        """
+        values_of = self._values_of
+        result = self.result
+        changed: dict[Any, Row] = {}
         for row, k in zip(batch, keys, strict=True):
-            old = existing.get(k, _MISSING)
+            if k in changed:
+                before = changed[k]
+                old = values_of(before) if values_of is not None else ()
+            else:
+                old = overlay.get(k, _MISSING)
+                if old is _MISSING:
+                    old = existing.get(k, _MISSING)
             if old is _MISSING:
                 result.inserted += 1
-                changed.append(row)
+                changed[k] = row
             elif values_of is not None and old != values_of(row):
                 result.updated += 1
-                changed.append(row)
+                changed[k] = row
             else:
                 result.unchanged += 1
-        if changed and not self.dry_run:
-            direct = writer.direct
-            writer.write(changed)
-            if direct and not writer.direct:
-                # The data repeats a key across batches: look up from here on.
-                self._empty = False
+        return list(changed.values())
+
+    def _written_before(self, keys: list[Any]) -> dict[Any, Any]:
+        """Empty-table path: the existing rows of the keys an earlier batch may have written.
+
+        A bitmap of key hashes (a few MB, whatever the number of rows) tells
+        the keys this run certainly has not written; only the rest, a small
+        share, is looked up.
+        """
+        bits = self._bits
+        if bits is None:
+            return {}
+        mask = len(bits) * 8 - 1
+        hits = []
+        for k in keys:
+            h = hash(k) & mask
+            if bits[h >> 3] & (1 << (h & 7)):
+                hits.append(k)
+        return self._existing(hits) if hits else {}
+
+    def _remember(self, keys: list[Any]) -> None:
+        bits = self._bits
+        if bits is None:
+            # About 16 bits per expected row (a false hit costs a look-up of
+            # that key only), at least 1 MB, at most 16 MB.
+            expected = self._total or 0
+            size = 1 << 20
+            while size < 2 * expected and size < 1 << 24:
+                size <<= 1
+            bits = self._bits = bytearray(size)
+        mask = len(bits) * 8 - 1
+        for k in keys:
+            h = hash(k) & mask
+            bits[h >> 3] |= 1 << (h & 7)
+
+    def _with_members(self, row: Row) -> Row:
+        # An Enum column reads back enum members; the same value given as the
+        # string SQLAlchemy stores must compare equal to it, not as a change.
+        converted = dict(row)
+        for name, lookup in self._enums:
+            value = converted[name]
+            if isinstance(value, str):
+                converted[name] = lookup.get(value, value)
+        return converted
 
     def finish(self) -> None:
         """Let the writer tidy up (PostgreSQL: the sequence, the temporary table)."""
@@ -308,6 +403,16 @@ class Upserter:
         # A scalar for one column, a tuple for several: the shapes _existing returns.
         self._key_of = operator.itemgetter(*self.key)
         self._values_of = operator.itemgetter(*self._compare) if self._compare else None
+        enums = []
+        for name in self._columns:
+            kind = table.c[name].type
+            # SQLAlchemy's own map of stored strings to members (None for an
+            # Enum without an enum class, which reads back strings anyway).
+            lookup = getattr(kind, "_object_lookup", None) if getattr(
+                kind, "enum_class", None) is not None else None
+            if lookup:
+                enums.append((name, lookup))
+        self._enums = tuple(enums)
         self._writer = writer_for(self.conn, table, self.key, self._columns,
                                   self._compare if self.update is not False else ())
 

@@ -14,7 +14,7 @@ from seedguard.upsert.base import Row, Writer
 class MySQLWriter(Writer):
     dialects = ("mysql", "mariadb")
 
-    def write(self, rows: Sequence[Row]) -> None:
+    def write(self, rows: Sequence[Row], *, all_new: bool) -> None:
         from sqlalchemy.dialects.mysql import insert
 
         stmt = insert(self.table)

@@ -59,23 +59,28 @@ class PostgreSQLWriter(Writer):
         COPY, so SHARE ROW EXCLUSIVE (readers still read) is taken until the
         transaction ends. Without the privilege to lock, the merge path is used.
         """
+        import sqlalchemy as sa
+
         if self.conn.dialect.driver not in _COPY_DRIVERS:
             return False
         try:
             with self.conn.begin_nested():
                 self.conn.exec_driver_sql(
                     f"LOCK TABLE {self._quoted(self.table)} IN SHARE ROW EXCLUSIVE MODE")
-        except self.conn.dialect.loaded_dbapi.Error as err:
+        # SQLAlchemy wraps the driver's error (InsufficientPrivilege) in its own
+        # DBAPIError subclass; the driver's exception class never reaches here.
+        except sa.exc.DBAPIError as err:
             log.debug("no table lock for a direct COPY (%s); merging instead", err)
             return False
         return True
 
-    def write(self, rows: Sequence[Row]) -> None:
+    def write(self, rows: Sequence[Row], *, all_new: bool) -> None:
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 
         self._track_ids(rows)
         if len(rows) >= PG_COPY_THRESHOLD and self._copyable():
-            if not (self.direct and self._copy_direct(rows)):
+            # Straight in only when no key is there yet: COPY has no ON CONFLICT.
+            if not (self.direct and all_new and self._copy_direct(rows)):
                 self._copy_merge(rows)
             return
         chunk = max(1, _MAX_PARAMS // len(self.columns))
@@ -135,7 +140,7 @@ class PostgreSQLWriter(Writer):
             with self.conn.begin_nested():
                 self._copy(self._quoted(self.table), rows)
         except dbapi_error:
-            # The data repeats a key across batches: merge from here on.
+            # A key the core did not see: merge (and let it look up) from here on.
             self.direct = False
             return False
         return True

@@ -10,7 +10,7 @@ from seedguard.upsert.base import Row, Writer
 class SQLiteWriter(Writer):
     dialects = ("sqlite",)
 
-    def write(self, rows: Sequence[Row]) -> None:
+    def write(self, rows: Sequence[Row], *, all_new: bool) -> None:
         from sqlalchemy.dialects.sqlite import insert
 
         stmt = insert(self.table)
