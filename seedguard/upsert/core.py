@@ -82,8 +82,9 @@ def upsert(
     every given non-key column of existing rows, a list updates only those
     columns, False inserts missing rows only. ``batch_size``: rows read,
     compared and written per round (memory stays flat at this many). Rows
-    already holding the same values are not rewritten. On PostgreSQL, explicit integer primary keys in
-    ``rows`` move the table's sequence past the largest one afterwards.
+    already holding the same values are not rewritten. On PostgreSQL,
+    explicit integer primary keys in ``rows`` move the table's sequence past
+    the largest one afterwards.
 
     Every row must have the same columns. A key that appears more than once
     is applied in order: the last values win, and each copy counts against
