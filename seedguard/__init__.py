@@ -8,6 +8,7 @@ from __future__ import annotations
 from seedguard.__about__ import __version__
 from seedguard.api import apply
 from seedguard.data import data_seed
+from seedguard.datadir import data_dir
 from seedguard.errors import (
     ConfigError,
     DataError,
@@ -39,6 +40,7 @@ __all__ = [
     "UpsertResult",
     "__version__",
     "apply",
+    "data_dir",
     "data_seed",
     "report_progress",
     "seed",

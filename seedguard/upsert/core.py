@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Union
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar, Union
 
 from seedguard.errors import DataError
 from seedguard.upsert.base import Row, Writer, writer_for
@@ -42,6 +42,7 @@ against one read of the whole table rather than per-batch look-ups (memory for
 the snapshot stays in the tens of MB)."""
 
 _MISSING = object()
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -51,12 +52,15 @@ class UpsertResult:
     ``inserted`` rows were missing, ``updated`` rows existed with other values,
     ``unchanged`` rows already held the same values and were not written.
     ``deleted`` counts rows removed by a data seed's ``prune=True``.
+    ``unresolved``: in a data seed's dry run, one message per reference
+    (``refs=``) that names no row; the rows carrying them are not counted.
     """
 
     inserted: int = 0
     updated: int = 0
     unchanged: int = 0
     deleted: int = 0
+    unresolved: list[str] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -176,9 +180,9 @@ def unique_column_sets(table: sa.Table) -> list[frozenset[str]]:
     return sets
 
 
-def batches(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
+def batches(rows: Iterable[_T], size: int) -> Iterator[list[_T]]:
     """``rows`` in lists of at most ``size``, without holding more than one list."""
-    batch: list[Row] = []
+    batch: list[_T] = []
     for row in rows:
         batch.append(row)
         if len(batch) >= size:
