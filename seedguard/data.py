@@ -213,7 +213,8 @@ class _DataSeed:
         writer = Upserter(conn, table, key, self.update, dry_run=dry_run, expected=total)
         text = self.source.text
         resolver = Resolver(conn, table, self.refs, lambda c: _converter(c, text=text),
-                            where_path=self.source.where_path, collect=dry_run) \
+                            where_path=self.source.where_path, collect=dry_run,
+                            pending=self._seeded_elsewhere if dry_run else None) \
             if self.refs else None
         keep: set[tuple[Any, ...]] | None = set() if self.prune else None
         done = 0
@@ -236,6 +237,29 @@ class _DataSeed:
                 writer.result.unresolved.append(
                     f"... and {resolver.unresolved_count - len(resolver.unresolved)} more")
         return writer.result
+
+    def _seeded_elsewhere(self, ref: Ref, target: sa.Table) -> set[Any]:
+        """Dry run: the natural keys ``ref`` reads that declared data seeds of its target hold.
+
+        In a dry run nothing is written, so rows that an earlier pending seed
+        would insert are not in the table yet; their references still resolve.
+        """
+        from seedguard.registry import default_registry
+
+        values: set[Any] = set()
+        for unit in default_registry:
+            spec = getattr(unit.preview, "__self__", None)
+            if not isinstance(spec, _DataSeed) or spec is self or ref.target_name not in unit.fills:
+                continue
+            if any(c in spec._raw for c in ref.key):
+                continue  # the key is itself a reference there: unknown until written
+            try:
+                for _, row in spec._converted(target):
+                    parts = tuple(row.get(c) for c in ref.key)
+                    values.add(parts[0] if len(parts) == 1 else parts)
+            except DataError:
+                continue  # that seed's own run reports its bad data
+        return values
 
     def _converted(self, table: sa.Table) -> Iterator[tuple[str, dict[str, Any]]]:
         """(where, row) pairs, each value converted to its column's type.

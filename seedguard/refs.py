@@ -29,6 +29,7 @@ RefSpec = (tuple[TableLike, str | Sequence[str]]
 # reference into a large table must not grow memory with the data).
 _CACHE_MAX = 100_000
 _MISSING = object()
+_NOT_YET = object()
 
 
 @dataclass(frozen=True)
@@ -107,15 +108,21 @@ class Resolver:
     ``convert_for(target, column)`` gives the converter of a raw value to the
     target column's type (the same conversions as the seeded table's values).
     With ``collect=True`` (a dry run) unresolved references are gathered in
-    ``unresolved`` and their rows dropped, instead of raising.
+    ``unresolved`` and their rows dropped, instead of raising. ``pending(ref,
+    target)``, in a dry run, gives the natural keys that a pending data seed
+    of the target would insert: those count as resolved (the row would be
+    written, to a key that does not exist yet).
     """
 
     def __init__(self, conn: Connection, table: sa.Table, refs: Sequence[Ref],
                  convert_for: Callable[[sa.Column[Any]], Callable[[Any], Any]], *,
-                 where_path: str, collect: bool = False) -> None:
+                 where_path: str, collect: bool = False,
+                 pending: Callable[[Ref, sa.Table], set[Any]] | None = None) -> None:
         self.conn = conn
         self.table = table
         self.collect = collect
+        self._pending = pending
+        self._pending_values: dict[str, set[Any]] = {}
         self.where_path = where_path
         self.unresolved: list[str] = []
         self.unresolved_count = 0
@@ -136,6 +143,8 @@ class Resolver:
                     row[ref.column] = None
                     continue
                 target_key = found.get(value, _MISSING)
+                if target_key is _MISSING and self._would_be_seeded(bound, value):
+                    target_key = _NOT_YET  # compares unequal to any stored key
                 if target_key is _MISSING:
                     self._unresolved(where, bound, value)
                     bad.add(index)
@@ -144,6 +153,15 @@ class Resolver:
         if bad:
             return [row for index, row in enumerate(rows) if index not in bad]
         return rows
+
+    def _would_be_seeded(self, bound: _Bound, value: Any) -> bool:
+        if self._pending is None:
+            return False
+        ref = bound.ref
+        values = self._pending_values.get(ref.column)
+        if values is None:
+            values = self._pending_values[ref.column] = self._pending(ref, bound.target)
+        return value in values
 
     def _unresolved(self, where: str, bound: _Bound, value: Any) -> None:
         ref = bound.ref

@@ -212,6 +212,26 @@ def test_dry_run_reports_unresolved_references(db: TestDatabase, engine: sa.Engi
     assert [u.name for u in result.pending] == ["users"]
 
 
+def test_dry_run_counts_references_to_rows_a_pending_seed_would_insert(
+        db: TestDatabase, engine: sa.Engine) -> None:
+    # Nothing is written in a dry run, so roles is still empty when users is
+    # previewed; the rows the pending roles seed holds still resolve.
+    bad = [*USERS, {"email": "dan@x.org", "role_id": "admn"}]
+    path = users_file(db.tmp_path, "csv", bad)
+    users = seedguard.data_seed("users", table=User, key="email", path=path,
+                                refs={"role_id": ("roles", "name")})
+    roles = seedguard.data_seed("roles", table="roles", key="name",
+                                path=write(db.tmp_path / "roles.csv", ROLES))
+
+    previews = seedguard.apply(db.url, seeds=[users, roles], dry_run=True).previews
+
+    assert previews["roles"] == UpsertResult(inserted=3)
+    assert previews["users"] == UpsertResult(inserted=3, unresolved=[
+        f"{path}:5: column 'role_id': no roles row with name 'admn'; fix the value, or "
+        "seed that row first"])
+    assert db.ledger() == [] and user_roles(engine) == []
+
+
 def test_refs_cycle_is_a_definition_error(db: TestDatabase, engine: sa.Engine) -> None:
     roles = seedguard.data_seed("roles", table=Role, key="name", rows=[{"name": "a"}],
                                 after=["users"])
