@@ -1,10 +1,13 @@
-"""Data seeds: a unit whose work is an upsert of rows from a list, a CSV or a JSON file.
+"""Data seeds: a unit whose work is an upsert of rows from a list or a CSV, JSON or YAML file.
 
 Files are streamed: CSV with :mod:`csv`, JSON (a list of objects) with an
 incremental decoder, both in batches of :data:`seedguard.upsert.BATCH_SIZE`
-rows, so memory stays flat however large the file is. Every value is converted
-to its column's type; a value that does not convert raises
+rows, so memory stays flat however large the file is (YAML is parsed whole,
+then converted in the same batches). Every value is converted to its
+column's type; a value that does not convert raises
 :class:`~seedguard.errors.DataError` naming the file, line and column.
+Columns named in ``refs=`` hold natural keys of another table's rows and are
+resolved per batch by :mod:`seedguard.refs`.
 
 With ``version=None`` the unit is version 1 with ``on_change="rerun"``: its
 checksum is a hash of the data (the file, read in blocks), so changing the

@@ -361,3 +361,23 @@ def test_data_dir_rejects_files_without_a_table_and_ambiguous_keys(tmp_path: Pat
         seedguard.data_dir(tmp_path, metadata=ambiguous)
     units = seedguard.data_dir(tmp_path, metadata=ambiguous, keys={"roles": "slug"})
     assert [u.name for u in units] == ["roles"]
+
+
+def test_data_dir_without_metadata_reflects_and_orders_by_refs(db: TestDatabase,
+                                                               engine: sa.Engine) -> None:
+    folder = db.tmp_path / "data"
+    folder.mkdir()
+    write(folder / "notes.csv", "title,author\nhello,bob@x.org\n")  # sorts first, runs last
+    write(folder / "users.csv", USERS_CSV)
+    write(folder / "roles.csv", ROLES)
+
+    units = seedguard.data_dir(folder, refs={"users": {"role_id": ("roles", "name")},
+                                             "notes": {"author": ("users", "email")}})
+    result = seedguard.apply(db.url, seeds=units)
+
+    assert [u.name for u in units] == ["notes", "roles", "users"]
+    assert [u.name for u in result.applied] == ["roles", "users", "notes"]
+    assert user_roles(engine) == [("ann@x.org", "admin"), ("bob@x.org", "viewer"),
+                                  ("cid@x.org", None)]
+    assert db.execute("SELECT n.title, u.email FROM notes n JOIN users u ON n.author = u.id") \
+        == [("hello", "bob@x.org")]
