@@ -41,7 +41,12 @@ SNAPSHOT_MAX = 250_000
 against one read of the whole table rather than per-batch look-ups (memory for
 the snapshot stays in the tens of MB)."""
 
+OVERLAY_MAX = 250_000
+"""A dry run remembers what this many written rows would hold, for keys that repeat
+later; past it, a repeated key's earlier values are unknown and it counts as updated."""
+
 _MISSING = object()
+_UNKNOWN = object()  # compares unequal to any values: counted as updated
 _T = TypeVar("_T")
 
 
@@ -277,6 +282,10 @@ class Upserter:
                 else:
                     result.unchanged += 1
         else:
+            if overlay is not None and self._bits is not None:
+                # A long dry run: keys past the overlay's bound that an earlier
+                # batch would have written, with values no longer known.
+                overlay = {**self._guesses(keys, overlay), **overlay}
             changed = self._compare_in_order(batch, keys, existing, overlay or {})
         if self._snapshot is not None and not self._empty:
             # The snapshot was read once: what this batch writes, later ones must see.
@@ -285,8 +294,11 @@ class Upserter:
         if self.dry_run:
             if self._overlay is None:
                 self._overlay = {}
-            for row in changed:
-                self._overlay[key_of(row)] = values_of(row) if values_of is not None else ()
+            if len(self._overlay) + len(changed) <= OVERLAY_MAX:
+                for row in changed:
+                    self._overlay[key_of(row)] = values_of(row) if values_of is not None else ()
+            else:
+                self._remember([key_of(row) for row in changed])
             return
         if self._empty:
             self._remember(keys)
@@ -325,6 +337,17 @@ class Upserter:
                 result.unchanged += 1
         return list(changed.values())
 
+    def _guesses(self, keys: list[Any], overlay: dict[Any, Any]) -> dict[Any, Any]:
+        bits = self._bits
+        assert bits is not None
+        mask = len(bits) * 8 - 1
+        guessed = {}
+        for k in keys:
+            h = hash(k) & mask
+            if k not in overlay and bits[h >> 3] & (1 << (h & 7)):
+                guessed[k] = _UNKNOWN
+        return guessed
+
     def _written_before(self, keys: list[Any]) -> dict[Any, Any]:
         """Empty-table path: the existing rows of the keys an earlier batch may have written.
 
@@ -333,7 +356,7 @@ class Upserter:
         share, is looked up.
         """
         bits = self._bits
-        if bits is None:
+        if bits is None or self.dry_run:
             return {}
         mask = len(bits) * 8 - 1
         hits = []
