@@ -13,11 +13,12 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from _support import TestDatabase, write_module
+from _support import TestDatabase, unit, write_module
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import seedguard
 from seedguard import DataError, DefinitionError, UpsertResult
+from seedguard.registry import order, with_dependencies
 
 
 class Base(DeclarativeBase):
@@ -230,6 +231,21 @@ def test_dry_run_counts_references_to_rows_a_pending_seed_would_insert(
         f"{path}:5: column 'role_id': no roles row with name 'admn'; fix the value, or "
         "seed that row first"])
     assert db.ledger() == [] and user_roles(engine) == []
+
+
+def test_order_runs_a_reader_after_every_unit_that_fills_its_table() -> None:
+    notes = unit("notes", fills=frozenset({"notes"}), reads=frozenset({"users"}))
+    # Reading its own table (a self-reference) is no dependency.
+    users = unit("users", fills=frozenset({"users"}), reads=frozenset({"roles", "users"}))
+    other = unit("other")
+    roles = unit("roles", fills=frozenset({"roles"}))
+    more_roles = unit("more-roles", fills=frozenset({"roles"}), after=["other"])
+
+    ordered = order([notes, users, other, roles, more_roles])
+
+    assert [u.name for u in ordered] == ["other", "roles", "more-roles", "users", "notes"]
+    assert [u.name for u in with_dependencies(ordered, "users")] == [
+        "other", "roles", "more-roles", "users"]
 
 
 def test_refs_cycle_is_a_definition_error(db: TestDatabase, engine: sa.Engine) -> None:
