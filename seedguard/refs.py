@@ -132,8 +132,10 @@ class Resolver:
         """The rows of ``batch`` ((where, row) pairs) with every reference replaced."""
         rows = [row for _, row in batch]
         bad: set[int] = set()
-        for bound in self._refs:
-            values = bound.values(batch)
+        # Every reference reads its data columns before any is replaced: two
+        # references may share a data column.
+        all_values = [bound.values(batch) for bound in self._refs]
+        for bound, values in zip(self._refs, all_values, strict=True):
             found = bound.lookup({v for v in values if v is not None})
             ref = bound.ref
             for index, ((where, row), value) in enumerate(zip(batch, values, strict=True)):
