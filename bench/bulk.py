@@ -153,8 +153,8 @@ def _one(report: Report, label: str, engine: sa.Engine, rows: list[dict[str, Any
 
 def threshold(report: Report) -> None:
     """Rows per write from which COPY beats one multi-row VALUES statement (PostgreSQL)."""
-    # seedguard.upsert is the function (re-exported); the module is in sys.modules.
-    module = sys.modules["seedguard.upsert"]
+    # The PostgreSQL writer reads its module's threshold at each write.
+    module = sys.modules["seedguard.upsert.postgresql"]
     saved = module.PG_COPY_THRESHOLD
     found = []
     try:

@@ -21,7 +21,7 @@ from _common import Report
 
 import seedguard
 
-SECTIONS = ("noop", "async", "bulk", "threshold", "contention", "memory", "cli")
+SECTIONS = ("noop", "async", "bulk", "refs", "threshold", "contention", "memory", "cli")
 KINDS = ("sqlite", "postgresql", "mariadb")
 
 
@@ -61,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"bulk load, {args.rows:,} rows", flush=True)
         bulk.run(report, kinds, args.rows)
+    if "refs" in only:
+        import refs
+
+        print(f"refs, {args.rows:,} users", flush=True)
+        refs.run(report, kinds, args.rows)
     if "contention" in only:
         import contention
 

@@ -9,6 +9,7 @@ from seedguard.__about__ import __version__
 from seedguard.aio import apply_async
 from seedguard.api import apply
 from seedguard.data import data_seed
+from seedguard.datadir import data_dir
 from seedguard.errors import (
     ConfigError,
     DataError,
@@ -41,6 +42,7 @@ __all__ = [
     "__version__",
     "apply",
     "apply_async",
+    "data_dir",
     "data_seed",
     "report_progress",
     "seed",

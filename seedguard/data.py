@@ -1,10 +1,13 @@
-"""Data seeds: a unit whose work is an upsert of rows from a list, a CSV or a JSON file.
+"""Data seeds: a unit whose work is an upsert of rows from a list or a CSV, JSON or YAML file.
 
 Files are streamed: CSV with :mod:`csv`, JSON (a list of objects) with an
 incremental decoder, both in batches of :data:`seedguard.upsert.BATCH_SIZE`
-rows, so memory stays flat however large the file is. Every value is converted
-to its column's type; a value that does not convert raises
+rows, so memory stays flat however large the file is (YAML is parsed whole,
+then converted in the same batches). Every value is converted to its
+column's type; a value that does not convert raises
 :class:`~seedguard.errors.DataError` naming the file, line and column.
+Columns named in ``refs=`` hold natural keys of another table's rows and are
+resolved per batch by :mod:`seedguard.refs`.
 
 With ``version=None`` the unit is version 1 with ``on_change="rerun"``: its
 checksum is a hash of the data (the file, read in blocks), so changing the
@@ -23,13 +26,23 @@ import sys
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from seedguard.checksum import data_checksum
 from seedguard.errors import DataError, DefinitionError
 from seedguard.events import report_progress
+from seedguard.refs import Ref, RefSpec, Resolver, parse_refs, raw_columns, table_name
 from seedguard.unit import SeedUnit
-from seedguard.upsert import BATCH_SIZE, TableLike, Upserter, UpsertResult, batches, resolve_table
+from seedguard.upsert import (
+    BATCH_SIZE,
+    TableLike,
+    Upserter,
+    UpsertResult,
+    batches,
+    resolve_table,
+    unique_column_sets,
+)
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -37,6 +50,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
 _BLOCK = 1 << 20
+DATA_SUFFIXES = (".csv", ".json", ".yaml", ".yml")
 _TRUE = frozenset({"true", "t", "yes", "y", "1", "on"})
 _FALSE = frozenset({"false", "f", "no", "n", "0", "off"})
 _WS = re.compile(r"\s*")
@@ -49,6 +63,7 @@ def data_seed(
     key: str | Sequence[str],
     rows: Iterable[Mapping[str, Any]] | None = None,
     path: str | os.PathLike[str] | None = None,
+    refs: Mapping[str, RefSpec] | None = None,
     version: int | None = None,
     prune: bool = False,
     contexts: Iterable[str] | None = None,
@@ -59,15 +74,56 @@ def data_seed(
 ) -> SeedUnit:
     """Declare (and register) a unit that upserts ``rows`` or the file at ``path`` by ``key``.
 
-    ``table``: a Core Table, an ORM model, or a table name reflected when the
-    unit runs. ``path``: a ``.csv`` file with a header row or a ``.json`` file
-    holding a list of objects; a relative path is resolved against the
-    directory of the file that calls ``data_seed``. ``version=None``: re-apply
-    whenever the data changes (checksum); an explicit version re-applies only
-    when raised (a data change is reported as drift). ``prune=True`` DELETES
-    every row of the table whose key is not in the data.
+    ``name``: the unit's name. ``table``: a Core Table, an ORM model, or a
+    table name reflected when the unit runs. ``key``: the natural key, a
+    column name or a list of them backed by the primary key or a unique
+    constraint. ``rows``: a list of dicts. ``path``: a ``.csv`` file with a
+    header row, a ``.json`` file holding a list of objects, or a ``.yaml`` /
+    ``.yml`` file holding a list of mappings (extra ``seedguard[yaml]``); a
+    relative path is resolved against the directory of the file that calls
+    ``data_seed``. Give exactly one of ``rows`` and ``path``.
+    ``refs``: columns whose values name another table's row by natural key,
+    ``{"role_id": ("roles", "name")}``; the referenced row's key is written
+    (the column the foreign key points at, else the target's primary key).
+    The target is a table name, a Table or a model; a composite natural key
+    is a tuple of columns, with a list value in the data or, as a third item,
+    the data columns holding its parts: ``("regions", ("country", "code"),
+    ("region_country", "region_code"))``. A value with no such row fails the
+    unit (a DataError naming the file, line and column); the unit runs after
+    the data seeds that fill the targets. ``version``: None re-applies
+    whenever the data (or these settings) change; an explicit version
+    re-applies only when raised (a data change is reported as drift).
+    ``prune``: True DELETES every row of the table whose key is not in the
+    data. ``contexts``, ``after``: as for ``@seed``. ``update``: True updates
+    changed non-key columns of existing rows, a list only those, False only
+    inserts missing rows. ``encoding``: of the file. ``description``: shown
+    by ``status``; by default "data seed of <table> by <key>".
     """
     frame = sys._getframe(1)
+    return _declare(frame, name, table=table, key=key, rows=rows, path=path, refs=refs,
+                    version=version, prune=prune, contexts=contexts, after=after,
+                    update=update, encoding=encoding, description=description)
+
+
+def _declare(
+    frame: FrameType,
+    name: str,
+    *,
+    table: TableLike,
+    key: str | Sequence[str] | None,
+    rows: Iterable[Mapping[str, Any]] | None,
+    path: str | os.PathLike[str] | None,
+    refs: Mapping[str, RefSpec] | None,
+    version: int | None,
+    prune: bool,
+    contexts: Iterable[str] | None,
+    after: Iterable[str],
+    update: bool | Sequence[str],
+    encoding: str,
+    description: str | None,
+    reads: Iterable[str] = (),
+) -> SeedUnit:
+    """data_seed's body, for a caller's ``frame`` (data_dir declares on its caller's behalf)."""
     caller = frame.f_code.co_filename
     if (rows is None) == (path is None):
         raise DefinitionError(f"data seed {name!r}: give exactly one of rows= or path=")
@@ -81,7 +137,8 @@ def data_seed(
     else:
         assert rows is not None
         source = _RowsSource([dict(row) for row in rows])
-    spec = _DataSeed(name, table, key, source, update=update, prune=prune)
+    spec = _DataSeed(name, table, key, source, update=update, prune=prune,
+                     refs=parse_refs(name, refs))
 
     def work(session: Session) -> None:
         spec.run(session.connection(), dry_run=False)
@@ -99,6 +156,8 @@ def data_seed(
         identity=f"{caller}:data_seed:{name}",
         checksum_fn=spec.checksum,
         preview=spec.preview,
+        fills=frozenset({spec.table_name}),
+        reads=frozenset({ref.target_name for ref in spec.refs} | set(reads)) - {spec.table_name},
     )
     from seedguard.registry import default_registry
 
@@ -109,66 +168,117 @@ def data_seed(
 class _DataSeed:
     """What a data seed does: convert the source's records and upsert them in batches."""
 
-    def __init__(self, name: str, table: TableLike, key: str | Sequence[str], source: _Source,
-                 *, update: bool | Sequence[str], prune: bool) -> None:
-        import sqlalchemy as sa
+    def __init__(self, name: str, table: TableLike, key: str | Sequence[str] | None,
+                 source: _Source, *, update: bool | Sequence[str], prune: bool,
+                 refs: tuple[Ref, ...] = ()) -> None:
         self.name = name
         self.table = table
         self.key = key
         self.source = source
         self.update = update
         self.prune = prune
-        if isinstance(table, str):
-            self.table_name = table
+        self.refs = refs
+        self.table_name = table_name(name, table)
+        if key is None:
+            self.key_text = "its natural key"
         else:
-            found = table if isinstance(table, sa.Table) else getattr(table, "__table__", None)
-            if not isinstance(found, sa.Table):
-                raise DefinitionError(
-                    f"data seed {name!r}: table must be a Table, an ORM model or a table name, "
-                    f"not {type(table).__name__}"
-                )
-            self.table_name = found.fullname
-        self.key_text = key if isinstance(key, str) else ", ".join(key)
+            self.key_text = key if isinstance(key, str) else ", ".join(key)
+        self._raw = raw_columns(refs)
 
     def checksum(self) -> str:
-        # What the seed does counts too: another key or prune re-applies it.
+        # What the seed does counts too: another key, refs or prune re-applies it.
+        refs = ";".join(f"{r.column}={r.target_name}({','.join(r.key)}<-{','.join(r.sources)})"
+                        for r in self.refs)
         header = f"data_seed {self.table_name} key={self.key_text} update={self.update!r} " \
-                 f"prune={self.prune}\n".encode()
+                 f"prune={self.prune}{f' refs={refs}' if refs else ''}\n".encode()
         return data_checksum([header, *self.source.chunks()])
 
     def preview(self, conn: Connection) -> UpsertResult:
-        """What running would do, counted on ``conn`` without writing (dry run)."""
+        """What running would do, counted on ``conn`` without writing (dry run).
+
+        References that name no row are listed in ``unresolved`` (their rows
+        are not counted) instead of failing the preview.
+        """
         try:
             resolve_table(conn, self.table)
+            for ref in self.refs:
+                resolve_table(conn, ref.target)
         except DataError:
-            # The table does not exist yet (an earlier pending unit or the
+            # A table does not exist yet (an earlier pending unit or the
             # schema migrations create it): every row would be inserted.
             return UpsertResult(inserted=sum(1 for _ in self.source.records()))
         return self.run(conn, dry_run=True)
 
     def run(self, conn: Connection, *, dry_run: bool) -> UpsertResult:
         table = resolve_table(conn, self.table)
+        key = self.key if self.key is not None else natural_key(table)
         total = self.source.total()
-        writer = Upserter(conn, table, self.key, self.update, dry_run=dry_run, expected=total)
+        writer = Upserter(conn, table, key, self.update, dry_run=dry_run, expected=total)
+        text = self.source.text
+        resolver = Resolver(conn, table, self.refs, lambda c: _converter(c, text=text),
+                            where_path=self.source.where_path, collect=dry_run,
+                            pending=self._seeded_elsewhere if dry_run else None) \
+            if self.refs else None
         keep: set[tuple[Any, ...]] | None = set() if self.prune else None
         done = 0
-        for batch in batches(self._converted(table), BATCH_SIZE):
+        for located in batches(self._converted(table), BATCH_SIZE):
+            if resolver is not None:
+                batch = resolver.resolve(located)
+            else:
+                batch = [row for _, row in located]
             writer.write(batch)
             if keep is not None:
                 keep.update(tuple(row[c] for c in writer.key) for row in batch)
-            done += len(batch)
+            done += len(located)
             report_progress(done, max(total, done) if total is not None else None)
         writer.finish()
         if keep is not None:
             writer.result.deleted = _prune(conn, table, writer.key, keep, dry_run=dry_run)
+        if resolver is not None and resolver.unresolved_count:
+            writer.result.unresolved = list(resolver.unresolved)
+            if resolver.unresolved_count > len(resolver.unresolved):
+                writer.result.unresolved.append(
+                    f"... and {resolver.unresolved_count - len(resolver.unresolved)} more")
         return writer.result
 
-    def _converted(self, table: sa.Table) -> Iterator[dict[str, Any]]:
+    def _seeded_elsewhere(self, ref: Ref, target: sa.Table) -> set[Any]:
+        """Dry run: the natural keys ``ref`` reads that declared data seeds of its target hold.
+
+        In a dry run nothing is written, so rows that an earlier pending seed
+        would insert are not in the table yet; their references still resolve.
+        """
+        from seedguard.registry import default_registry
+
+        values: set[Any] = set()
+        for unit in default_registry:
+            spec = getattr(unit.preview, "__self__", None)
+            if not isinstance(spec, _DataSeed) or spec is self or ref.target_name not in unit.fills:
+                continue
+            if any(c in spec._raw for c in ref.key):
+                continue  # the key is itself a reference there: unknown until written
+            try:
+                for _, row in spec._converted(target):
+                    parts = tuple(row.get(c) for c in ref.key)
+                    values.add(parts[0] if len(parts) == 1 else parts)
+            except DataError:
+                continue  # that seed's own run reports its bad data
+        return values
+
+    def _converted(self, table: sa.Table) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(where, row) pairs, each value converted to its column's type.
+
+        The columns ``refs`` reads are left as given: the resolver converts
+        them to the types of the target's key columns.
+        """
         converters: dict[str, Callable[[Any], Any]] = {}
+        raw = self._raw
         text = self.source.text
         for where, record in self.source.records():
             row = {}
             for column, value in record.items():
+                if column in raw:
+                    row[column] = value
+                    continue
                 convert = converters.get(column)
                 if convert is None:
                     if column not in table.c:
@@ -190,7 +300,33 @@ class _DataSeed:
                         f"({err}); fix the value in the data",
                         path=self.source.where_path, line=_line(where), column=column,
                     ) from err
-            yield row
+            yield where, row
+
+
+def natural_key(table: sa.Table, keys: Mapping[str, str | Sequence[str]] | None = None
+                ) -> str | Sequence[str]:
+    """The key a table's data is matched by: ``keys[table]``, else its one unique
+    constraint besides the primary key, else its primary key."""
+    for name in (table.fullname, table.name):
+        if keys and name in keys:
+            return keys[name]
+    primary = frozenset(c.name for c in table.primary_key.columns)
+    others: list[frozenset[str]] = []
+    for columns in unique_column_sets(table):
+        if columns != primary and columns not in others:
+            others.append(columns)
+    if len(others) == 1:
+        return sorted(others[0]) if len(others[0]) > 1 else next(iter(others[0]))
+    if len(others) > 1:
+        candidates = "; ".join(sorted(" + ".join(sorted(c)) for c in others))
+        raise DefinitionError(
+            f"table {table.fullname} has several unique keys ({candidates}); say which one "
+            f"matches its data: keys={{{table.name!r}: ...}}")
+    if primary:
+        return sorted(primary) if len(primary) > 1 else next(iter(primary))
+    raise DefinitionError(
+        f"table {table.fullname} has no primary key or unique constraint to match its data "
+        f"by; add one, or name the key: keys={{{table.name!r}: ...}}")
 
 
 def _prune(conn: Connection, table: sa.Table, key: Sequence[str], keep: set[tuple[Any, ...]],
@@ -265,12 +401,21 @@ class _FileSource(_Source):
         self.encoding = encoding
         self.where_path = str(path)
         suffix = path.suffix.lower()
-        if suffix not in (".csv", ".json"):
+        if suffix not in DATA_SUFFIXES:
             raise DefinitionError(
-                f"data file {path}: use a .csv file (with a header row) or a .json file "
-                "(a list of objects)"
+                f"data file {path}: use a .csv file (with a header row), a .json file "
+                "(a list of objects) or a .yaml/.yml file (a list of mappings)"
             )
         self.text = suffix == ".csv"
+        self.yaml = suffix in (".yaml", ".yml")
+        if self.yaml:
+            try:
+                import yaml  # noqa: F401
+            except ImportError as err:
+                raise DefinitionError(
+                    f"data file {path}: reading YAML needs PyYAML; install the extra: "
+                    "pip install 'seedguard[yaml]'"
+                ) from err
         self._lines: int | None = None
 
     def chunks(self) -> Iterator[bytes]:
@@ -300,6 +445,8 @@ class _FileSource(_Source):
         try:
             if self.text:
                 yield from self._csv_records()
+            elif self.yaml:
+                yield from self._yaml_records()
             else:
                 yield from self._json_records()
         except FileNotFoundError as err:
@@ -350,6 +497,40 @@ class _FileSource(_Source):
                     "file must hold a list of objects", path=str(self.path), line=line,
                 )
             yield f"{self.path}:{line}", item
+
+
+    def _yaml_records(self) -> Iterator[tuple[str, Mapping[str, Any]]]:
+        import yaml
+
+        with open(self.path, encoding=self.encoding) as f:
+            loader = yaml.SafeLoader(f)
+            try:
+                root = loader.get_single_node()
+                if root is None:
+                    return
+                if not isinstance(root, yaml.SequenceNode):
+                    raise DataError(
+                        f"{self.path}:{root.start_mark.line + 1}: expected a list of mappings; "
+                        "the file must hold a YAML list (lines starting with '- ')",
+                        path=str(self.path), line=root.start_mark.line + 1)
+                # PyYAML has no streaming reader for a list: the node tree is
+                # composed whole, but each item is built into a dict on its own.
+                for node in root.value:
+                    line = node.start_mark.line + 1
+                    item = loader.construct_object(node, deep=True)
+                    if not isinstance(item, dict):
+                        raise DataError(
+                            f"{self.path}:{line}: expected a mapping, got "
+                            f"{type(item).__name__}; the file must hold a list of mappings",
+                            path=str(self.path), line=line)
+                    yield f"{self.path}:{line}", item
+            except yaml.MarkedYAMLError as err:
+                mark = err.problem_mark or err.context_mark
+                line = mark.line + 1 if mark is not None else 1
+                raise DataError(f"{self.path}:{line}: invalid YAML ({err.problem})",
+                                path=str(self.path), line=line) from err
+            finally:
+                loader.dispose()
 
 
 def _json_items(path: Path, encoding: str) -> Iterator[tuple[int, Any]]:
@@ -522,14 +703,86 @@ def _to_decimal(value: Any) -> decimal.Decimal:
 
 
 def _iso(kind: type[Any]) -> Callable[[Any], Any]:
+    read = kind.fromisoformat if sys.version_info >= (3, 11) else _ISO_310[kind]
+
     def parse(value: Any) -> Any:
         if isinstance(value, kind) and (kind is not dt.date or not isinstance(value, dt.datetime)):
             return value
         if not isinstance(value, str):
             raise TypeError(f"expected an ISO 8601 string, got {type(value).__name__}")
-        return kind.fromisoformat(value.strip())
+        return read(value.strip())
 
     return parse
+
+
+# Python 3.11 reads most of ISO 8601 in fromisoformat (basic format, "Z", week
+# dates, any number of fraction digits); 3.10 reads only its own isoformat()
+# output. On 3.10 the forms below are parsed here, to the same values.
+_DATE = (r"(?P<y>\d{4})(?:-(?P<m>\d{2})-(?P<d>\d{2})|(?P<bm>\d{2})(?P<bd>\d{2})"
+         r"|-W(?P<w>\d{2})(?:-(?P<wd>\d))?|W(?P<bw>\d{2})(?P<bwd>\d)?)")
+_TIME = (r"(?P<H>\d{2})(?:(?::(?P<M>\d{2})(?::(?P<S>\d{2})(?:[.,](?P<f>\d+))?)?)"
+         r"|(?:(?P<bM>\d{2})(?:(?P<bS>\d{2})(?:[.,](?P<bf>\d+))?)?))?")
+_ZONE = r"(?P<z>Z|[+-]\d{2}(?::?\d{2}(?::?\d{2}(?:\.\d{1,6})?)?)?)?"
+_DATE_RE = re.compile(_DATE)
+_TIME_RE = re.compile(f"T?{_TIME}{_ZONE}")
+_DATETIME_RE = re.compile(f"{_DATE}(?:[Tt ]{_TIME}{_ZONE})?")
+
+
+def _date_310(text: str) -> dt.date:
+    match = _DATE_RE.fullmatch(text)
+    if match is None:
+        raise ValueError(f"Invalid isoformat string: {text!r}")
+    return _date_of(match)
+
+
+def _time_310(text: str) -> dt.time:
+    match = _TIME_RE.fullmatch(text)
+    if match is None:
+        raise ValueError(f"Invalid isoformat string: {text!r}")
+    return _time_of(match)
+
+
+def _datetime_310(text: str) -> dt.datetime:
+    match = _DATETIME_RE.fullmatch(text)
+    if match is None:
+        raise ValueError(f"Invalid isoformat string: {text!r}")
+    day = _date_of(match)
+    if match["H"] is None:
+        return dt.datetime(day.year, day.month, day.day)
+    return dt.datetime.combine(day, _time_of(match))
+
+
+def _date_of(match: re.Match[str]) -> dt.date:
+    year = int(match["y"])
+    week = match["w"] or match["bw"]
+    if week is not None:
+        return dt.date.fromisocalendar(year, int(week), int(match["wd"] or match["bwd"] or 1))
+    return dt.date(year, int(match["m"] or match["bm"]), int(match["d"] or match["bd"]))
+
+
+def _time_of(match: re.Match[str]) -> dt.time:
+    fraction = match["f"] or match["bf"] or ""
+    return dt.time(int(match["H"]), int(match["M"] or match["bM"] or 0),
+                   int(match["S"] or match["bS"] or 0), int(fraction[:6].ljust(6, "0")),
+                   tzinfo=_zone(match["z"]))
+
+
+def _zone(text: str | None) -> dt.tzinfo | None:
+    if text is None:
+        return None
+    if text == "Z":
+        return dt.timezone.utc
+    sign = -1 if text[0] == "-" else 1
+    digits = text[1:].replace(":", "")
+    whole, _, micro = digits.partition(".")
+    offset = dt.timedelta(hours=int(whole[:2]), minutes=int(whole[2:4] or 0),
+                          seconds=int(whole[4:6] or 0), microseconds=int(micro.ljust(6, "0")))
+    return dt.timezone(sign * offset)
+
+
+_ISO_310: dict[type[Any], Callable[[str], Any]] = {
+    dt.date: _date_310, dt.datetime: _datetime_310, dt.time: _time_310,
+}
 
 
 def _to_uuid(value: Any) -> uuid.UUID:

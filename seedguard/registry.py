@@ -109,11 +109,31 @@ def order(units: Iterable[SeedUnit]) -> list[SeedUnit]:
     return list(_order(tuple(units)))
 
 
+def dependencies(units: Iterable[SeedUnit]) -> dict[str, tuple[str, ...]]:
+    """Each unit's dependencies: its ``after`` plus the units that fill a table it reads.
+
+    A data seed whose refs read a table that another of ``units`` fills runs
+    after that one without an explicit ``after``.
+    """
+    units = list(units)
+    fillers: dict[str, list[str]] = {}
+    for unit in units:
+        for table in unit.fills:
+            fillers.setdefault(table, []).append(unit.name)
+    deps: dict[str, tuple[str, ...]] = {}
+    for unit in units:
+        implicit = [name for table in sorted(unit.reads) for name in fillers.get(table, ())
+                    if name != unit.name and name not in unit.after]
+        deps[unit.name] = (*unit.after, *dict.fromkeys(implicit))
+    return deps
+
+
 @functools.lru_cache(maxsize=16)
 def _order(units: tuple[SeedUnit, ...]) -> tuple[SeedUnit, ...]:
     position = {unit.name: index for index, unit in enumerate(units)}
     dependents: dict[str, list[str]] = {unit.name: [] for unit in units}
     waiting_on: dict[str, int] = {}
+    all_deps = dependencies(units)
     for unit in units:
         for dep in unit.after:
             if dep not in position:
@@ -121,7 +141,7 @@ def _order(units: tuple[SeedUnit, ...]) -> tuple[SeedUnit, ...]:
                     f"unit {unit.name!r} depends on {dep!r}, which is not declared among "
                     "the selected seeds; check the name or the seeds path"
                 )
-        deps = set(unit.after)
+        deps = set(all_deps[unit.name])
         waiting_on[unit.name] = len(deps)
         for dep in deps:
             dependents[dep].append(unit.name)
@@ -136,8 +156,10 @@ def _order(units: tuple[SeedUnit, ...]) -> tuple[SeedUnit, ...]:
             if waiting_on[name] == 0:
                 heapq.heappush(ready, position[name])
     if len(ordered) != len(units):
-        cycle = _find_cycle({u.name: u.after for u in units if waiting_on[u.name] > 0})
-        raise DefinitionError(f"dependency cycle among units: {' -> '.join(cycle)}")
+        cycle = _find_cycle({u.name: all_deps[u.name] for u in units if waiting_on[u.name] > 0})
+        raise DefinitionError(
+            f"dependency cycle among units: {' -> '.join(cycle)} (from after= and from data "
+            "seeds' refs to tables other data seeds fill); break the cycle")
     return tuple(ordered)
 
 
@@ -151,11 +173,12 @@ def with_dependencies(units: list[SeedUnit], target: str) -> list[SeedUnit]:
         )
     needed: set[str] = set()
     stack = [target]
+    deps = dependencies(units)
     while stack:
         name = stack.pop()
         if name not in needed:
             needed.add(name)
-            stack.extend(by_name[name].after)
+            stack.extend(deps[name])
     return [unit for unit in units if unit.name in needed]
 
 

@@ -54,6 +54,10 @@ class SeedUnit:
     # Dry-run hook (issue 4): called with a connection whose transaction is
     # rolled back; returns what the unit would do (data seeds: row counts).
     preview: Callable[[Connection], Any] | None = field(default=None, repr=False)
+    # Data seeds: the table they fill and the tables their refs read. A unit
+    # that reads a table another selected unit fills runs after it (ordering).
+    fills: frozenset[str] = frozenset()
+    reads: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         validate_name(self.name)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import enum
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +17,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import seedguard
 from seedguard import DataError, UpsertResult
-from seedguard.upsert import PG_COPY_THRESHOLD
+from seedguard.upsert import PG_COPY_THRESHOLD, Upserter, batches, resolve_table
+from seedguard.upsert import core as upsert_core
 
 metadata = sa.MetaData()
 items = sa.Table(
@@ -206,8 +208,6 @@ def test_bad_rows_are_rejected(engine: sa.Engine) -> None:
         run(engine, items, [{"code": "a", "colour": "red"}], key="code")
     with pytest.raises(DataError, match="row 2 has columns"):
         run(engine, items, [{"code": "a", "qty": 1}, {"code": "b"}], key="code")
-    with pytest.raises(DataError, match="appears twice"):
-        run(engine, items, [{"code": "a"}, {"code": "a"}], key="code")
     with pytest.raises(DataError, match="update column 'qty'"):
         run(engine, items, [{"code": "a", "name": "x"}], key="code", update=["qty"])
 
@@ -371,3 +371,111 @@ def test_update_false_in_large_batches_only_inserts(engine: sa.Engine) -> None:
     assert (result.inserted, result.updated, result.unchanged) == (PG_COPY_THRESHOLD, 0, size)
     names = [name for _, name in content(engine, items, "code", "name")]
     assert names.count("other") == PG_COPY_THRESHOLD
+
+
+def _with_repeats(n: int) -> list[dict[str, Any]]:
+    """``n`` rows and three repeated keys: 10 rows apart, at the end with the same values,
+    and at the end with other values."""
+    rows = rows_of(n)
+    rows.insert(15, {"code": "c00005", "name": "second", "qty": -5})
+    rows.append({"code": "c00005", "name": "second", "qty": -5})
+    rows.append({"code": "c00012", "name": "third", "qty": -12})
+    return rows
+
+
+@pytest.mark.parametrize(("n", "batch_size"), [(20, 5000), (20, 3), (300, PG_COPY_THRESHOLD * 2)])
+@pytest.mark.parametrize("path", ["empty table", "look-up", "snapshot"])
+def test_a_repeated_key_follows_one_rule_wherever_the_batches_split(
+        engine: sa.Engine, monkeypatch: pytest.MonkeyPatch, n: int, batch_size: int,
+        path: str) -> None:
+    # The rule: rows apply in order, the last values win, and each copy of a
+    # key counts against the values before it, in a batch or across batches.
+    prefilled = 0 if path == "empty table" else 3
+    if prefilled:
+        run(engine, items, rows_of(prefilled), key="code")
+    if path == "snapshot":
+        monkeypatch.setattr(upsert_core, "SNAPSHOT_MIN", 1)
+    rows = _with_repeats(n)
+
+    with engine.connect() as conn:
+        preview = Upserter(conn, resolve_table(conn, items), "code", dry_run=True,
+                           expected=len(rows))
+        for batch in batches(rows, batch_size):
+            preview.write(batch)
+    with engine.begin() as conn:
+        result = seedguard.upsert(conn, items, rows, key="code", batch_size=batch_size)
+
+    expected = UpsertResult(inserted=n - prefilled, updated=2, unchanged=1 + prefilled)
+    assert (result, preview.result) == (expected, expected)
+    stored = {code: (name, qty) for code, name, qty in content(engine, items, "code", "name",
+                                                              "qty")}
+    assert len(stored) == n
+    assert (stored["c00005"], stored["c00012"]) == (("second", -5), ("third", -12))
+
+
+def test_enum_column_fed_strings_compares_equal_to_its_members(engine: sa.Engine) -> None:
+    paints.create(engine)
+    size = PG_COPY_THRESHOLD * 2
+    rows = [{"code": f"p{i}", "colour": ["red", "blue"][i % 2]} for i in range(size)]
+    members = [{"code": f"p{i}", "colour": [Colour.red, Colour.blue][i % 2]} for i in range(size)]
+
+    first = run(engine, paints, rows, key="code")
+    again = run(engine, paints, rows, key="code")
+    mixed = run(engine, paints, members, key="code")
+    rows[0]["colour"] = "blue"
+    changed = run(engine, paints, rows, key="code")
+
+    assert first.inserted == size
+    assert (again.updated, again.unchanged) == (0, size)
+    assert (mixed.updated, mixed.unchanged) == (0, size)
+    assert (changed.updated, changed.unchanged) == (1, size - 1)
+    assert content(engine, paints, "code", "colour")[:2] == [("p0", Colour.blue),
+                                                             ("p1", Colour.blue)]
+
+
+@pytest.mark.parametrize("driver", ["psycopg", "psycopg2"])
+def test_postgresql_initial_load_without_the_lock_privilege_merges(pg: TestDatabase,
+                                                                   driver: str) -> None:
+    # LOCK TABLE ... SHARE ROW EXCLUSIVE needs table-level UPDATE, DELETE or
+    # TRUNCATE; a role that may only insert and update some columns upserts
+    # fine, so the direct COPY must fall back to the merge.
+    admin = pg.engine()
+    metadata.create_all(admin)
+    role = f"sg_nolock_{uuid.uuid4().hex[:8]}"
+    pg.execute(f"CREATE ROLE {role} LOGIN")
+    engine: sa.Engine | None = None
+    try:
+        pg.execute(f"GRANT SELECT, INSERT ON items TO {role}")
+        pg.execute(f"GRANT UPDATE (name, qty) ON items TO {role}")
+        pg.execute(f"GRANT USAGE ON SEQUENCE items_id_seq TO {role}")
+        url = sa.engine.make_url(pg.url).set(drivername=f"postgresql+{driver}", username=role)
+        engine = sa.create_engine(url)
+        size = PG_COPY_THRESHOLD * 2
+
+        first = run(engine, items, rows_of(size), key="code")
+        again = run(engine, items, rows_of(size, name="renamed"), key="code")
+
+        assert (first.inserted, again.updated) == (size, size)
+        assert {name for _, name in content(admin, items, "code", "name")} == {"renamed"}
+    finally:
+        if engine is not None:
+            engine.dispose()
+        pg.dispose()
+        pg.execute(f"DROP OWNED BY {role}")
+        pg.execute(f"DROP ROLE {role}")
+
+
+def test_a_long_dry_run_keeps_bounded_memory_for_repeated_keys(
+        engine: sa.Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(upsert_core, "OVERLAY_MAX", 5)
+    rows = _with_repeats(300)
+    with engine.connect() as conn:
+        preview = Upserter(conn, resolve_table(conn, items), "code", dry_run=True)
+        for batch in batches(rows, 50):
+            preview.write(batch)
+
+    # Past the bound, an earlier batch's values are unknown: the repeat with
+    # the same values counts as updated. Every row is still counted once.
+    assert preview.result.total == len(rows)
+    assert preview.result.inserted >= 300 - 3  # a false bitmap hit may count as updated
+    assert preview._overlay is not None and len(preview._overlay) <= 5

@@ -1,6 +1,6 @@
-"""Dialect-native bulk upsert by natural key.
+"""The dialect-neutral core of the bulk upsert: match rows by key, write only what differs.
 
-How one batch is written (issue 4):
+How one batch is written:
 
 1. Read the existing rows of the batch's keys (key columns plus the columns
    that would be updated) in one ``SELECT ... WHERE key IN (...)``.
@@ -8,57 +8,32 @@ How one batch is written (issue 4):
    missing and changed rows are written: on a re-run where most rows hold the
    same values this is several times cheaper than re-upserting everything,
    and unchanged rows are never rewritten (no new row versions, no triggers).
-3. Write those rows with the dialect's native upsert, so a row inserted by
-   someone else between steps 1 and 3 is updated rather than a unique-key
-   error: ``INSERT ... ON CONFLICT (key) DO UPDATE`` on PostgreSQL and SQLite,
-   ``INSERT ... ON DUPLICATE KEY UPDATE`` on MySQL/MariaDB. Existing rows are
+3. Hand those rows to the dialect's writer (:mod:`seedguard.upsert.base`),
+   which uses the native upsert, so a row inserted by someone else between
+   steps 1 and 3 is updated rather than a unique-key error. Existing rows are
    updated in place, so their primary keys (and what references them) stay.
-
-On PostgreSQL the write never goes through ``executemany`` of an ``ON
-CONFLICT`` statement: SQLAlchemy 2.1 turns off insertmanyvalues batching for
-those on psycopg2 (sqlalchemy#13130), one round trip per row. Small writes are
-one multi-row ``VALUES`` statement per chunk; large ones are ``COPY``-ed into a
-temporary table (psycopg 3 and psycopg2) and merged with one ``INSERT ...
-SELECT ... ON CONFLICT``.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import decimal
-import io
-import logging
 import operator
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Union
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar, Union
 
 from seedguard.errors import DataError
+from seedguard.upsert.base import Row, Writer, writer_for
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
     from sqlalchemy.engine import Connection
     from sqlalchemy.orm import Session
 
-log = logging.getLogger(__name__)
-
 TableLike = Union["sa.Table", str, Any]
 """A Core ``Table``, an ORM model (anything with ``__table__``) or a table name."""
 
-Row = Mapping[str, Any]
-
 BATCH_SIZE = 5000
 """Rows read, compared and written per round; memory stays flat at this many rows."""
-
-PG_COPY_THRESHOLD = 50
-"""Rows to write in one batch from which PostgreSQL uses COPY + INSERT ... SELECT.
-
-Measured with ``python bench/run.py --only threshold``: COPY lost at 30 rows
-(0.9x) and won from 100 rows (1.7-1.9x, 4.7-6.6x at 1,000) with psycopg 3 and
-psycopg2; below the crossover the temporary table's extra round trips cost more
-than the one multi-row VALUES statement they replace.
-"""
 
 SNAPSHOT_MIN = 20_000
 SNAPSHOT_MAX = 250_000
@@ -66,11 +41,13 @@ SNAPSHOT_MAX = 250_000
 against one read of the whole table rather than per-batch look-ups (memory for
 the snapshot stays in the tens of MB)."""
 
+OVERLAY_MAX = 250_000
+"""A dry run remembers what this many written rows would hold, for keys that repeat
+later; past it, a repeated key's earlier values are unknown and it counts as updated."""
+
 _MISSING = object()
-# Server-side parameter binding (psycopg 3) allows 65535 parameters per statement.
-_MAX_PARAMS = 30000
-_COPY_DRIVERS = frozenset({"psycopg", "psycopg2"})
-_COPYABLE = (str, int, float, decimal.Decimal, dt.date, dt.time, uuid.UUID)
+_UNKNOWN = object()  # compares unequal to any values: counted as updated
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -80,6 +57,8 @@ class UpsertResult:
     ``inserted`` rows were missing, ``updated`` rows existed with other values,
     ``unchanged`` rows already held the same values and were not written.
     ``deleted`` counts rows removed by a data seed's ``prune=True``.
+    ``unresolved``: in a data seed's dry run, one message per reference
+    (``refs=``) that names no row; the rows carrying them are not counted.
     """
 
     inserted: int = 0
@@ -88,6 +67,7 @@ class UpsertResult:
     deleted: int = 0
     # Preview only: the table does not exist yet, so every row counts as an insert.
     table_missing: bool = False
+    unresolved: list[str] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -111,12 +91,17 @@ def upsert(
     name (reflected). ``key``: a column name or a list of them, which must be
     the primary key or a unique constraint/index. ``update``: True updates
     every given non-key column of existing rows, a list updates only those
-    columns, False inserts missing rows only. Rows already holding the same
-    values are not rewritten. On PostgreSQL, explicit integer primary keys in
-    ``rows`` move the table's sequence past the largest one afterwards.
+    columns, False inserts missing rows only. ``batch_size``: rows read,
+    compared and written per round (memory stays flat at this many). Rows
+    already holding the same values are not rewritten. On PostgreSQL,
+    explicit integer primary keys in ``rows`` move the table's sequence past
+    the largest one afterwards.
 
-    Every row must have the same columns; the counts assume each key appears
-    once in ``rows`` (a repeated key is written again, the last values win).
+    Every row must have the same columns. A key that appears more than once
+    is applied in order: the last values win, and each copy counts against
+    the values before it (a repeat with the same values is unchanged), however
+    the rows split into batches. A string given for an ``Enum`` column counts
+    as the member SQLAlchemy stores it as.
     Into an empty PostgreSQL table the rows are COPY-ed straight in under a
     SHARE ROW EXCLUSIVE table lock held to the end of the transaction (other
     writers wait; readers do not). On MySQL/MariaDB ``ON DUPLICATE KEY``
@@ -202,9 +187,9 @@ def unique_column_sets(table: sa.Table) -> list[frozenset[str]]:
     return sets
 
 
-def batches(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
+def batches(rows: Iterable[_T], size: int) -> Iterator[list[_T]]:
     """``rows`` in lists of at most ``size``, without holding more than one list."""
-    batch: list[Row] = []
+    batch: list[_T] = []
     for row in rows:
         batch.append(row)
         if len(batch) >= size:
@@ -233,13 +218,16 @@ class Upserter:
         self.dialect = conn.dialect.name
         self._columns: tuple[str, ...] | None = None
         self._compare: tuple[str, ...] = ()
-        self._max_id: int | None = None
-        self._tmp: sa.Table | None = None
+        self._writer: Writer | None = None
         self._empty: bool | None = None
         self._expected = expected
         self._snapshot: dict[Any, Any] | None = None
-        # PostgreSQL initial load: COPY straight into the table (see _lock_for_load).
-        self._direct = False
+        self._total = expected
+        # Dry run: key -> compared values of what earlier batches would have
+        # written (nothing is written, so the table cannot tell).
+        self._overlay: dict[Any, Any] | None = None
+        self._bits: bytearray | None = None
+        self._enums: tuple[tuple[str, Mapping[str, Any]], ...] = ()
         self._column_set: frozenset[str] = frozenset()
         self._key_of: Callable[[Row], Any] = operator.itemgetter(*self.key)
         self._values_of: Callable[[Row], Any] | None = None
@@ -259,51 +247,157 @@ class Upserter:
                     f"columns {sorted(row)}, the first row has {sorted(self._column_set)}; give "
                     "every row the same columns"
                 )
+        if self._enums:
+            batch = [self._with_members(row) for row in batch]
         key_of, values_of = self._key_of, self._values_of
         keys = [key_of(row) for row in batch]
-        if len(set(keys)) != len(keys):
-            seen: set[Any] = set()
-            dup = next(k for k in keys if k in seen or seen.add(k))  # type: ignore[func-returns-value]
-            raise DataError(
-                f"upsert into {self.table.fullname}: key {dup!r} ({', '.join(self.key)}) appears "
-                "twice in one batch of rows; remove the duplicate"
-            )
+        writer = self._writer
+        assert writer is not None
         if self._empty is None:
             self._empty = self._table_is_empty()
-            self._direct = self._empty and self._lock_for_load()
+            if self._empty and not self.dry_run and writer.lock_for_load():
+                # Emptiness again, under the lock: a row may have come in between.
+                writer.direct = self._table_is_empty()
         # Into an empty table everything is an insert: no look-up (a fresh
-        # load costs what a plain INSERT costs). ON CONFLICT still guards keys.
+        # load costs what a plain INSERT costs), except for the few keys an
+        # earlier batch may have written. ON CONFLICT still guards keys.
         if self._empty:
-            existing: dict[Any, Any] = {}
+            existing = self._written_before(keys)
         elif self._snapshot is not None or self._take_snapshot():
             existing = self._snapshot  # type: ignore[assignment]
         else:
             existing = self._existing(keys)
         result = self.result
-        changed: list[Row] = []
+        overlay = self._overlay
+        if overlay is None and len(set(keys)) == len(keys):
+            # Every key once and nothing written in this run that the table
+            # does not show yet: compare with the table alone.
+            changed: list[Row] = []
+            for row, k in zip(batch, keys, strict=True):
+                old = existing.get(k, _MISSING)
+                if old is _MISSING:
+                    result.inserted += 1
+                    changed.append(row)
+                elif values_of is not None and old != values_of(row):
+                    result.updated += 1
+                    changed.append(row)
+                else:
+                    result.unchanged += 1
+        else:
+            if overlay is not None and self._bits is not None:
+                # A long dry run: keys past the overlay's bound that an earlier
+                # batch would have written, with values no longer known.
+                overlay = {**self._guesses(keys, overlay), **overlay}
+            changed = self._compare_in_order(batch, keys, existing, overlay or {})
+        if self._snapshot is not None and not self._empty:
+            # The snapshot was read once: what this batch writes, later ones must see.
+            for row in changed:
+                self._snapshot[key_of(row)] = values_of(row) if values_of is not None else ()
+        if self.dry_run:
+            if self._overlay is None:
+                self._overlay = {}
+            if len(self._overlay) + len(changed) <= OVERLAY_MAX:
+                for row in changed:
+                    self._overlay[key_of(row)] = values_of(row) if values_of is not None else ()
+            else:
+                self._remember([key_of(row) for row in changed])
+            return
+        if self._empty:
+            self._remember(keys)
+        if changed:
+            direct = writer.direct
+            writer.write(changed, all_new=not existing)
+            if direct and not writer.direct:
+                self._empty = False  # a key it did not expect: look up from here on
+
+    def _compare_in_order(self, batch: Sequence[Row], keys: list[Any], existing: dict[Any, Any],
+                          overlay: dict[Any, Any]) -> list[Row]:
+        """The rows to write when a key repeats: rows apply in order, the last values win.
+
+        Each copy of a key counts against the values before it (the table's,
+        an earlier batch's in a dry run, or an earlier row's), so the counts
+        and the outcome do not depend on where the batches split.
+        """
+        values_of = self._values_of
+        result = self.result
+        changed: dict[Any, Row] = {}
         for row, k in zip(batch, keys, strict=True):
-            old = existing.get(k, _MISSING)
+            if k in changed:
+                before = changed[k]
+                old = values_of(before) if values_of is not None else ()
+            else:
+                old = overlay.get(k, _MISSING)
+                if old is _MISSING:
+                    old = existing.get(k, _MISSING)
             if old is _MISSING:
                 result.inserted += 1
-                changed.append(row)
+                changed[k] = row
             elif values_of is not None and old != values_of(row):
                 result.updated += 1
-                changed.append(row)
+                changed[k] = row
             else:
                 result.unchanged += 1
-        if changed and not self.dry_run:
-            self._track_ids(changed)
-            self._write(changed)
+        return list(changed.values())
+
+    def _guesses(self, keys: list[Any], overlay: dict[Any, Any]) -> dict[Any, Any]:
+        bits = self._bits
+        assert bits is not None
+        mask = len(bits) * 8 - 1
+        guessed = {}
+        for k in keys:
+            h = hash(k) & mask
+            if k not in overlay and bits[h >> 3] & (1 << (h & 7)):
+                guessed[k] = _UNKNOWN
+        return guessed
+
+    def _written_before(self, keys: list[Any]) -> dict[Any, Any]:
+        """Empty-table path: the existing rows of the keys an earlier batch may have written.
+
+        A bitmap of key hashes (a few MB, whatever the number of rows) tells
+        the keys this run certainly has not written; only the rest, a small
+        share, is looked up.
+        """
+        bits = self._bits
+        if bits is None or self.dry_run:
+            return {}
+        mask = len(bits) * 8 - 1
+        hits = []
+        for k in keys:
+            h = hash(k) & mask
+            if bits[h >> 3] & (1 << (h & 7)):
+                hits.append(k)
+        return self._existing(hits) if hits else {}
+
+    def _remember(self, keys: list[Any]) -> None:
+        bits = self._bits
+        if bits is None:
+            # About 16 bits per expected row (a false hit costs a look-up of
+            # that key only), at least 1 MB, at most 16 MB.
+            expected = self._total or 0
+            size = 1 << 20
+            while size < 2 * expected and size < 1 << 24:
+                size <<= 1
+            bits = self._bits = bytearray(size)
+        mask = len(bits) * 8 - 1
+        for k in keys:
+            h = hash(k) & mask
+            bits[h >> 3] |= 1 << (h & 7)
+
+    def _with_members(self, row: Row) -> Row:
+        # An Enum column reads back enum members; the same value given as the
+        # string SQLAlchemy stores must compare equal to it, not as a change.
+        converted = dict(row)
+        for name, lookup in self._enums:
+            value = converted[name]
+            if isinstance(value, str):
+                converted[name] = lookup.get(value, value)
+        return converted
 
     def finish(self) -> None:
-        """Repair the PostgreSQL sequence and drop the temporary table, if any."""
-        if self.dry_run:
+        """Let the writer tidy up (PostgreSQL: the sequence, the temporary table)."""
+        if self.dry_run or self._writer is None:
             return
-        if self._tmp is not None:
-            self.conn.exec_driver_sql(f"DROP TABLE IF EXISTS {self._quoted(self._tmp)}")
-            self._tmp = None
-        if self._max_id is not None and self.dialect == "postgresql":
-            self._repair_sequence(self._max_id)
+        self._writer.finish()
 
     # -- set-up ----------------------------------------------------------------
 
@@ -339,6 +433,18 @@ class Upserter:
         # A scalar for one column, a tuple for several: the shapes _existing returns.
         self._key_of = operator.itemgetter(*self.key)
         self._values_of = operator.itemgetter(*self._compare) if self._compare else None
+        enums = []
+        for name in self._columns:
+            kind = table.c[name].type
+            # SQLAlchemy's own map of stored strings to members (None for an
+            # Enum without an enum class, which reads back strings anyway).
+            lookup = getattr(kind, "_object_lookup", None) if getattr(
+                kind, "enum_class", None) is not None else None
+            if lookup:
+                enums.append((name, lookup))
+        self._enums = tuple(enums)
+        self._writer = writer_for(self.conn, table, self.key, self._columns,
+                                  self._compare if self.update is not False else ())
 
     def _existing(self, keys: list[Any]) -> dict[Any, Any]:
         """Existing rows of ``keys``: key -> compared values (shaped like the getters' output)."""
@@ -381,26 +487,6 @@ class Upserter:
         self._snapshot = _shape(rows.all(), n, len(self._compare))
         return True
 
-    def _lock_for_load(self) -> bool:
-        """PostgreSQL, empty table: lock out other writers so COPY can go straight in.
-
-        Without ON CONFLICT a concurrent insert of the same key would fail the
-        COPY, so SHARE ROW EXCLUSIVE (readers still read) is taken until the
-        transaction ends, and emptiness is checked again under it. Without the
-        privilege to lock, the merge path is used.
-        """
-        if self.dialect != "postgresql" or self.dry_run or self.conn.dialect.driver not in \
-                _COPY_DRIVERS:
-            return False
-        try:
-            with self.conn.begin_nested():
-                self.conn.exec_driver_sql(
-                    f"LOCK TABLE {self._quoted(self.table)} IN SHARE ROW EXCLUSIVE MODE")
-        except self.conn.dialect.loaded_dbapi.Error as err:
-            log.debug("no table lock for a direct COPY (%s); merging instead", err)
-            return False
-        return self._table_is_empty()
-
     def _table_is_empty(self) -> bool:
         import sqlalchemy as sa
 
@@ -414,170 +500,6 @@ class Upserter:
         probe = sa.select(sa.literal(1)).select_from(self.table).limit(1)
         return self.conn.execute(probe).first() is None
 
-    def _track_ids(self, rows: Sequence[Row]) -> None:
-        import sqlalchemy as sa
-        pk = list(self.table.primary_key.columns)
-        if len(pk) != 1 or pk[0].name not in rows[0] or self.dialect != "postgresql":
-            return
-        if not isinstance(pk[0].type, sa.Integer):
-            return
-        values = [row[pk[0].name] for row in rows if isinstance(row[pk[0].name], int)]
-        if values:
-            top = max(values)
-            self._max_id = top if self._max_id is None else max(self._max_id, top)
-
-    # -- writing ---------------------------------------------------------------
-
-    @property
-    def _update_columns(self) -> tuple[str, ...]:
-        return self._compare if self.update is not False else ()
-
-    def _write(self, rows: Sequence[Row]) -> None:
-        if self.dialect == "postgresql":
-            self._write_postgresql(rows)
-        elif self.dialect == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-            stmt = sqlite_insert(self.table)
-            updates = {c: stmt.excluded[c] for c in self._update_columns}
-            stmt = (stmt.on_conflict_do_update(index_elements=list(self.key), set_=updates)
-                    if updates else stmt.on_conflict_do_nothing(index_elements=list(self.key)))
-            self.conn.execute(stmt, list(rows))
-        elif self.dialect in ("mysql", "mariadb"):
-            from sqlalchemy.dialects.mysql import insert as mysql_insert
-
-            mstmt = mysql_insert(self.table)
-            # With nothing to update, "set the key to itself" keeps the existing row.
-            mupdates = ({c: mstmt.inserted[c] for c in self._update_columns}
-                        or {self.key[0]: self.table.c[self.key[0]]})
-            self.conn.execute(mstmt.on_duplicate_key_update(mupdates), list(rows))
-        else:
-            raise DataError(
-                f"upsert does not support the {self.dialect!r} dialect; supported: "
-                "postgresql, sqlite, mysql, mariadb"
-            )
-
-    def _pg_on_conflict(self, stmt: Any) -> Any:
-        import sqlalchemy as sa
-        updates = {c: stmt.excluded[c] for c in self._update_columns}
-        if not updates:
-            return stmt.on_conflict_do_nothing(index_elements=list(self.key))
-        # The guard keeps a row that meanwhile got the same values from being
-        # rewritten (a new row version) if it raced in after our SELECT.
-        current = sa.tuple_(*(self.table.c[c] for c in updates))
-        proposed = sa.tuple_(*(stmt.excluded[c] for c in updates))
-        return stmt.on_conflict_do_update(index_elements=list(self.key), set_=updates,
-                                          where=current.is_distinct_from(proposed))
-
-    def _write_postgresql(self, rows: Sequence[Row]) -> None:
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        if len(rows) >= PG_COPY_THRESHOLD and self._copyable():
-            if not (self._direct and self._copy_direct(rows)):
-                self._copy_merge(rows)
-            return
-        columns = self._columns
-        assert columns is not None
-        chunk = max(1, _MAX_PARAMS // len(columns))
-        for start in range(0, len(rows), chunk):
-            stmt = pg_insert(self.table).values([dict(r) for r in rows[start:start + chunk]])
-            self.conn.execute(self._pg_on_conflict(stmt))
-
-    def _copyable(self) -> bool:
-        if self.conn.dialect.driver not in _COPY_DRIVERS:
-            return False
-        # COPY's text format is written by hand below; JSON, arrays and other
-        # structured types go through the VALUES statement, which adapts them.
-        import sqlalchemy as sa
-
-        kinds = (sa.String, sa.Integer, sa.Numeric, sa.Boolean, sa.Date, sa.DateTime, sa.Time,
-                 sa.Uuid)
-        columns = self._columns or ()
-        # Enum columns take Python enum members, which COPY's text format cannot spell.
-        return all(isinstance(self.table.c[c].type, kinds)
-                   and not isinstance(self.table.c[c].type, sa.Enum) for c in columns)
-
-    def _copy_direct(self, rows: Sequence[Row]) -> bool:
-        """COPY straight into the (locked, initially empty) table; False on a duplicate key."""
-        dbapi_error = self.conn.dialect.loaded_dbapi.IntegrityError
-        try:
-            with self.conn.begin_nested():
-                self._copy(self._quoted(self.table), rows)
-        except dbapi_error:
-            # The data repeats a key across batches: merge (and look up) from here on.
-            self._direct = self._empty = False
-            return False
-        return True
-
-    def _copy_merge(self, rows: Sequence[Row]) -> None:
-        import sqlalchemy as sa
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        columns = self._columns
-        assert columns is not None
-        tmp = self._temporary_table()
-        self.conn.exec_driver_sql(f"TRUNCATE {self._quoted(tmp)}")
-        self._copy(self._quoted(tmp), rows)
-        merge = pg_insert(self.table).from_select(
-            list(columns), sa.select(*(tmp.c[c] for c in columns)))
-        self.conn.execute(self._pg_on_conflict(merge))
-
-    def _copy(self, target: str, rows: Sequence[Row]) -> None:
-        columns = self._columns
-        assert columns is not None
-        column_list = ", ".join(self.conn.dialect.identifier_preparer.quote(c) for c in columns)
-        copy_sql = f"COPY {target} ({column_list}) FROM STDIN"
-        cursor = self.conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        try:
-            if self.conn.dialect.driver == "psycopg":
-                with cursor.copy(copy_sql) as copy:
-                    for row in rows:
-                        copy.write_row([row[c] for c in columns])
-            else:  # psycopg2
-                cursor.copy_expert(copy_sql, io.StringIO(_copy_text(rows, columns)))
-        finally:
-            cursor.close()
-
-    def _temporary_table(self) -> sa.Table:
-        import sqlalchemy as sa
-        if self._tmp is None:
-            columns = self._columns
-            assert columns is not None
-            name = f"_sg_upsert_{uuid.uuid4().hex[:12]}"
-            tmp = sa.Table(name, sa.MetaData(),
-                           *(sa.Column(c, self.table.c[c].type) for c in columns),
-                           prefixes=["TEMPORARY"])
-            source = sa.select(*(self.table.c[c] for c in columns))
-            compiled = source.compile(dialect=self.conn.dialect)
-            # Same column types as the target, no constraints; dropped at commit
-            # at the latest, explicitly in finish().
-            self.conn.exec_driver_sql(
-                f"CREATE TEMPORARY TABLE {self._quoted(tmp)} ON COMMIT DROP AS {compiled} "
-                "WITH NO DATA")
-            self._tmp = tmp
-        return self._tmp
-
-    def _quoted(self, table: sa.Table) -> str:
-        return self.conn.dialect.identifier_preparer.format_table(table)
-
-    def _repair_sequence(self, max_id: int) -> None:
-        import sqlalchemy as sa
-        # Rows seeded with explicit ids leave a serial/identity sequence behind
-        # them, and the app's next plain INSERT fails on a duplicate key.
-        # Move the sequence forward only, never back.
-        pk = next(iter(self.table.primary_key.columns))
-        name = self._quoted(self.table)
-        seq = self.conn.execute(sa.text("SELECT pg_get_serial_sequence(:t, :c)"),
-                                {"t": name, "c": pk.name}).scalar()
-        if seq is None:
-            return
-        self.conn.execute(
-            sa.text("SELECT setval(CAST(:s AS regclass), :m) "
-                    "WHERE :m > COALESCE(pg_sequence_last_value(CAST(:s AS regclass)), 0)"),
-            {"s": seq, "m": max_id},
-        )
-        log.debug("moved sequence %s of %s to %d", seq, name, max_id)
-
 
 def _shape(rows: Sequence[Any], n: int, m: int) -> dict[Any, Any]:
     """key -> compared values, a scalar for one column and a tuple for several."""
@@ -588,34 +510,3 @@ def _shape(rows: Sequence[Any], n: int, m: int) -> dict[Any, Any]:
     if m == 1:
         return {tuple(r[:n]): r[n] for r in rows}
     return {tuple(r[:n]): tuple(r[n:]) for r in rows}
-
-
-def _copy_text(rows: Sequence[Row], columns: Sequence[str]) -> str:
-    """Rows in COPY's text format (tab-separated, ``\\N`` for NULL, backslash escapes)."""
-    out = []
-    for row in rows:
-        out.append("\t".join(_copy_value(row[c]) for c in columns))
-    out.append("")
-    return "\n".join(out)
-
-
-_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-
-def _copy_value(value: Any) -> str:
-    kind = type(value)  # exact types first: this runs once per value of a large load
-    if kind is str:
-        return value.translate(_ESCAPES)  # type: ignore[no-any-return]
-    if kind is int or kind is decimal.Decimal or kind is float:
-        return str(value)
-    if value is None:
-        return "\\N"
-    if value is True:
-        return "t"
-    if value is False:
-        return "f"
-    if isinstance(value, (dt.date, dt.time)):
-        return value.isoformat()
-    if isinstance(value, _COPYABLE):
-        return str(value).translate(_ESCAPES)
-    raise DataError(f"cannot COPY a value of type {type(value).__name__}: {value!r}")

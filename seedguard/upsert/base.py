@@ -1,0 +1,84 @@
+"""What a dialect's writer does, and the registry that picks one by dialect name.
+
+The core (:mod:`seedguard.upsert.core`) decides which rows are missing or
+changed; a writer puts exactly those rows into the table with the dialect's
+native upsert, so a row that another transaction inserted in between is
+updated rather than a unique-key error.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from seedguard.errors import DataError
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+    from sqlalchemy.engine import Connection
+
+Row = Mapping[str, Any]
+
+# dialect name -> "module:Class", imported on first use.
+_WRITERS = {
+    "postgresql": "seedguard.upsert.postgresql:PostgreSQLWriter",
+    "sqlite": "seedguard.upsert.sqlite:SQLiteWriter",
+    "mysql": "seedguard.upsert.mysql:MySQLWriter",
+    "mariadb": "seedguard.upsert.mysql:MySQLWriter",
+}
+
+
+class Writer:
+    """Writes missing and changed rows of one table by ``key``, for one upsert.
+
+    ``columns`` are the columns every row has; ``update_columns`` those an
+    existing row gets from the data (empty: insert missing rows only).
+    """
+
+    dialects: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, conn: Connection, table: sa.Table, key: tuple[str, ...],
+                 columns: tuple[str, ...], update_columns: tuple[str, ...]) -> None:
+        self.conn = conn
+        self.table = table
+        self.key = key
+        self.columns = columns
+        self.update_columns = update_columns
+        # True while rows may go straight into a table locked for an initial
+        # load (see lock_for_load); a writer turns it off when that fails.
+        self.direct = False
+
+    def lock_for_load(self) -> bool:
+        """The table is empty: lock out other writers if that makes the load cheaper.
+
+        Called once, before the first write. True means the lock is held to
+        the end of the transaction (the core then checks emptiness again).
+        """
+        return False
+
+    def write(self, rows: Sequence[Row], *, all_new: bool) -> None:
+        """Insert ``rows``, updating those whose key exists by then.
+
+        Each key appears once in ``rows``. ``all_new``: no row's key was in
+        the table when the core looked.
+        """
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """Called once after the last write."""
+
+
+def writer_for(conn: Connection, table: sa.Table, key: tuple[str, ...],
+               columns: tuple[str, ...], update_columns: tuple[str, ...]) -> Writer:
+    """The writer for ``conn``'s dialect; DataError for a dialect without one."""
+    name = conn.dialect.name
+    where = _WRITERS.get(name)
+    if where is None:
+        raise DataError(
+            f"upsert does not support the {name!r} dialect; supported: "
+            f"{', '.join(_WRITERS)}"
+        )
+    module, _, cls = where.partition(":")
+    writer: type[Writer] = getattr(importlib.import_module(module), cls)
+    return writer(conn, table, key, columns, update_columns)
