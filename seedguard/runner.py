@@ -27,7 +27,7 @@ from seedguard.connect import connect
 from seedguard.errors import DriftError, SeedFailed, SeedguardError, UnitBlocked
 from seedguard.events import Listener, UnitFinished, UnitStarted, running
 from seedguard.ledger import Ledger, LedgerState
-from seedguard.locking import DatabaseLock, Deadline, both_locks, ledger_locks
+from seedguard.locks import DatabaseLock, Deadline, both_locks, ledger_locks
 from seedguard.result import Applied, ApplyResult, Drift, Waiting
 from seedguard.unit import SeedUnit
 

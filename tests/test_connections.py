@@ -87,7 +87,7 @@ def test_lock_connection_killed_between_units_stops_the_run(fx: TestDatabase) ->
 
 def test_one_connection_per_applier(fx: TestDatabase) -> None:
     """Units run on the lock's session: an applier holds one connection, not two."""
-    from seedguard.locking import MySQLLock, lock_key
+    from seedguard.locks import MySQLLock, lock_key
 
     engine = fx.engine()
     lock_name = MySQLLock(engine, lock_key(engine, "seedguard_ledger", None)).lock_name
