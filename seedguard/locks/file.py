@@ -9,6 +9,7 @@ import logging
 import os
 import stat
 import tempfile
+import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,16 +30,52 @@ FILE_LOCK_POLL_SECONDS = 0.005
 def default_lock_path(url: URL) -> Path:
     """Beside a SQLite database file, else in a private temp dir keyed by the URL.
 
-    The key hashes the URL without its password, so changing a password does
-    not split the lock, and no password reaches the file system.
+    A SQLite file's lock is named after the file itself (symlinks, ``./`` and
+    ``..`` resolved, ``file:`` URIs decoded), so every spelling of one file
+    meets on one lock.
+
+    For a server the key hashes the URL without its password, so changing a
+    password does not split the lock, and no password reaches the file
+    system. It stays the URL's text, not the server's identity of the
+    ledger, because this path is needed before anything is asked of the
+    server: reading the identity first would cost the locked path a
+    connection before the file lock. That is safe: the file lock only orders
+    the appliers of one host, and two spellings of one database (which split
+    it) still meet on the database lock, whose key comes from the server.
     """
-    database = str(url.database or "")
-    if url.get_backend_name() == "sqlite" and database not in ("", ":memory:") \
-            and not database.startswith("file:"):
-        path = Path(database).resolve()
-        return path.with_name(path.name + ".seedguard.lock")
+    if url.get_backend_name() == "sqlite":
+        path = sqlite_file(url)
+        if path is not None:
+            return path.with_name(path.name + ".seedguard.lock")
     key = hashlib.sha256(safe_url(url.set(password=None)).encode()).hexdigest()[:20]
     return private_lock_dir() / f"{key}.lock"
+
+
+def sqlite_file(url: URL) -> Path | None:
+    """The file a SQLite URL opens, canonical; None for an in-memory database.
+
+    SQLAlchemy passes ``sqlite:///file:...?uri=true`` to SQLite as a URI
+    (https://www.sqlite.org/uri.html): a ``file:`` scheme, an optional empty
+    or ``localhost`` authority, a percent-encoded path, and query parameters
+    (``mode=memory`` makes it in-memory).
+    """
+    database = str(url.database or "")
+    is_uri = str(url.query.get("uri", "")).lower() in ("true", "1")
+    if is_uri or database.startswith("file:"):
+        if str(url.query.get("mode", "")) == "memory":
+            return None
+        if database.startswith("file:"):
+            database = database[len("file:"):]
+        database = database.split("?", 1)[0].split("#", 1)[0]
+        if database.startswith("//"):
+            authority, _, rest = database[2:].partition("/")
+            if authority not in ("", "localhost"):
+                return None  # a remote authority: SQLite itself refuses it
+            database = "/" + rest
+        database = urllib.parse.unquote(database)
+    if database in ("", ":memory:"):
+        return None
+    return Path(os.path.realpath(database))
 
 
 def private_lock_dir() -> Path:
@@ -92,8 +129,9 @@ class FileLock:
         except filelock.Timeout as err:
             holder = describe_holder(self._read_holder())
             raise LockTimeout(
-                f"timed out after {deadline.seconds or 0:g} s waiting for the file lock "
-                f"{self.path}, held by {holder}; wait for it to finish or raise lock_timeout",
+                f"timed out after {deadline.elapsed():.1f} s ({deadline.describe()}) waiting "
+                f"for the file lock {self.path}, held by {holder}; wait for it to finish or "
+                "raise lock_timeout",
                 lock=str(self.path), holder=holder,
             ) from err
         except OSError as err:
