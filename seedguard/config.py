@@ -222,7 +222,8 @@ def _checked(layer: Mapping[str, Any], where: str, name: Callable[[str], str], *
         try:
             parse(value, loose)
         except _Invalid as err:
-            raise ConfigError(f"{name(key)} = {value!r} {where}: expected {err}") from None
+            raise ConfigError(
+                f"{name(key)} = {value!r} {where}: expected {key} to be {err}") from None
     return dict(layer)
 
 

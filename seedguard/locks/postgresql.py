@@ -146,7 +146,7 @@ class PostgresSessionLock(DatabaseLock):
                 if state in (_LOCK_NOT_AVAILABLE, _QUERY_CANCELED):
                     raise self._timeout(deadline, cancelled=state == _QUERY_CANCELED) from err
                 raise
-            locked = True
+            locked, self._unlocked = True, False
             # Units run on this session next: the application's own timeouts,
             # not seedguard's wait settings.
             self.backend_pid = conn.execute(text(
