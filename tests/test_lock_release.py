@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -18,7 +19,7 @@ from _support import TestDatabase, apply_module, run_processes, unit, write_modu
 
 import seedguard
 from seedguard import ConfigError
-from seedguard.locks import MySQLLock, lock_key
+from seedguard.locks import Deadline, MySQLLock, database_lock, lock_key
 
 PG_ADVISORY_LOCKS = (
     "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
@@ -95,3 +96,57 @@ def test_no_create_privilege_says_what_to_grant(pg: TestDatabase, no_create_role
     finally:
         role_engine.dispose()
         engine.dispose()
+
+
+SESSION_ID = {"postgresql": "SELECT pg_backend_pid()", "mariadb": "SELECT CONNECTION_ID()"}
+UNLOCK_ALL = {"postgresql": "SELECT pg_advisory_unlock_all()",
+              "mariadb": "SELECT RELEASE_ALL_LOCKS()"}
+
+
+@pytest.mark.parametrize("lost", [False, True])
+def test_only_a_confirmed_unlock_returns_the_session_to_the_pool(server_db: TestDatabase,
+                                                                 lost: bool) -> None:
+    """An unlock the server does not confirm ends the session instead of pooling it."""
+    engine = server_db.engine(pool_size=1, max_overflow=0)
+    lock = database_lock(engine, lock_key(engine, "seedguard_ledger", None))
+    lock.acquire(Deadline(5))
+    assert lock.conn is not None
+    session = lock.conn.execute(sa.text(SESSION_ID[server_db.kind])).scalar()
+    if lost:  # e.g. a unit that ran DISCARD ALL or RELEASE_ALL_LOCKS() on the lock's session
+        lock.conn.execute(sa.text(UNLOCK_ALL[server_db.kind]))
+    lock.release()
+    with engine.connect() as conn:  # the pool's one connection
+        again = conn.execute(sa.text(SESSION_ID[server_db.kind])).scalar()
+    assert (again != session) is lost
+    engine.dispose()
+
+
+@pytest.fixture
+def maria_reader(tmp_path: Path) -> Iterator[tuple[TestDatabase, str]]:
+    """A MariaDB database and a user who may read and write it but not create tables."""
+    from conftest import make_database, selected_databases
+
+    if "mariadb" not in selected_databases():
+        pytest.skip("mariadb not in SEEDGUARD_TEST_DATABASES")
+    for db in make_database("mariadb", tmp_path):
+        user = f"sg_ro_{uuid.uuid4().hex[:8]}"
+        name = sa.engine.make_url(db.url).database
+        db.execute(f"CREATE USER '{user}'@'%'")
+        try:
+            db.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {name}.* TO '{user}'@'%'")
+            url = sa.engine.make_url(db.url).set(username=user, password="")
+            yield db, url.render_as_string(hide_password=False)
+        finally:
+            db.execute(f"DROP USER IF EXISTS '{user}'@'%'")
+
+
+def test_no_create_privilege_on_mariadb_says_what_to_grant(
+        maria_reader: tuple[TestDatabase, str]) -> None:
+    db, url = maria_reader
+    with pytest.raises(ConfigError) as info:
+        seedguard.apply(url, seeds=[unit("roles")], lock_timeout=5,
+                        lock_path=db.tmp_path / "a.lock")
+    assert "GRANT CREATE" in str(info.value) and "@" in str(info.value)
+    with pytest.raises(ConfigError):  # the lock was released: the same error, not a timeout
+        seedguard.apply(url, seeds=[unit("roles")], lock_timeout=2,
+                        lock_path=db.tmp_path / "b.lock")
