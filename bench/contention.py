@@ -3,7 +3,7 @@
 Exactly one applies. The lock phase runs from the first file-lock acquisition to
 the last release, across all processes (CLOCK_MONOTONIC is system-wide on
 Linux); it is compared with the unit's own run time plus 2 x 16 ledger re-reads.
-The file lock is a poll loop (``seedguard.locking.FILE_LOCK_POLL_SECONDS``), so
+The file lock is a poll loop (``seedguard.locks.file.FILE_LOCK_POLL_SECONDS``), so
 the trial runs at the shipped interval and at 10x it, to show whether polling
 dominates.
 """
@@ -32,7 +32,7 @@ def _child(url: str, seeds_dir: str, lock_path: str, poll: float, barrier: Any,
     sys.path.insert(0, seeds_dir)
     try:
         import seedguard
-        import seedguard.locking as locking
+        import seedguard.locks.file as locking
 
         locking.FILE_LOCK_POLL_SECONDS = poll
         marks: dict[str, float] = {}
@@ -126,7 +126,7 @@ def _one(report: Report, kind: str, url: str, tmp: Path) -> None:
     try:
         import seedguard
         from seedguard.ledger import Ledger
-        from seedguard.locking import FILE_LOCK_POLL_SECONDS
+        from seedguard.locks import FILE_LOCK_POLL_SECONDS
 
         seedguard.apply(url, seeds=[])
         ledger = Ledger("seedguard_ledger")

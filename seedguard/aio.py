@@ -7,7 +7,7 @@ handed to the event loop by the async driver's ``await_only`` and awaited
 there, database-lock waits (``pg_advisory_lock``, ``GET_LOCK``) included. Two
 waits are not database calls, and they ask this module how to wait:
 
-* the file lock (:meth:`seedguard.locking.FileLock.acquire`) polls without
+* the file lock (:meth:`seedguard.locks.file.FileLock.acquire`) polls without
   blocking and sleeps between polls with ``await_only(asyncio.sleep())``
   (:func:`loop_sleep`), so other tasks keep running while an applier waits;
 * the unit (:func:`call_unit`): an ``async def`` unit gets an ``AsyncSession``

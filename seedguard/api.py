@@ -167,7 +167,7 @@ def status(bind: Bind = None, *, seeds: SeedsSpec = None,
     """
     from seedguard.connect import connect, safe_url
     from seedguard.ledger import HEAD_REVISION, Ledger, LedgerState
-    from seedguard.locking import FileLock, database_lock, default_lock_path, lock_key
+    from seedguard.locks import FileLock, database_lock, default_lock_path, lock_key
 
     settings = _settings(bind, seeds=seeds, contexts=contexts)
     every = order(discover(settings.seeds))
@@ -286,7 +286,7 @@ def _ledger_locked(settings: _config.Settings) -> Iterator[tuple[Connection, Led
     """A connection and the current ledger, under the file and database locks apply() takes."""
     from seedguard.connect import connect
     from seedguard.ledger import Ledger
-    from seedguard.locking import both_locks, ledger_locks
+    from seedguard.locks import both_locks, ledger_locks
 
     ledger = Ledger.named(settings.ledger_table, settings.ledger_schema)
     with engine_for(settings) as engine:

@@ -613,7 +613,7 @@ def _render_status(opts: Options, result: StatusResult) -> None:
         _info(opts, "  no units selected")
     holders = []
     if result.file_lock_holder is not None:
-        from seedguard.locking import describe_holder
+        from seedguard.locks import describe_holder
 
         holders.append(f"file lock {result.file_lock} held by "
                        f"{describe_holder(result.file_lock_holder)}")

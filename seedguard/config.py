@@ -18,10 +18,11 @@ exported ``SEEDGUARD_URL`` or a project-wide ``url``.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -149,10 +150,10 @@ def _flask_layer() -> tuple[Mapping[str, Any] | None, Engine | None]:
     if not has_app_context():
         return None, None
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    layer = {
+    layer = _checked({
         key: app.config.get(f"SEEDGUARD_{key.upper()}")
         for key in _KEYS
-    }
+    }, "in the Flask app config", _env_name, loose=True)
     ext = app.extensions.get("seedguard")
     if ext is not None and layer.get("seeds") is None:
         layer["seeds"] = getattr(ext, "seeds", None)
@@ -165,7 +166,8 @@ def _flask_layer() -> tuple[Mapping[str, Any] | None, Engine | None]:
 
 def _environment_layer() -> dict[str, Any]:
     env = os.environ
-    return {key: env.get(f"SEEDGUARD_{key.upper()}") for key in _KEYS}
+    return _checked({key: env.get(_env_name(key)) for key in _KEYS}, "in the environment",
+                    _env_name)
 
 
 def _pyproject_layer(cwd: Path) -> tuple[str, Mapping[str, Any]]:
@@ -182,7 +184,7 @@ def _pyproject_layer(cwd: Path) -> tuple[str, Mapping[str, Any]]:
             f"{path}: unknown key(s) in [tool.seedguard]: {', '.join(unknown)}; "
             f"known keys: {', '.join(_KEYS)}"
         )
-    layer = dict(section)
+    layer = _checked(section, f"in {path} [tool.seedguard]", str)
     # Paths in pyproject are relative to the file, not to wherever the command runs.
     for key in ("lock_path", "alembic_config"):
         if isinstance(layer.get(key), str):
@@ -230,47 +232,151 @@ def _read_toml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _contexts(value: Any) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        items = value.split(",")
-    elif isinstance(value, Iterable):
-        items = [str(item) for item in value]
-    else:
-        raise ConfigError(f"contexts must be a list of names, not {value!r}")
-    return tuple(item.strip() for item in items if item.strip())
+def _env_name(key: str) -> str:
+    return f"SEEDGUARD_{key.upper()}"
 
 
-def _timeout(value: Any) -> float | None:
+class _Invalid(ValueError):
+    """A value of the wrong type or range; ``args[0]`` says what was expected."""
+
+
+def _checked(layer: Mapping[str, Any], where: str, name: Callable[[str], str], *,
+             loose: bool = False) -> dict[str, Any]:
+    """``layer`` with every value checked by type.
+
+    A wrong value is a ConfigError naming the key as that source spells it,
+    the value, the source and what was expected. ``loose``: a Python source
+    (Flask config), where ``seeds`` may also be a module, a Registry or units
+    and paths may be ``os.PathLike``.
+    """
+    for key, value in layer.items():
+        parse = _PARSERS.get(key)
+        if parse is None or value is None or value == "":
+            continue
+        try:
+            parse(value, loose)
+        except _Invalid as err:
+            raise ConfigError(
+                f"{name(key)} = {value!r} {where}: expected {key} to be {err}") from None
+    return dict(layer)
+
+
+def _argument(key: str, parse: Callable[[Any, bool], Any], value: Any) -> Any:
+    """``value`` parsed, for the final settings (arguments included)."""
     if value is None:
         return None
     try:
-        seconds = float(value)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"lock_timeout must be a number of seconds, not {value!r}") from err
-    if seconds < 0:
-        raise ConfigError(f"lock_timeout must be >= 0 seconds, not {value!r}")
-    return seconds
+        return parse(value, True)
+    except _Invalid as err:
+        raise ConfigError(f"{key} = {value!r}: expected {err}") from None
 
 
-def _identifier(value: Any, what: str) -> Any:
-    # Table and schema names end up in DDL and lock keys: accept only plain
-    # identifiers rather than quoting arbitrary strings.
-    if value is None:
-        return None
-    if not isinstance(value, str) or not _IDENTIFIER.fullmatch(value):
-        raise ConfigError(
-            f"{what} must be a plain SQL identifier (letters, digits, _; at most 63), "
-            f"not {value!r}"
-        )
+def _parse_url(value: Any, loose: bool) -> str:
+    if not isinstance(value, str):
+        raise _Invalid("a database URL (a string)")
     return value
 
 
-def _lock_mode(value: Any) -> str:
-    if value not in ("session", "transaction"):
-        raise ConfigError(
-            f"lock_mode must be 'session' or 'transaction' (for PgBouncer transaction "
-            f"pooling), not {value!r}"
+def _parse_path(value: Any, loose: bool) -> Any:
+    if isinstance(value, str) or (loose and isinstance(value, os.PathLike)):
+        return value
+    raise _Invalid("a path (a string)")
+
+
+def _parse_seeds(value: Any, loose: bool) -> Any:
+    if isinstance(value, str):
+        return value
+    if loose and not isinstance(value, (bool, int, float, bytes, Mapping)):
+        return value  # a module, a Registry or units: discover() says if it is none of them
+    raise _Invalid("a dotted module path (a string)")
+
+
+def _parse_contexts(value: Any, loose: bool) -> tuple[str, ...]:
+    if isinstance(value, str):
+        items = value.split(",")
+    elif isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value):
+        items = list(value)
+    else:
+        raise _Invalid("a list of context names (strings), or one comma-separated string")
+    return tuple(item.strip() for item in items if item.strip())
+
+
+_TIMEOUT = "a number of seconds (>= 0, or inf for no limit)"
+
+
+def _parse_timeout(value: Any, loose: bool) -> float | None:
+    """Seconds, or None for no limit (``inf``); booleans, NaN and negatives are refused."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise _Invalid(_TIMEOUT)
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise _Invalid(_TIMEOUT) from None
+    if math.isnan(seconds):
+        raise _Invalid(_TIMEOUT)
+    if seconds < 0:
+        raise _Invalid(f"{_TIMEOUT}: a wait must be >= 0")
+    return None if math.isinf(seconds) else seconds
+
+
+# The longest name seedguard derives from ledger_table is its version table,
+# "<name>_version", and it must fit in PostgreSQL's 63-character identifiers
+# (MySQL allows 64). The history index, "ix_<name>_applied_at", is cut to 63
+# by the sg0002 revision, so it never fails.
+_LONGEST_LEDGER_TABLE = 63 - len("_version")
+_PLAIN = "a plain SQL identifier (letters, digits, _; at most 63)"
+
+
+def _parse_schema(value: Any, loose: bool) -> str:
+    # Table and schema names end up in DDL and lock keys: accept only plain
+    # identifiers rather than quoting arbitrary strings.
+    if not isinstance(value, str) or not _IDENTIFIER.fullmatch(value):
+        raise _Invalid(_PLAIN)
+    return value
+
+
+def _parse_table(value: Any, loose: bool) -> str:
+    _parse_schema(value, loose)
+    if len(value) > _LONGEST_LEDGER_TABLE:
+        raise _Invalid(
+            f"a plain SQL identifier of at most {_LONGEST_LEDGER_TABLE} characters, not "
+            f"{len(value)}: its version table {value}_version must fit in 63"
         )
     return str(value)
+
+
+def _parse_lock_mode(value: Any, loose: bool) -> str:
+    if value not in ("session", "transaction"):
+        raise _Invalid("'session' or 'transaction' (for PgBouncer transaction pooling)")
+    return str(value)
+
+
+_PARSERS: dict[str, Callable[[Any, bool], Any]] = {
+    "url": _parse_url,
+    "seeds": _parse_seeds,
+    "contexts": _parse_contexts,
+    "lock_path": _parse_path,
+    "lock_timeout": _parse_timeout,
+    "alembic_config": _parse_path,
+    "ledger_table": _parse_table,
+    "ledger_schema": _parse_schema,
+    "lock_mode": _parse_lock_mode,
+}
+
+
+# What resolve() applies to the merged values, arguments included.
+
+def _contexts(value: Any) -> tuple[str, ...]:
+    return _argument("contexts", _parse_contexts, value) or ()
+
+
+def _timeout(value: Any) -> float | None:
+    return _argument("lock_timeout", _parse_timeout, value)  # type: ignore[no-any-return]
+
+
+def _identifier(value: Any, what: str) -> Any:
+    return _argument(what, _parse_table if what == "ledger_table" else _parse_schema, value)
+
+
+def _lock_mode(value: Any) -> str:
+    return str(_argument("lock_mode", _parse_lock_mode, value))

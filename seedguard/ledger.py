@@ -243,6 +243,20 @@ class Ledger:
     def ensure(self, conn: Connection, *, commit: bool = True) -> None:
         """Create the ledger or bring it to ``HEAD_REVISION``; call it under the locks.
 
+        A missing schema or a missing privilege is a ConfigError saying what
+        to create or grant (see :meth:`_ensure`).
+        """
+        try:
+            self._ensure(conn, commit=commit)
+        except sa.exc.DBAPIError as err:
+            problem = None if err.connection_invalidated else setup_problem(self, conn, err)
+            if problem is None:
+                raise
+            raise problem from err
+
+    def _ensure(self, conn: Connection, *, commit: bool = True) -> None:
+        """Create the ledger or bring it to ``HEAD_REVISION``.
+
         A ledger at a revision this seedguard does not know was made by a newer
         release: refuse rather than write rows it might not understand.
         ``commit=False`` leaves everything in the caller's transaction, which
@@ -384,6 +398,48 @@ def newer_ledger(qualified_name: str, revision: str) -> SeedguardError:
         f"ledger {qualified_name} is at schema revision {revision!r}, made by a newer "
         f"seedguard (this one knows up to {HEAD_REVISION!r}) and will not be written to; "
         "upgrade seedguard (pip install -U seedguard) to use it"
+    )
+
+
+def setup_problem(ledger: Ledger, conn: Connection, err: sa.exc.DBAPIError) -> ConfigError | None:
+    """What to create or grant when creating or upgrading ``ledger`` failed; None if unknown.
+
+    Rolls ``conn`` back (PostgreSQL refuses every statement of an aborted
+    transaction) to ask the server who we are and where the ledger goes.
+    """
+    postgres = conn.dialect.name == "postgresql"
+    state = getattr(err.orig, "sqlstate", None) if postgres else None
+    code = None if postgres else getattr(err.orig, "args", (None,))[0]
+    schema = ledger.schema
+    missing_schema = state == "3F000" or code == 1049  # invalid_schema_name, ER_BAD_DB_ERROR
+    # insufficient_privilege; ER_DBACCESS_DENIED_ERROR, ER_TABLEACCESS_DENIED_ERROR
+    denied = state == "42501" or code in (1044, 1142)
+    if not (missing_schema or denied):
+        return None
+    user, where = conn.engine.url.username or "the connecting user", schema
+    try:
+        conn.rollback()
+        current = "current_user, current_schema()" if postgres else "CURRENT_USER(), DATABASE()"
+        user, default = conn.execute(sa.text(f"SELECT {current}")).one()
+        where = schema or default
+    except sa.exc.DBAPIError:
+        pass
+    what = f"cannot create or upgrade the ledger {ledger.qualified_name}"
+    if missing_schema:
+        create = f"CREATE SCHEMA {where}" if postgres else f"CREATE DATABASE {where}"
+        return ConfigError(
+            f"{what}: schema {where!r} does not exist; create it ({create}) or set "
+            "ledger_schema (SEEDGUARD_LEDGER_SCHEMA) to one that exists"
+        )
+    if postgres:
+        grant = f"GRANT CREATE ON SCHEMA {where} TO {user}"
+    else:  # CURRENT_USER() is user@host; GRANT wants each part quoted
+        account = "@".join(f"'{part}'" for part in str(user).split("@", 1))
+        grant = (f"GRANT CREATE, ALTER, INDEX, SELECT, INSERT, UPDATE, DELETE ON {where}.* "
+                 f"TO {account}")
+    return ConfigError(
+        f"{what}: {user} may not create tables in {where!r}; grant it ({grant}), or run "
+        "`seedguard upgrade` once as a user who may"
     )
 
 

@@ -34,7 +34,7 @@ from seedguard.errors import DriftError, SeedFailed, SeedguardError, UnitBlocked
 from seedguard.events import Listener, UnitFinished, UnitStarted, running
 from seedguard.guard import EngineGuard, current_unit, ending
 from seedguard.ledger import Ledger, LedgerRow, LedgerState
-from seedguard.locking import DatabaseLock, Deadline, both_locks, ledger_locks
+from seedguard.locks import DatabaseLock, Deadline, both_locks, ledger_locks
 from seedguard.result import Applied, ApplyResult, Drift, Waiting
 from seedguard.sessions import app_sessions, unit_session
 from seedguard.unit import SeedUnit

@@ -203,7 +203,7 @@ def test_import_seedguard_imports_no_async_driver(tmp_path: Path) -> None:
 
 def test_file_lock_wait_ends_in_lock_timeout(tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    from seedguard.locking import Deadline, FileLock
+    from seedguard.locks import Deadline, FileLock
 
     url = f"sqlite+aiosqlite:///{tmp_path / 'app.db'}"
     seedguard.seed("unit")(lambda session: None)
@@ -222,7 +222,7 @@ def test_database_lock_wait_ends_in_lock_timeout(server_db: TestDatabase,
                                                  tmp_path: Path) -> None:
     """As from another host (a lock file of its own): the database lock's wait, awaited
     on the async driver, ends at lock_timeout and names the holder."""
-    from seedguard.locking import Deadline, database_lock, lock_key
+    from seedguard.locks import Deadline, database_lock, lock_key
 
     seedguard.seed("unit")(lambda session: None)
     engine = server_db.engine()

@@ -87,10 +87,10 @@ def test_lock_connection_killed_between_units_stops_the_run(fx: TestDatabase) ->
 
 def test_one_connection_per_applier(fx: TestDatabase) -> None:
     """Units run on the lock's session: an applier holds one connection, not two."""
-    from seedguard.locking import MySQLLock, lock_key
+    from seedguard.locks import MySQLLock, lock_key
 
     engine = fx.engine()
-    lock_name = MySQLLock(engine, lock_key(engine, "seedguard_ledger", None)).lock_name
+    lock = MySQLLock(engine, lock_key(engine, "seedguard_ledger", None))
     seen: list[tuple[int, set[int]]] = []
 
     def probe(session: Any) -> None:
@@ -100,7 +100,8 @@ def test_one_connection_per_applier(fx: TestDatabase) -> None:
                 "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND database = "
                 "(SELECT oid FROM pg_database WHERE datname = current_database())")}
         else:
-            holders = {row[0] for row in fx.execute("SELECT IS_USED_LOCK(:n)", n=lock_name)}
+            holders = {row[0] for row in fx.execute("SELECT IS_USED_LOCK(:n)",
+                                                    n=lock.lock_name)}
         seen.append((own, holders))
 
     seedguard.apply(fx.url, seeds=[unit("a", fn=probe), unit("b", fn=probe)])

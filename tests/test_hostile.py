@@ -19,7 +19,7 @@ from _support import TestDatabase, child_env, seeds_source, unit, write_module
 
 import seedguard
 from seedguard import ConfigError, LockTimeout, SeedguardError
-from seedguard.locking import Deadline, FileLock, database_lock, default_lock_path, lock_key
+from seedguard.locks import Deadline, FileLock, database_lock, default_lock_path, lock_key
 
 PASSWORD = "Pw-s3cr3t-Hostile"
 NOBODY = 65534

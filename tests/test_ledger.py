@@ -17,7 +17,7 @@ from _support import TestDatabase, unit
 import seedguard
 from seedguard import LockTimeout, SeedguardError
 from seedguard.ledger import HEAD_REVISION, KNOWN_REVISIONS, Ledger, migrations_path
-from seedguard.locking import Deadline, FileLock, database_lock, lock_key
+from seedguard.locks import Deadline, FileLock, database_lock, lock_key
 
 LEDGER = "seedguard_ledger"
 

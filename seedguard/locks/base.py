@@ -1,0 +1,240 @@
+"""What every database lock does, and the registry that picks one class per dialect.
+
+A database lock guards one ledger, and its key is the ledger as the server
+knows it (database, schema, table), read on the lock's own connection when
+the lock is taken: two appliers configured with different spellings of one
+ledger (an explicit schema on one host and the default on another, a database
+named in the URL or implied by the user name) meet on the same lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, overload
+
+from seedguard.errors import ConfigError, LockTimeout, SeedguardError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection, Engine
+
+    from seedguard.locks.deadline import Deadline
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LedgerKey:
+    """The ledger a database lock guards, as configured; the server says where it lives.
+
+    ``schema`` is the explicit ``ledger_schema`` or None for the connection's
+    default (PostgreSQL's search path, MySQL's current database).
+    """
+
+    table: str
+    schema: str | None = None
+
+
+LockKey = str | LedgerKey
+"""A lock's key: a LedgerKey the lock resolves on the server, or a key string used as is."""
+
+
+DATABASE_LOCKS: dict[str, type[DatabaseLock]] = {}
+"""The session-level lock class of each dialect (``lock_mode="session"``, the default)."""
+
+TRANSACTION_LOCKS: dict[str, type[DatabaseLock]] = {}
+"""``lock_mode="transaction"``: only PostgreSQL has transaction-scoped advisory locks."""
+
+
+class DatabaseLock:
+    """A lock held by one database session, chosen by dialect from ``DATABASE_LOCKS``.
+
+    ``acquire`` opens a dedicated connection and takes the lock there; the
+    server drops it if this process dies. ``verify`` is called before each
+    unit so a lost lock connection stops the run instead of leaving it
+    unprotected.
+    """
+
+    dialects: ClassVar[tuple[str, ...]] = ()
+    # True for a lock taken per unit transaction (lock_unit) rather than per run.
+    per_transaction: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        # Each backend module registers its class by defining it: the registry
+        # is the list of dialects, not an if-chain over them.
+        super().__init_subclass__(**kwargs)
+        registry = TRANSACTION_LOCKS if cls.per_transaction else DATABASE_LOCKS
+        for dialect in cls.dialects:
+            registry[dialect] = cls
+
+    def __init__(self, engine: Engine, key: LockKey) -> None:
+        self.engine = engine
+        self.ledger = key if isinstance(key, LedgerKey) else None
+        self._key = key if isinstance(key, str) else None
+        self.conn: Connection | None = None
+
+    @property
+    def key(self) -> str:
+        """The key as the server identifies the ledger (``database.schema.table``).
+
+        Known once the lock was taken (it is read on the lock's own
+        connection); asked for before that, it costs a connection of its own.
+        """
+        if self._key is None:
+            from seedguard.connect import connect
+
+            with connect(self.engine) as conn:
+                self.resolve(conn)
+        assert self._key is not None
+        return self._key
+
+    def resolve(self, conn: Connection) -> str:
+        """The key, read on ``conn`` from the server if it is not known yet."""
+        if self._key is None:
+            assert self.ledger is not None
+            self._key = self.server_key(conn, self.ledger)
+        return self._key
+
+    def server_key(self, conn: Connection, ledger: LedgerKey) -> str:
+        """The key of ``ledger`` as the server behind ``conn`` names it; per dialect."""
+        return f".{ledger.schema or ''}.{ledger.table}"
+
+    def acquire(self, deadline: Deadline) -> None:
+        raise NotImplementedError
+
+    def release(self) -> None:
+        """Unlock on the lock's own session, and never hand a locked session to the pool.
+
+        The unlock is confirmed by the server; when it cannot be (the
+        session failed, the statement errs, the server says the lock was not
+        ours), the connection is invalidated instead of returned: the server
+        drops a session's locks when the session ends, while a pooled session
+        still holding the lock would block every applier until the
+        application restarts.
+        """
+        conn, self.conn = self.conn, None
+        if conn is None:
+            return
+        released = False
+        try:
+            # First end whatever transaction is open: a failed statement (the
+            # ledger's creation, a unit) leaves PostgreSQL's transaction aborted,
+            # and it refuses every statement until then, the unlock included.
+            conn.rollback()
+            released = self._release(conn)
+        except Exception as err:  # reported, and the session is ended below
+            log.warning("could not release the database lock %r (%s: %s); closing its "
+                        "connection so the server releases it", self._key, type(err).__name__,
+                        str(err).splitlines()[0] if str(err) else "")
+        finally:
+            if not released:
+                with contextlib.suppress(Exception):
+                    conn.invalidate()
+            conn.close()
+
+    def verify(self) -> None:
+        """Raise if the lock was lost (its connection died)."""
+
+    def lock_unit(self, conn: Connection, deadline: Deadline) -> None:
+        """Take a lock that lasts for ``conn``'s current transaction.
+
+        Only the transaction-level mode (PgBouncer) does anything here; the
+        session locks are already held for the whole run.
+        """
+
+    @property
+    def work_connection(self) -> Connection | None:
+        """The connection units may run on, if the lock lives on one.
+
+        Running units on the lock's own session means an applier uses one
+        connection, not two: 64 appliers fit in PostgreSQL's default
+        ``max_connections = 100``. Session-level locks (``pg_advisory_lock``,
+        ``GET_LOCK``) survive the per-unit commits and rollbacks, and a lost
+        lock connection then also fails the unit that was running on it.
+        """
+        return self.conn
+
+    def holder(self) -> str | None:
+        """Who holds the lock right now, or None if nobody does."""
+        return None
+
+    def _release(self, conn: Connection) -> bool:
+        """Unlock on ``conn``; True only when the server confirmed it."""
+        return True
+
+    def _lost(self, err: Exception) -> SeedguardError:
+        return SeedguardError(
+            f"lost the database lock {self.key!r} (its connection failed: "
+            f"{type(err).__name__}); stopped before the next unit so no unit runs "
+            "unprotected; run again to continue"
+        )
+
+    def _timeout(self, deadline: Deadline, *, cancelled: bool = False) -> LockTimeout:
+        """The wait's end, with the time really waited and the holder named.
+
+        ``cancelled``: the server, not lock_timeout, ended the wait (a
+        statement limit seedguard could not lift, or an administrator).
+        """
+        holder = self.holder() or "an unknown holder"
+        if cancelled:
+            why = ("the server cancelled the wait (a statement time limit or an "
+                   "administrator); wait for the holder to finish, or lift that limit")
+        else:
+            why = "wait for it to finish or raise lock_timeout"
+        return LockTimeout(
+            f"timed out after {deadline.elapsed():.1f} s ({deadline.describe()}) waiting for "
+            f"the database lock {self.key!r}, held by {holder}; {why}",
+            lock=self.key, holder=holder,
+        )
+
+
+def database_lock(engine: Engine, key: LockKey, mode: str = "session") -> DatabaseLock:
+    """The database lock for ``engine``'s dialect and ``mode``.
+
+    :param engine: the engine the lock opens its own connection from.
+    :param key: a :class:`LedgerKey` (from :func:`lock_key`), resolved on the
+        server when the lock is taken, or a key string used as it is.
+    :param mode: ``"session"`` (the default) or ``"transaction"`` (PostgreSQL
+        behind a transaction-pooling proxy).
+    """
+    locks = TRANSACTION_LOCKS if mode == "transaction" else DATABASE_LOCKS
+    cls = locks.get(engine.dialect.name)
+    if cls is None:
+        if mode == "transaction":
+            raise ConfigError(
+                f"lock_mode=\"transaction\" is for PostgreSQL behind a transaction-pooling "
+                f"proxy such as PgBouncer; {engine.dialect.name!r} has no transaction-level "
+                "lock: use the default lock_mode=\"session\""
+            )
+        raise ConfigError(
+            f"seedguard has no database lock for {engine.dialect.name!r}; supported: "
+            f"{', '.join(sorted(DATABASE_LOCKS))}"
+        )
+    return cls(engine, key)
+
+
+@overload
+def lock_key(engine: Engine, ledger_name: str, schema: str | None) -> LedgerKey: ...
+@overload
+def lock_key(engine: Engine, ledger_name: str, schema: str | None,
+             conn: Connection) -> str: ...
+def lock_key(engine: Engine, ledger_name: str, schema: str | None,
+             conn: Connection | None = None) -> LockKey:
+    """The database lock's key for the ledger ``schema.ledger_name``.
+
+    :param engine: the ledger's engine (its dialect decides how the server is asked).
+    :param ledger_name: the ledger table's name.
+    :param schema: the explicit ``ledger_schema``, or None for the connection's default.
+    :param conn: if given, the key is read from the server on it now and
+        returned as text (``database.schema.table``); without it, a
+        :class:`LedgerKey` that the lock resolves on its own connection.
+
+    The key never comes from the URL's text: a database implied by the user
+    name and one spelled out, or the default schema and the same schema
+    named, are one ledger and take one lock.
+    """
+    key = LedgerKey(ledger_name, schema)
+    if conn is None:
+        return key
+    return database_lock(engine, key).resolve(conn)

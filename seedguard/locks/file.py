@@ -1,0 +1,229 @@
+"""The per-host lock: an exclusive ``flock`` on a file, with a holder record beside it."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import stat
+import tempfile
+import urllib.parse
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from seedguard.connect import safe_url
+from seedguard.errors import ConfigError, LockTimeout
+from seedguard.locks.deadline import Deadline, describe_holder, holder_record
+
+if TYPE_CHECKING:
+    import filelock
+    from sqlalchemy.engine import URL
+
+log = logging.getLogger(__name__)
+
+# filelock polls a non-blocking flock; its 50 ms default would add up to 50 ms
+# per hand-over, which dominates a contended start-up (bench/contention.py).
+FILE_LOCK_POLL_SECONDS = 0.005
+
+
+def default_lock_path(url: URL) -> Path:
+    """Beside a SQLite database file, else in a private temp dir keyed by the URL.
+
+    A SQLite file's lock is named after the file itself (symlinks, ``./`` and
+    ``..`` resolved, ``file:`` URIs decoded), so every spelling of one file
+    meets on one lock.
+
+    For a server the key hashes the URL without its password, so changing a
+    password does not split the lock, and no password reaches the file
+    system. It stays the URL's text, not the server's identity of the
+    ledger, because this path is needed before anything is asked of the
+    server: reading the identity first would cost the locked path a
+    connection before the file lock. That is safe: the file lock only orders
+    the appliers of one host, and two spellings of one database (which split
+    it) still meet on the database lock, whose key comes from the server.
+    """
+    if url.get_backend_name() == "sqlite":
+        path = sqlite_file(url)
+        if path is not None:
+            return path.with_name(path.name + ".seedguard.lock")
+    key = hashlib.sha256(safe_url(url.set(password=None)).encode()).hexdigest()[:20]
+    return private_lock_dir() / f"{key}.lock"
+
+
+def sqlite_file(url: URL) -> Path | None:
+    """The file a SQLite URL opens, canonical; None for an in-memory database.
+
+    SQLAlchemy passes ``sqlite:///file:...?uri=true`` to SQLite as a URI
+    (https://www.sqlite.org/uri.html): a ``file:`` scheme, an optional empty
+    or ``localhost`` authority, a percent-encoded path, and query parameters
+    (``mode=memory`` makes it in-memory).
+    """
+    database = str(url.database or "")
+    is_uri = str(url.query.get("uri", "")).lower() in ("true", "1")
+    if is_uri or database.startswith("file:"):
+        if str(url.query.get("mode", "")) == "memory":
+            return None
+        if database.startswith("file:"):
+            database = database[len("file:"):]
+        database = database.split("?", 1)[0].split("#", 1)[0]
+        if database.startswith("//"):
+            authority, _, rest = database[2:].partition("/")
+            if authority not in ("", "localhost"):
+                return None  # a remote authority: SQLite itself refuses it
+            database = "/" + rest
+        database = urllib.parse.unquote(database)
+    if database in ("", ":memory:"):
+        return None
+    return Path(os.path.realpath(database))
+
+
+def private_lock_dir() -> Path:
+    """``$TMPDIR/seedguard-<uid>``, created 0700 and refused if anyone else owns it.
+
+    A world-writable shared directory would let another account create (and
+    hold forever) the lock file every user's applier waits on.
+    """
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    directory = Path(tempfile.gettempdir()) / f"seedguard-{uid}"
+    try:
+        directory.mkdir(mode=0o700, exist_ok=True)
+        info = directory.lstat()
+    except OSError as err:
+        raise ConfigError(f"cannot create lock directory {directory}: {err.strerror}; "
+                          "set SEEDGUARD_LOCK_PATH or lock_path=") from err
+    if not stat.S_ISDIR(info.st_mode) or (hasattr(os, "getuid") and info.st_uid != uid):
+        raise ConfigError(
+            f"lock directory {directory} is not a directory owned by you; remove it or set "
+            "SEEDGUARD_LOCK_PATH / lock_path= to a path of your own"
+        )
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        # Ours but opened up (made by an older release, or by hand under a
+        # permissive umask): close it, so no other account can plant or hold
+        # a lock file in it.
+        try:
+            directory.chmod(0o700)
+        except OSError as err:
+            raise ConfigError(f"lock directory {directory} is accessible to other users and "
+                              f"cannot be made private: {err.strerror}; set "
+                              "SEEDGUARD_LOCK_PATH or lock_path=") from err
+    return directory
+
+
+class FileLock:
+    """An exclusive ``filelock.FileLock`` with a holder record written beside it."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.holder_path = self.path.with_name(self.path.name + ".holder")
+        self._lock: object | None = None
+
+    def acquire(self, deadline: Deadline) -> None:
+        import filelock
+
+        self._check_path()
+        timeout = deadline.remaining()
+        lock = filelock.FileLock(str(self.path), timeout=-1 if timeout is None else timeout)
+        # Under apply_async() the wait must not block the event loop: poll, and
+        # sleep between polls on the loop (seedguard.aio.loop_sleep).
+        from seedguard.aio import loop_sleep
+
+        sleep = loop_sleep()
+        try:
+            if sleep is None:
+                lock.acquire(poll_interval=FILE_LOCK_POLL_SECONDS)
+            else:
+                _acquire_polling(lock, deadline, sleep)
+        except filelock.Timeout as err:
+            holder = describe_holder(self._read_holder())
+            raise LockTimeout(
+                f"timed out after {deadline.elapsed():.1f} s ({deadline.describe()}) waiting "
+                f"for the file lock {self.path}, held by {holder}; wait for it to finish or "
+                "raise lock_timeout",
+                lock=str(self.path), holder=holder,
+            ) from err
+        except OSError as err:
+            raise ConfigError(
+                f"cannot create the lock file {self.path}: {err.strerror or err}; make its "
+                "directory writable or set SEEDGUARD_LOCK_PATH / lock_path= elsewhere"
+            ) from err
+        self._lock = lock
+        self._write_holder()
+
+    def release(self) -> None:
+        lock, self._lock = self._lock, None
+        if lock is None:
+            return
+        with contextlib.suppress(OSError):
+            self.holder_path.unlink()
+        lock.release()  # type: ignore[attr-defined]
+
+    def holder(self) -> dict[str, object] | None:
+        """The current holder's record, if the lock is held (by anyone, including us)."""
+        import filelock
+
+        if not self.path.exists():
+            return None
+        probe = filelock.FileLock(str(self.path), timeout=0)
+        try:
+            probe.acquire()
+        except filelock.Timeout:
+            return self._read_holder() or {}
+        except OSError:
+            return None
+        probe.release()
+        return None
+
+    def _check_path(self) -> None:
+        # Refuse, do not follow, a symlink: it could point the lock (which
+        # filelock opens for writing) at any file the user can write.
+        try:
+            info = self.path.lstat()
+        except FileNotFoundError:
+            return
+        except OSError as err:
+            raise ConfigError(
+                f"cannot create the lock file {self.path}: {err.strerror}; make its directory "
+                "writable or set SEEDGUARD_LOCK_PATH / lock_path= elsewhere"
+            ) from err
+        if stat.S_ISLNK(info.st_mode) or not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"lock path {self.path} is not a regular file; refusing to use it")
+        if hasattr(os, "getuid") and info.st_uid != os.getuid():
+            raise ConfigError(
+                f"lock file {self.path} belongs to another user (uid {info.st_uid}); "
+                "refusing to use it: set SEEDGUARD_LOCK_PATH / lock_path= to a path of your own"
+            )
+
+    def _write_holder(self) -> None:
+        tmp = self.holder_path.with_name(self.holder_path.name + f".{os.getpid()}")
+        try:
+            tmp.write_text(json.dumps(holder_record()))
+            os.replace(tmp, self.holder_path)
+        except OSError as err:  # the record is a courtesy; the lock is what matters
+            log.debug("could not write lock holder record %s: %s", self.holder_path, err)
+
+    def _read_holder(self) -> dict[str, object] | None:
+        try:
+            record = json.loads(self.holder_path.read_text())
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) else None
+
+
+def _acquire_polling(lock: filelock.FileLock, deadline: Deadline,
+                     sleep: Callable[[float], None]) -> None:
+    """filelock's wait (filelock.Timeout at the deadline), sleeping with ``sleep``."""
+    import filelock
+
+    while True:
+        try:
+            lock.acquire(blocking=False)
+            return
+        except filelock.Timeout:
+            remaining = deadline.remaining()
+            if remaining is not None and remaining <= 0:
+                raise
+            sleep(FILE_LOCK_POLL_SECONDS if remaining is None
+                  else min(FILE_LOCK_POLL_SECONDS, remaining))

@@ -1,0 +1,329 @@
+"""PostgreSQL advisory locks: one per session (the default), or one per unit transaction.
+
+The lock's key is the ledger as the server sees it: ``current_database()``
+and the schema the ledger table lives in (the explicit ``ledger_schema``, else
+the first schema of the search path that has it, else ``current_schema()``,
+where it would be created). It is read in the statement that also labels the
+session, so it costs no extra round trip.
+
+Waits are bounded by ``lock_timeout`` alone: the lock statement runs with
+seedguard's own ``lock_timeout`` and a ``statement_timeout`` just above it, so
+a shorter ``statement_timeout`` set on the database, the role or the session
+does not cancel the wait; both go back to the session's own values after it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import socket
+from typing import TYPE_CHECKING, Any
+
+from seedguard.errors import ConfigError
+from seedguard.locks.base import DatabaseLock, LedgerKey
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
+    from seedguard.locks.deadline import Deadline
+
+log = logging.getLogger(__name__)
+
+# How many transactions to try to get back to the lock's own server session
+# when a transaction pooler sits in between (see PostgresSessionLock._release).
+_UNLOCK_TRIES = 64
+
+# lock_timeout and statement_timeout are int milliseconds (about 24.8 days):
+# a longer finite wait is clamped to that, and "no limit" is 0.
+_MAX_MS = 2**31 - 1
+_LOCK_NOT_AVAILABLE = "55P03"  # lock_timeout ended the wait
+_QUERY_CANCELED = "57014"  # statement_timeout, pg_cancel_backend: the server ended it
+
+# The first schema of the search path holding the ledger (where an unqualified
+# name finds it), else current_schema() (where CREATE TABLE would put it).
+_SCHEMA_OF_LEDGER = (
+    "COALESCE((SELECT s.name FROM unnest(current_schemas(false)) WITH ORDINALITY "
+    "AS s(name, pos) WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_class c "
+    "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+    "WHERE n.nspname = s.name AND c.relname = :sg_table) ORDER BY s.pos LIMIT 1), "
+    "current_schema(), '')"
+)
+# Back to the values RESET would give (connection options, ALTER ROLE/DATABASE
+# ... SET, postgresql.conf): the application's settings, not seedguard's.
+_RESTORE_TIMEOUTS = (
+    "(SELECT set_config('lock_timeout', reset_val, {local}) FROM pg_catalog.pg_settings "
+    "WHERE name = 'lock_timeout'), "
+    "(SELECT set_config('statement_timeout', reset_val, {local}) FROM pg_catalog.pg_settings "
+    "WHERE name = 'statement_timeout')"
+)
+
+
+def _wait_settings(deadline: Deadline) -> dict[str, str]:
+    """lock_timeout for the remaining budget, and a statement_timeout just above it.
+
+    lock_timeout 0 would mean "forever", so a spent budget is 1 ms. The
+    statement limit is a backstop that replaces whatever shorter one the
+    session has; a second more lets lock_timeout (which names the wait) fire
+    first.
+    """
+    remaining = deadline.remaining()
+    if remaining is None:
+        return {"sg_lock_ms": "0", "sg_statement_ms": "0"}
+    lock_ms = min(_MAX_MS, max(1, int(remaining * 1000)))
+    return {"sg_lock_ms": str(lock_ms), "sg_statement_ms": str(min(_MAX_MS, lock_ms + 1000))}
+
+
+def _sqlstate(err: Exception) -> str | None:
+    return getattr(getattr(err, "orig", None), "sqlstate", None)
+
+
+class PostgresSessionLock(DatabaseLock):
+    """``pg_advisory_lock`` on a dedicated session, waited for with ``lock_timeout``.
+
+    Unsafe behind PgBouncer in transaction pooling: the session the lock is
+    taken on is handed to other clients between transactions. Use
+    ``lock_mode="transaction"`` there.
+    """
+
+    dialects = ("postgresql",)
+    backend_pid: int | None = None
+    _unlocked = False
+
+    @property
+    def number(self) -> int:
+        digest = hashlib.sha256(self.key.encode()).digest()
+        return int.from_bytes(digest[:8], "big", signed=True)
+
+    def server_key(self, conn: Connection, ledger: LedgerKey) -> str:
+        from sqlalchemy import text
+
+        columns, params = self._identity(ledger)
+        row = conn.execute(text(f"SELECT {columns}"), params).one()
+        return self._key_of(row[0], row[1], ledger)
+
+    def _identity(self, ledger: LedgerKey | None) -> tuple[str, dict[str, Any]]:
+        """Select-list columns naming the ledger's database and schema (NULLs once known)."""
+        if self._key is not None or ledger is None:
+            return "NULL, NULL", {}
+        if ledger.schema is not None:
+            return "current_database(), CAST(:sg_schema AS text)", {"sg_schema": ledger.schema}
+        return f"current_database(), {_SCHEMA_OF_LEDGER}", {"sg_table": ledger.table}
+
+    def _key_of(self, database: str | None, schema: str | None, ledger: LedgerKey) -> str:
+        return f"{database or ''}.{schema or ''}.{ledger.table}"
+
+    def _take_key(self, row: Any) -> None:
+        if self._key is None and self.ledger is not None:
+            self._key = self._key_of(row[0], row[1], self.ledger)
+
+    def acquire(self, deadline: Deadline) -> None:
+        from sqlalchemy import text
+        from sqlalchemy.exc import DBAPIError
+
+        from seedguard.connect import connection_errors
+
+        with connection_errors(self.engine):
+            conn = self.engine.connect()
+        locked = False
+        try:
+            host = socket.gethostname()[:30]
+            columns, params = self._identity(self.ledger)
+            # Session-level settings (is_local false): they hold whether or not
+            # the engine runs in AUTOCOMMIT, and are put back right after the lock.
+            row = conn.execute(text(
+                f"SELECT {columns}, set_config('application_name', :sg_name, false), "
+                "set_config('lock_timeout', :sg_lock_ms, false), "
+                "set_config('statement_timeout', :sg_statement_ms, false)"),
+                {**params, **_wait_settings(deadline),
+                 "sg_name": f"seedguard pid={os.getpid()} host={host}"}).one()
+            self._take_key(row)
+            try:
+                conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": self.number})
+            except DBAPIError as err:
+                state = _sqlstate(err)
+                if state in (_LOCK_NOT_AVAILABLE, _QUERY_CANCELED):
+                    raise self._timeout(deadline, cancelled=state == _QUERY_CANCELED) from err
+                raise
+            locked, self._unlocked = True, False
+            # Units run on this session next: the application's own timeouts,
+            # not seedguard's wait settings.
+            self.backend_pid = conn.execute(text(
+                f"SELECT pg_backend_pid(), {_RESTORE_TIMEOUTS.format(local='false')}")).scalar()
+            conn.commit()
+            self.conn = conn
+            # Behind a transaction-pooling proxy (PgBouncer pool_mode=transaction)
+            # the next transaction may run on another server session, without
+            # the lock, and the lock's session may be handed to a second
+            # applier, which then "takes" it again (advisory locks are
+            # re-entrant). Check now, before any work, and before every unit.
+            self.verify()
+        except BaseException:
+            self.conn = None
+            if locked:
+                self.conn = conn
+                self.release()  # confirmed, or the session is ended
+            else:
+                _close_without_lock(conn)
+            raise
+
+    def _release(self, conn: Connection) -> bool:
+        from sqlalchemy import text
+
+        if self._unlocked:
+            return True
+        # Unlock on the session that took the lock. Directly connected that is
+        # the first try; behind a transaction pooler (detected by verify) each
+        # transaction may land on another server session, and an unlock
+        # elsewhere would leave the lock held in the pool, blocking every
+        # applier until the pooler closes that session.
+        for _ in range(_UNLOCK_TRIES):
+            pid = conn.execute(text("SELECT pg_backend_pid()")).scalar()
+            if self.backend_pid is None or pid == self.backend_pid:
+                unlocked = conn.execute(text("SELECT pg_advisory_unlock(:key)"),
+                                        {"key": self.number}).scalar()
+                # The connection goes back to the caller's pool: no seedguard label on it.
+                conn.execute(text("RESET application_name"))
+                conn.commit()
+                if not unlocked:  # the server says this session did not hold it
+                    log.warning("the database lock %r was not held by its session at release",
+                                self.key)
+                    return False
+                self._unlocked = True
+                return True
+            conn.commit()
+        log.warning("could not reach PostgreSQL session %s to release the database lock "
+                    "%r; it is released when that session ends (pg_terminate_backend(%s))",
+                    self.backend_pid, self.key, self.backend_pid)
+        return False
+
+    def verify(self) -> None:
+        """Raise if the lock's session died, or if we are no longer talking to it.
+
+        A different ``pg_backend_pid()`` than the one that took the lock can
+        only mean a pooler in transaction mode: say so and name the safe mode.
+        """
+        from sqlalchemy import text
+
+        if self.conn is None:
+            return
+        unsigned = self.number & 0xFFFFFFFFFFFFFFFF
+        try:
+            pid, held = self.conn.execute(text(
+                "SELECT pg_backend_pid(), EXISTS (SELECT 1 FROM pg_locks WHERE "
+                "locktype = 'advisory' AND granted AND pid = pg_backend_pid() "
+                "AND classid = :hi AND objid = :lo AND objsubid = 1)"),
+                {"hi": unsigned >> 32, "lo": unsigned & 0xFFFFFFFF}).one()
+            self.conn.commit()
+        except Exception as err:
+            raise self._lost(err) from err
+        if pid != self.backend_pid:
+            # Best effort: release() ends the session if this cannot confirm it.
+            with contextlib.suppress(Exception):
+                self._release(self.conn)
+            raise ConfigError(
+                f"the PostgreSQL session holding the database lock {self.key!r} changed "
+                f"between transactions (server pid {self.backend_pid}, now {pid}): a "
+                "connection pooler in transaction mode (PgBouncer?) sits in front of the "
+                "server, and a session lock is not safe there; use lock_mode=\"transaction\" "
+                "(SEEDGUARD_LOCK_MODE=transaction) or connect to the server directly"
+            )
+        if not held:
+            raise self._lost(RuntimeError("the advisory lock is no longer held by this session"))
+
+    def holder(self) -> str | None:
+        from sqlalchemy import text
+
+        query = text(
+            "SELECT a.pid, a.application_name, a.client_addr, a.state_change "
+            "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND l.granted "
+            "AND l.classid = :hi AND l.objid = :lo AND l.objsubid = 1"
+        )
+        try:
+            with self.engine.connect() as conn:
+                self.resolve(conn)
+                number = self.number
+                unsigned = number & 0xFFFFFFFFFFFFFFFF
+                params = {"hi": unsigned >> 32, "lo": unsigned & 0xFFFFFFFF}
+                row = conn.execute(query, params).first()
+        except Exception:
+            return None
+        if row is None:
+            return None
+        since = row.state_change.isoformat(timespec="seconds") if row.state_change else "?"
+        return (f"{row.application_name or 'backend'} (server pid {row.pid}, "
+                f"client {row.client_addr or 'local'}) since {since}")
+
+
+def _close_without_lock(conn: Connection) -> None:
+    """Close a lock connection whose lock was never granted, with its settings put back.
+
+    After a rollback the settings made in the transaction are undone; in
+    AUTOCOMMIT they were not in one, so put them back explicitly. A session
+    that cannot be cleaned is ended rather than pooled.
+    """
+    from sqlalchemy import text
+
+    try:
+        conn.rollback()
+        conn.execute(text(f"SELECT {_RESTORE_TIMEOUTS.format(local='false')}"))
+        conn.execute(text("RESET application_name"))
+        conn.commit()
+    except Exception:
+        with contextlib.suppress(Exception):
+            conn.invalidate()
+    finally:
+        conn.close()
+
+
+class PostgresTransactionLock(PostgresSessionLock):
+    """``pg_advisory_xact_lock`` inside each unit's transaction (``lock_mode="transaction"``).
+
+    Safe behind PgBouncer in transaction pooling, where one client's
+    transactions may each run on a different server session, so no lock may
+    outlive a transaction. Nothing is held between units: the runner takes
+    this lock as the first statement of each unit's transaction (and of the
+    ledger's creation) and re-reads the unit's ledger row under it. The lock
+    is released by the commit or rollback, or by the server when the client
+    dies. With psycopg 3 and PgBouncer < 1.21, also pass
+    ``connect_args={"prepare_threshold": None}`` (no server-side prepared
+    statements).
+    """
+
+    dialects = ("postgresql",)
+    per_transaction = True
+
+    def acquire(self, deadline: Deadline) -> None:
+        pass
+
+    def verify(self) -> None:
+        pass
+
+    @property
+    def work_connection(self) -> Connection | None:
+        return None
+
+    def lock_unit(self, conn: Connection, deadline: Deadline) -> None:
+        from sqlalchemy import text
+        from sqlalchemy.exc import DBAPIError
+
+        # set_config(..., true) is SET LOCAL: it ends with this transaction,
+        # so it never leaks into a pooled session another client gets next.
+        columns, params = self._identity(self.ledger)
+        row = conn.execute(text(
+            f"SELECT {columns}, set_config('lock_timeout', :sg_lock_ms, true), "
+            "set_config('statement_timeout', :sg_statement_ms, true)"),
+            {**params, **_wait_settings(deadline)}).one()
+        self._take_key(row)
+        try:
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": self.number})
+        except DBAPIError as err:
+            state = _sqlstate(err)
+            if state in (_LOCK_NOT_AVAILABLE, _QUERY_CANCELED):
+                raise self._timeout(deadline, cancelled=state == _QUERY_CANCELED) from err
+            raise
+        # The session's own values for the rest of the unit's transaction, so
+        # the unit runs with the timeouts the application configured, not ours.
+        conn.execute(text(f"SELECT {_RESTORE_TIMEOUTS.format(local='true')}"))
