@@ -72,7 +72,7 @@ class SeedUnit:
         if self.name in self.after:
             raise DefinitionError(f"unit {self.name!r} lists itself in after=")
 
-    def __call__(self, session: Session) -> Any:
+    def __call__(self, session: Session | None = None) -> Any:
         # A unit may take the session, or nothing (code that writes through
         # db.session or a scoped_session, which are the unit's session then).
         if takes_session(self.fn):

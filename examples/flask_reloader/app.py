@@ -16,7 +16,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from flask import Flask, jsonify
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column
 
 import seedguard
 from seedguard.flask import SeedGuard
@@ -39,15 +39,17 @@ class Admin(db.Model):  # type: ignore[name-defined,misc]
 # (gunicorn workers); as a unit it runs once, under seedguard's locks. DDL commits
 # implicitly on MySQL/MariaDB, so it cannot share a transaction: transactional=False.
 @seedguard.seed("tables", transactional=False)
-def tables(session: Session) -> None:
-    db.metadata.create_all(session.connection())
+def tables() -> None:
+    db.create_all()
 
 
 @seedguard.seed("admin-user", after=["tables"])
-def admin_user(session: Session) -> None:
+def admin_user() -> None:
+    # Written as Flask code is: db.session and Model.query are the unit's session here.
     email = os.environ.get("ADMIN_EMAIL") or input("admin e-mail? ")
     _note_run(email)
-    session.add(Admin(email=email))
+    db.session.add(Admin(email=email))
+    db.session.commit()  # ends a savepoint: the unit commits with its ledger row
 
 
 def _note_run(email: str) -> None:
@@ -77,8 +79,7 @@ if not SEEDGUARD_ON:
     # The bug: this runs in the reloader's parent AND in every child it starts.
     with app.app_context():
         db.create_all()
-        admin_user(db.session)
-        db.session.commit()
+        admin_user()
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from flask import Flask, jsonify
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column
 
 import seedguard
 from seedguard.flask import SeedGuard
@@ -30,18 +30,20 @@ class Admin(db.Model):  # type: ignore[name-defined,misc]
 
 
 @seedguard.seed("tables", transactional=False)  # DDL: see app.py
-def tables(session: Session) -> None:
-    db.metadata.create_all(session.connection())
+def tables() -> None:
+    db.create_all()
 
 
 @seedguard.seed("admin-user", after=["tables"])
-def admin_user(session: Session) -> None:
+def admin_user() -> None:
+    # Written as Flask code is: db.session and Model.query are the unit's session here.
     email = os.environ.get("ADMIN_EMAIL") or input("admin e-mail? ")
     log = os.environ.get("SEED_RUN_LOG")
     if log:
         with open(log, "a", encoding="utf-8") as fh:
             fh.write(f"{os.getpid()} {email}\n")
-    session.add(Admin(email=email))
+    db.session.add(Admin(email=email))
+    db.session.commit()  # ends a savepoint: the unit commits with its ledger row
 
 
 def create_app() -> Flask:
