@@ -8,7 +8,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from _support import (
     unit,
     write_module,
 )
+from conftest import make_database
 from sqlalchemy import orm
 
 import seedguard
@@ -83,11 +84,18 @@ MYSQL_IMPLICIT_COMMITS = [
 ]
 
 
+@pytest.fixture
+def mariadb_fx(tmp_path: Path) -> Iterator[TestDatabase]:
+    """MariaDB only: implicit commits are MySQL/MariaDB's."""
+    for database in make_database("mariadb", tmp_path):
+        database.create_effects_table()
+        yield database
+
+
 @pytest.mark.parametrize("statement", MYSQL_IMPLICIT_COMMITS)
-def test_mariadb_implicit_commit_is_refused_before_it_runs(fx: TestDatabase,
+def test_mariadb_implicit_commit_is_refused_before_it_runs(mariadb_fx: TestDatabase,
                                                            statement: str) -> None:
-    if fx.kind != "mariadb":
-        pytest.skip("implicit commits are MySQL/MariaDB's")
+    fx = mariadb_fx
 
     def ddl(session: orm.Session) -> None:
         _write(session, "before")
