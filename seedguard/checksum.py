@@ -23,7 +23,7 @@ import linecache
 import os
 import textwrap
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from seedguard import checksum_cache
 
@@ -41,7 +41,7 @@ def code_checksum(fn: Callable[..., Any]) -> str:
     """Checksum of a function's code: its arguments and body, without docstring or decorators."""
     code = getattr(fn, "__code__", None)
     if code is not None:
-        in_file = _file_checksums(code.co_filename)
+        in_file = _file_checksums(code.co_filename, getattr(fn, "__globals__", None))
         found = in_file.get(f"{code.co_firstlineno}:{fn.__name__}") if in_file else None
         if found is not None:
             return found
@@ -78,13 +78,24 @@ def same_algorithm(a: str, b: str) -> bool:
 
 FunctionNode = ast.FunctionDef | ast.AsyncFunctionDef
 
-# filename -> (what the checksums were computed from, checksums by "first line:name").
-# What: the linecache lines (compared by identity) or the file's (mtime, size,
-# inode), so a module re-imported after an edit is hashed again.
-_computed: dict[str, tuple[object, dict[str, str] | None]] = {}
+class _Computed(NamedTuple):
+    """A file's checksums in this process, and what they were computed from."""
+
+    # The linecache lines (compared by identity), or the file's (mtime, size, inode).
+    source: object
+    checksums: dict[str, str] | None
+    # The module namespace and spec that asked: more functions of the same
+    # module import need no stat (a 1,000-unit module would pay 1,000 of
+    # them); importlib.reload installs a new spec, so an edit is seen then.
+    namespace: object = None
+    spec: object = None
 
 
-def _file_checksums(filename: str) -> dict[str, str] | None:
+_computed: dict[str, _Computed] = {}
+
+
+def _file_checksums(filename: str, namespace: dict[str, Any] | None = None
+                    ) -> dict[str, str] | None:
     """The checksum of every function in ``filename``, by ``"first line:name"``.
 
     Computed once per file content: from the on-disk cache when it holds the
@@ -95,14 +106,19 @@ def _file_checksums(filename: str) -> dict[str, str] | None:
     """
     if filename in linecache.cache:
         return _from_lines(filename)
+    memo = _computed.get(filename)
+    spec = namespace.get("__spec__") if namespace is not None else None
+    if memo is not None and namespace is not None and memo.namespace is namespace \
+            and memo.spec is spec:
+        return memo.checksums
     try:
         stat = os.stat(filename)
     except (OSError, ValueError):
         return _from_lines(filename)  # not a plain file: linecache may still find it
     stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
-    memo = _computed.get(filename)
-    if memo is not None and memo[0] == stamp:
-        return memo[1]
+    if memo is not None and memo.source == stamp:
+        _computed[filename] = memo._replace(namespace=namespace, spec=spec)
+        return memo.checksums
     try:
         with open(filename, "rb") as source:
             data = source.read()
@@ -116,7 +132,7 @@ def _file_checksums(filename: str) -> dict[str, str] | None:
         checksums = _checksums_of_text(importlib.util.decode_source(data))
         if checksums is not None:
             checksum_cache.store(filename, digest, CODE_ALGORITHM, checksums)
-    _computed[filename] = (stamp, checksums)
+    _computed[filename] = _Computed(stamp, checksums, namespace, spec)
     return checksums
 
 
@@ -125,10 +141,10 @@ def _from_lines(filename: str) -> dict[str, str] | None:
     if not lines:
         return None
     memo = _computed.get(filename)
-    if memo is not None and memo[0] is lines:  # linecache re-read the file otherwise
-        return memo[1]
+    if memo is not None and memo.source is lines:  # linecache re-read the file otherwise
+        return memo.checksums
     checksums = _checksums_of_text("".join(lines))
-    _computed[filename] = (lines, checksums)
+    _computed[filename] = _Computed(lines, checksums)
     return checksums
 
 

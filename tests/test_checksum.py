@@ -301,3 +301,23 @@ def test_functions_without_a_readable_file_fall_back_as_before(cache_home: Path)
     value = code_checksum(namespace["work"])
     assert value.startswith("code1:")  # bytecode, tagged apart, never cached
     assert _entries(cache_home) == []
+
+
+def test_a_reloaded_module_is_hashed_from_its_new_source(tmp_path: Path, cache_home: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    name = f"reload_{tmp_path.name.replace('-', '_')}"
+    path = tmp_path / f"{name}.py"
+    path.write_text(PROBE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module(name)
+    try:
+        assert code_checksum(module.work) == PINNED["work"]
+        path.write_text(PROBE.replace('name="admin"', 'name="user"'))
+        importlib.reload(module)  # a reloader does this in-process
+        changed = code_checksum(module.work)
+        assert changed.startswith("ast1:") and changed != PINNED["work"]
+        assert code_checksum(module.fetch) == PINNED["fetch"]
+    finally:
+        sys.modules.pop(name, None)
