@@ -14,8 +14,9 @@ import datetime as dt
 import functools
 import logging
 import os
+import re
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -29,6 +30,9 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
 log = logging.getLogger(__name__)
+
+# What read_against() writes into SQL as a literal: unit names, checksums.
+_LITERAL = re.compile(r"[A-Za-z0-9_.:+/=-]{1,255}")
 
 HEAD_REVISION = "sg0002"
 """The newest revision in ``migrations/versions``; raise it with each new revision."""
@@ -101,6 +105,15 @@ class LedgerState(Mapping[tuple[str, int], LedgerRow]):
         return list(self._rows.values())
 
 
+class Comparison(NamedTuple):
+    """What :meth:`Ledger.read_against` found."""
+
+    all_applied: bool
+    """Every unit has an applied row with its checksum: nothing to plan."""
+    state: LedgerState
+    """Unless all applied: the rows as :meth:`Ledger.read` would return them for planning."""
+
+
 class Ledger:
     """The ledger table ``schema.name`` and the statements that touch it."""
 
@@ -136,6 +149,8 @@ class Ledger:
             sa.Column("version_num", sa.String(32), primary_key=True),
             schema=schema,
         )
+        # The last read_against() statement and the set it was built for.
+        self._against: tuple[tuple[tuple[str, int, str], ...], str] | None = None
 
     @property
     def qualified_name(self) -> str:
@@ -183,6 +198,75 @@ class Ledger:
             return LedgerState(cast("LedgerRow", PlanRow(r[0], r[1], r[2], r[3]))
                                for r in result if r[0] is not None)
         return LedgerState(self._row(r) for r in result if r.name is not None)
+
+    def read_against(self, conn: Connection,
+                     expected: Sequence[tuple[str, int, str]]) -> Comparison | None:
+        """The ledger compared by the database with each unit's ``(name, version, checksum)``.
+
+        One statement, which returns the ledger's revision, how many units
+        have an applied row with the same checksum, and only the rows that do
+        not match. At 1,000 units, reading every row into Python took about six
+        times as long on SQLite (bench/noop.py). The state it returns plans
+        exactly as :meth:`read`'s would for these units.
+
+        None when the answer has to come from :meth:`read` instead: other
+        databases (a 1,000-row literal set is slower to plan there than the rows
+        are to read, measured on PostgreSQL and MariaDB), no units, a value
+        that cannot be written as a literal, a ledger that is missing, behind
+        or newer, or a unit with no row at all (there is work to do then).
+        """
+        if conn.dialect.name != "sqlite" or not expected:
+            return None
+        statement = self._read_against_sql(conn, tuple(expected))
+        if statement is None:
+            return None
+        try:
+            result = conn.exec_driver_sql(statement).all()
+        except sa.exc.DBAPIError as err:
+            if err.connection_invalidated:
+                raise
+            conn.rollback()
+            return None
+        if not result or result[0][0] != HEAD_REVISION:
+            return None
+        matched = result[0][1]
+        if matched == len(expected):
+            return Comparison(True, LedgerState())
+        rows = [PlanRow(r[2], r[3], r[4], r[5]) for r in result if r[2] is not None]
+        seen = {(row.name, row.version) for row in rows}
+        rest = [item for item in expected if (item[0], item[1]) not in seen]
+        if matched != len(rest):
+            return None  # some unit has no row: pending work, read() says which
+        rows += [PlanRow(name, version, checksum, "applied") for name, version, checksum in rest]
+        return Comparison(False, LedgerState(cast("list[LedgerRow]", rows)))
+
+    def _read_against_sql(self, conn: Connection,
+                          expected: tuple[tuple[str, int, str], ...]) -> str | None:
+        # Literals, not 3,000 bound parameters (older SQLite allows 999), and
+        # the same string on every warm call, so sqlite3's statement cache
+        # prepares it once. Names are validated to [A-Za-z0-9_.:-]; a checksum
+        # outside the safe set (a custom checksum_fn) disables the shortcut.
+        cached = self._against
+        if cached is not None and cached[0] == expected:
+            return cached[1]
+        if not all(_LITERAL.fullmatch(name) and _LITERAL.fullmatch(checksum)
+                   and type(version) is int for name, version, checksum in expected):
+            return None
+        preparer = conn.dialect.identifier_preparer
+        ledger = preparer.format_table(self.table)
+        values = ",".join(f"('{name}',{version},'{checksum}')"
+                          for name, version, checksum in expected)
+        # status is NOT NULL; a NULL checksum (a stamped unit) is a mismatch.
+        statement = (
+            f"SELECT v.version_num, m.matched, l.name, l.version, l.checksum, l.status "
+            f"FROM {preparer.format_table(self.version_table)} v "
+            f"CROSS JOIN (SELECT count(*) AS matched FROM {ledger} "
+            f"WHERE status = 'applied' AND (name, version, checksum) IN ({values})) m "
+            f"LEFT OUTER JOIN {ledger} l ON l.status <> 'applied' OR l.checksum IS NULL "
+            f"OR (l.name, l.version, l.checksum) NOT IN ({values})"
+        )
+        self._against = (expected, statement)
+        return statement
 
     def read_current(self, conn: Connection) -> LedgerState:
         """The ledger's rows, for use after :meth:`ensure` (errors propagate)."""

@@ -151,12 +151,22 @@ def run(
     same locks (issue 5), so concurrent deploys never race alembic.
     """
     ledger = Ledger.named(settings.ledger_table, settings.ledger_schema)
+    checksums = {unit.name: unit.checksum() for unit in units}
     with connect(engine) as conn:
-        state = ledger.read(conn, full=False)
+        # Where the database compares faster than Python, it does: then
+        # "every unit applied and unchanged" needs no planning at all.
+        compared = ledger.read_against(
+            conn, [(unit.name, unit.version, checksums[unit.name]) for unit in units])
+        if compared is not None and compared.all_applied and not schema:
+            return ApplyResult(skipped=list(units), dry_run=dry_run)
+        state: LedgerState | None = None
+        if compared is not None and not compared.all_applied:
+            state = compared.state
+        else:  # another database, or schema=True (it takes the locks anyway)
+            state = ledger.read(conn, full=False)
     # Reads the user's alembic graph only if a would-be-pending unit declares
     # requires_revision: the no-op start-up stays one query.
     gate = RevisionGate(settings, engine)
-    checksums = {unit.name: unit.checksum() for unit in units}
     first = plan(units, state or LedgerState(), checksums, strict=strict, revisions=gate)
     if dry_run:
         result = first.result(dry_run=True)
