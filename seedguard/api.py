@@ -18,7 +18,14 @@ from seedguard.connect import engine_for
 from seedguard.errors import ConfigError
 from seedguard.events import Listener
 from seedguard.registry import SeedsSpec, active, discover, order, with_dependencies
-from seedguard.reports import HistoryResult, LedgerChange, StatusResult, UnitStatus, WrittenFile
+from seedguard.reports import (
+    HistoryResult,
+    LedgerChange,
+    StatusResult,
+    UnitState,
+    UnitStatus,
+    WrittenFile,
+)
 from seedguard.result import ApplyResult
 from seedguard.unit import SeedUnit, validate_name, validate_version
 
@@ -44,7 +51,7 @@ def apply(
     lock_path: str | os.PathLike[str] | None = None,
     strict: bool = False,
     on_event: Listener | None = None,
-    lock_mode: str | None = None,
+    lock_mode: _config.LockMode | None = None,
     schema: bool = False,
     alembic_config: str | os.PathLike[str] | None = None,
 ) -> ApplyResult:
@@ -202,6 +209,7 @@ def _unit_status(unit: SeedUnit, rows: LedgerState) -> UnitStatus:
 
     row = rows.get(unit.key)
     latest = rows.latest(unit.name)
+    state: UnitState
     if row is None:
         ahead = latest is not None and latest.version > unit.version
         state = "ahead" if ahead else "pending"

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from seedguard.errors import ConfigError
 
@@ -29,6 +29,10 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 DEFAULT_LEDGER_TABLE = "seedguard_ledger"
+LockMode = Literal["session", "transaction"]
+"""``session``: one database lock for the whole run; ``transaction``: one per
+unit's transaction (PostgreSQL behind a transaction-pooling PgBouncer)."""
+_LOCK_MODES: dict[str, LockMode] = {"session": "session", "transaction": "transaction"}
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _KEYS = ("url", "seeds", "contexts", "lock_path", "lock_timeout", "alembic_config",
          "ledger_table", "ledger_schema", "lock_mode")
@@ -50,7 +54,7 @@ class Settings:
     alembic_config: str | None = None
     ledger_table: str = DEFAULT_LEDGER_TABLE
     ledger_schema: str | None = None
-    lock_mode: str = "session"
+    lock_mode: LockMode = "session"
     sources: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -233,10 +237,11 @@ def _identifier(value: Any, what: str) -> Any:
     return value
 
 
-def _lock_mode(value: Any) -> str:
-    if value not in ("session", "transaction"):
+def _lock_mode(value: Any) -> LockMode:
+    mode = _LOCK_MODES.get(value) if isinstance(value, str) else None
+    if mode is None:
         raise ConfigError(
             f"lock_mode must be 'session' or 'transaction' (for PgBouncer transaction "
             f"pooling), not {value!r}"
         )
-    return str(value)
+    return mode

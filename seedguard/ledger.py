@@ -16,11 +16,11 @@ import logging
 import os
 import re
 import socket
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, TypeVar, overload
 
 import sqlalchemy as sa
 
@@ -44,6 +44,24 @@ KNOWN_REVISIONS = frozenset({"sg0001", "sg0002"})
 """Every revision this seedguard knows; a ledger at any other one is from a newer release."""
 
 
+LedgerStatus = Literal["applied", "running"]
+"""A ledger row's status: ``running`` only while (or if interrupted while) a
+non-transactional unit does its work."""
+
+
+class PlannedRow(Protocol):
+    """What planning reads of a ledger row: both row types below have it."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def checksum(self) -> str | None: ...
+    @property
+    def status(self) -> str: ...
+
+
 @dataclass(frozen=True)
 class LedgerRow:
     """One recorded application of a unit version."""
@@ -51,7 +69,7 @@ class LedgerRow:
     name: str
     version: int
     checksum: str | None
-    status: str
+    status: LedgerStatus
     applied_at: dt.datetime
     duration_ms: int | None
     applied_by: str | None
@@ -64,45 +82,57 @@ class PlanRow(NamedTuple):
     name: str
     version: int
     checksum: str | None
-    status: str
+    status: LedgerStatus
 
 
-class LedgerState(Mapping[tuple[str, int], LedgerRow]):
-    """The ledger's rows by ``(name, version)``, with look-ups by name.
+Row = TypeVar("Row", bound=PlannedRow, covariant=True)
 
-    On the fast path the rows are :class:`PlanRow` tuples carrying only what
-    planning needs: building a LedgerRow per row was most of a no-op
-    start-up's cost (bench/noop.py).
+
+class RowState(Mapping[tuple[str, int], Row]):
+    """Ledger rows by ``(name, version)``, with look-ups by name.
+
+    :class:`LedgerState` holds whole rows; :class:`PlanState`, what the fast
+    path reads: building a LedgerRow per row was most of a no-op start-up's
+    cost (bench/noop.py). The planner takes either.
     """
 
-    def __init__(self, rows: Iterable[LedgerRow] = ()) -> None:
+    def __init__(self, rows: Iterable[Row] = ()) -> None:
         self._rows = {(row.name, row.version): row for row in rows}
-        self._latest: dict[str, LedgerRow] | None = None
+        self._latest: dict[str, Row] | None = None
 
-    def __getitem__(self, key: tuple[str, int]) -> LedgerRow:
+    def __getitem__(self, key: tuple[str, int]) -> Row:
         return self._rows[key]
 
     def get(self, key: tuple[str, int], default: Any = None) -> Any:  # a plain dict look-up
         return self._rows.get(key, default)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[tuple[str, int]]:
         return iter(self._rows)
 
     def __len__(self) -> int:
         return len(self._rows)
 
-    def latest(self, name: str) -> LedgerRow | None:
+    def latest(self, name: str) -> Row | None:
         """The row of the highest recorded version of ``name``."""
         if self._latest is None:
-            self._latest = {}
+            latest: dict[str, Row] = {}
             for row in self._rows.values():
-                seen = self._latest.get(row.name)
+                seen = latest.get(row.name)
                 if seen is None or row.version > seen.version:
-                    self._latest[row.name] = row
+                    latest[row.name] = row
+            self._latest = latest
         return self._latest.get(name)
 
-    def rows(self) -> list[LedgerRow]:
+    def rows(self) -> list[Row]:
         return list(self._rows.values())
+
+
+class LedgerState(RowState[LedgerRow]):
+    """Whole ledger rows (``status``, ``history``, and the re-read under the locks)."""
+
+
+class PlanState(RowState[PlanRow]):
+    """The planning columns of the ledger's rows (the fast path)."""
 
 
 class Comparison(NamedTuple):
@@ -110,7 +140,7 @@ class Comparison(NamedTuple):
 
     all_applied: bool
     """Every unit has an applied row with its checksum: nothing to plan."""
-    state: LedgerState
+    state: PlanState
     """Unless all applied: the rows as :meth:`Ledger.read` would return them for planning."""
 
 
@@ -158,7 +188,12 @@ class Ledger:
 
     # -- reading -----------------------------------------------------------
 
-    def read(self, conn: Connection, *, full: bool = True) -> LedgerState | None:
+    @overload
+    def read(self, conn: Connection, *, full: Literal[True] = ...) -> LedgerState | None: ...
+    @overload
+    def read(self, conn: Connection, *, full: Literal[False]) -> PlanState | None: ...
+
+    def read(self, conn: Connection, *, full: bool = True) -> LedgerState | PlanState | None:
         """The ledger's rows, or None when the table is missing or not at ``HEAD_REVISION``.
 
         One statement. It runs in a SAVEPOINT-free way: on failure the caller's
@@ -195,8 +230,7 @@ class Ledger:
         if not full:
             # Index access and a NamedTuple: attribute access on result rows
             # is ten times slower, and this runs for every row at start-up.
-            return LedgerState(cast("LedgerRow", PlanRow(r[0], r[1], r[2], r[3]))
-                               for r in result if r[0] is not None)
+            return PlanState(PlanRow(r[0], r[1], r[2], r[3]) for r in result if r[0] is not None)
         return LedgerState(self._row(r) for r in result if r.name is not None)
 
     def read_against(self, conn: Connection,
@@ -232,13 +266,13 @@ class Ledger:
         rows = [PlanRow(r[2], r[3], r[4], r[5]) for r in result if r[2] is not None]
         matched = result[0][1] - len(rows)
         if matched == len(expected):
-            return Comparison(True, LedgerState())
+            return Comparison(True, PlanState())
         seen = {(row.name, row.version) for row in rows}
         rest = [item for item in expected if (item[0], item[1]) not in seen]
         if matched != len(rest):
             return None  # some unit has no row: pending work, read() says which
         rows += [PlanRow(name, version, checksum, "applied") for name, version, checksum in rest]
-        return Comparison(False, LedgerState(cast("list[LedgerRow]", rows)))
+        return Comparison(False, PlanState(rows))
 
     def _read_against_sql(self, conn: Connection,
                           expected: tuple[tuple[str, int, str], ...]) -> str | None:
@@ -357,7 +391,7 @@ class Ledger:
     # -- writing -----------------------------------------------------------
 
     def insert(self, conn: Connection, name: str, version: int, checksum: str | None,
-               *, status: str = "applied", description: str | None = None) -> None:
+               *, status: LedgerStatus = "applied", description: str | None = None) -> None:
         """Record ``(name, version)``; the primary key refuses a second applier."""
         conn.execute(self.table.insert().values(
             name=name, version=version, checksum=checksum, status=status,
@@ -366,7 +400,7 @@ class Ledger:
         ))
 
     def finish(self, conn: Connection, name: str, version: int, *, checksum: str | None,
-               duration_ms: int, status: str = "applied") -> None:
+               duration_ms: int, status: LedgerStatus = "applied") -> None:
         """Set the outcome of a recorded row; exactly one row must match."""
         table = self.table
         result = conn.execute(

@@ -26,13 +26,13 @@ from seedguard.checksum import same_algorithm
 from seedguard.connect import connect
 from seedguard.errors import DriftError, SeedFailed, SeedguardError, UnitBlocked
 from seedguard.events import Listener, UnitFinished, UnitStarted, running
-from seedguard.ledger import Ledger, LedgerState
+from seedguard.ledger import Ledger, LedgerState, PlannedRow, RowState
 from seedguard.locking import DatabaseLock, Deadline, both_locks, ledger_locks
 from seedguard.result import Applied, ApplyResult, Drift, Waiting
 from seedguard.unit import SeedUnit
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Connection, Engine
+    from sqlalchemy.engine import Connection, Engine, Transaction
 
     from seedguard.config import Settings
 
@@ -60,7 +60,7 @@ class Plan:
                            waiting=list(self.waiting), dry_run=dry_run)
 
 
-def plan(units: Sequence[SeedUnit], state: LedgerState, checksums: Mapping[str, str], *,
+def plan(units: Sequence[SeedUnit], state: RowState[PlannedRow], checksums: Mapping[str, str], *,
          strict: bool = False, revisions: Callable[[SeedUnit], bool] | None = None) -> Plan:
     """Sort ``units`` (already in run order) into pending, skipped, drifted, ahead, blocked.
 
@@ -159,7 +159,7 @@ def run(
             conn, [(unit.name, unit.version, checksums[unit.name]) for unit in units])
         if compared is not None and compared.all_applied and not schema:
             return ApplyResult(skipped=list(units), dry_run=dry_run)
-        state: LedgerState | None = None
+        state: RowState[PlannedRow] | None = None
         if compared is not None and not compared.all_applied:
             state = compared.state
         else:  # another database, or schema=True (it takes the locks anyway)
@@ -429,12 +429,12 @@ def _raise_blocked(current: Plan) -> None:
         )
 
 
-def _rollback(trans: object) -> None:
+def _rollback(trans: Transaction | None) -> None:
     # The connection may be gone (killed server-side); the server rolls back then.
     if trans is None:
         return
     try:
-        trans.rollback()  # type: ignore[attr-defined]
+        trans.rollback()
     except Exception as err:
         log.debug("rollback failed (connection lost?): %s", type(err).__name__)
 
