@@ -59,13 +59,27 @@ def data_seed(
 ) -> SeedUnit:
     """Declare (and register) a unit that upserts ``rows`` or the file at ``path`` by ``key``.
 
-    ``table``: a Core Table, an ORM model, or a table name reflected when the
-    unit runs. ``path``: a ``.csv`` file with a header row or a ``.json`` file
-    holding a list of objects; a relative path is resolved against the
-    directory of the file that calls ``data_seed``. ``version=None``: re-apply
-    whenever the data changes (checksum); an explicit version re-applies only
-    when raised (a data change is reported as drift). ``prune=True`` DELETES
-    every row of the table whose key is not in the data.
+    :param name: the unit's name, as for :func:`seedguard.seed`.
+    :param table: a Core ``Table``, an ORM model, or a table name (reflected
+        when the unit runs).
+    :param key: the column (or list of columns) that identifies a row; it
+        needs a primary key or unique index.
+    :param rows: the data as a list of dicts; give this or ``path``.
+    :param path: a ``.csv`` file with a header row or a ``.json`` file holding
+        a list of objects; a relative path is resolved against the directory
+        of the file that calls ``data_seed``.
+    :param version: None: re-apply whenever the data changes (its checksum);
+        a number: re-apply only when it is raised (a data change is reported
+        as drift).
+    :param prune: True DELETES every row of the table whose key is not in the
+        data.
+    :param contexts: the contexts the unit runs in; None: always.
+    :param after: names of units that must be applied before this one.
+    :param update: True: update changed columns of existing rows; False: only
+        insert missing rows; a list of column names: update only those.
+    :param encoding: the file's text encoding (the default also strips a BOM).
+    :param description: shown by ``status`` and ``history``; default: the
+        table and key.
     """
     frame = sys._getframe(1)
     caller = frame.f_code.co_filename
