@@ -123,11 +123,17 @@ def resolve(
 
 def find_pyproject(start: Path) -> Path | None:
     """The nearest ``pyproject.toml`` at or above ``start``."""
-    for directory in (start, *start.parents):
-        candidate = directory / "pyproject.toml"
-        if candidate.is_file():
-            return candidate
-    return None
+    # Plain strings and os.path: this runs at every apply(), and a pathlib
+    # object per parent directory cost more than the stat calls themselves.
+    directory = os.fspath(start)
+    while True:
+        candidate = os.path.join(directory, "pyproject.toml")
+        if os.path.isfile(candidate):
+            return Path(candidate)
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            return None
+        directory = parent
 
 
 def _flask_layer() -> tuple[Mapping[str, Any] | None, Engine | None]:
