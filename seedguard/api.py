@@ -11,7 +11,7 @@ import re
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Any, Union
 
 from seedguard import config as _config
 from seedguard.connect import engine_for
@@ -36,6 +36,7 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
+    from sqlalchemy.orm import scoped_session
 
     from seedguard.ledger import Ledger, LedgerState
 
@@ -54,22 +55,46 @@ def apply(
     lock_mode: _config.LockMode | None = None,
     schema: bool = False,
     alembic_config: str | os.PathLike[str] | None = None,
+    scoped_sessions: Iterable[scoped_session[Any]] = (),
 ) -> ApplyResult:
     """Apply every pending selected unit, exactly once across processes and hosts.
 
-    ``bind`` is an Engine, a URL, or None (Flask app context, SEEDGUARD_URL,
-    ``[tool.seedguard]``). ``seeds`` selects units (dotted module path, module,
-    Registry, iterable of units; None: the configured seeds, else every unit
-    declared so far). ``target`` limits the run to one unit and its
-    dependencies. ``dry_run`` reports ``pending`` and writes nothing.
-    ``lock_timeout`` (seconds) bounds every wait for a lock. ``on_event``
-    receives progress events (see :mod:`seedguard.events`). ``lock_mode``:
-    ``"session"`` (default: one database lock held for the whole run) or
-    ``"transaction"`` (PostgreSQL behind PgBouncer in transaction pooling: a
-    transaction-level lock per unit, the ledger re-checked under it).
-    ``schema=True`` runs your ``alembic upgrade head`` first, under the same
-    locks; ``alembic_config`` is your ``alembic.ini`` (or its folder), for
-    that and for units with ``requires_revision`` (see :mod:`seedguard.alembic`).
+    Each unit runs in its own transaction together with its ledger row; a
+    failing unit is rolled back and stops the run (units before it stay
+    applied). Nothing selected pending costs one query and takes no lock.
+
+    :param bind: an ``Engine``, a database URL, or ``None``: inside a Flask app
+        context the app's Flask-SQLAlchemy engine, else ``SEEDGUARD_URL``, else
+        ``url`` under ``[tool.seedguard]`` in pyproject.toml.
+    :param seeds: which units: a dotted module or package path (its submodules
+        are imported too), a module, a ``Registry`` or an iterable of units;
+        ``None``: the configured seeds, else every unit declared so far.
+    :param contexts: the active contexts; a unit with contexts runs only when
+        one of them is active (default: ``SEEDGUARD_CONTEXTS`` or config).
+    :param target: apply only this unit and the units it depends on.
+    :param dry_run: write nothing (not even the ledger table); the result's
+        ``pending`` says what would run, ``previews`` what data seeds would write.
+    :param lock_timeout: seconds to wait for the file and database locks, in
+        all; ``None`` waits as long as it takes. Raises ``LockTimeout``.
+    :param lock_path: the file lock's path (default: beside a SQLite file,
+        else a private temp directory keyed by the database).
+    :param strict: raise ``DriftError`` if an applied unit's code or data changed.
+    :param on_event: called with progress events (see :mod:`seedguard.events`).
+    :param lock_mode: ``"session"`` (default: one database lock for the whole
+        run) or ``"transaction"`` (PostgreSQL behind PgBouncer in transaction
+        pooling: a transaction-level lock per unit, the ledger re-checked under it).
+    :param schema: run your ``alembic upgrade head`` first, under the same locks.
+    :param alembic_config: your ``alembic.ini`` (or its folder), for ``schema``
+        and for units with ``requires_revision`` (see :mod:`seedguard.alembic`).
+    :param scoped_sessions: your ``scoped_session`` objects; while a unit runs
+        each returns the unit's session, so code that writes through them joins
+        the unit's transaction (a Flask app's ``db.session`` does so by itself).
+    :returns: an :class:`~seedguard.ApplyResult`.
+    :raises SeedFailed: a unit failed; its work was rolled back (the message
+        says so only when that is known), the original error is ``__cause__``.
+    :raises LockTimeout: another applier held a lock for longer than ``lock_timeout``.
+    :raises ConfigError: no database, a bad URL or setting, a missing seeds module.
+    :raises DefinitionError: a bad unit declaration, dependency or cycle.
     """
     settings = _config.resolve(
         bind, seeds=seeds, contexts=contexts, lock_path=lock_path, lock_timeout=lock_timeout,
@@ -82,7 +107,7 @@ def apply(
     units = select(settings, target=target)
     with engine_for(settings) as engine:
         return run(engine, units, settings, dry_run=dry_run, strict=strict, listener=on_event,
-                   schema=schema)
+                   schema=schema, scoped_sessions=list(scoped_sessions))
 
 
 def select(settings: _config.Settings, *, target: str | None = None) -> list[SeedUnit]:
@@ -316,7 +341,7 @@ def stamp(bind: Bind, name: str, *, version: int | None = None,
             action = "unchanged"
         else:
             ledger.finish(conn, name, version, checksum=checksum,
-                          duration_ms=row.duration_ms or 0)
+                          duration_ms=row.duration_ms or 0, was="applied")
             action = "restamped"
     return LedgerChange(name, action, [version] if action != "unchanged" else [])
 

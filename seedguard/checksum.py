@@ -76,6 +76,20 @@ def same_algorithm(a: str, b: str) -> bool:
     return a.partition(":")[0] == b.partition(":")[0]
 
 
+def same_kind(a: str, b: str) -> bool:
+    """Whether two checksums both describe code, or both data (any algorithm version).
+
+    A unit whose kind changed under one name (an ``@seed`` function replaced
+    by a data seed, or back) did other work than the recorded one.
+    """
+    return _kind(a) == _kind(b)
+
+
+def _kind(checksum: str) -> str:
+    algorithm = checksum.partition(":")[0]
+    return "data" if algorithm == DATA_ALGORITHM or algorithm.startswith("data") else "code"
+
+
 FunctionNode = ast.FunctionDef | ast.AsyncFunctionDef
 
 class _Computed(NamedTuple):

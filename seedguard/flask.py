@@ -11,6 +11,7 @@ reloader, ``flask run --debug`` or gunicorn workers runs each unit once.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from seedguard.errors import ConfigError
@@ -30,13 +31,16 @@ class SeedGuard:
     ``db`` is the app's ``flask_sqlalchemy.SQLAlchemy`` (optional: the engine
     is found through ``app.extensions["sqlalchemy"]`` anyway); ``seeds`` selects
     the units like ``apply(seeds=)`` (``SEEDGUARD_SEEDS`` in ``app.config`` wins
-    over it, as an app's config should).
+    over it, as an app's config should); ``scoped_sessions`` are the app's
+    own ``scoped_session`` objects besides ``db.session`` (which always joins):
+    while a unit runs, each returns the unit's session.
     """
 
     def __init__(self, app: Flask | None = None, db: Any = None, *,
-                 seeds: SeedsSpec = None) -> None:
+                 seeds: SeedsSpec = None, scoped_sessions: Iterable[Any] = ()) -> None:
         self.db = db
         self.seeds = seeds
+        self.scoped_sessions = tuple(scoped_sessions)
         if app is not None:
             self.init_app(app)
 

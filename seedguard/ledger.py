@@ -34,13 +34,13 @@ log = logging.getLogger(__name__)
 # What read_against() writes into SQL as a literal: unit names, checksums.
 _LITERAL = re.compile(r"[A-Za-z0-9_.:+/=-]{1,255}")
 
-HEAD_REVISION = "sg0002"
+HEAD_REVISION = "sg0003"
 """The newest revision in ``migrations/versions``; raise it with each new revision."""
 
-_ADDED_AFTER_SG0001 = frozenset({"description"})
+_ADDED_AFTER_SG0001 = frozenset({"description", "superseded"})
 """Ledger columns added by revisions after sg0001 (an interrupted sg0001 lacks them)."""
 
-KNOWN_REVISIONS = frozenset({"sg0001", "sg0002"})
+KNOWN_REVISIONS = frozenset({"sg0001", "sg0002", "sg0003"})
 """Every revision this seedguard knows; a ledger at any other one is from a newer release."""
 
 
@@ -74,6 +74,12 @@ class LedgerRow:
     duration_ms: int | None
     applied_by: str | None
     description: str | None = None  # since sg0002
+    # Space-separated checksums this row held before its current one (since sg0003).
+    superseded: str | None = None
+
+    def supersedes(self, checksum: str) -> bool:
+        """Whether ``checksum`` was applied under this row and then replaced."""
+        return bool(self.superseded) and checksum in (self.superseded or "").split()
 
 
 class PlanRow(NamedTuple):
@@ -170,6 +176,8 @@ class Ledger:
             sa.Column("applied_by", sa.String(255)),
             # sg0002: the unit's description, and an index for `history`.
             sa.Column("description", sa.Text),
+            # sg0003: the checksums a re-applied row replaced (never go back to them).
+            sa.Column("superseded", sa.Text),
             sa.Index(f"ix_{name}_applied_at"[:63], "applied_at"),
             schema=schema,
         )
@@ -330,6 +338,7 @@ class Ledger:
             duration_ms=row.duration_ms,
             applied_by=row.applied_by,
             description=row.description,
+            superseded=row.superseded,
         )
 
     # -- schema ------------------------------------------------------------
@@ -380,7 +389,7 @@ class Ledger:
             return
         found = {column["name"] for column in inspector.get_columns(self.name, schema=self.schema)}
         expected = {column.name for column in self.table.columns}
-        if found in (expected, expected - _ADDED_AFTER_SG0001):
+        if expected - _ADDED_AFTER_SG0001 <= found <= expected:
             return
         raise ConfigError(
             f"table {self.qualified_name} exists but is not a seedguard ledger (columns: "
@@ -399,13 +408,53 @@ class Ledger:
             description=description,
         ))
 
+    def claim(self, conn: Connection, name: str, version: int, checksum: str, *,
+              replaces: LedgerRow | None = None, description: str | None = None) -> bool:
+        """Mark ``(name, version)`` as running in ``conn``'s transaction, before any work.
+
+        A new unit's row is inserted (the primary key refuses a second
+        applier); a re-applied unit's row is switched to running only while
+        it still holds ``replaces``' checksum, which also row-locks it until
+        this transaction ends. False: the statement matched nothing, so
+        another applier changed the row since it was read; the caller
+        re-reads it to tell a lost race from anything else. An IntegrityError
+        from the insert propagates for the same reason.
+        """
+        if replaces is None:
+            self.insert(conn, name, version, checksum, status="running",
+                        description=description)
+            return True
+        table = self.table
+        superseded = " ".join(filter(None, [replaces.superseded, replaces.checksum]))
+        result = conn.execute(
+            table.update()
+            .where(table.c.name == name, table.c.version == version,
+                   table.c.status == "applied", _same(table.c.checksum, replaces.checksum))
+            .values(status="running", superseded=superseded or None,
+                    applied_at=utcnow(), applied_by=applied_by(), description=description)
+        )
+        return result.rowcount == 1
+
+    def row(self, conn: Connection, name: str, version: int) -> LedgerRow | None:
+        """The row of ``(name, version)``, compared byte for byte (not by collation)."""
+        table = self.table
+        rows = conn.execute(sa.select(table).where(table.c.name == name,
+                                                   table.c.version == version))
+        return next((self._row(r) for r in rows if r.name == name), None)
+
     def finish(self, conn: Connection, name: str, version: int, *, checksum: str | None,
-               duration_ms: int, status: LedgerStatus = "applied") -> None:
-        """Set the outcome of a recorded row; exactly one row must match."""
+               duration_ms: int, status: LedgerStatus = "applied",
+               was: LedgerStatus = "running") -> None:
+        """Set the outcome of a row whose status is ``was``; exactly one row must match.
+
+        Only a running row is finished: a row some other applier completed
+        meanwhile is never overwritten.
+        """
         table = self.table
         result = conn.execute(
             table.update()
-            .where(table.c.name == name, table.c.version == version)
+            .where(table.c.name == name, table.c.version == version,
+                   table.c.status == was)
             .values(checksum=checksum, status=status, duration_ms=duration_ms,
                     applied_at=utcnow(), applied_by=applied_by())
         )
@@ -422,6 +471,10 @@ class Ledger:
         if version is not None:
             query = query.where(table.c.version == version)
         return conn.execute(query).rowcount
+
+
+def _same(column: Any, value: str | None) -> Any:
+    return column.is_(None) if value is None else column == value
 
 
 def newer_ledger(qualified_name: str, revision: str) -> SeedguardError:

@@ -6,10 +6,15 @@
 2. File lock, then database lock, both bounded by one deadline.
 3. Create or upgrade the ledger, then re-read it under the locks: another
    applier may have finished while we waited.
-4. Each pending unit in its own transaction: its ledger row first (the primary
-   key makes a second applier that bypassed both locks fail here, before any
-   work), then its work through a Session joined with a SAVEPOINT, then the
-   row's outcome. A failure rolls back the unit's work and its row together.
+4. Each pending unit in its own transaction: its ledger row is claimed first,
+   as "running" (the primary key, or for a re-applied unit a conditional
+   update that row-locks it, makes a second applier that bypassed both locks
+   stop here, before any work), then its work runs through a Session joined
+   with a SAVEPOINT (which the app's own sessions are made to be: see
+   :mod:`seedguard.sessions`), then the row becomes "applied" in the same
+   transaction. Nothing may end that transaction early or write around it
+   (:mod:`seedguard.guard`). A failure rolls back the unit's work and its row
+   together.
 """
 
 from __future__ import annotations
@@ -19,22 +24,26 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from seedguard.alembic import RevisionGate, upgrade_head
-from seedguard.checksum import same_algorithm
+from seedguard.checksum import same_algorithm, same_kind
 from seedguard.connect import connect
 from seedguard.errors import DriftError, SeedFailed, SeedguardError, UnitBlocked
 from seedguard.events import Listener, UnitFinished, UnitStarted, running
-from seedguard.ledger import Ledger, LedgerState, PlannedRow, RowState
+from seedguard.guard import EngineGuard, current_unit, ending
+from seedguard.ledger import Ledger, LedgerRow, LedgerState, PlannedRow, RowState
 from seedguard.locking import DatabaseLock, Deadline, both_locks, ledger_locks
 from seedguard.result import Applied, ApplyResult, Drift, Waiting
+from seedguard.sessions import app_sessions, unit_session
 from seedguard.unit import SeedUnit
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Connection, Engine, Transaction
+    from sqlalchemy.engine import Connection, Engine
+    from sqlalchemy.orm import scoped_session
 
     from seedguard.config import Settings
+    from seedguard.guard import _Scope
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +59,8 @@ class Plan:
     blocked: list[SeedUnit] = field(default_factory=list)
     # Units whose requires_revision is not in the user's alembic history yet (issue 5).
     waiting: list[Waiting] = field(default_factory=list)
-    # Units whose (name, version) row exists and is re-applied (on_change="rerun").
-    reruns: set[str] = field(default_factory=set)
+    # Units whose (name, version) row exists and is re-applied: the row each replaces.
+    replaces: dict[str, LedgerRow] = field(default_factory=dict)
     checksums: dict[str, str] = field(default_factory=dict)
 
     def result(self, *, dry_run: bool = False) -> ApplyResult:
@@ -115,12 +124,24 @@ def plan(units: Sequence[SeedUnit], state: RowState[PlannedRow], checksums: Mapp
             else:
                 result.pending.append(unit)
             continue
+        if row.checksum and not same_kind(row.checksum, checksum):
+            # Code replaced by data under one name, or the other way round:
+            # the recorded work is not this unit's work at all.
+            result.pending.append(unit)
+            result.replaces[unit.name] = row
+            continue
         if row.checksum and same_algorithm(row.checksum, checksum) and row.checksum != checksum:
             if unit.on_change == "rerun":
+                if getattr(row, "superseded", None) and row.supersedes(checksum):
+                    # This data was applied once and then replaced by newer
+                    # data (an old replica during a rolling deploy): never go
+                    # back to it; `seedguard forget` is the explicit way back.
+                    result.ahead.append(unit)
+                    continue
                 # Re-applying on change is this unit's policy (data seeds by
                 # default): pending work, not drift to warn about.
                 result.pending.append(unit)
-                result.reruns.add(unit.name)
+                result.replaces[unit.name] = row
                 continue
             drift = Drift(unit.name, unit.version, row.checksum, checksum, unit)
             result.drifted.append(drift)
@@ -144,12 +165,23 @@ def run(
     strict: bool = False,
     listener: Listener | None = None,
     schema: bool = False,
+    scoped_sessions: Sequence[scoped_session[Any]] = (),
 ) -> ApplyResult:
     """Apply the pending ``units`` (in the given order) to ``engine``.
 
     ``schema=True`` first runs the user's ``alembic upgrade head`` under the
-    same locks (issue 5), so concurrent deploys never race alembic.
+    same locks, so concurrent deploys never race alembic. ``scoped_sessions``
+    return each unit's session while it runs, as the Flask app's
+    ``db.session`` does by itself.
     """
+    running_unit = current_unit()
+    if running_unit is not None:
+        # Its own file lock is held by this very process: waiting would never end.
+        raise SeedguardError(
+            f"seedguard.apply() was called inside unit {running_unit.name!r}, which is "
+            "itself being applied; apply() is not re-entrant: do the work in the unit "
+            "with its session, or declare it as a unit of its own (after=...)"
+        )
     ledger = Ledger.named(settings.ledger_table, settings.ledger_schema)
     checksums = {unit.name: unit.checksum() for unit in units}
     with connect(engine) as conn:
@@ -172,9 +204,11 @@ def run(
         result = first.result(dry_run=True)
         _preview(engine, first.pending, result)
         return result
-    # schema=True always takes the locks: the user's schema may be behind.
-    if state is not None and not first.pending and not schema:
-        _raise_blocked(first)
+    # schema=True always takes the locks: the user's schema may be behind. A
+    # "running" row is no reason to fail without them: its owner is most
+    # likely still at work (a gunicorn worker that started a moment earlier),
+    # and the locks make this applier wait for it and look again.
+    if state is not None and not first.pending and not first.blocked and not schema:
         return first.result()
 
     # Work to do: import what the units need now, not while holding the locks
@@ -198,13 +232,13 @@ def run(
         if now is None:
             return False
         settled.append(plan(units, now, checksums, strict=strict, revisions=gate))
-        return not settled[0].pending
+        return not settled[0].pending and not settled[0].blocked
 
+    registries = [*scoped_sessions, *app_sessions(engine)]
     with both_locks(file_lock, db_lock, deadline, skip_if=already_done) as held:
         if not held:
-            _raise_blocked(settled[0])
             return settled[0].result()
-        with _work_connection(engine, db_lock) as conn:
+        with _work_connection(engine, db_lock) as conn, EngineGuard(engine) as guard:
             migrated = _upgrade_schema(settings, engine, conn, db_lock) if schema else []
             if db_lock.per_transaction:
                 # No session lock behind a transaction pooler: create the ledger in
@@ -221,15 +255,16 @@ def run(
             conn.commit()
             result = current.result()
             result.migrated = migrated
-            for unit in current.pending:
-                db_lock.verify()
-                applied = _apply_one(conn, ledger, unit, current, listener, db_lock,
-                                     settings.lock_timeout)
-                if applied is None:
-                    result.skipped.append(unit)
-                else:
-                    result.applied.append(applied)
-                result.pending.remove(unit)
+            with _unit_transactions(conn):
+                for unit in current.pending:
+                    db_lock.verify()
+                    applied = _apply_one(conn, ledger, unit, current, listener, db_lock,
+                                         settings.lock_timeout, guard, registries)
+                    if applied is None:
+                        result.skipped.append(unit)
+                    else:
+                        result.applied.append(applied)
+                    result.pending.remove(unit)
     _raise_blocked(current)
     return result
 
@@ -262,122 +297,218 @@ def _work_connection(engine: Engine, db_lock: DatabaseLock) -> Iterator[Connecti
         yield conn
 
 
-def _done_under_lock(conn: Connection, ledger: Ledger, unit: SeedUnit, checksum: str,
-                     rerun: bool) -> bool:
-    """Transaction lock mode: re-read the unit's row now that its lock is held.
+@contextlib.contextmanager
+def _unit_transactions(conn: Connection) -> Iterator[None]:
+    """Make each transaction on ``conn`` a real one that starts by taking the write lock.
 
-    Nothing was locked between the plan and this transaction, so another
-    applier may have applied the unit since; a "running" row means another
-    applier is doing a non-transactional unit's work right now, or died doing it.
+    ``create_engine(isolation_level="AUTOCOMMIT")`` (also through
+    Flask-SQLAlchemy's ``SQLALCHEMY_ENGINE_OPTIONS``) would commit each of a
+    unit's statements on its own, its ledger row included; the connection
+    gets its own isolation level back instead (SQLAlchemy restores the
+    engine's when the connection returns to the pool).
+
+    On SQLite the database itself is the guard behind the file lock (which a
+    deleted lock file or another spelling of the path would split): sqlite3
+    then opens each unit's transaction, at its first write (the ledger
+    claim), with ``BEGIN IMMEDIATE``, so a second applier waits for the
+    write lock before it reads the row it claims. A deferred transaction
+    would read first and then fail to promote its lock ("database is locked")
+    instead of waiting.
     """
-    table = ledger.table
-    row = conn.execute(table.select().where(table.c.name == unit.name,
-                                            table.c.version == unit.version)).first()
-    if row is None:
-        return False
-    if row.status == "running":
+    dbapi_connection: Any = conn.connection.dbapi_connection
+    if _autocommit(dbapi_connection):
+        conn.execution_options(isolation_level=conn.get_isolation_level())
+    if conn.dialect.name != "sqlite" or not hasattr(dbapi_connection, "isolation_level"):
+        yield
+        return
+    saved = dbapi_connection.isolation_level
+    dbapi_connection.isolation_level = "IMMEDIATE"
+    try:
+        yield
+    finally:
+        dbapi_connection.isolation_level = saved
+
+
+def _autocommit(dbapi_connection: Any) -> bool:
+    # Asked of the driver: Connection.get_isolation_level() reports the
+    # underlying level ("READ COMMITTED") even while autocommit is on.
+    flag = getattr(dbapi_connection, "autocommit", None)
+    if isinstance(flag, bool):  # psycopg, psycopg2, sqlite3 on Python 3.12+ when set
+        return flag
+    get = getattr(dbapi_connection, "get_autocommit", None)
+    if callable(get):  # PyMySQL, mysqlclient
+        return bool(get())
+    # sqlite3 in its legacy transaction control: None means autocommit.
+    return hasattr(dbapi_connection, "isolation_level") and \
+        dbapi_connection.isolation_level is None
+
+
+def _claim(conn: Connection, ledger: Ledger, unit: SeedUnit, checksum: str,
+           replaces: LedgerRow | None, scope: _Scope) -> bool:
+    """Claim the unit's ledger row in the open transaction; False if another applier won.
+
+    A failed claim is a lost race only when a re-read shows that another
+    applier's row is there; anything else (a trigger or CHECK on the ledger,
+    an extra NOT NULL column, names that one collation calls equal) fails
+    the run, so no unit is ever skipped on a misread error.
+    """
+    from sqlalchemy.exc import IntegrityError
+
+    refusal: Exception | None = None
+    try:
+        if ledger.claim(conn, unit.name, unit.version, checksum, replaces=replaces,
+                        description=unit.description):
+            return True
+    except IntegrityError as err:
+        refusal = err
+    with ending(scope):
+        conn.rollback()
+        row = ledger.row(conn, unit.name, unit.version)
+        conn.rollback()
+    if row is not None and row.status == "running":
         raise UnitBlocked(
             f"unit {unit.name!r} v{unit.version} is being applied by another process, or "
-            "was interrupted mid-way (it is non-transactional); run again once it has "
-            f"finished, or if it was interrupted run `seedguard resolve {unit.name} "
-            "--applied` or `--retry`",
+            "was interrupted mid-way; run again once it has finished, or if it was "
+            f"interrupted run `seedguard resolve {unit.name} --applied` or `--retry`",
             unit=unit,
         )
-    return not rerun or row.checksum == checksum
+    if row is not None and (replaces is None or row.checksum == checksum):
+        log.info("unit %s v%d was applied concurrently by another process; skipped",
+                 unit.name, unit.version)
+        return False
+    if refusal is not None:
+        raise SeedFailed(
+            f"unit {unit.name!r} v{unit.version}: recording it in the ledger failed "
+            f"({_root_error(refusal)}) and no other applier's row explains it; check the "
+            f"ledger table {ledger.qualified_name} for triggers, constraints or columns "
+            "seedguard did not create. Nothing of the unit ran",
+            unit=unit,
+        ) from refusal
+    raise SeedFailed(
+        f"unit {unit.name!r} v{unit.version}: its ledger row changed while this run was "
+        "about to re-apply it (another applier with other code or data?); nothing of the "
+        "unit ran: run again",
+        unit=unit,
+    )
 
 
 def _apply_one(conn: Connection, ledger: Ledger, unit: SeedUnit, current: Plan,
-               listener: Listener | None, db_lock: DatabaseLock | None = None,
-               lock_timeout: float | None = None) -> Applied | None:
+               listener: Listener | None, db_lock: DatabaseLock, lock_timeout: float | None,
+               guard: EngineGuard, registries: Sequence[scoped_session[Any]]) -> Applied | None:
     """Apply one unit in its own transaction; None if another applier beat us to it."""
-    from sqlalchemy.exc import IntegrityError
-    from sqlalchemy.orm import Session
-
     checksum = current.checksums[unit.name]
-    rerun = unit.name in current.reruns
+    replaces = current.replaces.get(unit.name)
     if listener is not None:
         listener(UnitStarted(unit))
     log.info("applying %s v%d", unit.name, unit.version)
     started = time.perf_counter()
-    if not unit.transactional:
-        return _apply_non_transactional(conn, ledger, unit, checksum, rerun, listener, started,
-                                        db_lock, lock_timeout)
-    trans = conn.begin()
-    in_work = False
-    try:
-        if db_lock is not None and db_lock.per_transaction:
-            # Transaction lock mode: lock first, then re-check the ledger under it.
-            db_lock.lock_unit(conn, Deadline(lock_timeout))
-            if _done_under_lock(conn, ledger, unit, checksum, rerun):
-                trans.rollback()
-                log.info("unit %s v%d was applied by another process; skipped",
-                         unit.name, unit.version)
-                return None
-        if not rerun:
-            try:
-                ledger.insert(conn, unit.name, unit.version, checksum,
-                              description=unit.description)
-            except IntegrityError:
-                # Only reachable when both locks were bypassed (e.g. a lock path
-                # per process and no database lock): the other applier's row won.
-                trans.rollback()
-                log.warning("unit %s v%d was applied concurrently by another process; skipped",
-                            unit.name, unit.version)
-                return None
-        in_work = True
-        with Session(bind=conn, join_transaction_mode="create_savepoint") as session, \
-                running(unit, listener):
-            unit(session)
-            session.commit()
+    transactional = unit.transactional
+    with guard.unit(conn, unit, transactional=transactional) as scope:
+        if not transactional:
+            return _apply_non_transactional(conn, ledger, unit, checksum, replaces, listener,
+                                            started, db_lock, lock_timeout, scope, registries)
+        trans = conn.begin()
         in_work = False
-        duration_ms = _elapsed_ms(started)
-        ledger.finish(conn, unit.name, unit.version, checksum=checksum, duration_ms=duration_ms)
-        trans.commit()
-    except BaseException as err:
-        _rollback(trans)
-        # Whatever the unit's own work raised (a DataError from a data seed
-        # included) is that unit's failure; seedguard's own errors around it
-        # (lock lost, blocked) pass through as they are.
-        if isinstance(err, Exception) and (in_work or not isinstance(err, SeedguardError)):
-            raise _failed(unit, err) from err
-        raise
+        try:
+            # Transaction lock mode: the lock first, then the claim re-checks under it.
+            db_lock.lock_unit(conn, Deadline(lock_timeout))
+            if not _claim(conn, ledger, unit, checksum, replaces, scope):
+                return None
+            in_work = True
+            with unit_session(conn, registries) as session, running(unit, listener):
+                unit(session)
+                # Flush what the unit left pending: its writes, not a commit of the unit.
+                session.commit()
+            if scope.refused is not None:
+                raise scope.refused  # the unit caught the refusal and went on
+            in_work = False
+            duration_ms = _elapsed_ms(started)
+            ledger.finish(conn, unit.name, unit.version, checksum=checksum,
+                          duration_ms=duration_ms)
+            with ending(scope):
+                trans.commit()
+        except BaseException as err:
+            rolled_back = _abort(conn, scope)
+            if isinstance(err, Exception) and scope.refused is not None:
+                # What the guard refused is the cause; the unit's own error
+                # may only be a consequence of it.
+                err = scope.refused
+            outcome = _outcome(unit, err, in_work=in_work, rolled_back=rolled_back)
+            if outcome is err:
+                raise
+            raise outcome from err
     return _finished(unit, duration_ms, listener)
 
 
 def _apply_non_transactional(conn: Connection, ledger: Ledger, unit: SeedUnit, checksum: str,
-                             rerun: bool, listener: Listener | None,
-                             started: float, db_lock: DatabaseLock | None = None,
-                             lock_timeout: float | None = None) -> Applied | None:
+                             replaces: LedgerRow | None, listener: Listener | None,
+                             started: float, db_lock: DatabaseLock, lock_timeout: float | None,
+                             scope: _Scope, registries: Sequence[scoped_session[Any]]
+                             ) -> Applied | None:
     """Record "running", commit, do the work, then record "applied".
 
     If the process dies in between, the "running" row stays and blocks the unit
     until an operator resolves it: the work may be half done.
     """
-    from sqlalchemy.orm import Session
     with conn.begin():
-        if db_lock is not None and db_lock.per_transaction:
-            # Transaction lock mode: the "running" row is what other appliers
-            # see while the work runs, unlocked, outside any transaction.
-            db_lock.lock_unit(conn, Deadline(lock_timeout))
-            if _done_under_lock(conn, ledger, unit, checksum, rerun):
-                return None
-        if rerun:
-            ledger.finish(conn, unit.name, unit.version, checksum=checksum, duration_ms=0,
-                          status="running")
-        else:
-            ledger.insert(conn, unit.name, unit.version, checksum, status="running",
-                          description=unit.description)
+        # Transaction lock mode: the "running" row is what other appliers
+        # see while the work runs, unlocked, outside any transaction.
+        db_lock.lock_unit(conn, Deadline(lock_timeout))
+        if not _claim(conn, ledger, unit, checksum, replaces, scope):
+            return None
     try:
-        with Session(bind=conn) as session, running(unit, listener):
+        with unit_session(conn, registries, transactional=False) as session, \
+                running(unit, listener):
             unit(session)
             session.commit()
-    except Exception as err:
-        _rollback(conn.get_transaction())
-        raise _failed(unit, err, partial=True) from err
+    except BaseException as err:
+        _abort(conn, scope)
+        outcome = _outcome(unit, err, in_work=True, rolled_back=False, partial=True)
+        if outcome is err:
+            raise
+        raise outcome from err
     with conn.begin():
         ledger.finish(conn, unit.name, unit.version, checksum=checksum,
                       duration_ms=_elapsed_ms(started))
     return _finished(unit, _elapsed_ms(started), listener)
+
+
+def _abort(conn: Connection, scope: _Scope) -> bool:
+    """Roll the unit's transaction back; whether that is known to have happened.
+
+    Also the DB-API connection's own: a commit the guard refused leaves
+    SQLAlchemy's transaction object inactive while the database's is open.
+    """
+    with ending(scope):
+        try:
+            if conn.in_transaction():
+                conn.rollback()
+            dbapi_connection: Any = conn.connection.dbapi_connection
+            dbapi_connection.rollback()
+        except Exception as err:
+            # The connection may be gone (killed server-side); the server
+            # discards the open transaction then, but this process cannot know.
+            log.debug("rollback failed (connection lost?): %s", type(err).__name__)
+            return False
+    return True
+
+
+def _outcome(unit: SeedUnit, err: BaseException, *, in_work: bool, rolled_back: bool,
+             partial: bool = False) -> BaseException:
+    """What a failure inside a unit's transaction is raised as.
+
+    Whatever the unit's own work raised (a DataError from a data seed
+    included, and a SystemExit or GeneratorExit, which must not end a run
+    as if it succeeded) is that unit's failure; Ctrl-C stays Ctrl-C, and
+    seedguard's own errors around the work (lock lost, blocked) pass through.
+    """
+    if isinstance(err, KeyboardInterrupt):
+        return err
+    if in_work and isinstance(err, (Exception, SystemExit, GeneratorExit)):
+        return _failed(unit, err, partial=partial, rolled_back=rolled_back)
+    if isinstance(err, Exception) and not isinstance(err, SeedguardError):
+        return _failed(unit, err, partial=partial, rolled_back=rolled_back)
+    return err
 
 
 def _finished(unit: SeedUnit, duration_ms: int, listener: Listener | None) -> Applied:
@@ -387,19 +518,43 @@ def _finished(unit: SeedUnit, duration_ms: int, listener: Listener | None) -> Ap
     return Applied(unit.name, unit.version, duration_ms, unit)
 
 
-def _failed(unit: SeedUnit, err: Exception, *, partial: bool = False) -> SeedFailed:
-    detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    what = (
-        "it is non-transactional and may be half done; inspect it, then run "
-        f"`seedguard resolve {unit.name} --applied` or `--retry`"
-        if partial
-        else "its work and ledger row were rolled back; units before it stay applied. "
-        "Fix it and run again"
-    )
+def _failed(unit: SeedUnit, err: BaseException, *, partial: bool = False,
+            rolled_back: bool = True) -> SeedFailed:
+    if partial:
+        what = ("it is non-transactional and may be half done; inspect it, then run "
+                f"`seedguard resolve {unit.name} --applied` or `--retry`")
+    elif rolled_back:
+        what = ("its work and ledger row were rolled back; units before it stay applied. "
+                "Fix it and run again")
+    else:
+        what = ("its transaction could not be rolled back from here (the connection "
+                "failed); the database discards an uncommitted transaction when its "
+                "connection ends: check with `seedguard status`, then run again")
+    if isinstance(err, SystemExit):
+        detail = f"SystemExit({err.code!r}): the unit called sys.exit()"
+    else:
+        detail = _root_error(err)
+    hint = ""
+    if "database is locked" in detail:
+        hint = ("; most likely another connection holds SQLite's write lock: a session or "
+                "engine other than the unit's in this process (write through "
+                "the session argument, db.session, or apply(scoped_sessions=...)), or "
+                "another process writing to the same file")
     return SeedFailed(
-        f"unit {unit.name!r} v{unit.version} failed: {type(err).__name__}: {detail}; {what}",
+        f"unit {unit.name!r} v{unit.version} failed: {detail}{hint}; {what}",
         unit=unit,
     )
+
+
+def _root_error(err: BaseException) -> str:
+    """``Type: first line`` of the driver's own error where there is one.
+
+    SQLAlchemy's wrapper puts its own notes first (for example "raised as a
+    result of Query-invoked autoflush"), which hide the cause.
+    """
+    root = getattr(err, "orig", None) or err
+    lines = str(root).strip().splitlines()
+    return f"{type(root).__name__}: {lines[0]}" if lines else type(root).__name__
 
 
 def _preview(engine: Engine, pending: Sequence[SeedUnit], result: ApplyResult) -> None:
@@ -427,16 +582,6 @@ def _raise_blocked(current: Plan) -> None:
             f"{unit.name} --retry`",
             unit=unit,
         )
-
-
-def _rollback(trans: Transaction | None) -> None:
-    # The connection may be gone (killed server-side); the server rolls back then.
-    if trans is None:
-        return
-    try:
-        trans.rollback()
-    except Exception as err:
-        log.debug("rollback failed (connection lost?): %s", type(err).__name__)
 
 
 def _elapsed_ms(started: float) -> int:

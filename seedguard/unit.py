@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import re
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -21,7 +22,8 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
 OnChange = Literal["warn", "rerun", "error"]
-SeedFunction = Callable[["Session"], Any]
+# Takes the unit's Session, or nothing (then it writes through db.session or a scoped_session).
+SeedFunction = Callable[..., Any]
 
 _NAME = re.compile(r"[A-Za-z0-9_.:-]{1,255}")
 _ON_CHANGE: tuple[OnChange, ...] = ("warn", "rerun", "error")
@@ -71,7 +73,11 @@ class SeedUnit:
             raise DefinitionError(f"unit {self.name!r} lists itself in after=")
 
     def __call__(self, session: Session) -> Any:
-        return self.fn(session)
+        # A unit may take the session, or nothing (code that writes through
+        # db.session or a scoped_session, which are the unit's session then).
+        if _takes_session(self.fn):
+            return self.fn(session)
+        return self.fn()
 
     def checksum(self) -> str:
         """The unit's current drift checksum (code or data)."""
@@ -132,6 +138,25 @@ def identity(fn: Callable[..., Any]) -> str:
     code = getattr(fn, "__code__", None)
     where = code.co_filename if code is not None else getattr(fn, "__module__", "?")
     return f"{where}:{getattr(fn, '__qualname__', repr(fn))}"
+
+
+@functools.cache
+def _takes_session(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` accepts one positional argument (asked when it first runs)."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # a builtin or C callable: assume the documented form
+        return True
+    positional = [p for p in parameters
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
+    required = [p for p in positional if p.default is p.empty and p.kind != p.VAR_POSITIONAL]
+    if len(required) > 1:
+        raise DefinitionError(
+            f"seed function {describe_origin(fn)} takes {len(required)} arguments; a unit "
+            "takes the session, or no argument at all (then use db.session or your "
+            "scoped_session, which are the unit's session while it runs)"
+        )
+    return bool(positional)
 
 
 @functools.cache

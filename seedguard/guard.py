@@ -1,0 +1,247 @@
+"""What a transactional unit may not do, refused before it reaches the database.
+
+A unit's work and its ledger row commit together only if nothing ends the
+unit's transaction early and nothing writes around it. While a unit runs,
+listeners on the engine seedguard applies with refuse:
+
+- on the unit's own connection, anything that would end its transaction:
+  ``Connection.commit()`` / ``rollback()``, literal ``COMMIT`` / ``ROLLBACK`` /
+  ``BEGIN`` statements, and on MySQL/MariaDB the statements that commit
+  implicitly (DDL, ``TRUNCATE``, ``LOCK TABLES``, ...); a later commit would
+  otherwise record work that is already half durable;
+- on any other connection of the engine, from the unit's own context (its
+  thread, or its task under asyncio), a write: it would commit outside the
+  unit's transaction, or on SQLite wait for the write lock the unit holds
+  ("database is locked" after five seconds); reads stay allowed;
+- a pool that hands the unit's own DB-API connection to a second checkout
+  (``StaticPool``, ``SingletonThreadPool``): that connection's commit or
+  rollback would be the unit's.
+
+Each refusal raises :class:`UnitEscape` and is remembered, so a unit that
+catches the error still fails (a second checkout from a shared pool is only
+remembered: see ``_checkout``). The scope is a context variable, so other
+threads and tasks using the same engine are not affected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from seedguard.errors import SeedguardError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection, Engine
+
+    from seedguard.unit import SeedUnit
+
+SESSIONS_TO_USE = "the session argument, db.session, or apply(scoped_sessions=...)"
+
+
+class UnitEscape(SeedguardError):
+    """A unit tried to end its transaction early or to write around it."""
+
+
+@dataclass
+class _Scope:
+    unit: SeedUnit
+    conn: Connection
+    dbapi_connection: Any
+    transactional: bool
+    # Set while seedguard itself ends the transaction (its commit or rollback).
+    ending: bool = False
+    refused: UnitEscape | None = None
+
+    def refuse(self, message: str) -> UnitEscape:
+        err = UnitEscape(f"unit {self.unit.name!r} v{self.unit.version}: {message}")
+        if self.refused is None:
+            self.refused = err
+        return err
+
+
+_scope: ContextVar[_Scope | None] = ContextVar("seedguard_unit_scope", default=None)
+
+
+class EngineGuard:
+    """The listeners of one run on one engine; :meth:`unit` opens a unit's scope.
+
+    Installed once per locked run and removed after it, so an engine costs
+    nothing extra outside seedguard's work.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+
+    def __enter__(self) -> EngineGuard:
+        from sqlalchemy import event
+
+        event.listen(self.engine, "before_cursor_execute", self._before_execute)
+        event.listen(self.engine, "commit", self._commit)
+        event.listen(self.engine, "rollback", self._rollback)
+        event.listen(self.engine, "checkout", self._checkout)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        from sqlalchemy import event
+
+        event.remove(self.engine, "before_cursor_execute", self._before_execute)
+        event.remove(self.engine, "commit", self._commit)
+        event.remove(self.engine, "rollback", self._rollback)
+        event.remove(self.engine, "checkout", self._checkout)
+
+    @contextlib.contextmanager
+    def unit(self, conn: Connection, unit: SeedUnit, *,
+             transactional: bool = True) -> Iterator[_Scope]:
+        """Guard ``unit`` running on ``conn``; the scope says whether anything was refused."""
+        scope = _Scope(unit, conn, conn.connection.dbapi_connection, transactional)
+        token = _scope.set(scope)
+        try:
+            yield scope
+        finally:
+            _scope.reset(token)
+
+    # -- listeners ---------------------------------------------------------------
+
+    def _before_execute(self, conn: Connection, cursor: Any, statement: str, parameters: Any,
+                        context: Any, executemany: bool) -> None:
+        scope = _scope.get()
+        if scope is None or scope.ending or not scope.transactional:
+            return
+        if conn is scope.conn:
+            reason = transaction_ender(statement, self.dialect)
+            if reason is not None:
+                raise scope.refuse(reason)
+            return
+        if is_write(statement):
+            raise scope.refuse(
+                "wrote on a connection other than the unit's own "
+                f"({_first_words(statement)}...): that write would not be part of the "
+                f"unit's transaction. Write through {SESSIONS_TO_USE}; reads on other "
+                "connections are allowed"
+            )
+
+    def _commit(self, conn: Connection) -> None:
+        self._ends(conn, "commit")
+
+    def _rollback(self, conn: Connection) -> None:
+        self._ends(conn, "rollback")
+
+    def _ends(self, conn: Connection, what: str) -> None:
+        scope = _scope.get()
+        if scope is None or scope.ending or not scope.transactional:
+            return
+        if conn is not scope.conn:
+            if conn.connection.dbapi_connection is scope.dbapi_connection and what == "commit":
+                # A shared pool's second connection: its commit would be the
+                # unit's (its rollback cannot be stopped: the pool would roll
+                # back anyway; the checkout already failed the unit).
+                raise scope.refused or scope.refuse("committed a second connection")
+            return
+        raise scope.refuse(
+            f"called {what}() on the unit's connection, which would end the unit's "
+            "transaction before its ledger row is written; use session.commit() (it ends "
+            "a savepoint), or make the unit transactional=False if it must commit"
+        )
+
+    def _checkout(self, dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        scope = _scope.get()
+        if scope is None or not scope.transactional \
+                or dbapi_connection is not scope.dbapi_connection:
+            return
+        # Recorded, not raised: a checkout listener that raises makes the pool
+        # close the DB-API connection, which here is the unit's own (and for
+        # sqlite:// the whole database). The unit fails when it returns.
+        scope.refuse(
+            "opened a second connection, but the engine's pool "
+            f"({type(self.engine.pool).__name__}) hands out the unit's own DB-API "
+            "connection, so that connection's commit or rollback is the unit's. "
+            f"Use {SESSIONS_TO_USE}"
+        )
+
+
+@contextlib.contextmanager
+def ending(scope: _Scope) -> Iterator[None]:
+    """seedguard itself commits or rolls back the unit's transaction now."""
+    scope.ending = True
+    try:
+        yield
+    finally:
+        scope.ending = False
+
+
+def current_unit() -> SeedUnit | None:
+    """The unit running in this context, if any (for refusing a re-entrant apply())."""
+    scope = _scope.get()
+    return scope.unit if scope is not None else None
+
+
+# -- statement classification ------------------------------------------------------
+
+_COMMENTS = re.compile(r"/\*.*?\*/|--[^\n]*|#[^\n]*", re.S)
+_QUOTED = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|`[^`]*`|\$(\w*)\$.*?\$\1\$", re.S)
+
+_ENDS_TRANSACTION = re.compile(
+    r"(COMMIT|END|ABORT|BEGIN|START\s+TRANSACTION|PREPARE\s+TRANSACTION|XA"
+    r"|ROLLBACK(?!\s+(WORK\s+)?TO\b))\b"
+)
+# MySQL/MariaDB commit the current transaction implicitly before (and after)
+# these ("Statements That Cause an Implicit Commit" in the MySQL manual).
+# CREATE/DROP TEMPORARY TABLE do not.
+_MYSQL_IMPLICIT_COMMIT = re.compile(
+    r"((CREATE|ALTER|DROP|RENAME|TRUNCATE|GRANT|REVOKE|INSTALL|UNINSTALL|ANALYZE|OPTIMIZE"
+    r"|REPAIR|CHECK|CACHE|FLUSH|RESET|PURGE|CHANGE)\b"
+    r"|(LOCK|UNLOCK)\s+TABLES?\b|LOAD\s+INDEX\b|SET\s+PASSWORD\b"
+    r"|SET\s+(SESSION\s+|LOCAL\s+|@@(SESSION\.|LOCAL\.)?)?AUTOCOMMIT\s*(=|:=|TO)\s*(1|ON|TRUE)\b"
+    r"|(START|STOP)\s+(SLAVE|REPLICA)\b)"
+)
+_MYSQL_TEMPORARY = re.compile(
+    r"(CREATE\s+(OR\s+REPLACE\s+)?TEMPORARY|DROP\s+TEMPORARY)\s+TABLE\b"
+)
+_WRITE = re.compile(
+    r"(INSERT|UPDATE|DELETE|MERGE|REPLACE|UPSERT|CREATE|ALTER|DROP|RENAME|TRUNCATE|GRANT"
+    r"|REVOKE|COMMENT|COPY|LOCK|VACUUM|REINDEX|CLUSTER|REFRESH|IMPORT|LOAD)\b"
+)
+_DML_ANYWHERE = re.compile(r"\b(INSERT|UPDATE|DELETE|MERGE)\b")
+
+
+def _statements(sql: str) -> list[str]:
+    """The statements of ``sql``, upper-cased, without comments or quoted text."""
+    text = _QUOTED.sub("''", _COMMENTS.sub(" ", sql))
+    return [part.strip().upper() for part in text.split(";") if part.strip()]
+
+
+def transaction_ender(sql: str, dialect: str) -> str | None:
+    """Why ``sql`` would end the current transaction on ``dialect``, or None."""
+    for statement in _statements(sql):
+        statement = statement.lstrip("(")
+        if _ENDS_TRANSACTION.match(statement):
+            return (f"ran {_first_words(statement)!r}, which would end the unit's transaction "
+                    "before its ledger row is written; use session.commit() (it ends a "
+                    "savepoint), or make the unit transactional=False if it must commit")
+        if dialect in ("mysql", "mariadb") and _MYSQL_IMPLICIT_COMMIT.match(statement) \
+                and not _MYSQL_TEMPORARY.match(statement):
+            return (f"ran {_first_words(statement)!r}, which MySQL/MariaDB commit implicitly, "
+                    "ending the unit's transaction half done; move the DDL into an alembic "
+                    "migration (see `seedguard upgrade --schema`), or make the unit "
+                    "transactional=False")
+    return None
+
+
+def is_write(sql: str) -> bool:
+    """Whether ``sql`` may write (DML, DDL, locks); plain reads are False."""
+    for statement in _statements(sql):
+        statement = statement.lstrip("(")
+        if _WRITE.match(statement):
+            return True
+        if statement.startswith("WITH") and _DML_ANYWHERE.search(statement):
+            return True
+    return False
+
+
+def _first_words(statement: str, count: int = 3) -> str:
+    return " ".join(_COMMENTS.sub(" ", statement).split()[:count])

@@ -1,0 +1,82 @@
+"""The unit's session, and the app's own sessions made to be it while the unit runs.
+
+Flask and SQLAlchemy code writes through ``db.session``, ``Model.query`` and
+``scoped_session`` registries, often in helpers that call ``commit()``. Each
+such registry is pointed at the unit's session for the unit's duration, so
+that code joins the unit's transaction (its ``commit()`` ends a savepoint)
+instead of committing on a connection of its own. Afterwards each registry
+holds exactly what it held before, also after a failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection, Engine
+    from sqlalchemy.orm import Session, scoped_session
+
+
+@contextlib.contextmanager
+def unit_session(conn: Connection, registries: Sequence[scoped_session[Any]], *,
+                 transactional: bool = True) -> Iterator[Session]:
+    """A Session on ``conn``, which every one of ``registries`` returns until the block ends.
+
+    In a transactional unit the session joins the unit's transaction with a
+    SAVEPOINT (``join_transaction_mode="create_savepoint"``), so a commit
+    inside the unit never commits the unit.
+    """
+    from sqlalchemy.orm import Session
+
+    session = (Session(bind=conn, join_transaction_mode="create_savepoint") if transactional
+               else Session(bind=conn))
+    with contextlib.ExitStack() as stack:
+        stack.callback(session.close)
+        for registry in _unique(registries):
+            stack.enter_context(_pointed_at(registry, session))
+        yield session
+
+
+@contextlib.contextmanager
+def _pointed_at(scoped: scoped_session[Any], session: Session) -> Iterator[None]:
+    registry = scoped.registry
+    previous = registry() if registry.has() else None
+    registry.set(session)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            registry.set(previous)
+        else:
+            registry.clear()
+
+
+def _unique(registries: Iterable[scoped_session[Any]]) -> list[scoped_session[Any]]:
+    seen: dict[int, scoped_session[Any]] = {}
+    for registry in registries:
+        seen.setdefault(id(registry), registry)
+    return list(seen.values())
+
+
+def app_sessions(engine: Engine) -> list[scoped_session[Any]]:
+    """The current Flask app's ``db.session`` (and SeedGuard's ``scoped_sessions``),
+    when ``engine`` is one of that app's Flask-SQLAlchemy engines."""
+    # Only look when the app already imported Flask (importing it costs time).
+    if "flask" not in sys.modules:
+        return []
+    from flask import current_app, has_app_context
+
+    if not has_app_context():
+        return []
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    found: list[scoped_session[Any]] = []
+    extension = app.extensions.get("seedguard")
+    found.extend(getattr(extension, "scoped_sessions", ()) or ())
+    sqlalchemy_ext = app.extensions.get("sqlalchemy")
+    if sqlalchemy_ext is not None and any(
+            candidate is engine for candidate in sqlalchemy_ext.engines.values()):
+        found.append(sqlalchemy_ext.session)
+    return found
