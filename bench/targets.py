@@ -9,11 +9,11 @@ At each size N (units applied; the alembic reference has N revisions):
    against ``python -c "import sqlalchemy; one SELECT of the ledger"``:
    <= 1.3x.
 2. First in-process ``apply()`` in a fresh process, after the libraries are
-   imported (SQLAlchemy's dialect module for the URL included: ``import
-   alembic`` loads every dialect), so the seeds module's import, the
-   checksums, the engine's first connection and the ledger read count,
-   against alembic's in-process no-op ``command.upgrade(cfg, "head")`` (which
-   loads its N revision scripts and connects the same way): >= 10x faster.
+   imported in both children (SQLAlchemy, the URL's dialect and DBAPI driver,
+   seedguard or alembic), so the seeds module's import, the checksums, the
+   engine's first connection and the ledger read count, against alembic's
+   in-process no-op ``command.upgrade(cfg, "head")`` (which loads its N
+   revision scripts and connects the same way): >= 10x faster.
 3. Warm no-op ``apply()`` (the same process, again) against the bare ledger
    SELECT on the same engine: <= 1.5x.
 4. 16 processes released together, one pending unit among the N applied:
@@ -131,14 +131,16 @@ def cli(report: Report, project: Project) -> None:
                    f"<= {CLI_TARGET}x", a / b <= CLI_TARGET))
 
 
-# Both children import their libraries before the clock starts. `import
-# alembic` loads SQLAlchemy's dialect modules (its DDL implementations need
-# them), so seedguard's child imports the one dialect its URL uses; neither
-# imports the DBAPI driver, which create_engine loads in both timed regions.
+# Both children import their libraries before the clock starts, the URL's
+# SQLAlchemy dialect and DBAPI driver included (`import alembic` loads every
+# dialect module anyway; psycopg's import alone is most of a PostgreSQL
+# child's time and says nothing about either tool).
+_DRIVER = "sqlalchemy.engine.make_url({url!r}).get_dialect().import_dbapi()"
+
 _OURS_FIRST = """
 import time
 import sqlalchemy, seedguard, seedguard.runner
-import sqlalchemy.dialects.{dialect}
+{driver}
 t = time.perf_counter()
 result = seedguard.apply({url!r}, seeds={seeds!r})
 elapsed = time.perf_counter() - t
@@ -148,9 +150,11 @@ print(elapsed)
 
 _ALEMBIC_FIRST = """
 import time
+import sqlalchemy
 from alembic import command
 from alembic.config import Config
 import alembic.runtime.migration, alembic.script
+{driver}
 t = time.perf_counter()
 command.upgrade(Config({ini!r}), "head")
 print(time.perf_counter() - t)
@@ -158,10 +162,10 @@ print(time.perf_counter() - t)
 
 
 def first_call(report: Report, project: Project) -> None:
-    dialect = sa.engine.make_url(project.url).get_backend_name()
+    driver = _DRIVER.format(url=project.url)
     ours = _OURS_FIRST.format(url=project.url, seeds=project.seeds, size=project.size,
-                              dialect=dialect)
-    theirs = _ALEMBIC_FIRST.format(ini=str(project.ini))
+                              driver=driver)
+    theirs = _ALEMBIC_FIRST.format(ini=str(project.ini), driver=driver)
     a, b = _interleaved(lambda: float(project.python(ours)),
                         lambda: float(project.python(theirs)), FIRST_ROUNDS)
     report.add(Row("target 2: first apply()", project.kind,
