@@ -107,8 +107,9 @@ def run(report: Report, kinds: list[str]) -> None:
             _one(report, kind, url, Path(tmp))
 
 
-def _one(report: Report, kind: str, url: str, tmp: Path) -> None:
-    (tmp / f"{SEEDS}.py").write_text(textwrap.dedent(f"""
+def write_module(tmp: Path, applied: str = "") -> None:
+    """The seeds module: ``the-unit`` (pending in every trial) after the ``applied`` source."""
+    (tmp / f"{SEEDS}.py").write_text(applied + textwrap.dedent(f"""
         import time
         import sqlalchemy as sa
         import seedguard
@@ -118,6 +119,28 @@ def _one(report: Report, kind: str, url: str, tmp: Path) -> None:
             session.execute(sa.text("INSERT INTO effects (unit) VALUES ('the-unit')"))
             time.sleep({UNIT_SECONDS})
         """))
+
+
+def reread_time(url: str, tmp: Path) -> float:
+    """The median time of one re-read of the whole ledger (what a waiter does under the lock)."""
+    from seedguard.ledger import Ledger
+
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return median_time(lambda: Ledger("seedguard_ledger").read_current(conn), 20)
+    finally:
+        engine.dispose()
+
+
+def shipped_poll() -> float:
+    from seedguard.locks import FILE_LOCK_POLL_SECONDS
+
+    return FILE_LOCK_POLL_SECONDS
+
+
+def _one(report: Report, kind: str, url: str, tmp: Path) -> None:
+    write_module(tmp)
     engine = sa.create_engine(url)
     with engine.begin() as conn:
         conn.exec_driver_sql("CREATE TABLE effects (unit VARCHAR(255))")
@@ -125,15 +148,12 @@ def _one(report: Report, kind: str, url: str, tmp: Path) -> None:
     sys.path.insert(0, str(tmp))
     try:
         import seedguard
-        from seedguard.ledger import Ledger
         from seedguard.locks import FILE_LOCK_POLL_SECONDS
 
         seedguard.apply(url, seeds=[])
-        ledger = Ledger("seedguard_ledger")
-        with engine.connect() as conn:
-            reread = median_time(lambda: ledger.read_current(conn), 20)
     finally:
         sys.path.remove(str(tmp))
+    reread = reread_time(url, tmp)
     for poll in (FILE_LOCK_POLL_SECONDS, FILE_LOCK_POLL_SECONDS * 10):
         phase, unit, lockers, applied, (hold, gap) = trial(url, tmp, poll)
         effects = len(engine.connect().execute(sa.text("SELECT unit FROM effects")).all())

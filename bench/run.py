@@ -21,7 +21,8 @@ from _common import Report
 
 import seedguard
 
-SECTIONS = ("noop", "async", "bulk", "refs", "threshold", "contention", "memory", "cli")
+SECTIONS = ("targets", "noop", "async", "bulk", "refs", "threshold", "contention", "memory",
+            "cli")
 KINDS = ("sqlite", "postgresql", "mariadb")
 
 
@@ -32,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--databases", default=",".join(KINDS))
     parser.add_argument("--rows", type=int, default=100_000, help="bulk-load rows")
     parser.add_argument("--memory-rows", type=int, default=1_000_000)
+    parser.add_argument("--sizes", default="1000,50",
+                        help="targets: applied-unit counts to measure at (comma-separated)")
     args = parser.parse_args(argv)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     kinds = [k.strip() for k in args.databases.split(",") if k.strip()]
@@ -41,6 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     report = Report()
     started = time.perf_counter()
     servers = [k for k in kinds if k != "sqlite"]
+    if "targets" in only:
+        import targets
+
+        print("start-up targets (CLI, first apply, warm apply, contention)", flush=True)
+        targets.run(report, [k for k in kinds if k in ("sqlite", "postgresql")],
+                    tuple(int(n) for n in args.sizes.split(",") if n.strip()))
     if "noop" in only:
         import noop
 
@@ -84,6 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     del servers
     print(f"\nall benchmarks took {time.perf_counter() - started:.0f} s\n")
     print(report.table())
+    goals = [r for r in report.rows if r.bench.startswith("target ")]
+    if goals:
+        print("\nthe start-up targets, measured in this run:")
+        for r in goals:
+            ratio = "-" if r.ratio is None else f"{r.ratio:.2f}x"
+            print(f"  {'PASS' if r.passed else 'FAIL'}  {r.bench} [{r.database}] {r.what}: "
+                  f"{r.measured} vs {r.reference} = {ratio} (target {r.target})")
     failed = [r for r in report.rows if r.passed is False]
     print(f"\n{sum(r.passed is True for r in report.rows)} PASS, {len(failed)} FAIL")
     return 0

@@ -21,9 +21,9 @@ from seedguard.errors import (
     UnitBlocked,
 )
 from seedguard.events import report_progress
-from seedguard.registry import Registry
+from seedguard.registry import Registry, seed
 from seedguard.result import ApplyResult
-from seedguard.unit import SeedUnit, seed
+from seedguard.unit import SeedUnit
 from seedguard.upsert import UpsertResult, upsert
 
 __all__ = [

@@ -25,7 +25,14 @@ from seedguard.registry import (
     order,
     with_dependencies,
 )
-from seedguard.reports import HistoryResult, LedgerChange, StatusResult, UnitStatus, WrittenFile
+from seedguard.reports import (
+    HistoryResult,
+    LedgerChange,
+    StatusResult,
+    UnitState,
+    UnitStatus,
+    WrittenFile,
+)
 from seedguard.result import ApplyResult
 from seedguard.unit import SeedUnit, validate_name, validate_version
 
@@ -53,7 +60,7 @@ def apply(
     lock_path: str | os.PathLike[str] | None = None,
     strict: bool = False,
     on_event: Listener | None = None,
-    lock_mode: str | None = None,
+    lock_mode: _config.LockMode | None = None,
     schema: bool = False,
     alembic_config: str | os.PathLike[str] | None = None,
     scoped_sessions: Iterable[scoped_session[Any]] = (),
@@ -233,13 +240,16 @@ def check(bind: Bind = None, *, seeds: SeedsSpec = None,
     return status(bind, seeds=seeds, contexts=contexts)
 
 
-def _states(planned: Plan) -> dict[str, tuple[str, str | None]]:
+def _states(planned: Plan) -> dict[str, tuple[UnitState, str | None]]:
     """Unit name -> (state, what it waits for) as :func:`status` reports it."""
-    states: dict[str, tuple[str, str | None]] = {}
-    for state, units in (("applied", planned.skipped), ("pending", planned.pending),
-                         ("ahead", planned.ahead), ("blocked", planned.blocked),
-                         # After a blocked unit: pending until it is resolved.
-                         ("pending", planned.stopped)):
+    states: dict[str, tuple[UnitState, str | None]] = {}
+    groups: tuple[tuple[UnitState, list[SeedUnit]], ...] = (
+        ("applied", planned.skipped), ("pending", planned.pending), ("ahead", planned.ahead),
+        ("blocked", planned.blocked),
+        # After a blocked unit: pending until it is resolved.
+        ("pending", planned.stopped),
+    )
+    for state, units in groups:
         for unit in units:
             states[unit.name] = (state, None)
     for drift in planned.drifted:  # also among the skipped: drift wins
@@ -250,7 +260,7 @@ def _states(planned: Plan) -> dict[str, tuple[str, str | None]]:
 
 
 def _unit_status(unit: SeedUnit, rows: LedgerState, planned: Plan,
-                 states: dict[str, tuple[str, str | None]]) -> UnitStatus:
+                 states: dict[str, tuple[UnitState, str | None]]) -> UnitStatus:
     state, waits_for = states[unit.name]
     row = rows.get(unit.key) or rows.latest(unit.name)
     changed = None

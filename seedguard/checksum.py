@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import importlib.util
 import inspect
 import linecache
+import os
 import textwrap
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
+
+from seedguard import checksum_cache
 
 CODE_ALGORITHM = "ast1"
 DATA_ALGORITHM = "sha256"
@@ -35,11 +39,20 @@ _SKIPPED_FIELDS = frozenset({"ctx", "type_comment", "kind"})
 
 def code_checksum(fn: Callable[..., Any]) -> str:
     """Checksum of a function's code: its arguments and body, without docstring or decorators."""
+    code = getattr(fn, "__code__", None)
+    if code is not None:
+        in_file = _file_checksums(code.co_filename, getattr(fn, "__globals__", None))
+        found = in_file.get(f"{code.co_firstlineno}:{fn.__name__}") if in_file else None
+        if found is not None:
+            return found
     node = _function_node(fn)
     if node is None:
-        code = getattr(fn, "__code__", None)
         payload = repr((code.co_code, code.co_consts, code.co_names)) if code else repr(fn)
         return f"{BYTECODE_ALGORITHM}:{hashlib.sha256(payload.encode()).hexdigest()}"
+    return _node_checksum(node)
+
+
+def _node_checksum(node: FunctionNode) -> str:
     body = list(node.body)
     if body and _is_docstring(body[0]):
         body = body[1:]
@@ -79,19 +92,93 @@ def _kind(checksum: str) -> str:
 
 FunctionNode = ast.FunctionDef | ast.AsyncFunctionDef
 
-# filename -> (the linecache lines it was parsed from, function nodes by line).
-_parsed: dict[str, tuple[list[str], dict[int, FunctionNode]]] = {}
+class _Computed(NamedTuple):
+    """A file's checksums in this process, and what they were computed from."""
+
+    # The linecache lines (compared by identity), or the file's (mtime, size, inode).
+    source: object
+    checksums: dict[str, str] | None
+    # The module namespace and spec that asked: more functions of the same
+    # module import need no stat (a 1,000-unit module would pay 1,000 of
+    # them); importlib.reload installs a new spec, so an edit is seen then.
+    namespace: object = None
+    spec: object = None
+
+
+_computed: dict[str, _Computed] = {}
+
+
+def _file_checksums(filename: str, namespace: dict[str, Any] | None = None
+                    ) -> dict[str, str] | None:
+    """The checksum of every function in ``filename``, by ``"first line:name"``.
+
+    Computed once per file content: from the on-disk cache when it holds the
+    file's current bytes, else by parsing the file (then stored). Lines that
+    linecache already holds (a traceback or inspect read the file, or the code
+    was registered there without a file: IPython, exec) are what the function
+    was compiled from as far as anyone can tell, so they win over the disk.
+    """
+    if filename in linecache.cache:
+        return _from_lines(filename)
+    memo = _computed.get(filename)
+    spec = namespace.get("__spec__") if namespace is not None else None
+    if memo is not None and namespace is not None and memo.namespace is namespace \
+            and memo.spec is spec:
+        return memo.checksums
+    try:
+        stat = os.stat(filename)
+    except (OSError, ValueError):
+        return _from_lines(filename)  # not a plain file: linecache may still find it
+    stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+    if memo is not None and memo.source == stamp:
+        _computed[filename] = memo._replace(namespace=namespace, spec=spec)
+        return memo.checksums
+    try:
+        with open(filename, "rb") as source:
+            data = source.read()
+    except OSError:
+        return _from_lines(filename)
+    digest = checksum_cache.source_digest(data)
+    checksums = checksum_cache.load(filename, digest, CODE_ALGORITHM)
+    if checksums is None:
+        # Decoded as the import system and linecache decode it (coding
+        # cookie, BOM, universal newlines), so the trees are the same.
+        checksums = _checksums_of_text(importlib.util.decode_source(data))
+        if checksums is not None:
+            checksum_cache.store(filename, digest, CODE_ALGORITHM, checksums)
+    _computed[filename] = _Computed(stamp, checksums, namespace, spec)
+    return checksums
+
+
+def _from_lines(filename: str) -> dict[str, str] | None:
+    lines = linecache.getlines(filename)
+    if not lines:
+        return None
+    memo = _computed.get(filename)
+    if memo is not None and memo.source is lines:  # linecache re-read the file otherwise
+        return memo.checksums
+    checksums = _checksums_of_text("".join(lines))
+    _computed[filename] = _Computed(lines, checksums)
+    return checksums
+
+
+def _checksums_of_text(text: str) -> dict[str, str] | None:
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError):
+        return None
+    index: dict[int, FunctionNode] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            # co_firstlineno is the first decorator's line (3.8+).
+            first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+            index.setdefault(first, node)
+    return {f"{line}:{node.name}": _node_checksum(node) for line, node in index.items()}
 
 
 def _function_node(fn: Callable[..., Any]) -> FunctionNode | None:
-    # Parse each source file once and find the function by its first line: a
-    # module of 1,000 units would otherwise be read and tokenized 1,000 times
-    # (inspect.getsource) at every fresh start-up (bench/noop.py).
-    code = getattr(fn, "__code__", None)
-    if code is not None:
-        found = _node_in_file(code.co_filename, code.co_firstlineno, fn.__name__)
-        if found is not None:
-            return found
+    # A function whose file could not be read or parsed, or that is not at the
+    # start of its first line there: let inspect find its source.
     try:
         source = inspect.getsource(fn)
     except (OSError, TypeError):
@@ -104,27 +191,6 @@ def _function_node(fn: Callable[..., Any]) -> FunctionNode | None:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             return node
     return None
-
-
-def _node_in_file(filename: str, line: int, name: str) -> FunctionNode | None:
-    lines = linecache.getlines(filename)
-    if not lines:
-        return None
-    cached = _parsed.get(filename)
-    if cached is None or cached[0] is not lines:  # linecache re-read the file
-        try:
-            tree = ast.parse("".join(lines))
-        except (SyntaxError, ValueError):
-            return None
-        index: dict[int, FunctionNode] = {}
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                # co_firstlineno is the first decorator's line (3.8+).
-                first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
-                index.setdefault(first, node)
-        cached = _parsed[filename] = (lines, index)
-    found = cached[1].get(line)
-    return found if found is not None and found.name == name else None
 
 
 def _is_docstring(stmt: ast.stmt) -> bool:

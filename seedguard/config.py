@@ -25,7 +25,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from seedguard.errors import ConfigError
 
@@ -40,6 +40,10 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 DEFAULT_LEDGER_TABLE = "seedguard_ledger"
+LockMode = Literal["session", "transaction"]
+"""``session``: one database lock for the whole run; ``transaction``: one per
+unit's transaction (PostgreSQL behind a transaction-pooling PgBouncer)."""
+_LOCK_MODES: dict[str, LockMode] = {"session": "session", "transaction": "transaction"}
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _KEYS = ("url", "seeds", "contexts", "lock_path", "lock_timeout", "alembic_config",
          "ledger_table", "ledger_schema", "lock_mode")
@@ -61,7 +65,7 @@ class Settings:
     alembic_config: str | None = None
     ledger_table: str = DEFAULT_LEDGER_TABLE
     ledger_schema: str | None = None
-    lock_mode: str = "session"
+    lock_mode: LockMode = "session"
     sources: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -133,11 +137,17 @@ def resolve(
 
 def find_pyproject(start: Path) -> Path | None:
     """The nearest ``pyproject.toml`` at or above ``start``."""
-    for directory in (start, *start.parents):
-        candidate = directory / "pyproject.toml"
-        if candidate.is_file():
-            return candidate
-    return None
+    # Plain strings and os.path: this runs at every apply(), and a pathlib
+    # object per parent directory cost more than the stat calls themselves.
+    directory = os.fspath(start)
+    while True:
+        candidate = os.path.join(directory, "pyproject.toml")
+        if os.path.isfile(candidate):
+            return Path(candidate)
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            return None
+        directory = parent
 
 
 def _flask_layer() -> tuple[Mapping[str, Any] | None, Engine | None]:
@@ -345,10 +355,11 @@ def _parse_table(value: Any, loose: bool) -> str:
     return str(value)
 
 
-def _parse_lock_mode(value: Any, loose: bool) -> str:
-    if value not in ("session", "transaction"):
+def _parse_lock_mode(value: Any, loose: bool) -> LockMode:
+    mode = _LOCK_MODES.get(value) if isinstance(value, str) else None
+    if mode is None:
         raise _Invalid("'session' or 'transaction' (for PgBouncer transaction pooling)")
-    return str(value)
+    return mode
 
 
 _PARSERS: dict[str, Callable[[Any, bool], Any]] = {
@@ -378,5 +389,6 @@ def _identifier(value: Any, what: str) -> Any:
     return _argument(what, _parse_table if what == "ledger_table" else _parse_schema, value)
 
 
-def _lock_mode(value: Any) -> str:
-    return str(_argument("lock_mode", _parse_lock_mode, value))
+def _lock_mode(value: Any) -> LockMode:
+    mode: LockMode = _argument("lock_mode", _parse_lock_mode, value)
+    return mode

@@ -74,30 +74,36 @@ def data_seed(
 ) -> SeedUnit:
     """Declare (and register) a unit that upserts ``rows`` or the file at ``path`` by ``key``.
 
-    ``name``: the unit's name. ``table``: a Core Table, an ORM model, or a
-    table name reflected when the unit runs. ``key``: the natural key, a
-    column name or a list of them backed by the primary key or a unique
-    constraint. ``rows``: a list of dicts. ``path``: a ``.csv`` file with a
-    header row, a ``.json`` file holding a list of objects, or a ``.yaml`` /
-    ``.yml`` file holding a list of mappings (extra ``seedguard[yaml]``); a
-    relative path is resolved against the directory of the file that calls
-    ``data_seed``. Give exactly one of ``rows`` and ``path``.
-    ``refs``: columns whose values name another table's row by natural key,
-    ``{"role_id": ("roles", "name")}``; the referenced row's key is written
-    (the column the foreign key points at, else the target's primary key).
-    The target is a table name, a Table or a model; a composite natural key
-    is a tuple of columns, with a list value in the data or, as a third item,
-    the data columns holding its parts: ``("regions", ("country", "code"),
-    ("region_country", "region_code"))``. A value with no such row fails the
-    unit (a DataError naming the file, line and column); the unit runs after
-    the data seeds that fill the targets. ``version``: None re-applies
-    whenever the data (or these settings) change; an explicit version
-    re-applies only when raised (a data change is reported as drift).
-    ``prune``: True DELETES every row of the table whose key is not in the
-    data. ``contexts``, ``after``: as for ``@seed``. ``update``: True updates
-    changed non-key columns of existing rows, a list only those, False only
-    inserts missing rows. ``encoding``: of the file. ``description``: shown
-    by ``status``; by default "data seed of <table> by <key>".
+    :param name: the unit's name, as for :func:`seedguard.seed`.
+    :param table: a Core ``Table``, an ORM model, or a table name (reflected
+        when the unit runs).
+    :param key: the column (or list of columns) that identifies a row; it
+        needs a primary key or unique index.
+    :param rows: the data as a list of dicts; give this or ``path``.
+    :param path: a ``.csv`` file with a header row, a ``.json`` file holding a
+        list of objects, or a ``.yaml`` / ``.yml`` file holding a list of
+        mappings (extra ``seedguard[yaml]``); a relative path is resolved
+        against the directory of the file that calls ``data_seed``.
+    :param refs: columns whose values name another table's row by natural
+        key, ``{"role_id": ("roles", "name")}``; the referenced row's key is
+        written (the column the foreign key points at, else the target's
+        primary key). The target is a table name, a Table or a model; a
+        composite natural key is a tuple of columns, with a list value in the
+        data or, as a third item, the data columns holding its parts. A value
+        with no such row fails the unit (a DataError naming the file, line and
+        column); the unit runs after the data seeds that fill the targets.
+    :param version: None: re-apply whenever the data (or these settings) change;
+        a number: re-apply only when it is raised (a data change is reported
+        as drift).
+    :param prune: True DELETES every row of the table whose key is not in the
+        data.
+    :param contexts: the contexts the unit runs in; None: always.
+    :param after: names of units that must be applied before this one.
+    :param update: True: update changed columns of existing rows; False: only
+        insert missing rows; a list of column names: update only those.
+    :param encoding: the file's text encoding (the default also strips a BOM).
+    :param description: shown by ``status`` and ``history``; default: the
+        table and key.
     """
     frame = sys._getframe(1)
     return _declare(frame, name, table=table, key=key, rows=rows, path=path, refs=refs,

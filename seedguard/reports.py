@@ -9,14 +9,16 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 if TYPE_CHECKING:
     from seedguard.ledger import LedgerRow
 
-STATES = ("applied", "pending", "waiting", "drifted", "ahead", "blocked", "orphaned",
-          "inactive")
+UnitState = Literal["applied", "pending", "waiting", "drifted", "ahead", "blocked", "orphaned",
+                   "inactive"]
 """Every state :func:`seedguard.api.status` reports for a unit."""
+
+STATES: tuple[UnitState, ...] = get_args(UnitState)
 
 
 def _when(value: dt.datetime | None) -> str | None:
@@ -29,7 +31,7 @@ class UnitStatus:
     ``recorded_version`` and the ``applied_*`` fields come from the newest ledger row."""
 
     name: str
-    state: str
+    state: UnitState
     version: int | None
     recorded_version: int | None = None
     applied_at: dt.datetime | None = None
@@ -73,7 +75,7 @@ class StatusResult:
     file_lock_holder: dict[str, object] | None = None
     database_lock_holder: str | None = None
 
-    def by_state(self, state: str) -> list[UnitStatus]:
+    def by_state(self, state: UnitState) -> list[UnitStatus]:
         return [u for u in self.units if u.state == state]
 
     @property

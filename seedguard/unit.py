@@ -1,4 +1,8 @@
-"""Seed units: what one unit is, and the ``@seed`` decorator that declares one."""
+"""Seed units: what one unit is, as a value; validation and where it was declared.
+
+A :class:`SeedUnit` knows nothing about registries: ``@seed`` and
+``data_seed`` build one and register it (:mod:`seedguard.registry`).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import functools
 import importlib
 import inspect
 import re
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -110,50 +114,6 @@ class SeedUnit:
         )
 
 
-def seed(
-    name: str,
-    *,
-    version: int = 1,
-    after: Iterable[str] = (),
-    contexts: Iterable[str] | None = None,
-    on_change: OnChange = "warn",
-    transactional: bool = True,
-    requires_revision: str | None = None,
-    description: str | None = None,
-) -> Callable[[SeedFunction], SeedUnit]:
-    """Declare a seed unit and register it in the default registry.
-
-    The decorated function is replaced by its :class:`SeedUnit`, which is still
-    callable with a session.
-    """
-    if isinstance(after, str):
-        after = [after]
-    if isinstance(contexts, str):
-        contexts = [contexts]
-
-    def decorate(fn: SeedFunction) -> SeedUnit:
-        from seedguard.registry import default_registry
-
-        unit = SeedUnit(
-            name=name,
-            fn=fn,
-            version=version,
-            after=tuple(after),
-            contexts=frozenset(contexts) if contexts is not None else None,
-            on_change=on_change,
-            transactional=transactional,
-            requires_revision=requires_revision,
-            description=description if description is not None else inspect.getdoc(fn),
-            module=getattr(fn, "__module__", "") or "",
-            origin=describe_origin(fn),
-            identity=_identity(fn),
-        )
-        default_registry.add(unit)
-        return unit
-
-    return decorate
-
-
 def validate_name(name: object, *, what: str = "unit name") -> None:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise DefinitionError(
@@ -180,7 +140,8 @@ def describe_origin(fn: Callable[..., Any]) -> str:
     return f"{module}.{qualname} ({code.co_filename}:{code.co_firstlineno})"
 
 
-def _identity(fn: Callable[..., Any]) -> str:
+def identity(fn: Callable[..., Any]) -> str:
+    """What tells a re-declaration of one function from a second unit that reuses a name."""
     # The file, not the module name: `python app.py` declares under __main__ and
     # a later `import app` declares the same function again under "app".
     code = getattr(fn, "__code__", None)

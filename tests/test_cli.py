@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -422,7 +423,10 @@ def test_init_creates_pyproject(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(cli, ["--url", 'sqlite:///a "b".db', "--seeds", "s", "init"])
     assert result.exit_code == 0 and result.stdout.startswith("created ")
-    import tomllib
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # tomli is seedguard's own dependency on 3.10
+        import tomli as tomllib
 
     data = tomllib.loads((tmp_path / "pyproject.toml").read_text())
     assert data == {"tool": {"seedguard": {"url": 'sqlite:///a "b".db', "seeds": "s"}}}

@@ -63,7 +63,9 @@ def make_rev1_ledger(db: TestDatabase) -> list[tuple[Any, ...]]:
     with engine.connect() as conn:
         command.upgrade(ledger_config(conn), "sg0001")
         conn.commit()
-    when = dt.datetime(2026, 1, 2, 3, 4, 5)
+    # As text: sqlite3's default datetime adapter, which wrote this same
+    # string, is deprecated since Python 3.12 (a warning, an error here).
+    when = dt.datetime(2026, 1, 2, 3, 4, 5).isoformat(" ")
     db.execute(f"INSERT INTO {LEDGER} (name, version, checksum, status, applied_at, "
                "duration_ms, applied_by) VALUES "
                "('roles', 1, 'ast1:aaa', 'applied', :when, 12, 'old-host:1'), "

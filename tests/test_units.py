@@ -242,9 +242,11 @@ def test_checksum_is_versioned_and_stable_across_processes(tmp_path: Path) -> No
     assert len(outputs) == 1
     checksum = outputs.pop()
     assert checksum.startswith("ast1:") and len(checksum) == len("ast1:") + 64
-    # Pinned: changing the algorithm without a new tag would report every applied
-    # unit as drifted after an upgrade of seedguard.
-    assert checksum == _checksum_of(BASE)
+    # Pinned to the literal value ledgers hold (more in test_checksum.py):
+    # changing the algorithm without a new tag would report every applied unit
+    # as drifted after an upgrade of seedguard.
+    assert checksum == "ast1:c62ed86eccb365b79311c4c141f3f558bc1fa14d1f34d91105759169441208aa"
+    assert _checksum_of(BASE) == checksum
 
 
 # -- errors ------------------------------------------------------------------------

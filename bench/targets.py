@@ -1,0 +1,258 @@
+"""The four start-up targets, each measured side by side with its reference in one run.
+
+    python bench/run.py --only targets          # 1,000 and 50 units, SQLite and PostgreSQL
+    python bench/run.py --only targets --databases sqlite --sizes 1000
+
+At each size N (units applied; the alembic reference has N revisions):
+
+1. CLI no-op: ``seedguard upgrade`` with nothing to do, the whole process,
+   against ``python -c "import sqlalchemy; one SELECT of the ledger"``:
+   <= 1.3x.
+2. First in-process ``apply()`` in a fresh process, after the libraries are
+   imported in both children (SQLAlchemy, the URL's dialect and DBAPI driver,
+   seedguard or alembic), so the seeds module's import, the checksums, the
+   engine's first connection and the ledger read count, against alembic's
+   in-process no-op ``command.upgrade(cfg, "head")`` (which loads its N
+   revision scripts and connects the same way): >= 10x faster.
+3. Warm no-op ``apply()`` (the same process, again) against the bare ledger
+   SELECT on the same engine: <= 1.5x.
+4. 16 processes released together, one pending unit among the N applied:
+   first lock acquisition to last release <= 1.3x (the unit's own time + 2 x 16
+   ledger re-reads).
+
+Every measurement runs in child processes (each a clean interpreter, as a
+worker would be), interleaved with its reference so that a change in the
+machine's load hits both. Starts are "second and later" starts: the seeds
+module has its ``.pyc`` and the checksum cache its entry, as on every start of
+a deployed app after the first; the very first start of a new release pays for
+both once.
+"""
+
+from __future__ import annotations
+
+import os
+import py_compile
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import sqlalchemy as sa
+from _common import PYTHON, Report, Row, fresh_database, ms
+from noop import alembic_project
+
+SIZES = (1000, 50)
+CLI_ROUNDS = 11
+FIRST_ROUNDS = 7
+CLI_TARGET = 1.3
+FIRST_TARGET = 10.0
+WARM_TARGET = 1.5
+CONTENTION_TARGET = 1.3
+
+
+def _seeds_source(prefix: str, count: int) -> str:
+    blocks = ["import sqlalchemy as sa\nimport seedguard\n"]
+    for i in range(count):
+        blocks.append(textwrap.dedent(f'''
+            @seedguard.seed("{prefix}-{i:04d}")
+            def unit_{i}(session):
+                session.execute(sa.text("INSERT INTO effects (unit) VALUES ('{prefix}-{i:04d}')"))
+            '''))
+    return "\n".join(blocks)
+
+
+class Project:
+    """A fresh database with ``size`` applied units and an alembic project at ``size`` revisions."""
+
+    def __init__(self, kind: str, url: str, tmp: Path, size: int) -> None:
+        self.kind, self.url, self.tmp, self.size = kind, url, tmp, size
+        self.seeds = f"bench_target_seeds_{size}"
+        path = tmp / f"{self.seeds}.py"
+        path.write_text(_seeds_source(f"u{size}", size))
+        # What every deployed start after the first finds (PYTHONDONTWRITEBYTECODE
+        # may be set here, so write it explicitly).
+        py_compile.compile(str(path), doraise=True)
+        self.env = dict(os.environ, PYTHONPATH=str(tmp))
+        self.env.pop("SEEDGUARD_URL", None)
+        self.ini = alembic_project(tmp / "alembic_project", url, size)
+        engine = sa.create_engine(url)
+        with engine.begin() as conn:
+            conn.exec_driver_sql("CREATE TABLE effects (unit VARCHAR(255))")
+        engine.dispose()
+        # Apply everything once, and start once more (fills the checksum cache).
+        for _ in range(2):
+            self.python(f"import seedguard; seedguard.apply({url!r}, seeds={self.seeds!r})")
+        self.python(f"from alembic.config import Config; from alembic import command; "
+                    f"command.upgrade(Config({str(self.ini)!r}), 'head')")
+
+    def python(self, code: str) -> str:
+        out = subprocess.run([PYTHON, "-c", code], env=self.env, cwd=self.tmp,
+                             capture_output=True, text=True, timeout=600)
+        if out.returncode:
+            raise RuntimeError(f"bench child failed:\n{out.stderr[-3000:]}")
+        return out.stdout
+
+    def wall(self, argv: list[str]) -> float:
+        started = time.perf_counter()
+        out = subprocess.run(argv, env=self.env, cwd=self.tmp, capture_output=True,
+                             timeout=600)
+        elapsed = time.perf_counter() - started
+        if out.returncode:
+            raise RuntimeError(f"bench command failed: {argv}\n{out.stderr.decode()[-3000:]}")
+        return elapsed
+
+
+def _interleaved(first: Callable[[], float], second: Callable[[], float],
+                 rounds: int) -> tuple[float, float]:
+    a, b = [], []
+    first(), second()  # warm the OS caches
+    for _ in range(rounds):
+        a.append(first())
+        b.append(second())
+    return statistics.median(a), statistics.median(b)
+
+
+def cli(report: Report, project: Project) -> None:
+    exe = shutil.which("seedguard", path=os.path.dirname(PYTHON))
+    assert exe is not None, "the seedguard console script is not installed next to python"
+    ours = [exe, "--url", project.url, "--seeds", project.seeds, "upgrade"]
+    bare = [PYTHON, "-c", f"import sqlalchemy as sa; e = sa.create_engine({project.url!r}); "
+            "c = e.connect(); c.execute(sa.text('SELECT name, version FROM seedguard_ledger'))"
+            ".all()"]
+    a, b = _interleaved(lambda: project.wall(ours), lambda: project.wall(bare), CLI_ROUNDS)
+    report.add(Row("target 1: CLI no-op", project.kind,
+                   f"`seedguard upgrade`, {project.size} applied units", ms(a),
+                   f"python -c 'import sqlalchemy; one SELECT' {ms(b)}", a / b,
+                   f"<= {CLI_TARGET}x", a / b <= CLI_TARGET))
+
+
+# Both children import their libraries before the clock starts, the URL's
+# SQLAlchemy dialect and DBAPI driver included (`import alembic` loads every
+# dialect module anyway; psycopg's import alone is most of a PostgreSQL
+# child's time and says nothing about either tool).
+_DRIVER = "sqlalchemy.engine.make_url({url!r}).get_dialect().import_dbapi()"
+
+_OURS_FIRST = """
+import time
+import sqlalchemy, seedguard, seedguard.runner
+{driver}
+t = time.perf_counter()
+result = seedguard.apply({url!r}, seeds={seeds!r})
+elapsed = time.perf_counter() - t
+assert not result.applied and len(result.skipped) == {size}
+print(elapsed)
+"""
+
+_ALEMBIC_FIRST = """
+import time
+import sqlalchemy
+from alembic import command
+from alembic.config import Config
+import alembic.runtime.migration, alembic.script
+{driver}
+t = time.perf_counter()
+command.upgrade(Config({ini!r}), "head")
+print(time.perf_counter() - t)
+"""
+
+
+def first_call(report: Report, project: Project) -> None:
+    driver = _DRIVER.format(url=project.url)
+    ours = _OURS_FIRST.format(url=project.url, seeds=project.seeds, size=project.size,
+                              driver=driver)
+    theirs = _ALEMBIC_FIRST.format(ini=str(project.ini), driver=driver)
+    a, b = _interleaved(lambda: float(project.python(ours)),
+                        lambda: float(project.python(theirs)), FIRST_ROUNDS)
+    report.add(Row("target 2: first apply()", project.kind,
+                   f"first apply() in a fresh process, {project.size} units", ms(a),
+                   f"alembic command.upgrade no-op, {project.size} revisions {ms(b)}", b / a,
+                   f">= {FIRST_TARGET:g}x faster", b / a >= FIRST_TARGET,
+                   note="ratio = alembic time / seedguard time"))
+
+
+_WARM = """
+import statistics, time
+import sqlalchemy as sa, seedguard
+engine = sa.create_engine({url!r})
+
+def bare():
+    with engine.connect() as conn:
+        conn.execute(sa.text("SELECT name, version FROM seedguard_ledger")).all()
+
+def ours():
+    result = seedguard.apply(engine, seeds={seeds!r})
+    assert not result.applied and len(result.skipped) == {size}
+
+def median(fn, n=5):
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+ours(), bare(), ours(), bare()
+a, b = [], []
+for _ in range(9):
+    a.append(median(ours))
+    b.append(median(bare))
+print(statistics.median(a), statistics.median(b))
+"""
+
+
+def warm(report: Report, project: Project) -> None:
+    out = project.python(_WARM.format(url=project.url, seeds=project.seeds, size=project.size))
+    a, b = map(float, out.split())
+    report.add(Row("target 3: warm no-op", project.kind,
+                   f"apply() again, {project.size} applied units", ms(a),
+                   f"bare ledger SELECT {ms(b)}", a / b, f"<= {WARM_TARGET}x",
+                   a / b <= WARM_TARGET))
+
+
+def contention(report: Report, kind: str, url: str, tmp: Path, size: int) -> None:
+    import contention as bench_contention
+
+    applied = _seeds_source(f"c{size}", size)
+    bench_contention.write_module(tmp, applied)
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE effects (unit VARCHAR(255))")
+    engine.dispose()
+    env = dict(os.environ, PYTHONPATH=str(tmp))
+    subprocess.run([PYTHON, "-c", f"import seedguard; seedguard.apply({url!r}, "
+                    f"seeds={bench_contention.SEEDS!r})"], env=env, cwd=tmp, check=True,
+                   capture_output=True, timeout=600)
+    reread = bench_contention.reread_time(url, tmp)
+    phase, unit, lockers, count, _ = bench_contention.trial(
+        url, tmp, bench_contention.shipped_poll())
+    budget = unit + 2 * bench_contention.PROCESSES * reread
+    report.add(Row("target 4: 16 contending processes", kind,
+                   f"lock phase, 1 pending unit among {size} applied", ms(phase),
+                   f"unit {ms(unit)} + 2x16 re-reads ({ms(reread)} each) = {ms(budget)}",
+                   phase / budget, f"<= {CONTENTION_TARGET}x",
+                   phase / budget <= CONTENTION_TARGET and count == 1,
+                   note=f"applied {count}x; {lockers} processes took the file lock"))
+
+
+def run(report: Report, kinds: list[str], sizes: tuple[int, ...] = SIZES) -> None:
+    for kind in kinds:
+        for size in sizes:
+            print(f"  {kind}, {size} units: setting up", flush=True)
+            with tempfile.TemporaryDirectory(prefix="sg_bench_target_") as tmp, \
+                    fresh_database(kind) as url:
+                project = Project(kind, url, Path(tmp), size)
+                cli(report, project)
+                first_call(report, project)
+                warm(report, project)
+            with tempfile.TemporaryDirectory(prefix="sg_bench_target_c_") as tmp, \
+                    fresh_database(kind) as url:
+                contention(report, kind, url, Path(tmp), size)
+
+
+if __name__ == "__main__":  # pragma: no cover - python bench/targets.py
+    sys.exit("run it as: python bench/run.py --only targets")

@@ -1,0 +1,132 @@
+"""The no-op fast path: the database compares the ledger with the units where that is faster.
+
+``Ledger.read_against`` must plan exactly as ``Ledger.read`` does, for every
+state a ledger row can be in; a start-up with nothing to do stays one query,
+drift included.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from _support import TestDatabase, unit
+
+import seedguard
+from seedguard.ledger import Ledger
+from seedguard.runner import plan
+
+LEDGER = "seedguard_ledger"
+
+
+def _summary(units: list[Any], state: Any) -> dict[str, list[str]]:
+    checksums = {u.name: u.checksum() for u in units}
+    result = plan(units, state, checksums)
+    return {
+        "pending": [u.name for u in result.pending],
+        "skipped": [u.name for u in result.skipped],
+        "drifted": [d.name for d in result.drifted],
+        "ahead": [u.name for u in result.ahead],
+        "blocked": [u.name for u in result.blocked],
+    }
+
+
+def _expected(units: list[Any]) -> list[tuple[str, int, str]]:
+    return [(u.name, u.version, u.checksum()) for u in units]
+
+
+def _applied(db: TestDatabase, names: list[str]) -> list[Any]:
+    db.create_effects_table()
+    units = [unit(name) for name in names]
+    seedguard.apply(db.url, seeds=units)
+    return units
+
+
+def test_all_applied_is_one_row_and_no_plan(db: TestDatabase) -> None:
+    units = _applied(db, ["a", "b", "c"])
+    engine = db.engine()
+    with engine.connect() as conn:
+        compared = Ledger(LEDGER).read_against(conn, _expected(units))
+    if db.kind != "sqlite":
+        assert compared is None  # measured slower there than reading the rows
+        return
+    assert compared is not None and compared.all_applied
+
+
+@pytest.mark.parametrize("change", ["drifted", "running", "stamped-without-checksum", "ahead",
+                                    "orphan", "missing", "other-version"])
+def test_read_against_plans_exactly_like_read(db: TestDatabase, change: str) -> None:
+    if db.kind != "sqlite":
+        pytest.skip("read_against answers on SQLite only")
+    units = _applied(db, ["a", "b", "c", "d"])
+    if change == "drifted":
+        db.execute(f"UPDATE {LEDGER} SET checksum = 'ast1:{'0' * 64}' WHERE name = 'b'")
+    elif change == "running":
+        db.execute(f"UPDATE {LEDGER} SET status = 'running' WHERE name = 'b'")
+    elif change == "stamped-without-checksum":
+        db.execute(f"UPDATE {LEDGER} SET checksum = NULL WHERE name = 'b'")
+    elif change == "ahead":
+        db.execute(f"DELETE FROM {LEDGER} WHERE name = 'b'")
+        db.execute(f"INSERT INTO {LEDGER} (name, version, checksum, status, applied_at) "
+                   "VALUES ('b', 7, 'ast1:x', 'applied', CURRENT_TIMESTAMP)")
+    elif change == "orphan":
+        db.execute(f"INSERT INTO {LEDGER} (name, version, checksum, status, applied_at) "
+                   "VALUES ('gone', 1, 'ast1:x', 'applied', CURRENT_TIMESTAMP)")
+    elif change == "missing":
+        db.execute(f"DELETE FROM {LEDGER} WHERE name = 'c'")
+    else:
+        db.execute(f"INSERT INTO {LEDGER} (name, version, checksum, status, applied_at) "
+                   "VALUES ('a', 2, 'ast1:x', 'applied', CURRENT_TIMESTAMP)")
+    ledger = Ledger(LEDGER)
+    with db.engine().connect() as conn:
+        full = ledger.read(conn, full=False)
+        compared = ledger.read_against(conn, _expected(units))
+    assert full is not None
+    if change in ("missing", "ahead"):
+        # A unit without a row of its version: the caller reads the rows.
+        assert compared is None
+        return
+    if change in ("orphan", "other-version"):
+        # Extra rows do not matter when every unit has its own applied row.
+        assert compared is not None and compared.all_applied
+        assert _summary(units, full)["skipped"] == ["a", "b", "c", "d"]
+        return
+    assert compared is not None and not compared.all_applied
+    assert _summary(units, compared.state) == _summary(units, full)
+    assert dict(compared.state) == {key: full[key] for key in full}
+
+
+def test_values_that_are_no_safe_literal_are_never_written_into_sql(db: TestDatabase) -> None:
+    _applied(db, ["a"])
+    ledger = Ledger(LEDGER)
+    with db.engine().connect() as conn:
+        assert ledger.read_against(conn, [("a", 1, "x'); DROP TABLE effects; --")]) is None
+        assert ledger.read_against(conn, []) is None
+    assert db.effects() == ["a"]
+
+
+def test_a_missing_ledger_is_none(db: TestDatabase) -> None:
+    with db.engine().connect() as conn:
+        assert Ledger(LEDGER).read_against(conn, [("a", 1, "ast1:x")]) is None
+
+
+def test_no_op_with_drift_is_still_one_query(db: TestDatabase) -> None:
+    units = _applied(db, ["roles", "users"])
+    db.execute(f"UPDATE {LEDGER} SET checksum = 'ast1:{'0' * 64}' WHERE name = 'users'")
+    engine = db.engine()
+    statements: list[str] = []
+    sa.event.listen(engine, "before_cursor_execute",
+                    lambda conn, cursor, stmt, *a: statements.append(stmt))
+    result = seedguard.apply(engine, seeds=units)
+    assert [d.name for d in result.drifted] == ["users"]
+    assert [u.name for u in result.skipped] == ["roles", "users"] and not result.applied
+    assert len(statements) == 1, statements
+
+
+def test_a_pending_unit_is_still_applied(db: TestDatabase) -> None:
+    units = _applied(db, ["roles"])
+    more = [*units, unit("users")]
+    result = seedguard.apply(db.url, seeds=more)
+    assert [u.name for u in result.applied] == ["users"]
+    assert db.effects() == ["roles", "users"]
