@@ -454,12 +454,12 @@ def apply_document(result: ApplyResult) -> dict[str, Any]:
         "drifted": [{**_item(d), "recorded": d.recorded, "current": d.current}
                     for d in result.drifted],
         "ahead": [_item(u) for u in result.ahead],
-        # upgrade --schema: the user's alembic revisions applied first (issue 5).
+        # upgrade --schema: the user's alembic revisions applied first.
         "migrated": list(getattr(result, "migrated", [])),
-        # Units whose requires_revision is not applied yet (issue 5).
+        # Units whose requires_revision is not applied yet.
         "waiting": [{**_item(w), "revision": w.revision, "via": w.via}
                     for w in result.waiting],
-        # --dry-run: what each pending data seed would write (issue 4).
+        # --dry-run: what each pending data seed would write.
         "previews": {name: _preview_document(preview)
                      for name, preview in result.previews.items()},
     }
@@ -538,7 +538,7 @@ def upgrade(opts: Options, target: str | None, dry_run: bool, strict: bool, sche
     for unit in result.ahead:
         _warn(opts, f"unit {unit.name!r}: the ledger holds a version above the code's "
               f"v{unit.version}; not applied (is this code older than the database?)")
-    for waiting in result.waiting:  # issue 5: not an error, the schema comes first
+    for waiting in result.waiting:  # not an error, the schema comes first
         _info(opts, waiting.message())
     if dry_run:
         if not result.pending:
@@ -571,7 +571,7 @@ def _describe(unit: UnitStatus) -> str:
     by = f" by {unit.applied_by}" if unit.applied_by else ""
     if unit.state == "applied":
         return f"applied {when}{by}"
-    if unit.state == "waiting":  # issue 5
+    if unit.state == "waiting":
         return (f"waits for alembic revision {unit.waits_for}; run `alembic upgrade head` "
                 "or `seedguard upgrade --schema`")
     if unit.state == "pending":

@@ -206,7 +206,8 @@ class _DataSeed:
         except DataError:
             # A table does not exist yet (an earlier pending unit or the
             # schema migrations create it): every row would be inserted.
-            return UpsertResult(inserted=sum(1 for _ in self.source.records()))
+            return UpsertResult(inserted=sum(1 for _ in self.source.records()),
+                                table_missing=True)
         return self.run(conn, dry_run=True)
 
     def run(self, conn: Connection, *, dry_run: bool) -> UpsertResult:
@@ -232,7 +233,8 @@ class _DataSeed:
             done += len(located)
             report_progress(done, max(total, done) if total is not None else None)
         writer.finish()
-        if keep is not None:
+        if keep is not None and not writer.result.table_missing:
+            # (A dry run against a table that does not exist yet has nothing to prune.)
             writer.result.deleted = _prune(conn, table, writer.key, keep, dry_run=dry_run)
         if resolver is not None and resolver.unresolved_count:
             writer.result.unresolved = list(resolver.unresolved)

@@ -70,7 +70,7 @@ class DriftError(SeedguardError):
 class DataError(SeedguardError, ValueError):
     """Seed data or an upsert call is wrong: bad value, unknown column, key without a unique index.
 
-    ``path``, ``line`` and ``column`` say where, as far as known.
+    ``path``, ``line`` and ``column`` say where, as far as known (data seeds).
     """
 
     def __init__(self, message: str, *, path: str = "", line: int | None = None,

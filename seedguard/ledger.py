@@ -260,7 +260,7 @@ class Ledger:
         A ledger at a revision this seedguard does not know was made by a newer
         release: refuse rather than write rows it might not understand.
         ``commit=False`` leaves everything in the caller's transaction, which
-        holds a transaction-level lock a commit would release (issue 6:
+        holds a transaction-level lock a commit would release (
         ``lock_mode="transaction"``).
         """
         current = self.revision(conn)
@@ -287,7 +287,7 @@ class Ledger:
             conn.commit()
 
     def _refuse_foreign_table(self, conn: Connection) -> None:
-        """Refuse, before any DDL, a table of the ledger's name that is not a ledger (issue 6).
+        """Refuse, before any DDL, a table of the ledger's name that is not a ledger.
 
         A table with exactly a ledger's columns but no revision is one whose
         creation was interrupted (SQLite and MySQL/MariaDB do not roll DDL

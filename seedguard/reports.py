@@ -35,7 +35,7 @@ class UnitStatus:
     applied_at: dt.datetime | None = None
     applied_by: str | None = None
     description: str | None = None
-    # State "waiting" (issue 5): the user's alembic revision the unit needs first.
+    # State "waiting": the user's alembic revision the unit needs first.
     waits_for: str | None = None
     # State "pending" because this version's recorded checksum differs and the
     # unit re-applies on change: "data" (a data seed) or "code".

@@ -58,7 +58,7 @@ class Plan:
     drifted: list[Drift] = field(default_factory=list)
     ahead: list[SeedUnit] = field(default_factory=list)
     blocked: list[SeedUnit] = field(default_factory=list)
-    # Units whose requires_revision is not in the user's alembic history yet (issue 5).
+    # Units whose requires_revision is not in the user's alembic history yet.
     waiting: list[Waiting] = field(default_factory=list)
     # Units after a blocked one: they wait until it is resolved.
     stopped: list[SeedUnit] = field(default_factory=list)
@@ -109,7 +109,7 @@ def plan(units: Sequence[SeedUnit], state: LedgerState, checksums: Mapping[str, 
         behind = (next((waiting[dep] for dep in unit.after if dep in waiting), None)
                   if unit.after and waiting else None)
         if behind is not None and row is None:
-            # Issue 5: a unit after one that waits for its schema waits too
+            # A unit after one that waits for its schema waits too
             # (rather than failing on tables that do not exist yet).
             waiting[unit.name] = Waiting(unit.name, unit.version, behind.revision, unit,
                                          via=behind.via or behind.name)
@@ -127,7 +127,7 @@ def plan(units: Sequence[SeedUnit], state: LedgerState, checksums: Mapping[str, 
             if latest is not None and latest.version > unit.version:
                 result.ahead.append(unit)
             elif unit.requires_revision and revisions is not None and not revisions(unit):
-                # Issue 5: its schema is not there yet; report it, do not fail.
+                # Its schema is not there yet; report it, do not fail.
                 waiting[unit.name] = Waiting(unit.name, unit.version, unit.requires_revision,
                                              unit)
                 result.waiting.append(waiting[unit.name])
@@ -243,7 +243,7 @@ def run(
             migrated = _upgrade_schema(settings, engine, conn, db_lock) if schema else []
             if db_lock.per_transaction:
                 # No session lock behind a transaction pooler: create the ledger in
-                # one transaction that holds the transaction-level lock (issue 6).
+                # one transaction that holds the transaction-level lock.
                 with conn.begin():
                     db_lock.lock_unit(conn, Deadline(settings.lock_timeout))
                     ledger.ensure(conn, commit=False)
@@ -272,7 +272,7 @@ def run(
 
 def _upgrade_schema(settings: Settings, engine: Engine, conn: Connection,
                     db_lock: DatabaseLock) -> list[str]:
-    """The user's ``alembic upgrade head``, under the locks already held (issue 5)."""
+    """The user's ``alembic upgrade head``, under the locks already held."""
     if db_lock.per_transaction:
         # No session lock: hold the transaction-level lock for the whole
         # upgrade by running it in one transaction (alembic leaves a
@@ -287,7 +287,7 @@ def _upgrade_schema(settings: Settings, engine: Engine, conn: Connection,
 def _work_connection(engine: Engine, db_lock: DatabaseLock) -> Iterator[Connection]:
     """The connection units run on: the lock's own session when it has one.
 
-    One connection per applier, not two (issue 6: 64 appliers against
+    One connection per applier, not two (64 appliers against
     PostgreSQL's max_connections = 100). The lock survives the units' commits
     because it is session-level; the lock object closes the connection.
     """
@@ -560,7 +560,7 @@ def _root_error(err: BaseException) -> str:
 
 
 def _preview(engine: Engine, pending: Sequence[SeedUnit], result: ApplyResult) -> None:
-    """Ask pending units with a preview hook what they would do (issue 4: data seeds).
+    """Ask pending units with a preview hook what they would do (data seeds).
 
     Each runs in a transaction that is always rolled back, so a dry run writes nothing.
     """

@@ -51,7 +51,7 @@ class SeedUnit:
     origin: str = ""
     identity: str = ""
     checksum_fn: Callable[[], str] | None = field(default=None, repr=False)
-    # Dry-run hook (issue 4): called with a connection whose transaction is
+    # Dry-run hook: called with a connection whose transaction is
     # rolled back; returns what the unit would do (data seeds: row counts).
     preview: Callable[[Connection], Any] | None = field(default=None, repr=False)
     # Data seeds: the table they fill and the tables their refs read. A unit

@@ -171,3 +171,14 @@ def test_dry_run_counts_inserts_into_a_table_an_earlier_unit_creates(db: TestDat
         _Base.metadata.create_all(db.engine())
         preview = seedguard.apply(db.url, seeds=registry, dry_run=True).previews["countries"]
         assert (preview.inserted, preview.table_missing) == (2, False)
+
+
+@pytest.mark.parametrize("table", ["countries", "model"])
+def test_dry_run_with_prune_before_the_table_exists(db: TestDatabase, table: str) -> None:
+    # Named or as a model, a table that does not exist yet is neither queried
+    # nor pruned in a dry run: every row counts as an insert.
+    seed = seedguard.data_seed("countries", table=Country if table == "model" else table,
+                               key="code", prune=True,
+                               rows=[{"code": "fr", "name": "France"}])
+    preview = seedguard.apply(db.url, seeds=[seed], dry_run=True).previews["countries"]
+    assert (preview.inserted, preview.deleted, preview.table_missing) == (1, 0, True)

@@ -20,7 +20,7 @@ schema = context.config.attributes.get("ledger_schema")
 
 
 def upgrade() -> None:
-    # Idempotent (issue 6): on SQLite and MySQL/MariaDB, DDL is not rolled
+    # Idempotent: on SQLite and MySQL/MariaDB, DDL is not rolled
     # back, so an applier killed after CREATE TABLE but before alembic stamped
     # the revision leaves the table behind; the next run completes the
     # revision. Ledger.ensure has checked that such a table has the ledger's shape.

@@ -29,7 +29,7 @@ index = f"ix_{table}_applied_at"[:63]
 
 
 def upgrade() -> None:
-    # Idempotent (issue 6): on SQLite and MySQL/MariaDB each statement commits
+    # Idempotent: on SQLite and MySQL/MariaDB each statement commits
     # on its own, so a killed applier may have done either step already.
     inspector = sa.inspect(op.get_bind())
     if "description" not in {c["name"] for c in inspector.get_columns(table, schema=schema)}:
