@@ -1,11 +1,11 @@
-"""The README's examples run exactly as printed.
+"""The examples of the README and of every page under docs/ run exactly as printed.
 
 A fenced block is runnable when the line before it is ``<!-- runnable -->`` or
-``<!-- runnable: FILE -->``. All of them run in document order in one empty
-folder (a new user's project):
+``<!-- runnable: FILE -->``. The runnable blocks of one document run in
+document order in one empty folder (a new user's project):
 
-- a ``python`` block with a FILE is written to that file; without one it is run
-  with ``python -`` and must exit 0;
+- a block with a FILE is written to that file (any language: a CSV, a TOML
+  file); a ``python`` block without one is run with ``python -`` and must exit 0;
 - in a ``console`` block each ``$ `` line runs in a shell (the installed
   ``seedguard`` and ``python`` first on PATH), must exit 0, and prints the lines
   that follow it, up to the next ``$ ``: compared after setting aside what
@@ -22,7 +22,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+# The pages whose examples must run as printed: every page of the site.
+DOCUMENTS = [README, *sorted((ROOT / "docs").rglob("*.md"))]
 MARKER = re.compile(r"<!-- runnable(?::\s*(?P<file>\S+))?\s*-->")
 
 
@@ -34,7 +39,7 @@ class Block:
     text: str
 
 
-def runnable_blocks(markdown: str) -> list[Block]:
+def runnable_blocks(markdown: str, name: str = "README.md") -> list[Block]:
     lines = markdown.splitlines()
     blocks = []
     for index, line in enumerate(lines):
@@ -42,21 +47,21 @@ def runnable_blocks(markdown: str) -> list[Block]:
         if marker is None:
             continue
         fence = lines[index + 1]
-        assert fence.startswith("```"), f"README.md:{index + 1}: a runnable marker needs a fence"
+        assert fence.startswith("```"), f"{name}:{index + 1}: a runnable marker needs a fence"
         end = next(i for i in range(index + 2, len(lines)) if lines[i].startswith("```"))
         blocks.append(Block(index + 2, fence[3:].strip(), marker.group("file"),
                             "\n".join(lines[index + 2:end]) + "\n"))
     return blocks
 
 
-def commands(block: Block) -> list[tuple[str, list[str]]]:
+def commands(block: Block, name: str = "README.md") -> list[tuple[str, list[str]]]:
     """(command, expected output lines) for each ``$ `` line of a console block."""
     steps: list[tuple[str, list[str]]] = []
     for line in block.text.splitlines():
         if line.startswith("$ "):
             steps.append((line[2:], []))
         else:
-            assert steps, f"README.md:{block.line}: output before the first `$ ` line"
+            assert steps, f"{name}:{block.line}: output before the first `$ ` line"
             steps[-1][1].append(line)
     return steps
 
@@ -78,23 +83,54 @@ def environment() -> dict[str, str]:
     return env
 
 
+def test_docs_are_found() -> None:
+    # A moved docs/ folder must not silently leave its examples untested.
+    names = {path.relative_to(ROOT).as_posix() for path in DOCUMENTS}
+    assert {"README.md", "docs/getting-started.md", "docs/index.md"} <= names, names
+    assert (ROOT / "mkdocs.yml").is_file()
+
+
 def test_readme_examples_run_as_printed(tmp_path: Path) -> None:
-    project = tmp_path / "project"
-    project.mkdir()
     blocks = runnable_blocks(README.read_text(encoding="utf-8"))
     kinds = {(block.language, block.file is not None) for block in blocks}
     assert ("python", True) in kinds and ("console", False) in kinds, kinds
+    run_blocks(blocks, "README.md", tmp_path)
+
+
+def pages_with_examples() -> list[str]:
+    return [path.relative_to(ROOT).as_posix() for path in DOCUMENTS[1:]
+            if MARKER.search(path.read_text(encoding="utf-8"))]
+
+
+def test_getting_started_runs() -> None:
+    # The page every new user runs first: its quick start must stay under test.
+    assert "docs/getting-started.md" in pages_with_examples()
+
+
+@pytest.mark.parametrize("page", pages_with_examples())
+def test_docs_examples_run_as_printed(page: str, tmp_path: Path) -> None:
+    blocks = runnable_blocks((ROOT / page).read_text(encoding="utf-8"), page)
+    assert any(block.language == "console" or block.file is None for block in blocks), (
+        f"{page}: runnable files but nothing that runs them")
+    run_blocks(blocks, page, tmp_path)
+
+
+def run_blocks(blocks: list[Block], name: str, tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
     env = environment()
     for block in blocks:
-        where = f"README.md:{block.line}"
-        if block.language == "python" and block.file is not None:
-            (project / block.file).write_text(block.text, encoding="utf-8")
+        where = f"{name}:{block.line}"
+        if block.file is not None:
+            target = project / block.file
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(block.text, encoding="utf-8")
         elif block.language == "python":
             done = subprocess.run([sys.executable, "-"], input=block.text, cwd=project,
                                   env=env, capture_output=True, text=True, timeout=120)
             assert done.returncode == 0, f"{where}: {done.stdout}{done.stderr}"
         elif block.language == "console":
-            for command, expected in commands(block):
+            for command, expected in commands(block, name):
                 done = subprocess.run(["bash", "-c", command], cwd=project, env=env,
                                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True, timeout=120)
