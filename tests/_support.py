@@ -163,12 +163,18 @@ def run_processes(count: int, target: Callable[..., Any], *args: Any,
     Returns each child's ``("ok", return value)`` or ``("error", text)`` in
     child order. ``target`` must be importable (a module-level function).
     """
+    return run_each(target, [args] * count, paths=paths, timeout=timeout)
+
+
+def run_each(target: Callable[..., Any], calls: Sequence[tuple[Any, ...]], *,
+             paths: Sequence[Path | str] = (), timeout: float = 120) -> list[tuple[str, Any]]:
+    """:func:`run_processes`, each child with arguments of its own (``calls[i]``)."""
     ctx = multiprocessing.get_context("spawn")
-    barrier = ctx.Barrier(count)
+    barrier = ctx.Barrier(len(calls))
     queue = ctx.Queue()
     extra = [str(p) for p in paths]
     procs = [ctx.Process(target=_child, args=(target, args, barrier, queue, i, extra))
-             for i in range(count)]
+             for i, args in enumerate(calls)]
     for proc in procs:
         proc.start()
     outcomes: dict[int, tuple[str, Any]] = {}
@@ -182,7 +188,7 @@ def run_processes(count: int, target: Callable[..., Any], *args: Any,
             if proc.is_alive():
                 proc.kill()
                 proc.join(timeout=10)
-    return [outcomes[i] for i in range(count)]
+    return [outcomes[i] for i in range(len(calls))]
 
 
 def apply_module(url: str, seeds: str, **kwargs: Any) -> list[str]:

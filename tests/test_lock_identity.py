@@ -8,7 +8,6 @@ file lock's path is canonical, so every spelling of the file finds the same one.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from _support import TestDatabase, _child, apply_module, unit, write_module
+from _support import TestDatabase, apply_module, run_each, unit, write_module
 from conftest import SERVER_URLS
 
 import seedguard
@@ -42,31 +41,6 @@ def apply_as(url: str, module: str, lock_path: str, schema: str | None) -> list[
     return apply_module(url, module, lock_path=lock_path, lock_timeout=60)
 
 
-def run_each(calls: list[tuple[Any, ...]], paths: list[Path],
-             timeout: float = 120) -> list[tuple[str, Any]]:
-    """Like _support.run_processes, but each spawned child gets its own arguments."""
-    ctx = multiprocessing.get_context("spawn")
-    barrier = ctx.Barrier(len(calls))
-    queue = ctx.Queue()
-    extra = [str(p) for p in paths]
-    procs = [ctx.Process(target=_child, args=(apply_as, args, barrier, queue, i, extra))
-             for i, args in enumerate(calls)]
-    for proc in procs:
-        proc.start()
-    outcomes: dict[int, tuple[str, Any]] = {}
-    try:
-        for _ in procs:
-            index, outcome = queue.get(timeout=timeout)
-            outcomes[index] = outcome
-    finally:
-        for proc in procs:
-            proc.join(timeout=10)
-            if proc.is_alive():
-                proc.kill()
-                proc.join(timeout=10)
-    return [outcomes[i] for i in range(len(calls))]
-
-
 @pytest.fixture
 def owned_pg(pg: TestDatabase) -> Iterator[tuple[TestDatabase, str]]:
     """The test database, owned by a login role of the same name: a URL with no database
@@ -90,13 +64,14 @@ def _rerun_once(db: TestDatabase, url: str, tmp_path: Path,
     (each with its own lock file, as on its own host) re-run it at once: exactly one does."""
     module = f"rerun_{tmp_path.name.replace('-', '_')}"
     write_module(tmp_path, module, RERUN_SEED.format(value="v1", sleep=0))
-    first = run_each([(url, module, str(tmp_path / "first.lock"), None)], [tmp_path])
+    first = run_each(apply_as, [(url, module, str(tmp_path / "first.lock"), None)],
+                     paths=[tmp_path])
     assert first == [("ok", ["catalog"])]
     write_module(tmp_path, module, RERUN_SEED.format(value="v2", sleep=1.0))
 
     calls = [(spelled_url, module, str(tmp_path / f"host{i}.lock"), schema)
              for i, (spelled_url, schema) in enumerate(spellings)]
-    outcomes = run_each(calls, [tmp_path])
+    outcomes = run_each(apply_as, calls, paths=[tmp_path])
 
     assert [status for status, _ in outcomes] == ["ok"] * len(calls), outcomes
     assert sorted(name for _, names in outcomes for name in names) == ["catalog"]
