@@ -20,28 +20,23 @@ until an async call needs it: ``import seedguard`` stays light.
 
 from __future__ import annotations
 
-import inspect
 import os
-import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from seedguard.errors import ConfigError
+from seedguard.eventloop import INSTALL_ASYNC, is_async_engine, run_in_greenlet
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
     from sqlalchemy.ext.asyncio import AsyncEngine
-    from sqlalchemy.orm import Session
 
     from seedguard.events import Listener
     from seedguard.registry import SeedsSpec
     from seedguard.result import ApplyResult
-    from seedguard.unit import SeedUnit
 
 T = TypeVar("T")
 
-_ASYNC_DRIVERS = "postgresql+asyncpg://, sqlite+aiosqlite://, mysql+aiomysql://"
-_INSTALL = "pip install 'seedguard[async]'"
 
 
 async def apply_async(
@@ -108,10 +103,10 @@ async def apply_async(
         "on_event": on_event, "lock_mode": lock_mode, "schema": schema,
         "alembic_config": alembic_config, "scoped_sessions": tuple(scoped_sessions),
     }
-    if _is_async_engine(bind):
+    if is_async_engine(bind):
         return await run_in_greenlet(api.apply, bind.sync_engine, **options)  # type: ignore[union-attr]
     if bind is not None and not isinstance(bind, str):
-        assert not _is_async_engine(bind)
+        assert not is_async_engine(bind)
         bind = cast("Engine", bind)
         if bind.dialect.is_async:  # an AsyncEngine's sync_engine, passed as it is
             return await run_in_greenlet(api.apply, bind, **options)
@@ -129,26 +124,6 @@ async def apply_async(
         return await run_in_greenlet(api.apply, engine.sync_engine, **options)
     finally:
         await engine.dispose()
-
-
-async def run_in_greenlet(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """``fn(*args, **kwargs)``, synchronous code, run where async drivers can await."""
-    try:
-        from sqlalchemy.util import greenlet_spawn
-        return await greenlet_spawn(fn, *args, **kwargs)
-    except ImportError as err:  # greenlet: SQLAlchemy's asyncio extension needs it
-        raise ConfigError(f"async SQLAlchemy needs greenlet ({err}); {_INSTALL}") from err
-
-
-def run_blocking(fn: Callable[[], T]) -> T:
-    """Run ``fn`` (synchronous code) in a new event loop, where async drivers work.
-
-    For the ``seedguard`` command given an async URL: every library call it
-    makes then runs through the async driver, ``async def`` units included.
-    """
-    import asyncio
-
-    return asyncio.run(run_in_greenlet(fn))
 
 
 def create_async(url_text: str) -> AsyncEngine | None:
@@ -175,130 +150,4 @@ def create_async(url_text: str) -> AsyncEngine | None:
                           f"{url.drivername!r}; check the part before ://") from err
     except ImportError as err:
         raise ConfigError(f"the async driver for {safe_url(url)} is not installed "
-                          f"({err.name or err}); {_INSTALL}") from err
-
-
-def is_async_url(url_text: str | None) -> bool:
-    """Whether ``url_text`` names an async driver (``postgresql+asyncpg://`` ...)."""
-    scheme = (url_text or "").partition("://")[0]
-    if "+" not in scheme:  # a dialect's default driver is never an async one
-        return False
-    from sqlalchemy.engine import make_url
-
-    try:
-        return bool(make_url(url_text or "").get_dialect().is_async)
-    except Exception:  # unknown or unparseable: the command itself reports it
-        return False
-
-
-def in_event_loop() -> bool:
-    """Whether we run under ``greenlet_spawn``, where ``await_only`` reaches the loop."""
-    if "greenlet" not in sys.modules:  # nothing imported greenlet: nothing spawned one
-        return False
-    from sqlalchemy.util.concurrency import in_greenlet
-
-    return in_greenlet()
-
-
-def loop_sleep() -> Callable[[float], None] | None:
-    """How a lock wait sleeps between polls: on the event loop under :func:`apply_async`.
-
-    None outside it: the caller waits in its own blocking way.
-    """
-    if not in_event_loop():
-        return None
-    import asyncio
-
-    await_ = _await_function()
-
-    def sleep(seconds: float) -> None:
-        await_(asyncio.sleep(seconds))
-
-    return sleep
-
-
-def require_sync_context(engine: Any) -> None:
-    """Refuse an ``AsyncEngine``, or an async driver outside the event loop, with the fix."""
-    from seedguard.connect import safe_url
-
-    if _is_async_engine(engine):
-        raise ConfigError(
-            f"{safe_url(engine.url)} is an AsyncEngine; seedguard.apply() and the other "
-            "library calls are synchronous: use `await seedguard.apply_async(engine)`"
-        )
-    if engine.dialect.is_async and not in_event_loop():
-        raise ConfigError(
-            f"{safe_url(engine.url)} uses the async driver {engine.dialect.driver!r}; "
-            "seedguard.apply() and the other library calls are synchronous: use `await "
-            "seedguard.apply_async(...)` from async code (the `seedguard` command accepts "
-            "the URL as it is), or a sync driver's URL"
-        )
-
-
-def is_async_unit(unit: SeedUnit) -> bool:
-    return inspect.iscoroutinefunction(unit.fn)
-
-
-def check_units(units: Sequence[SeedUnit], engine: Engine) -> None:
-    """Refuse, before anything runs, ``async def`` units that this run cannot await."""
-    if engine.dialect.is_async and in_event_loop():
-        return
-    for unit in units:
-        if is_async_unit(unit):
-            raise _cannot_await(unit)
-
-
-def call_unit(unit: SeedUnit, session: Session) -> Any:
-    """Run ``unit``'s work on ``session``, the Session bound to the unit's connection.
-
-    A plain ``def`` unit is called with ``session``. An ``async def`` unit gets
-    an ``AsyncSession`` on an ``AsyncConnection`` proxy of the same connection,
-    joined the way ``session`` joins it (a SAVEPOINT in the unit's transaction,
-    so ``await session.commit()`` ends only that), and is awaited on the event
-    loop; its session is committed (flushed, SAVEPOINT released) after it returns.
-    """
-    if not is_async_unit(unit):
-        return unit(session)
-    conn = session.get_bind()
-    if not (conn.dialect.is_async and in_event_loop()):
-        raise _cannot_await(unit)
-    from sqlalchemy.engine import Connection
-    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
-
-    assert isinstance(conn, Connection)
-    proxy = AsyncConnection(AsyncEngine(conn.engine), conn)
-    mode = session.join_transaction_mode
-    from seedguard.unit import takes_session
-
-    fn: Callable[..., Any] = unit.fn
-
-    async def work() -> Any:
-        async with AsyncSession(bind=proxy, join_transaction_mode=mode) as async_session:
-            # Like a plain unit, an async one may take its session or nothing.
-            outcome = await (fn(async_session) if takes_session(fn) else fn())
-            await async_session.commit()
-            return outcome
-
-    return _await_function()(work())
-
-
-def _await_function() -> Callable[[Any], Any]:
-    import sqlalchemy.util
-
-    # SQLAlchemy 2.1 renamed await_only to await_ (the old name is deprecated in 2.2).
-    found: Callable[[Any], Any] | None = getattr(sqlalchemy.util, "await_", None)
-    return found or sqlalchemy.util.await_only
-
-
-def _cannot_await(unit: SeedUnit) -> ConfigError:
-    return ConfigError(
-        f"unit {unit.name!r} is an `async def` unit: run it with `await "
-        f"seedguard.apply_async(...)` on an async driver ({_ASYNC_DRIVERS}), or with the "
-        "`seedguard` command and such a URL"
-    )
-
-
-def _is_async_engine(bind: object) -> bool:
-    # By its attribute: importing sqlalchemy.ext.asyncio to ask isinstance()
-    # would cost every synchronous caller the extension's import.
-    return hasattr(bind, "sync_engine") and not isinstance(bind, str)
+                          f"({err.name or err}); {INSTALL_ASYNC}") from err

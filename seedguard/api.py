@@ -113,7 +113,7 @@ def apply(
         alembic_config=os.fspath(alembic_config) if alembic_config is not None else None,
     )
     # The runner pulls in SQLAlchemy; import it here so `import seedguard` stays light.
-    from seedguard.aio import check_units
+    from seedguard.eventloop import check_units
     from seedguard.runner import run
 
     units = select(settings, target=target)

@@ -97,9 +97,9 @@ class _Group(click.Group):
             if _async_url(ctx):
                 # One URL for the app and the command: with an async driver the
                 # whole command runs on an event loop (async def units included).
-                from seedguard import aio
+                from seedguard import eventloop
 
-                return aio.run_blocking(functools.partial(click.Group.invoke, self, ctx))
+                return eventloop.run_blocking(functools.partial(click.Group.invoke, self, ctx))
             return super().invoke(ctx)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
@@ -124,7 +124,7 @@ class _Group(click.Group):
 
 def _async_url(ctx: click.Context) -> bool:
     """Whether the command's database URL has an async driver (then it runs on a loop)."""
-    from seedguard.aio import is_async_url
+    from seedguard.eventloop import is_async_url
 
     url = ctx.params.get("url") or _late_url(ctx) or os.environ.get("SEEDGUARD_URL")
     if url is None and "flask.cli" not in sys.modules:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from seedguard.errors import ConfigError
 
@@ -42,8 +42,6 @@ _NO_DATABASE = (
 @contextlib.contextmanager
 def engine_for(settings: Settings) -> Iterator[Engine]:
     """The settings' engine; one made from a URL here is disposed of afterwards."""
-    from seedguard.aio import require_sync_context
-
     if settings.engine is not None:
         require_sync_context(settings.engine)
         yield settings.engine
@@ -219,3 +217,21 @@ def _mask(url_text: str) -> str:
     userinfo, _, host = rest.rpartition("@")
     user = userinfo.split(":", 1)[0]
     return f"{scheme}{sep}{user}:***@{host}" if ":" in userinfo else url_text
+
+
+def require_sync_context(engine: Any) -> None:
+    """Refuse an ``AsyncEngine``, or an async driver outside the event loop, with the fix."""
+    from seedguard.eventloop import in_event_loop, is_async_engine
+
+    if is_async_engine(engine):
+        raise ConfigError(
+            f"{safe_url(engine.url)} is an AsyncEngine; seedguard.apply() and the other "
+            "library calls are synchronous: use `await seedguard.apply_async(engine)`"
+        )
+    if engine.dialect.is_async and not in_event_loop():
+        raise ConfigError(
+            f"{safe_url(engine.url)} uses the async driver {engine.dialect.driver!r}; "
+            "seedguard.apply() and the other library calls are synchronous: use `await "
+            "seedguard.apply_async(...)` from async code (the `seedguard` command accepts "
+            "the URL as it is), or a sync driver's URL"
+        )

@@ -26,11 +26,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from seedguard.aio import call_unit
 from seedguard.alembic import RevisionGate, upgrade_head
 from seedguard.checksum import same_algorithm, same_kind
 from seedguard.connect import connect
 from seedguard.errors import DriftError, SeedFailed, SeedguardError, UnitBlocked
+from seedguard.eventloop import call_unit
 from seedguard.events import Listener, UnitFinished, UnitStarted, running
 from seedguard.guard import EngineGuard, current_unit, ending
 from seedguard.ledger import Ledger, LedgerRow, LedgerState, PlannedRow, RowState

@@ -196,7 +196,7 @@ def test_dry_run_before_the_table_exists_counts_inserts(db: TestDatabase) -> Non
     path = write(db.tmp_path / "countries.csv", CSV)
     unit = seedguard.data_seed("countries", table="countries", key="code", path=path)
     result = seedguard.apply(db.url, seeds=[unit], dry_run=True)
-    assert result.previews["countries"] == UpsertResult(inserted=3)
+    assert result.previews["countries"] == UpsertResult(inserted=3, table_missing=True)
 
 
 def _failure(db: TestDatabase, name: str, text: str) -> DataError:

@@ -127,8 +127,8 @@ class FileLock:
         timeout = deadline.remaining()
         lock = filelock.FileLock(str(self.path), timeout=-1 if timeout is None else timeout)
         # Under apply_async() the wait must not block the event loop: poll, and
-        # sleep between polls on the loop (seedguard.aio.loop_sleep).
-        from seedguard.aio import loop_sleep
+        # sleep between polls on the loop (seedguard.eventloop.loop_sleep).
+        from seedguard.eventloop import loop_sleep
 
         sleep = loop_sleep()
         try:
