@@ -10,8 +10,10 @@ CLI, in a subprocess) is the only manual step, and it is a decision, not a repai
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -170,3 +172,58 @@ def test_resolve_refuses_a_unit_that_is_not_interrupted(db: TestDatabase,
     assert proc.returncode == 2
     assert "not interrupted" in proc.stderr + proc.stdout
     assert _status(db)["bulk-import"] == "applied"
+
+
+def test_killed_mid_unit_among_eight_appliers(db: TestDatabase,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Eight appliers start together; the one inside the non-transactional unit is
+    SIGKILLed mid-way. Nobody runs it again or records it as applied: the seven
+    others all stop at the interrupted unit, and the work stays half done, as recorded."""
+    db.create_effects_table()
+    module = f"nontx_eight_{db.tmp_path.name.replace('-', '_')}"
+    write_module(db.tmp_path, module, SEEDS)
+    monkeypatch.syspath_prepend(str(db.tmp_path))
+    importlib.import_module(module)
+    children: dict[int, int] = {}  # pid -> read end of the pipe it parks on
+    for _ in range(8):
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.close(read_fd)
+                importlib.import_module(module).PARK_FD = write_fd
+                seedguard.apply(db.url, seeds=module, target="bulk-import", lock_timeout=30)
+                code = 0
+            except UnitBlocked:
+                code = 3
+            except BaseException:
+                code = 1
+            finally:
+                os._exit(code)
+        os.close(write_fd)
+        children[pid] = read_fd
+    try:
+        ready, _, _ = select.select(list(children.values()), [], [], 60)
+        assert ready, "no applier reached the middle of its unit"
+        holder = next(pid for pid, fd in children.items() if fd == ready[0])
+        assert os.read(ready[0], 1) == b"k"
+        os.kill(holder, signal.SIGKILL)
+        codes = {}
+        deadline = time.monotonic() + 60
+        for pid in children:
+            while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+                assert time.monotonic() < deadline, "an applier never finished"
+                time.sleep(0.05)
+            codes[pid] = os.waitstatus_to_exitcode(done[1])
+    finally:
+        for pid, fd in children.items():
+            with contextlib.suppress(ProcessLookupError, ChildProcessError):
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            os.close(fd)
+    others = [code for pid, code in codes.items() if pid != holder]
+    assert others == [3] * 7, codes  # each stopped at the interrupted unit (UnitBlocked)
+    assert _status(db) == {"schema-setup": "applied", "bulk-import": "running"}
+    assert sorted(db.effects("bulk-import")) == ["part-1"]
+    assert db.effects("schema-setup") == ["x"]
