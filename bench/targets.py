@@ -17,8 +17,11 @@ At each size N (units applied; the alembic reference has N revisions):
 3. Warm no-op ``apply()`` (the same process, again) against the bare ledger
    SELECT on the same engine: <= 1.5x.
 4. 16 processes released together, one pending unit among the N applied:
-   first lock acquisition to last release <= 1.3x (the unit's own time + 2 x 16
-   ledger re-reads).
+   first lock acquisition until the last process is past apply() <= 1.3x (the
+   unit's own time + 2 x 16 ledger re-reads).
+
+The targets are set at 1,000 units and get PASS/FAIL there; the figures at
+other sizes (50, a typical app) are printed beside them without a verdict.
 
 Every measurement runs in child processes (each a clean interpreter, as a
 worker would be), interleaved with its reference so that a change in the
@@ -47,6 +50,9 @@ from _common import PYTHON, Report, Row, fresh_database, ms
 from noop import alembic_project
 
 SIZES = (1000, 50)
+# The targets are set at 1,000 units; the other sizes (50: a typical app) are
+# reported beside them, without a verdict.
+TARGET_SIZE = 1000
 CLI_ROUNDS = 11
 FIRST_ROUNDS = 7
 CLI_TARGET = 1.3
@@ -107,6 +113,14 @@ class Project:
         return elapsed
 
 
+def _target(size: int, text: str) -> str:
+    return text if size == TARGET_SIZE else f"({text} at {TARGET_SIZE})"
+
+
+def _verdict(size: int, ok: bool) -> bool | None:
+    return ok if size == TARGET_SIZE else None
+
+
 def _interleaved(first: Callable[[], float], second: Callable[[], float],
                  rounds: int) -> tuple[float, float]:
     a, b = [], []
@@ -128,7 +142,8 @@ def cli(report: Report, project: Project) -> None:
     report.add(Row("target 1: CLI no-op", project.kind,
                    f"`seedguard upgrade`, {project.size} applied units", ms(a),
                    f"python -c 'import sqlalchemy; one SELECT' {ms(b)}", a / b,
-                   f"<= {CLI_TARGET}x", a / b <= CLI_TARGET))
+                   _target(project.size, f"<= {CLI_TARGET}x"),
+                   _verdict(project.size, a / b <= CLI_TARGET)))
 
 
 # Both children import their libraries before the clock starts, the URL's
@@ -171,7 +186,8 @@ def first_call(report: Report, project: Project) -> None:
     report.add(Row("target 2: first apply()", project.kind,
                    f"first apply() in a fresh process, {project.size} units", ms(a),
                    f"alembic command.upgrade no-op, {project.size} revisions {ms(b)}", b / a,
-                   f">= {FIRST_TARGET:g}x faster", b / a >= FIRST_TARGET,
+                   _target(project.size, f">= {FIRST_TARGET:g}x faster"),
+                   _verdict(project.size, b / a >= FIRST_TARGET),
                    note="ratio = alembic time / seedguard time"))
 
 
@@ -210,8 +226,9 @@ def warm(report: Report, project: Project) -> None:
     a, b = map(float, out.split())
     report.add(Row("target 3: warm no-op", project.kind,
                    f"apply() again, {project.size} applied units", ms(a),
-                   f"bare ledger SELECT {ms(b)}", a / b, f"<= {WARM_TARGET}x",
-                   a / b <= WARM_TARGET))
+                   f"bare ledger SELECT {ms(b)}", a / b,
+                   _target(project.size, f"<= {WARM_TARGET}x"),
+                   _verdict(project.size, a / b <= WARM_TARGET)))
 
 
 def contention(report: Report, kind: str, url: str, tmp: Path, size: int) -> None:
@@ -234,8 +251,8 @@ def contention(report: Report, kind: str, url: str, tmp: Path, size: int) -> Non
     report.add(Row("target 4: 16 contending processes", kind,
                    f"lock phase, 1 pending unit among {size} applied", ms(phase),
                    f"unit {ms(unit)} + 2x16 re-reads ({ms(reread)} each) = {ms(budget)}",
-                   phase / budget, f"<= {CONTENTION_TARGET}x",
-                   phase / budget <= CONTENTION_TARGET and count == 1,
+                   phase / budget, _target(size, f"<= {CONTENTION_TARGET}x"),
+                   _verdict(size, phase / budget <= CONTENTION_TARGET) if count == 1 else False,
                    note=f"applied {count}x; {lockers} processes took the file lock"))
 
 

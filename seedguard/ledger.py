@@ -187,8 +187,11 @@ class Ledger:
             sa.Column("version_num", sa.String(32), primary_key=True),
             schema=schema,
         )
-        # The last read_against() statement and the set it was built for.
+        # The last read_against() statement (SQLite) or row set (elsewhere),
+        # and the units' set it was built for: a warm start-up asks again.
         self._against: tuple[tuple[tuple[str, int, str], ...], str] | None = None
+        self._applied: tuple[tuple[tuple[str, int, str], ...],
+                             frozenset[tuple[str, int, str, str]]] | None = None
 
     @property
     def qualified_name(self) -> str:
@@ -264,23 +267,79 @@ class Ledger:
 
     def read_against(self, conn: Connection,
                      expected: Sequence[tuple[str, int, str]]) -> Comparison | None:
-        """The ledger compared by the database with each unit's ``(name, version, checksum)``.
+        """The ledger compared with each unit's ``(name, version, checksum)``, in one statement.
 
-        One statement, which returns the ledger's revision, its row count, and
-        only the rows that do not match a unit. At 1,000 units, reading every
-        row into Python took about six times as long on SQLite
-        (bench/noop.py). The state it returns plans exactly as :meth:`read`'s
-        would for these units.
+        The state it returns plans exactly as :meth:`read`'s would for these
+        units. On SQLite the database compares: the statement returns the
+        ledger's revision, its row count and only the rows that match no unit
+        (at 1,000 units, reading every row into Python took about six times as
+        long: bench/noop.py). Elsewhere a 1,000-row literal set takes longer to
+        plan than the rows take to read (PostgreSQL plans it again on every
+        call: psycopg forgets its prepared statements at each rollback, and the
+        pool rolls back every returned connection), so the rows are read as the
+        driver's own tuples and compared as sets.
 
-        None when the answer has to come from :meth:`read` instead: other
-        databases (a 1,000-row literal set is slower to plan there than the rows
-        are to read, measured on PostgreSQL and MariaDB), no units, a value
-        that cannot be written as a literal, a ledger that is missing, behind
-        or newer, or a unit with no row at all (there is work to do then).
+        None when the answer has to come from :meth:`read` instead: no units,
+        a value that cannot be written as a literal (SQLite), a ledger that is
+        missing or behind, or (SQLite) a unit with no row at all. A ledger
+        made by a newer seedguard raises, as :meth:`read` does.
         """
-        if conn.dialect.name != "sqlite" or not expected:
+        if not expected:
             return None
-        statement = self._read_against_sql(conn, tuple(expected))
+        expected = expected if isinstance(expected, tuple) else tuple(expected)
+        if conn.dialect.name == "sqlite":
+            return self._compare_in_sqlite(conn, expected)
+        return self._compare_rows(conn, expected)
+
+    def _compare_rows(self, conn: Connection,
+                      expected: tuple[tuple[str, int, str], ...]) -> Comparison | None:
+        preparer = conn.dialect.identifier_preparer
+        # One statement, the revision first: the version table's row is the
+        # one whose status is NULL (status is NOT NULL in the ledger).
+        statement = (
+            f"SELECT version_num, NULL, NULL, NULL FROM "
+            f"{preparer.format_table(self.version_table)} UNION ALL "
+            f"SELECT name, version, checksum, status FROM {preparer.format_table(self.table)}"
+        )
+        try:
+            result = conn.exec_driver_sql(statement)
+            # The driver's tuples, not SQLAlchemy Rows: building 1,000 Rows took
+            # as long as the query itself (bench/targets.py, warm no-op).
+            rows: list[tuple[Any, ...]] = list(result.cursor.fetchall())
+            result.close()
+        except sa.exc.DBAPIError as err:
+            if err.connection_invalidated:
+                raise
+            conn.rollback()
+            log.debug("ledger %s not readable (missing or behind): %s", self.qualified_name,
+                      type(err.orig).__name__)
+            return None
+        revisions = [row[0] for row in rows if row[3] is None]
+        if len(revisions) != 1:
+            return None  # no revision yet (being created): the locked path decides
+        if revisions[0] != HEAD_REVISION:
+            if revisions[0] not in KNOWN_REVISIONS:
+                raise newer_ledger(self.qualified_name, revisions[0])
+            return None
+        if self._applied_rows(expected).issubset(rows):
+            return Comparison(True, PlanState())
+        return Comparison(False, PlanState(PlanRow(row[0], row[1], row[2], row[3])
+                                           for row in rows if row[3] is not None))
+
+    def _applied_rows(self, expected: tuple[tuple[str, int, str], ...]
+                      ) -> frozenset[tuple[str, int, str, str]]:
+        """The rows a ledger holds when every unit of ``expected`` is applied, unchanged."""
+        cached = self._applied
+        if cached is not None and (cached[0] is expected or cached[0] == expected):
+            return cached[1]
+        rows = frozenset((name, version, checksum, "applied")
+                         for name, version, checksum in expected)
+        self._applied = (expected, rows)
+        return rows
+
+    def _compare_in_sqlite(self, conn: Connection,
+                           expected: tuple[tuple[str, int, str], ...]) -> Comparison | None:
+        statement = self._read_against_sql(conn, expected)
         if statement is None:
             return None
         try:
@@ -310,7 +369,7 @@ class Ledger:
         # prepares it once. Names are validated to [A-Za-z0-9_.:-]; a checksum
         # outside the safe set (a custom checksum_fn) disables the shortcut.
         cached = self._against
-        if cached is not None and cached[0] == expected:
+        if cached is not None and (cached[0] is expected or cached[0] == expected):
             return cached[1]
         if not all(_LITERAL.fullmatch(name) and _LITERAL.fullmatch(checksum)
                    and type(version) is int for name, version, checksum in expected):

@@ -20,11 +20,13 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from seedguard.alembic import RevisionGate, upgrade_head
 from seedguard.checksum import same_algorithm, same_kind
@@ -33,7 +35,7 @@ from seedguard.errors import DriftError, SeedFailed, SeedguardError, UnitBlocked
 from seedguard.eventloop import call_unit
 from seedguard.events import Listener, UnitFinished, UnitStarted, running
 from seedguard.guard import EngineGuard, current_unit, ending
-from seedguard.ledger import Ledger, LedgerRow, LedgerState, PlannedRow, RowState
+from seedguard.ledger import Comparison, Ledger, LedgerRow, LedgerState, PlannedRow, RowState
 from seedguard.locks import DatabaseLock, Deadline, both_locks, ledger_locks
 from seedguard.result import Applied, ApplyResult, Drift, Waiting
 from seedguard.sessions import app_sessions, unit_session
@@ -194,23 +196,21 @@ def run(
             "with its session, or declare it as a unit of its own (after=...)"
         )
     ledger = Ledger.named(settings.ledger_table, settings.ledger_schema)
-    checksums = {unit.name: unit.checksum() for unit in units}
-    with connect(engine) as conn:
-        # Where the database compares faster than Python, it does: then
-        # "every unit applied and unchanged" needs no planning at all.
-        compared = ledger.read_against(
-            conn, [(unit.name, unit.version, checksums[unit.name]) for unit in units])
-        if compared is not None and compared.all_applied and not schema:
-            return ApplyResult(skipped=list(units), dry_run=dry_run)
-        state: RowState[PlannedRow] | None = None
-        if compared is not None and not compared.all_applied:
-            state = compared.state
-        else:  # another database, or schema=True (it takes the locks anyway)
-            state = ledger.read(conn, full=False)
+    checksums, expected = _expected(units)
+    now = _look(engine, ledger, expected)
+    if now is not None and now.all_applied and not schema:
+        return ApplyResult(skipped=list(units), dry_run=dry_run)
     # Reads the user's alembic graph only if a would-be-pending unit declares
     # requires_revision: the no-op start-up stays one query.
     gate = RevisionGate(settings, engine)
-    first = plan(units, state or LedgerState(), checksums, strict=strict, revisions=gate)
+
+    def planned(look: Comparison | None) -> Plan:
+        if look is not None and look.all_applied:
+            return Plan(skipped=list(units), checksums=dict(checksums))
+        state = look.state if look is not None else LedgerState()
+        return plan(units, state, checksums, strict=strict, revisions=gate)
+
+    first = planned(now)
     if dry_run:
         result = first.result(dry_run=True)
         _preview(engine, first.pending, result)
@@ -219,7 +219,7 @@ def run(
     # "running" row is no reason to fail without them: its owner is most
     # likely still at work (a gunicorn worker that started a moment earlier),
     # and the locks make this applier wait for it and look again.
-    if state is not None and not first.pending and not first.blocked and not schema:
+    if now is not None and not first.pending and not first.blocked and not schema:
         return first.result()
 
     # Work to do: import what the units need now, not while holding the locks
@@ -231,18 +231,17 @@ def run(
     settled: list[Plan] = []
 
     def already_done() -> bool:
-        # Under the file lock, before the database lock: the process this one
-        # waited for on this host has usually just applied everything. One
-        # read ends the wait then, as safely as the lock-free fast path does;
-        # otherwise the waiter would hold the file lock while it connected,
-        # locked and re-read (bench/contention.py: most of a hand-over).
+        # After waiting for the file lock: the process this one waited for on
+        # this host has usually just applied everything. One look ends the
+        # wait then, as safely as the lock-free fast path does (both_locks
+        # takes it without holding the lock, so the waiters of one hand-over
+        # look side by side rather than one after another: bench/contention.py).
         if schema:
             return False
-        with connect(engine) as check:
-            now = ledger.read(check, full=False)
-        if now is None:
+        look = _look(engine, ledger, expected)
+        if look is None:
             return False
-        settled.append(plan(units, now, checksums, strict=strict, revisions=gate))
+        settled.append(planned(look))
         return not settled[0].pending and not settled[0].blocked
 
     registries = [*scoped_sessions, *app_sessions(engine)]
@@ -278,6 +277,58 @@ def run(
                     result.pending.remove(unit)
     _raise_blocked(current)
     return result
+
+
+def _look(engine: Engine, ledger: Ledger, expected: tuple[tuple[str, int, str], ...]
+          ) -> Comparison | None:
+    """One read of the ledger, without a lock: compared with the units as a whole
+    where that answers, else its rows; None when it is missing or behind."""
+    with connect(engine) as conn:
+        compared = ledger.read_against(conn, expected)
+        if compared is not None:
+            return compared
+        state = ledger.read(conn, full=False)
+    return None if state is None else Comparison(False, state)
+
+
+class _Expected(NamedTuple):
+    checksums: Mapping[str, str]
+    """Each unit's current checksum, by name."""
+    rows: tuple[tuple[str, int, str], ...]
+    """``(name, version, checksum)`` of each unit: its ledger row once applied."""
+
+
+def _expected(units: Sequence[SeedUnit]) -> _Expected:
+    """What the ledger holds once every unit of ``units`` is applied.
+
+    A code unit's checksum cannot change while its function is loaded, so a
+    selection's code checksums are gathered once per process (a warm no-op at
+    1,000 units spent a third of its time here: bench/targets.py); a data
+    seed's checksum hashes its file, which may change, on every run.
+    """
+    fixed = _fixed_expectation(tuple(units))
+    data = [unit for unit in units if unit.checksum_fn is not None] if fixed.has_data else ()
+    if not data:
+        return fixed.expected
+    checksums = dict(fixed.expected.checksums)
+    checksums.update((unit.name, unit.checksum()) for unit in data)
+    return _Expected(checksums, tuple((unit.name, unit.version, checksums[unit.name])
+                                      for unit in units))
+
+
+class _Fixed(NamedTuple):
+    expected: _Expected
+    has_data: bool
+
+
+@functools.lru_cache(maxsize=16)
+def _fixed_expectation(units: tuple[SeedUnit, ...]) -> _Fixed:
+    has_data = any(unit.checksum_fn is not None for unit in units)
+    checksums = {unit.name: unit.checksum() for unit in units if unit.checksum_fn is None}
+    if has_data:  # placeholders; _expected() fills in the data seeds' current ones
+        checksums.update((unit.name, "") for unit in units if unit.checksum_fn is not None)
+    rows = tuple((unit.name, unit.version, checksums[unit.name]) for unit in units)
+    return _Fixed(_Expected(MappingProxyType(checksums), rows), has_data)
 
 
 def _upgrade_schema(settings: Settings, engine: Engine, conn: Connection,

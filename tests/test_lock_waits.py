@@ -13,15 +13,16 @@ import math
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from _support import TestDatabase, unit
+from _support import TestDatabase, apply_module, run_processes, unit, write_module
 
 import seedguard
 from seedguard import LockTimeout
-from seedguard.locks import DatabaseLock, Deadline, database_lock, lock_key
+from seedguard.locks import DatabaseLock, Deadline, FileLock, database_lock, lock_key
 
 HOLD_SECONDS = 3.0
 
@@ -127,3 +128,48 @@ def test_a_waiter_with_no_limit_waits_for_the_holder(
         timer.cancel()
         timer.join(timeout=10)
     assert [u.name for u in results[0].applied] == ["roles"]
+
+
+HANDOVER_SEEDS = '''
+import sqlalchemy as sa
+import seedguard
+
+@seedguard.seed("roles")
+def roles(session):
+    session.execute(sa.text("INSERT INTO effects (unit) VALUES ('roles')"))
+'''
+
+
+@pytest.mark.parametrize("holder_does", ["the work", "nothing"])
+def test_waiters_for_the_file_lock_look_again_and_apply_at_most_once(
+        db: TestDatabase, tmp_path: Path, holder_does: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Waiters for the file lock look at the ledger as soon as the holder lets
+    # go, without holding the lock; whoever still finds the unit pending takes
+    # the locks again, so the unit runs exactly once either way.
+    db.create_effects_table()
+    seedguard.apply(db.url, seeds=[])  # the ledger exists: the waiters only wait
+    write_module(tmp_path, "handover_seeds", HANDOVER_SEEDS)
+    lock_path = tmp_path / "seeds.lock"
+    monkeypatch.setenv("SEEDGUARD_LOCK_PATH", str(lock_path))  # the waiters' lock
+    holder = FileLock(lock_path)
+    holder.acquire(Deadline(5))
+
+    def hand_over() -> None:
+        if holder_does == "the work":
+            # Under another lock path: the waiters hold no database lock while
+            # they wait for the file lock.
+            seedguard.apply(db.url, seeds=[unit("roles")], lock_path=tmp_path / "other.lock")
+        holder.release()
+
+    timer = threading.Timer(HOLD_SECONDS, hand_over)
+    timer.start()
+    try:
+        outcomes = run_processes(4, apply_module, db.url, "handover_seeds", paths=[tmp_path])
+    finally:
+        timer.join()
+        holder.release()
+    assert [status for status, _ in outcomes] == ["ok"] * 4, outcomes
+    applied = [names for _, names in outcomes if names]
+    assert applied == ([] if holder_does == "the work" else [["roles"]])
+    assert db.effects() == ["roles"]

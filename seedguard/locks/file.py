@@ -120,7 +120,8 @@ class FileLock:
         self.holder_path = self.path.with_name(self.path.name + ".holder")
         self._lock: object | None = None
 
-    def acquire(self, deadline: Deadline) -> None:
+    def acquire(self, deadline: Deadline) -> bool:
+        """Take the lock; True if another process held it and this one had to wait."""
         import filelock
 
         self._check_path()
@@ -131,11 +132,16 @@ class FileLock:
         from seedguard.eventloop import loop_sleep
 
         sleep = loop_sleep()
+        waited = False
         try:
-            if sleep is None:
-                lock.acquire(poll_interval=FILE_LOCK_POLL_SECONDS)
-            else:
-                _acquire_polling(lock, deadline, sleep)
+            try:
+                lock.acquire(blocking=False)
+            except filelock.Timeout:
+                waited = True
+                if sleep is None:
+                    lock.acquire(poll_interval=FILE_LOCK_POLL_SECONDS)
+                else:
+                    _acquire_polling(lock, deadline, sleep)
         except filelock.Timeout as err:
             holder = describe_holder(self._read_holder())
             raise LockTimeout(
@@ -151,6 +157,7 @@ class FileLock:
             ) from err
         self._lock = lock
         self._write_holder()
+        return waited
 
     def release(self) -> None:
         lock, self._lock = self._lock, None

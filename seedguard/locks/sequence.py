@@ -30,14 +30,22 @@ def both_locks(file_lock: FileLock, db_lock: DatabaseLock, deadline: Deadline, *
                skip_if: Callable[[], bool] | None = None) -> Iterator[bool]:
     """Hold the file lock, then the database lock; release in reverse order.
 
-    ``skip_if`` runs under the file lock alone: when it answers True the
-    database lock is not taken and the body gets False (nothing to do).
+    ``skip_if`` runs when this process had to wait for the file lock, just
+    after the wait and without holding the lock: whoever held it has most
+    likely just done the work. When it answers True no lock is held and the
+    body gets False (nothing to do); else the locks are taken as usual.
+    ``skip_if`` must only read (as the lock-free fast path does).
     """
-    file_lock.acquire(deadline)
-    try:
-        if skip_if is not None and skip_if():
+    if file_lock.acquire(deadline) and skip_if is not None:
+        # Let go at once: the waiters of one hand-over then look side by
+        # side instead of one after another, each holding the lock while it
+        # connects and reads (bench/contention.py).
+        file_lock.release()
+        if skip_if():
             yield False
             return
+        file_lock.acquire(deadline)
+    try:
         db_lock.acquire(deadline)
         try:
             yield True
