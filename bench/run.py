@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\nthe start-up targets, measured in this run:")
         for r in goals:
             ratio = "-" if r.ratio is None else f"{r.ratio:.2f}x"
-            print(f"  {'PASS' if r.passed else 'FAIL'}  {r.bench} [{r.database}] {r.what}: "
+            verdict = "    " if r.passed is None else ("PASS" if r.passed else "FAIL")
+            print(f"  {verdict}  {r.bench} [{r.database}] {r.what}: "
                   f"{r.measured} vs {r.reference} = {ratio} (target {r.target})")
     failed = [r for r in report.rows if r.passed is False]
     print(f"\n{sum(r.passed is True for r in report.rows)} PASS, {len(failed)} FAIL")

@@ -5,11 +5,11 @@ This module only re-exports the public API; README.md describes it.
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from seedguard.__about__ import __version__
-from seedguard.aio import apply_async
 from seedguard.api import apply
-from seedguard.data import data_seed
-from seedguard.datadir import data_dir
 from seedguard.errors import (
     ConfigError,
     DataError,
@@ -24,7 +24,37 @@ from seedguard.events import report_progress
 from seedguard.registry import Registry, seed
 from seedguard.result import ApplyResult
 from seedguard.unit import SeedUnit
+
+# Eager: importing the seedguard.upsert package would otherwise bind the
+# package's name `upsert` to the submodule instead of the function.
 from seedguard.upsert import UpsertResult, upsert
+
+if TYPE_CHECKING:
+    from seedguard.aio import apply_async
+    from seedguard.data import data_seed
+    from seedguard.datadir import data_dir
+
+# Loaded when first used: a start-up that only applies code units never pays
+# for the data-seed machinery (csv, decimal, refs) or for asyncio, a fifth of
+# `import seedguard` (bench/targets.py, the CLI no-op).
+_LAZY = {
+    "apply_async": "seedguard.aio",
+    "data_seed": "seedguard.data",
+    "data_dir": "seedguard.datadir",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'seedguard' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
 
 __all__ = [
     "ApplyResult",

@@ -231,11 +231,11 @@ def run(
     settled: list[Plan] = []
 
     def already_done() -> bool:
-        # After waiting for the file lock: the process this one waited for on
-        # this host has usually just applied everything. One look ends the
-        # wait then, as safely as the lock-free fast path does (both_locks
-        # takes it without holding the lock, so the waiters of one hand-over
-        # look side by side rather than one after another: bench/contention.py).
+        # Once the file lock is had (or, after a wait, just after it): the
+        # applier this one waited for, or one that finished a moment before,
+        # has usually done everything. One look ends it then, as safely as
+        # the lock-free fast path does, without the database lock, the ledger
+        # check and the full re-read (bench/contention.py).
         if schema:
             return False
         look = _look(engine, ledger, expected)

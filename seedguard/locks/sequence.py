@@ -30,26 +30,29 @@ def both_locks(file_lock: FileLock, db_lock: DatabaseLock, deadline: Deadline, *
                skip_if: Callable[[], bool] | None = None) -> Iterator[bool]:
     """Hold the file lock, then the database lock; release in reverse order.
 
-    ``skip_if`` runs when this process had to wait for the file lock, just
-    after the wait and without holding the lock: whoever held it has most
-    likely just done the work. When it answers True no lock is held and the
-    body gets False (nothing to do); else the locks are taken as usual.
-    ``skip_if`` must only read (as the lock-free fast path does).
+    ``skip_if`` runs once the file lock is had, before the database lock:
+    when it answers True, the database lock is not taken, no lock is held and
+    the body gets False (nothing to do). When this process had to wait for the
+    file lock, whoever held it has most likely just done the work, and
+    ``skip_if`` runs just after the wait without holding the lock, so that the
+    waiters of one hand-over look side by side instead of one after another
+    (bench/contention.py); if it answers False, the file lock is taken again.
+    ``skip_if`` must only read, as the lock-free fast path does.
     """
-    if file_lock.acquire(deadline) and skip_if is not None:
-        # Let go at once: the waiters of one hand-over then look side by
-        # side instead of one after another, each holding the lock while it
-        # connects and reads (bench/contention.py).
-        file_lock.release()
-        if skip_if():
-            yield False
-            return
-        file_lock.acquire(deadline)
+    waited = file_lock.acquire(deadline)
     try:
+        if skip_if is not None:
+            if waited:
+                file_lock.release()
+            if skip_if():
+                yield False
+                return
+            if waited:
+                file_lock.acquire(deadline)
         db_lock.acquire(deadline)
         try:
             yield True
         finally:
             db_lock.release()
     finally:
-        file_lock.release()
+        file_lock.release()  # a no-op when it is not held
