@@ -294,8 +294,8 @@ class Ledger:
     def _compare_rows(self, conn: Connection,
                       expected: tuple[tuple[str, int, str], ...]) -> Comparison | None:
         preparer = conn.dialect.identifier_preparer
-        # One statement, the revision first: the version table's row is the
-        # one whose status is NULL (status is NOT NULL in the ledger).
+        # One statement; the version table's row is the one whose status is
+        # NULL (status is NOT NULL in the ledger).
         statement = (
             f"SELECT version_num, NULL, NULL, NULL FROM "
             f"{preparer.format_table(self.version_table)} UNION ALL "
@@ -305,7 +305,7 @@ class Ledger:
             result = conn.exec_driver_sql(statement)
             # The driver's tuples, not SQLAlchemy Rows: building 1,000 Rows took
             # as long as the query itself (bench/targets.py, warm no-op).
-            rows: list[tuple[Any, ...]] = list(result.cursor.fetchall())
+            rows: Sequence[tuple[Any, ...]] = result.cursor.fetchall()
             result.close()
         except sa.exc.DBAPIError as err:
             if err.connection_invalidated:

@@ -17,6 +17,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -111,6 +112,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept
     config.stash[_LEFT_OUT] = left_out
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    # Under pytest-xdist the workers collect (and deselect), not the controller:
+    # each worker hands its counts back, for the controller's summary.
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        left_out = session.config.stash.get(_LEFT_OUT, {})
+        workeroutput["seedguard_left_out"] = [[kind, reason, count]
+                                              for (kind, reason), count in left_out.items()]
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook, on the controller
+def pytest_testnodedown(node: Any, error: object) -> None:
+    found = getattr(node, "workeroutput", {}).get("seedguard_left_out")
+    if found is not None:
+        # Every worker collects the same tests: one worker's counts are the run's.
+        node.config.stash[_LEFT_OUT] = {(kind, reason): count for kind, reason, count in found}
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

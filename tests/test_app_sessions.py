@@ -294,8 +294,10 @@ def test_failure_shows_the_drivers_error(db: TestDatabase) -> None:
 def test_database_is_locked_names_the_likely_cause(tmp_path: Path) -> None:
     path = tmp_path / "locked.db"
     url = f"sqlite:///{path}"
-    with sa.create_engine(url).begin() as conn:
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
         conn.execute(sa.text("CREATE TABLE effects (unit VARCHAR(40))"))
+    engine.dispose()
 
     def raw_connection_write(session: orm.Session) -> None:
         session.execute(sa.text("INSERT INTO effects (unit) VALUES ('inside')"))

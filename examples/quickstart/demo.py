@@ -43,12 +43,14 @@ def main() -> None:
 
         from sqlalchemy import create_engine, text
 
-        with create_engine(url).connect() as conn:
+        engine = create_engine(url)
+        with engine.connect() as conn:
             roles = conn.execute(text("SELECT name FROM roles ORDER BY id")).scalars().all()
             users = conn.execute(text("SELECT email FROM users")).scalars().all()
             ledger = conn.execute(
                 text("SELECT name, version, applied_by FROM seedguard_ledger ORDER BY name")
             ).all()
+        engine.dispose()
         print(f"\nroles: {roles}\nusers: {users}")
         print("ledger:")
         for name, version, applied_by in ledger:
