@@ -269,11 +269,15 @@ def test_in_memory_flask_app_seeds_through_db_session() -> None:
     def roles() -> None:
         Role.insert_roles()
 
-    with app.app.app_context():
-        result = seedguard.apply(seeds=[seedguard.SeedUnit("roles", roles)],
-                                 lock_path=None)
-        assert [u.name for u in result.applied] == ["roles"]
-        assert Role.query.count() == 3
+    try:
+        with app.app.app_context():
+            result = seedguard.apply(seeds=[seedguard.SeedUnit("roles", roles)],
+                                     lock_path=None)
+            assert [u.name for u in result.applied] == ["roles"]
+            assert Role.query.count() == 3
+    finally:
+        with app.app.app_context():
+            app.db.engine.dispose()  # its StaticPool's one connection
 
 
 def test_failure_shows_the_drivers_error(db: TestDatabase) -> None:

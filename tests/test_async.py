@@ -157,7 +157,11 @@ def test_apply_async_with_a_sync_engine_runs_def_units_in_a_thread(
     seedguard.seed("sync-unit")(lambda session: threads.append(threading.current_thread().name))
 
     async def main() -> list[str]:
-        result = await seedguard.apply_async(sa.create_engine(url))
+        engine = sa.create_engine(url)
+        try:
+            result = await seedguard.apply_async(engine)
+        finally:
+            engine.dispose()
         return [u.name for u in result.applied]
 
     assert asyncio.run(main()) == ["sync-unit"]
