@@ -10,6 +10,8 @@ MySQL/MariaDB; COPY for large writes on PostgreSQL).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from seedguard.upsert.base import Row, Writer, writer_for
 from seedguard.upsert.core import (
     BATCH_SIZE,
@@ -25,7 +27,19 @@ from seedguard.upsert.core import (
     unique_column_sets,
     upsert,
 )
-from seedguard.upsert.postgresql import PG_COPY_THRESHOLD
+
+if TYPE_CHECKING:
+    from seedguard.upsert.postgresql import PG_COPY_THRESHOLD
+
+
+def __getattr__(name: str) -> Any:
+    # The PostgreSQL writer (and its uuid, decimal, io) loads when a PostgreSQL
+    # upsert first needs it (base.writer_for), not at `import seedguard`.
+    if name == "PG_COPY_THRESHOLD":
+        from seedguard.upsert import postgresql
+
+        return postgresql.PG_COPY_THRESHOLD
+    raise AttributeError(f"module 'seedguard.upsert' has no attribute {name!r}")
 
 __all__ = [
     "BATCH_SIZE",
