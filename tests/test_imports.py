@@ -20,7 +20,10 @@ INSTALLED = Path(seedguard.__file__).resolve().parent
 # What a start-up with nothing to do must not load: the ORM (imported only
 # once there is work), alembic (only to create or upgrade the ledger, or for
 # units that need a revision), Flask (only when the app already imported it).
-HEAVY = ("alembic", "sqlalchemy.orm", "flask", "flask_sqlalchemy")
+HEAVY = ("alembic", "sqlalchemy.orm", "flask", "flask_sqlalchemy",
+         # seedguard's own parts for other work: data seeds (csv, decimal, refs),
+         # apply_async, the PostgreSQL upsert writer.
+         "seedguard.data", "seedguard.refs", "seedguard.aio", "seedguard.upsert.postgresql")
 
 
 def _imports(*args: str) -> subprocess.CompletedProcess[str]:
