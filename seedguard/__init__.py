@@ -34,9 +34,9 @@ if TYPE_CHECKING:
     from seedguard.data import data_seed
     from seedguard.datadir import data_dir
 
-# Loaded when first used: a start-up that only applies code units never pays
-# for the data-seed machinery (csv, decimal, refs) or for asyncio, a fifth of
-# `import seedguard` (bench/targets.py, the CLI no-op).
+# Loaded when first used: a start-up that only applies code units never loads
+# the data-seed machinery (csv, decimal, uuid, refs) or apply_async
+# (tests/test_imports.py; every start-up pays its imports: bench/targets.py).
 _LAZY = {
     "apply_async": "seedguard.aio",
     "data_seed": "seedguard.data",
