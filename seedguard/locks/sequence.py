@@ -31,8 +31,8 @@ def both_locks(file_lock: FileLock, db_lock: DatabaseLock, deadline: Deadline, *
     """Hold the file lock, then the database lock; release in reverse order.
 
     ``skip_if`` runs once the file lock is had, before the database lock:
-    when it answers True, the database lock is not taken, no lock is held and
-    the body gets False (nothing to do). When this process had to wait for the
+    when it answers True, the database lock is not taken and the body gets
+    False (nothing to do). When this process had to wait for the
     file lock, whoever held it has most likely just done the work, and
     ``skip_if`` runs just after the wait without holding the lock, so that the
     waiters of one hand-over look side by side instead of one after another
