@@ -225,18 +225,11 @@ class Ledger:
         try:
             result = conn.execute(query).all()
         except sa.exc.DBAPIError as err:
-            if err.connection_invalidated:
-                raise
-            conn.rollback()
-            log.debug("ledger %s not readable (missing or behind): %s", self.qualified_name,
-                      type(err.orig).__name__)
+            self._unreadable(conn, err)
             return None
         if not result:
             return None  # no revision recorded yet: being created, ensure() decides
-        revision = result[0].revision
-        if revision != HEAD_REVISION:
-            if revision not in KNOWN_REVISIONS:
-                raise newer_ledger(self.qualified_name, revision)
+        if not self._at_head(result[0].revision):
             return None
         if not full:
             # Index access and a NamedTuple: attribute access on result rows
@@ -324,23 +317,34 @@ class Ledger:
             rows: Sequence[tuple[Any, ...]] = result.cursor.fetchall()
             result.close()
         except sa.exc.DBAPIError as err:
-            if err.connection_invalidated:
-                raise
-            conn.rollback()
-            log.debug("ledger %s not readable (missing or behind): %s", self.qualified_name,
-                      type(err.orig).__name__)
+            self._unreadable(conn, err)
             return None
         revisions = [row[0] for row in rows if row[3] is None]
         if len(revisions) != 1:
             return None  # no revision yet (being created): the locked path decides
-        if revisions[0] != HEAD_REVISION:
-            if revisions[0] not in KNOWN_REVISIONS:
-                raise newer_ledger(self.qualified_name, revisions[0])
+        if not self._at_head(revisions[0]):
             return None
         if self._applied_rows(expected).issubset(rows):
             return Comparison(True, PlanState())
         return Comparison(False, PlanState(PlanRow(row[0], row[1], row[2], row[3])
                                            for row in rows if row[3] is not None))
+
+    def _unreadable(self, conn: Connection, err: sa.exc.DBAPIError) -> None:
+        """After a failed read: a lost connection propagates; a missing or behind ledger
+        leaves the connection rolled back, for the caller to answer None."""
+        if err.connection_invalidated:
+            raise err
+        conn.rollback()
+        log.debug("ledger %s not readable (missing or behind): %s", self.qualified_name,
+                  type(err.orig).__name__)
+
+    def _at_head(self, revision: str) -> bool:
+        """Whether the ledger is at HEAD_REVISION; False if behind, raises if it is newer."""
+        if revision == HEAD_REVISION:
+            return True
+        if revision not in KNOWN_REVISIONS:
+            raise newer_ledger(self.qualified_name, revision)
+        return False
 
     def _applied_rows(self, expected: tuple[tuple[str, int, str], ...]
                       ) -> frozenset[tuple[str, int, str, str]]:
@@ -361,9 +365,7 @@ class Ledger:
         try:
             result = conn.exec_driver_sql(statement).all()
         except sa.exc.DBAPIError as err:
-            if err.connection_invalidated:
-                raise
-            conn.rollback()
+            self._unreadable(conn, err)
             return None
         if not result or result[0][0] != HEAD_REVISION:
             return None

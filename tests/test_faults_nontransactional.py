@@ -66,20 +66,41 @@ def independent(session):
 '''
 
 
-def _kill_mid_import(url: str, module: str) -> None:
+def _fork_applier(url: str, module: str) -> tuple[int, int]:
+    """A forked child applying ``module`` up to bulk-import; returns (pid, read end of the
+    pipe it writes b"k" to in the middle of that unit). It exits 0 when done, 3 when it
+    stops at an interrupted unit (UnitBlocked), 1 on any other error."""
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:
-        code = 0
+        code = 1
         try:
             os.close(read_fd)
             importlib.import_module(module).PARK_FD = write_fd
             seedguard.apply(url, seeds=module, target="bulk-import", lock_timeout=30)
+            code = 0
+        except UnitBlocked:
+            code = 3
         except BaseException:
             code = 1
         finally:
             os._exit(code)
     os.close(write_fd)
+    return pid, read_fd
+
+
+def _seeds_module(db: TestDatabase, monkeypatch: pytest.MonkeyPatch, prefix: str) -> str:
+    """SEEDS as an importable module of its own, with the effects table created."""
+    db.create_effects_table()
+    module = f"{prefix}_{db.tmp_path.name.replace('-', '_')}"
+    write_module(db.tmp_path, module, SEEDS)
+    monkeypatch.syspath_prepend(str(db.tmp_path))
+    importlib.import_module(module)
+    return module
+
+
+def _kill_mid_import(url: str, module: str) -> None:
+    pid, read_fd = _fork_applier(url, module)
     try:
         assert os.read(read_fd, 1) == b"k", "the child never reached the middle of its unit"
     finally:
@@ -98,11 +119,7 @@ def _resolve(db: TestDatabase, module: str, *flags: str) -> subprocess.Completed
 
 @pytest.fixture
 def killed(db: TestDatabase, monkeypatch: pytest.MonkeyPatch) -> tuple[TestDatabase, str]:
-    db.create_effects_table()
-    module = f"nontx_seeds_{db.tmp_path.name.replace('-', '_')}"
-    write_module(db.tmp_path, module, SEEDS)
-    monkeypatch.syspath_prepend(str(db.tmp_path))
-    importlib.import_module(module)
+    module = _seeds_module(db, monkeypatch, "nontx_seeds")
     _kill_mid_import(db.url, module)
     return db, module
 
@@ -179,30 +196,8 @@ def test_killed_mid_unit_among_eight_appliers(db: TestDatabase,
     """Eight appliers start together; the one inside the non-transactional unit is
     SIGKILLed mid-way. Nobody runs it again or records it as applied: the seven
     others all stop at the interrupted unit, and the work stays half done, as recorded."""
-    db.create_effects_table()
-    module = f"nontx_eight_{db.tmp_path.name.replace('-', '_')}"
-    write_module(db.tmp_path, module, SEEDS)
-    monkeypatch.syspath_prepend(str(db.tmp_path))
-    importlib.import_module(module)
-    children: dict[int, int] = {}  # pid -> read end of the pipe it parks on
-    for _ in range(8):
-        read_fd, write_fd = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                os.close(read_fd)
-                importlib.import_module(module).PARK_FD = write_fd
-                seedguard.apply(db.url, seeds=module, target="bulk-import", lock_timeout=30)
-                code = 0
-            except UnitBlocked:
-                code = 3
-            except BaseException:
-                code = 1
-            finally:
-                os._exit(code)
-        os.close(write_fd)
-        children[pid] = read_fd
+    module = _seeds_module(db, monkeypatch, "nontx_eight")
+    children = dict(_fork_applier(db.url, module) for _ in range(8))  # pid -> pipe it parks on
     try:
         ready, _, _ = select.select(list(children.values()), [], [], 60)
         assert ready, "no applier reached the middle of its unit"
