@@ -12,6 +12,7 @@ seedguard, not the checkout.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import shutil
@@ -34,6 +35,10 @@ from _support import TestDatabase, child_env
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "flask_reloader"
 PROMPT = b"admin e-mail? "
 WAIT = 60.0
+# What a request sees while the reloader replaces its child: refused, reset, or cut off
+# mid-response (``http.client.IncompleteRead``) when the old child exits as it answers.
+NOT_ANSWERING = (urllib.error.URLError, ConnectionError, TimeoutError,
+                 http.client.HTTPException)
 
 
 def free_port() -> int:
@@ -103,7 +108,7 @@ class Server:
                     body: dict[str, Any] = json.load(response)
                 if not_pid is None or body.get("pid") != not_pid:
                     return body
-            except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
+            except (*NOT_ANSWERING, ValueError):
                 pass
             if time.monotonic() > deadline:
                 raise AssertionError(f"no answer on port {self.port} in {timeout} s:\n"
@@ -122,7 +127,7 @@ class Server:
                     return int(response.status)
             except urllib.error.HTTPError as err:
                 return int(err.code)
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
+            except NOT_ANSWERING:
                 pass
             if time.monotonic() > deadline:
                 raise AssertionError(f"no answer on port {self.port} in {timeout} s:\n"
