@@ -13,7 +13,7 @@ from types import ModuleType
 from typing import Union
 
 from seedguard.errors import ConfigError, DefinitionError
-from seedguard.unit import OnChange, SeedFunction, SeedUnit, describe_origin, identity
+from seedguard.unit import OnChange, SeedFunction, SeedUnit, declared_at
 
 SeedsSpec = Union[str, ModuleType, "Registry", Iterable[SeedUnit], None]
 
@@ -133,6 +133,7 @@ def seed(
         contexts = [contexts]
 
     def decorate(fn: SeedFunction) -> SeedUnit:
+        origin, identity = declared_at(fn)
         unit = SeedUnit(
             name=name,
             fn=fn,
@@ -144,8 +145,8 @@ def seed(
             requires_revision=requires_revision,
             description=description if description is not None else _docstring(fn),
             module=getattr(fn, "__module__", "") or "",
-            origin=describe_origin(fn),
-            identity=identity(fn),
+            origin=origin,
+            identity=identity,
         )
         default_registry.add(unit)
         return unit

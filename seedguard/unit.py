@@ -11,7 +11,7 @@ import importlib
 import inspect
 import re
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from seedguard.checksum import code_checksum
@@ -29,7 +29,7 @@ _NAME = re.compile(r"[A-Za-z0-9_.:-]{1,255}")
 _ON_CHANGE: tuple[OnChange, ...] = ("warn", "rerun", "error")
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@dataclass(frozen=True, init=False, eq=False, repr=False)
 class SeedUnit:
     """One named, versioned piece of seed work.
 
@@ -40,41 +40,71 @@ class SeedUnit:
     function) from a second unit that reuses a name.
     ``checksum_fn`` computes the drift checksum; it is called once per run,
     because for data units it hashes a file that may change between runs.
+    ``preview`` is the dry-run hook: called with a connection whose transaction
+    is rolled back, it returns what the unit would do (data seeds: row counts).
+    ``fills`` and ``reads`` are a data seed's table and the tables its refs
+    read: a unit that reads a table another selected unit fills runs after it.
     """
 
     name: str
     fn: SeedFunction
-    version: int = 1
-    after: tuple[str, ...] = ()
-    contexts: frozenset[str] | None = None
-    on_change: OnChange = "warn"
-    transactional: bool = True
-    requires_revision: str | None = None
-    description: str | None = None
-    module: str = ""
-    origin: str = ""
-    identity: str = ""
-    checksum_fn: Callable[[], str] | None = field(default=None, repr=False)
-    # Dry-run hook: called with a connection whose transaction is
-    # rolled back; returns what the unit would do (data seeds: row counts).
-    preview: Callable[[Connection], Any] | None = field(default=None, repr=False)
-    # Data seeds: the table they fill and the tables their refs read. A unit
-    # that reads a table another selected unit fills runs after it (ordering).
-    fills: frozenset[str] = frozenset()
-    reads: frozenset[str] = frozenset()
+    version: int
+    after: tuple[str, ...]
+    contexts: frozenset[str] | None
+    on_change: OnChange
+    transactional: bool
+    requires_revision: str | None
+    description: str | None
+    module: str
+    origin: str
+    identity: str
+    checksum_fn: Callable[[], str] | None
+    preview: Callable[[Connection], Any] | None
+    fills: frozenset[str]
+    reads: frozenset[str]
 
-    def __post_init__(self) -> None:
-        validate_name(self.name)
-        validate_version(self.name, self.version)
-        if self.on_change not in _ON_CHANGE:
+    def __init__(
+        self,
+        name: str,
+        fn: SeedFunction,
+        version: int = 1,
+        after: tuple[str, ...] = (),
+        contexts: frozenset[str] | None = None,
+        on_change: OnChange = "warn",
+        transactional: bool = True,
+        requires_revision: str | None = None,
+        description: str | None = None,
+        module: str = "",
+        origin: str = "",
+        identity: str = "",
+        checksum_fn: Callable[[], str] | None = None,
+        preview: Callable[[Connection], Any] | None = None,
+        fills: frozenset[str] = frozenset(),
+        reads: frozenset[str] = frozenset(),
+    ) -> None:
+        # Written by hand: a frozen dataclass's own __init__ sets each field
+        # through object.__setattr__, which made building the units a fifth of
+        # a 1,000-unit app's first apply() (bench/targets.py). Frozen refuses
+        # assignment after construction; one update of the new instance's
+        # dict is the same result.
+        vars(self).update(
+            name=name, fn=fn, version=version, after=after, contexts=contexts,
+            on_change=on_change, transactional=transactional,
+            requires_revision=requires_revision, description=description, module=module,
+            origin=origin, identity=identity, checksum_fn=checksum_fn, preview=preview,
+            fills=fills, reads=reads,
+        )
+        validate_name(name)
+        validate_version(name, version)
+        if on_change not in _ON_CHANGE:
             raise DefinitionError(
-                f"unit {self.name!r}: on_change must be one of {', '.join(_ON_CHANGE)}, "
-                f"not {self.on_change!r}"
+                f"unit {name!r}: on_change must be one of {', '.join(_ON_CHANGE)}, "
+                f"not {on_change!r}"
             )
-        for dep in self.after:
-            validate_name(dep, what=f"dependency of unit {self.name!r}")
-        if self.name in self.after:
-            raise DefinitionError(f"unit {self.name!r} lists itself in after=")
+        for dep in after:
+            validate_name(dep, what=f"dependency of unit {name!r}")
+        if name in after:
+            raise DefinitionError(f"unit {name!r} lists itself in after=")
 
     def __call__(self, session: Session | None = None) -> Any:
         # A unit may take the session, or nothing (code that writes through
@@ -130,23 +160,28 @@ def validate_version(name: str, version: object) -> None:
 
 def describe_origin(fn: Callable[..., Any]) -> str:
     """``module.qualname (file:line)``, for messages that point at a declaration."""
-    qualname = getattr(fn, "__qualname__", repr(fn))
-    module = getattr(fn, "__module__", "?")
-    # The code object knows its file and first line; inspect.getsourcelines
-    # would read and tokenize the file for each unit at every start-up.
+    return declared_at(fn)[0]
+
+
+def declared_at(fn: Callable[..., Any]) -> tuple[str, str]:
+    """Where ``fn`` was declared: ``(origin, identity)``.
+
+    ``origin`` is ``module.qualname (file:line)``, for messages. ``identity``
+    tells a re-declaration of one function from a second unit that reuses a
+    name: it names the file, not the module, since ``python app.py`` declares
+    under ``__main__`` and a later ``import app`` declares the same function
+    again under ``"app"``.
+    """
+    # Asked once per declared unit: no repr() unless it is needed, and the
+    # code object knows its file and first line (inspect.getsourcelines would
+    # read and tokenize the file for each unit at every start-up).
+    qualname = getattr(fn, "__qualname__", None) or repr(fn)
+    module = getattr(fn, "__module__", None) or "?"
     code = getattr(fn, "__code__", None)
     if code is None:
-        return f"{module}.{qualname}"
-    return f"{module}.{qualname} ({code.co_filename}:{code.co_firstlineno})"
-
-
-def identity(fn: Callable[..., Any]) -> str:
-    """What tells a re-declaration of one function from a second unit that reuses a name."""
-    # The file, not the module name: `python app.py` declares under __main__ and
-    # a later `import app` declares the same function again under "app".
-    code = getattr(fn, "__code__", None)
-    where = code.co_filename if code is not None else getattr(fn, "__module__", "?")
-    return f"{where}:{getattr(fn, '__qualname__', repr(fn))}"
+        return f"{module}.{qualname}", f"{module}:{qualname}"
+    return (f"{module}.{qualname} ({code.co_filename}:{code.co_firstlineno})",
+            f"{code.co_filename}:{qualname}")
 
 
 @functools.cache
