@@ -163,10 +163,24 @@ class Ledger:
     def __init__(self, name: str, schema: str | None = None) -> None:
         self.name = name
         self.schema = schema
-        metadata = sa.MetaData()
-        self.table = sa.Table(
+        self._metadata = sa.MetaData()
+        # The last read_against() statement (SQLite) or row set (elsewhere),
+        # and the units' set it was built for: a warm start-up asks again.
+        self._against: tuple[tuple[tuple[str, int, str], ...], str] | None = None
+        self._applied: tuple[tuple[tuple[str, int, str], ...],
+                             frozenset[tuple[str, int, str, str]]] | None = None
+
+    # The tables are built when first needed: the lock-free look at start-up
+    # only needs their quoted names, and building the two Tables was a
+    # twentieth of a fresh process's first apply() (bench/targets.py).
+
+    @functools.cached_property
+    def table(self) -> sa.Table:
+        """The ledger table at ``HEAD_REVISION``."""
+        name = self.name
+        return sa.Table(
             name,
-            metadata,
+            self._metadata,
             sa.Column("name", sa.String(255), primary_key=True),
             sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
             sa.Column("checksum", sa.String(80)),
@@ -179,19 +193,25 @@ class Ledger:
             # sg0003: the checksums a re-applied row replaced (never go back to them).
             sa.Column("superseded", sa.Text),
             sa.Index(f"ix_{name}_applied_at"[:63], "applied_at"),
-            schema=schema,
+            schema=self.schema,
         )
-        self.version_table = sa.Table(
-            f"{name}_version",
-            metadata,
+
+    @functools.cached_property
+    def version_table(self) -> sa.Table:
+        """The table holding the ledger's revision (its own alembic version table)."""
+        return sa.Table(
+            f"{self.name}_version",
+            self._metadata,
             sa.Column("version_num", sa.String(32), primary_key=True),
-            schema=schema,
+            schema=self.schema,
         )
-        # The last read_against() statement (SQLite) or row set (elsewhere),
-        # and the units' set it was built for: a warm start-up asks again.
-        self._against: tuple[tuple[tuple[str, int, str], ...], str] | None = None
-        self._applied: tuple[tuple[tuple[str, int, str], ...],
-                             frozenset[tuple[str, int, str, str]]] | None = None
+
+    def _quoted(self, conn: Connection) -> tuple[str, str]:
+        """The ledger's and its version table's names as ``conn``'s SQL spells them."""
+        preparer = conn.dialect.identifier_preparer
+        prefix = f"{preparer.quote_schema(self.schema)}." if self.schema else ""
+        return (f"{prefix}{preparer.quote(self.name)}",
+                f"{prefix}{preparer.quote(self.name + '_version')}")
 
     @property
     def qualified_name(self) -> str:
@@ -302,13 +322,12 @@ class Ledger:
 
     def _compare_rows(self, conn: Connection,
                       expected: tuple[tuple[str, int, str], ...]) -> Comparison | None:
-        preparer = conn.dialect.identifier_preparer
+        ledger, version_table = self._quoted(conn)
         # One statement; the version table's row is the one whose status is
         # NULL (status is NOT NULL in the ledger).
         statement = (
-            f"SELECT version_num, NULL, NULL, NULL FROM "
-            f"{preparer.format_table(self.version_table)} UNION ALL "
-            f"SELECT name, version, checksum, status FROM {preparer.format_table(self.table)}"
+            f"SELECT version_num, NULL, NULL, NULL FROM {version_table} UNION ALL "
+            f"SELECT name, version, checksum, status FROM {ledger}"
         )
         try:
             result = conn.exec_driver_sql(statement)
@@ -392,8 +411,7 @@ class Ledger:
         if not all(_LITERAL.fullmatch(name) and _LITERAL.fullmatch(checksum)
                    and type(version) is int for name, version, checksum in expected):
             return None
-        preparer = conn.dialect.identifier_preparer
-        ledger = preparer.format_table(self.table)
+        ledger, version_table = self._quoted(conn)
         values = ",".join(f"('{name}',{version},'{checksum}')"
                           for name, version, checksum in expected)
         # Every row either matches a unit or is returned, so the units with a
@@ -404,7 +422,7 @@ class Ledger:
         statement = (
             f"SELECT v.version_num, (SELECT count(*) FROM {ledger}), "
             f"l.name, l.version, l.checksum, l.status "
-            f"FROM {preparer.format_table(self.version_table)} v LEFT OUTER JOIN "
+            f"FROM {version_table} v LEFT OUTER JOIN "
             f"(SELECT name, version, checksum, status FROM {ledger} "
             f"WHERE status <> 'applied' OR checksum IS NULL "
             f"OR (name, version, checksum) NOT IN ({values})) l ON 1 = 1"
