@@ -52,6 +52,30 @@ def code_checksum(fn: Callable[..., Any]) -> str:
     return _node_checksum(node)
 
 
+def code_checksums(fns: Iterable[Callable[..., Any]]) -> list[str]:
+    """:func:`code_checksum` of each function, in order.
+
+    The functions of one module look their file up once, not once each: a
+    1,000-unit seeds module spent half of its checksums' time in those
+    lookups at every start-up (bench/targets.py, first apply()).
+    """
+    found: list[str] = []
+    current: tuple[str, object] | None = None
+    in_file: dict[str, str] | None = None
+    for fn in fns:
+        code = getattr(fn, "__code__", None)
+        namespace = getattr(fn, "__globals__", None)
+        if code is None or namespace is None:
+            found.append(code_checksum(fn))
+            continue
+        if current is None or current[0] != code.co_filename or current[1] is not namespace:
+            current = (code.co_filename, namespace)
+            in_file = _file_checksums(code.co_filename, namespace)
+        checksum = in_file.get(f"{code.co_firstlineno}:{fn.__name__}") if in_file else None
+        found.append(checksum if checksum is not None else code_checksum(fn))
+    return found
+
+
 def _node_checksum(node: FunctionNode) -> str:
     body = list(node.body)
     if body and _is_docstring(body[0]):

@@ -29,7 +29,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from seedguard.alembic import RevisionGate, upgrade_head
-from seedguard.checksum import same_algorithm, same_kind
+from seedguard.checksum import code_checksums, same_algorithm, same_kind
 from seedguard.connect import connect
 from seedguard.errors import DriftError, SeedFailed, SeedguardError, UnitBlocked
 from seedguard.eventloop import call_unit
@@ -323,8 +323,10 @@ class _Fixed(NamedTuple):
 
 @functools.lru_cache(maxsize=16)
 def _fixed_expectation(units: tuple[SeedUnit, ...]) -> _Fixed:
-    has_data = any(unit.checksum_fn is not None for unit in units)
-    checksums = {unit.name: unit.checksum() for unit in units if unit.checksum_fn is None}
+    code_units = [unit for unit in units if unit.checksum_fn is None]
+    has_data = len(code_units) < len(units)
+    checksums = dict(zip([unit.name for unit in code_units],
+                         code_checksums([unit.fn for unit in code_units]), strict=True))
     if has_data:  # placeholders; _expected() fills in the data seeds' current ones
         checksums.update((unit.name, "") for unit in units if unit.checksum_fn is not None)
     rows = tuple((unit.name, unit.version, checksums[unit.name]) for unit in units)
