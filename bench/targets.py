@@ -22,6 +22,10 @@ At each size N (units applied; the alembic reference has N revisions):
 
 The targets are set at 1,000 units and get PASS/FAIL there; the figures at
 other sizes (50, a typical app) are printed beside them without a verdict.
+Beside targets 2 and 3 each database's floor is printed too, also without a
+verdict: what the look costs through the bare driver (an engine, its first
+connection and one read of the look's rows; the read alone), so that a figure
+shows how much of it is seedguard's own.
 
 Every measurement runs in child processes (each a clean interpreter, as a
 worker would be), interleaved with its reference so that a change in the
