@@ -163,7 +163,6 @@ class Ledger:
     def __init__(self, name: str, schema: str | None = None) -> None:
         self.name = name
         self.schema = schema
-        self._metadata = sa.MetaData()
         # The last read_against() statement (SQLite) or row set (elsewhere),
         # and the units' set it was built for: a warm start-up asks again.
         self._against: tuple[tuple[tuple[str, int, str], ...], str] | None = None
@@ -177,13 +176,26 @@ class Ledger:
     # only needs their quoted names, and building the two Tables was a
     # twentieth of a fresh process's first apply() (bench/targets.py).
 
-    @functools.cached_property
+    @property
     def table(self) -> sa.Table:
         """The ledger table at ``HEAD_REVISION``."""
+        return self._tables[0]
+
+    @property
+    def version_table(self) -> sa.Table:
+        """The table holding the ledger's revision (its own alembic version table)."""
+        return self._tables[1]
+
+    @functools.cached_property
+    def _tables(self) -> tuple[sa.Table, sa.Table]:
+        # A MetaData of its own at each build: cached_property takes no lock
+        # (Python 3.12 dropped it), and two threads that race here must both
+        # get valid tables, where defining a table twice in one MetaData raises.
         name = self.name
-        return sa.Table(
+        metadata = sa.MetaData()
+        table = sa.Table(
             name,
-            self._metadata,
+            metadata,
             sa.Column("name", sa.String(255), primary_key=True),
             sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
             sa.Column("checksum", sa.String(80)),
@@ -198,16 +210,13 @@ class Ledger:
             sa.Index(f"ix_{name}_applied_at"[:63], "applied_at"),
             schema=self.schema,
         )
-
-    @functools.cached_property
-    def version_table(self) -> sa.Table:
-        """The table holding the ledger's revision (its own alembic version table)."""
-        return sa.Table(
-            f"{self.name}_version",
-            self._metadata,
+        version_table = sa.Table(
+            f"{name}_version",
+            metadata,
             sa.Column("version_num", sa.String(32), primary_key=True),
             schema=self.schema,
         )
+        return table, version_table
 
     def _quoted(self, conn: Connection) -> tuple[str, str]:
         """The ledger's and its version table's names as ``conn``'s SQL spells them."""

@@ -8,6 +8,9 @@ made by a newer one refuses to write to it, on the fast path too.
 from __future__ import annotations
 
 import datetime as dt
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -43,6 +46,28 @@ def test_head_revision_is_the_migrations_folder_head() -> None:
         revisions = {rev.revision for rev in script.walk_revisions()}
     assert heads == [HEAD_REVISION]
     assert revisions == set(KNOWN_REVISIONS)
+
+
+def test_threads_that_first_ask_for_the_tables_together_all_get_them() -> None:
+    # The tables are built on first use; cached_property takes no lock on
+    # Python 3.12+, so threads race to build them, and each must succeed.
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # a thread switch inside the build, as often as can be
+    try:
+        for round_ in range(20):
+            ledger = Ledger(f"race_{round_}")
+            start = threading.Barrier(8)
+
+            def build(ledger: Ledger = ledger, start: threading.Barrier = start) -> str:
+                start.wait(timeout=30)
+                return f"{ledger.table.name} {ledger.version_table.name}"
+
+            with ThreadPoolExecutor(8) as pool:
+                built = [future.result() for future in
+                         [pool.submit(build) for _ in range(8)]]
+            assert built == [f"race_{round_} race_{round_}_version"] * 8
+    finally:
+        sys.setswitchinterval(switch)
 
 
 def test_ledger_table_describes_what_the_migrations_build(db: TestDatabase) -> None:
