@@ -39,17 +39,7 @@ _SKIPPED_FIELDS = frozenset({"ctx", "type_comment", "kind"})
 
 def code_checksum(fn: Callable[..., Any]) -> str:
     """Checksum of a function's code: its arguments and body, without docstring or decorators."""
-    code = getattr(fn, "__code__", None)
-    if code is not None:
-        in_file = _file_checksums(code.co_filename, getattr(fn, "__globals__", None))
-        found = in_file.get(f"{code.co_firstlineno}:{fn.__name__}") if in_file else None
-        if found is not None:
-            return found
-    node = _function_node(fn)
-    if node is None:
-        payload = repr((code.co_code, code.co_consts, code.co_names)) if code else repr(fn)
-        return f"{BYTECODE_ALGORITHM}:{hashlib.sha256(payload.encode()).hexdigest()}"
-    return _node_checksum(node)
+    return code_checksums([fn])[0]
 
 
 def code_checksums(fns: Iterable[Callable[..., Any]]) -> list[str]:
@@ -64,16 +54,26 @@ def code_checksums(fns: Iterable[Callable[..., Any]]) -> list[str]:
     in_file: dict[str, str] | None = None
     for fn in fns:
         code = getattr(fn, "__code__", None)
-        namespace = getattr(fn, "__globals__", None)
-        if code is None or namespace is None:
-            found.append(code_checksum(fn))
-            continue
-        if current is None or current[0] != code.co_filename or current[1] is not namespace:
-            current = (code.co_filename, namespace)
-            in_file = _file_checksums(code.co_filename, namespace)
-        checksum = in_file.get(f"{code.co_firstlineno}:{fn.__name__}") if in_file else None
-        found.append(checksum if checksum is not None else code_checksum(fn))
+        checksum = None
+        if code is not None:
+            namespace = getattr(fn, "__globals__", None)
+            if current is None or current[0] != code.co_filename or current[1] is not namespace:
+                current = (code.co_filename, namespace)
+                in_file = _file_checksums(code.co_filename, namespace)
+            checksum = in_file.get(f"{code.co_firstlineno}:{fn.__name__}") if in_file else None
+        found.append(checksum if checksum is not None else _checksum_apart(fn))
     return found
+
+
+def _checksum_apart(fn: Callable[..., Any]) -> str:
+    """A function its file's checksums do not hold: from the source inspect finds, else
+    from its bytecode (tagged apart: bytecode is not stable across Python versions)."""
+    node = _function_node(fn)
+    if node is not None:
+        return _node_checksum(node)
+    code = getattr(fn, "__code__", None)
+    payload = repr((code.co_code, code.co_consts, code.co_names)) if code else repr(fn)
+    return f"{BYTECODE_ALGORITHM}:{hashlib.sha256(payload.encode()).hexdigest()}"
 
 
 def _node_checksum(node: FunctionNode) -> str:
