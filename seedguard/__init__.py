@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from seedguard.aio import apply_async
     from seedguard.data import data_seed
     from seedguard.datadir import data_dir
+    from seedguard.sqldir import sql_dir
 
 # Loaded when first used: a start-up that only applies code units never loads
 # the data-seed machinery (csv, decimal, uuid, refs) or apply_async
@@ -41,6 +42,7 @@ _LAZY = {
     "apply_async": "seedguard.aio",
     "data_seed": "seedguard.data",
     "data_dir": "seedguard.datadir",
+    "sql_dir": "seedguard.sqldir",
 }
 
 
@@ -76,5 +78,6 @@ __all__ = [
     "data_seed",
     "report_progress",
     "seed",
+    "sql_dir",
     "upsert",
 ]

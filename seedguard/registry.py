@@ -314,9 +314,15 @@ def _import_tree(path: str) -> list[str]:
     names = [module.__name__]
     search = getattr(module, "__path__", None)
     if search is not None:
+        from seedguard.sqlfiles import declare_package
+
+        # *.sql files in a package's directories are its units too.
+        declare_package(module, default_registry)
         found = sorted(info.name for info in pkgutil.walk_packages(search, prefix=path + "."))
         for name in found:
-            _import(name, path)
+            sub = _import(name, path)
+            if hasattr(sub, "__path__"):
+                declare_package(sub, default_registry)
             names.append(name)
     return names
 
