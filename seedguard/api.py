@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
     from sqlalchemy.orm import scoped_session
 
-    from seedguard.ledger import Ledger, LedgerState
+    from seedguard.ledger import Ledger, LedgerRow, LedgerState
     from seedguard.runner import Plan
 
 
@@ -347,22 +347,27 @@ def stamp(bind: Bind, name: str, *, version: int | None = None,
     validate_version(name, version)
     checksum = unit.checksum() if version == unit.version else None
     with _ledger_locked(settings) as (conn, ledger):
-        row = ledger.read_current(conn).get((name, version))
-        if row is None:
-            ledger.insert(conn, name, version, checksum)
-            action = "stamped"
-        elif row.status == "running":
-            raise ConfigError(
-                f"unit {name!r} v{version} was interrupted mid-way; settle it with "
-                f"`seedguard resolve {name} --applied` or `--retry`, not stamp"
-            )
-        elif checksum is None or row.checksum == checksum:
-            action = "unchanged"
-        else:
-            ledger.finish(conn, name, version, checksum=checksum,
-                          duration_ms=row.duration_ms or 0, was="applied")
-            action = "restamped"
+        action = record_stamp(conn, ledger, ledger.read_current(conn).get((name, version)),
+                              name, version, checksum)
     return LedgerChange(name, action, [version] if action != "unchanged" else [])
+
+
+def record_stamp(conn: Connection, ledger: Ledger, row: LedgerRow | None, name: str,
+                 version: int, checksum: str | None) -> str:
+    """Record ``name`` v``version`` as applied (``row``: its current ledger row); the action."""
+    if row is None:
+        ledger.insert(conn, name, version, checksum)
+        return "stamped"
+    if row.status == "running":
+        raise ConfigError(
+            f"unit {name!r} v{version} was interrupted mid-way; settle it with "
+            f"`seedguard resolve {name} --applied` or `--retry`, not stamp"
+        )
+    if checksum is None or row.checksum == checksum:
+        return "unchanged"
+    ledger.finish(conn, name, version, checksum=checksum,
+                  duration_ms=row.duration_ms or 0, was="applied")
+    return "restamped"
 
 
 def forget(bind: Bind, name: str, *, version: int | None = None,

@@ -717,16 +717,28 @@ def _change_document(command: str, changes: list[LedgerChange]) -> dict[str, Any
 
 
 @cli.command()
-@click.argument("name")
+@click.argument("name", required=False)
 @click.option("--version", type=click.IntRange(min=1), help="Version to record (default: "
               "the code's).")
+@click.option("--all", "every", is_flag=True,
+              help="Every selected pending unit (--context selects): adopt a database "
+              "that holds the data already.")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @_command_options
 @pass_options
-def stamp(opts: Options, name: str, version: int | None, yes: bool, as_json: bool) -> None:
-    """Record NAME as applied without running it (e.g. a database restored from a dump)."""
+def stamp(opts: Options, name: str | None, version: int | None, every: bool, yes: bool,
+          as_json: bool) -> None:
+    """Record NAME (or, with --all, every pending unit) as applied without running it."""
     _start(opts, "stamp", as_json=as_json)
+    if every == (name is not None):
+        raise click.UsageError("give a unit NAME, or --all for every pending unit")
+    if every and version is not None:
+        raise click.UsageError("--version goes with a NAME, not with --all")
+    if every:
+        _stamp_all(opts, yes=yes, as_json=as_json)
+        return
+    assert name is not None
     settings = _read_settings(opts, units=False)
     what = f"{name} v{version}" if version else name
     _confirm(yes, f"Record {what} as applied without running it?")
@@ -737,6 +749,20 @@ def stamp(opts: Options, name: str, version: int | None, yes: bool, as_json: boo
         _info(opts, f"{what} is already recorded as applied; nothing changed")
     else:
         _info(opts, f"{change.action} {name} v{change.versions[0]}")
+
+
+def _stamp_all(opts: Options, *, yes: bool, as_json: bool) -> None:
+    from seedguard.adopt import stamp_all
+
+    settings = _read_settings(opts)
+    _confirm(yes, "Record every pending unit as applied without running it?")
+    changes = stamp_all(settings)
+    if as_json:
+        _emit_json(_change_document("stamp", changes))
+    elif changes:
+        _info(opts, "stamped " + ", ".join(f"{c.name} v{c.versions[0]}" for c in changes))
+    else:
+        _info(opts, "nothing is pending; nothing changed")
 
 
 @cli.command()

@@ -8,6 +8,7 @@ import json
 import os
 import pty
 import select
+import sqlite3
 import subprocess
 import sys
 import time
@@ -206,6 +207,23 @@ def test_confirmation_on_a_terminal(tmp_path: Path) -> None:
 
     code, output = on_terminal([*base, "stamp", "roles", "--yes"], tmp_path)
     assert code == 0 and "[y/N]" not in output and "stamped roles v1" in output
+
+
+def test_stamp_all_asks_on_a_terminal(tmp_path: Path) -> None:
+    write_module(tmp_path, "adopt_seeds", "import seedguard\n\n@seedguard.seed('roles')\n"
+                 "def roles(session):\n    pass\n")
+    base = [sys.executable, "-m", "seedguard", "--url", f"sqlite:///{tmp_path / 't.db'}",
+            "--seeds", "adopt_seeds"]
+    sqlite3.connect(tmp_path / "t.db").close()  # a database that exists, with its data
+
+    code, output = on_terminal([*base, "stamp", "--all"], tmp_path, answer="n")
+    assert "Record every pending unit as applied without running it?" in output
+    assert code == 2 and "not confirmed; nothing changed" in output
+    assert run([*base, "check"], tmp_path).returncode == 3  # still pending
+
+    code, output = on_terminal([*base, "stamp", "--all"], tmp_path, answer="y")
+    assert code == 0 and "stamped roles v1" in output
+    assert run([*base, "check"], tmp_path).returncode == 0
 
 
 def test_long_unit_shows_a_sign_of_life_on_a_terminal(tmp_path: Path) -> None:
