@@ -701,6 +701,45 @@ def history(opts: Options, as_json: bool) -> None:
         _info(opts, "  ".join(cells).rstrip())
 
 
+# -- dump ------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("tables", nargs=-1, required=True)
+@click.option("--key", "keys", multiple=True, required=True, metavar="[TABLE=]COL[,COL]",
+              help="The natural key: one for every table, or TABLE=COL for each.")
+@click.option("--refs", "refs", multiple=True, metavar="[TABLE.]COL=TARGET.KEY",
+              help="Write COL as the KEY of the TARGET row it points at (repeatable).")
+@click.option("--format", "fmt", type=click.Choice(["json", "csv", "yaml"]), default="json",
+              show_default=True, help="The files' format.")
+@click.option("--out", default=".", show_default=True, metavar="DIR",
+              help="The directory to write the files into.")
+@click.option("--where", metavar="SQL", help="Only the rows meeting this SQL condition.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@_command_options
+@pass_options
+def dump(opts: Options, tables: tuple[str, ...], keys: tuple[str, ...], refs: tuple[str, ...],
+         fmt: str, out: str, where: str | None, as_json: bool) -> None:
+    """Write TABLES as data seed files that data_dir applies back."""
+    from seedguard import dump as _dump
+
+    _start(opts, "dump", as_json=as_json)
+    settings = _read_settings(opts, units=False)
+    quiet = as_json or opts.quiet
+    progress = None if quiet else _dump.progress_printer(sys.stderr, tty=sys.stderr.isatty())
+    result = _dump.dump(settings, list(tables), key=_dump.parse_keys(keys),
+                        refs=_dump.parse_refs(refs), format=fmt, out=out, where=where,
+                        progress=progress)
+    if as_json:
+        _emit_json({"ok": True, "command": "dump", **result.as_dict()})
+        return
+    for warning in result.warnings:
+        _warn(opts, warning)
+    for written in result.files:
+        _info(opts, f"wrote {written.path} ({written.rows} rows)")
+    _info(opts, f"apply them with: {result.data_dir_call()}")
+
+
 # -- stamp, forget, resolve ------------------------------------------------------------------
 
 
