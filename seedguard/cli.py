@@ -701,6 +701,37 @@ def history(opts: Options, as_json: bool) -> None:
         _info(opts, "  ".join(cells).rstrip())
 
 
+# -- diff ------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@_command_options
+@pass_options
+@click.pass_context
+def diff(ctx: click.Context, opts: Options, name: str | None, as_json: bool) -> None:
+    """List seeded rows changed or deleted since they were seeded (exit 3 if any)."""
+    from seedguard.diff import diff as _diff
+
+    _start(opts, "diff", as_json=as_json)
+    result = _diff(_read_settings(opts), name=name)
+    if as_json:
+        _emit_json({"ok": result.ok, "command": "diff", **result.as_dict(),
+                    "exit_code": EXIT_OK if result.ok else EXIT_CHECK})
+    else:
+        for row in result.rows:
+            where = f"{row.unit}: {row.table} {row.key!r}"
+            if row.state == "deleted":
+                click.echo(f"{where}: deleted")
+            else:
+                changes = ", ".join(f"{column} {seeded!r} -> {now!r}"
+                                    for column, (seeded, now) in row.columns.items())
+                click.echo(f"{where}: changed: {changes}")
+    if not result.ok:
+        ctx.exit(EXIT_CHECK)
+
+
 # -- dump ------------------------------------------------------------------------------------
 
 

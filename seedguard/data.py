@@ -49,6 +49,8 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
     from sqlalchemy.orm import Session
 
+    from seedguard.upsert.core import Difference
+
 _BLOCK = 1 << 20
 DATA_SUFFIXES = (".csv", ".json", ".yaml", ".yml")
 _TRUE = frozenset({"true", "t", "yes", "y", "1", "on"})
@@ -216,11 +218,13 @@ class _DataSeed:
                                 table_missing=True)
         return self.run(conn, dry_run=True)
 
-    def run(self, conn: Connection, *, dry_run: bool) -> UpsertResult:
+    def run(self, conn: Connection, *, dry_run: bool,
+            differences: list[Difference] | None = None) -> UpsertResult:
         table = resolve_table(conn, self.table)
         key = self.key if self.key is not None else natural_key(table)
         total = self.source.total()
-        writer = Upserter(conn, table, key, self.update, dry_run=dry_run, expected=total)
+        writer = Upserter(conn, table, key, self.update, dry_run=dry_run, expected=total,
+                          differences=differences)
         text = self.source.text
         resolver = Resolver(conn, table, self.refs, lambda c: _converter(c, text=text),
                             where_path=self.source.where_path, collect=dry_run,

@@ -199,6 +199,15 @@ def batches(rows: Iterable[_T], size: int) -> Iterator[list[_T]]:
         yield batch
 
 
+@dataclass(frozen=True)
+class Difference:
+    """A row that differs from the table: its key, and per differing column
+    ``(table's value, row's value)``; ``columns`` is None when the table lacks the row."""
+
+    key: Any
+    columns: dict[str, tuple[Any, Any]] | None
+
+
 class Upserter:
     """Writes batches of rows into one table by key; ``dry_run`` only counts.
 
@@ -208,8 +217,11 @@ class Upserter:
 
     def __init__(self, conn: Connection, table: sa.Table, key: str | Sequence[str],
                  update: bool | Sequence[str] = True, *, dry_run: bool = False,
-                 expected: int | None = None) -> None:
+                 expected: int | None = None,
+                 differences: list[Difference] | None = None) -> None:
         self.conn = conn
+        # Dry run: each row that would be inserted or updated, with the columns that differ.
+        self.differences = differences
         self.table = table
         self.key = key_columns(table, key)
         self.update = update
@@ -278,9 +290,13 @@ class Upserter:
                 if old is _MISSING:
                     result.inserted += 1
                     changed.append(row)
+                    if self.differences is not None:
+                        self._differ(k, old, row)
                 elif values_of is not None and old != values_of(row):
                     result.updated += 1
                     changed.append(row)
+                    if self.differences is not None:
+                        self._differ(k, old, row)
                 else:
                     result.unchanged += 1
         else:
@@ -337,7 +353,22 @@ class Upserter:
                 changed[k] = row
             else:
                 result.unchanged += 1
+                continue
+            if self.differences is not None and old is not _UNKNOWN:
+                self._differ(k, old, row)
         return list(changed.values())
+
+    def _differ(self, key: Any, old: Any, row: Row) -> None:
+        """Record how ``row`` differs from the table's ``old`` values (missing: _MISSING)."""
+        assert self.differences is not None
+        if old is _MISSING:
+            self.differences.append(Difference(key, None))
+            return
+        olds = old if len(self._compare) > 1 else (old,)
+        columns = {name: (before, row[name])
+                   for name, before in zip(self._compare, olds, strict=True)
+                   if before != row[name]}
+        self.differences.append(Difference(key, columns))
 
     def _guesses(self, keys: list[Any], overlay: dict[Any, Any]) -> dict[Any, Any]:
         bits = self._bits
