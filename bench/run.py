@@ -22,7 +22,7 @@ from _common import Report
 import seedguard
 
 SECTIONS = ("targets", "noop", "async", "bulk", "refs", "threshold", "contention", "memory",
-            "cli")
+            "dump", "cli")
 KINDS = ("sqlite", "postgresql", "mariadb")
 
 
@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--databases", default=",".join(KINDS))
     parser.add_argument("--rows", type=int, default=100_000, help="bulk-load rows")
     parser.add_argument("--memory-rows", type=int, default=1_000_000)
+    parser.add_argument("--dump-rows", type=int, default=1_000_000)
     parser.add_argument("--sizes", default="1000,50",
                         help="targets: applied-unit counts to measure at (comma-separated)")
     args = parser.parse_args(argv)
@@ -85,6 +86,11 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"memory, {args.memory_rows:,}-row CSV", flush=True)
         memory.run(report, args.memory_rows)
+    if "dump" in only:
+        import dump
+
+        print(f"dump, {args.dump_rows:,}-row table", flush=True)
+        dump.run(report, args.dump_rows, tuple(kinds))
     if "cli" in only:
         import noop
 

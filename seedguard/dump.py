@@ -286,9 +286,21 @@ def _write(conn: Connection, plan: _Plan, path: Path, format: str,
             try:
                 columns = result.keys()
                 names = [str(name) for name in columns]  # not quoted_name: YAML wants str
+                # One converter per column, chosen by its type once (a value
+                # at a time through _plain's tests was most of a dump's time).
+                convert = [(name, fn) for name, fn in zip(
+                    names, map(_converter_for, plan.query.selected_columns), strict=True)
+                    if fn is not None]
                 for rows in result.partitions():
+                    records = []
                     for row in rows:
-                        writer.row({n: _plain(v) for n, v in zip(names, row, strict=True)})
+                        record = dict(zip(names, row, strict=True))
+                        for name, fn in convert:
+                            value = record[name]
+                            if value is not None:
+                                record[name] = fn(value)
+                        records.append(record)
+                    writer.rows(records)
                     done += len(rows)
                     if progress is not None:
                         progress(plan.stem, done, total)
@@ -302,6 +314,28 @@ def _write(conn: Connection, plan: _Plan, path: Path, format: str,
     if progress is not None and done == 0:
         progress(plan.stem, 0, total)
     return done
+
+
+def _converter_for(column: Any) -> Callable[[Any], Any] | None:
+    """How a column's values are written: None (as they are) for text, numbers and
+    booleans, which JSON, CSV and YAML hold; :func:`_plain` for the rest."""
+    import sqlalchemy as sa
+
+    kind = column.type
+    if isinstance(kind, (sa.String, sa.Boolean, sa.Float)) and not isinstance(kind, sa.Enum):
+        return None
+    if isinstance(kind, sa.Integer):
+        return None
+    if isinstance(kind, sa.Numeric) and kind.asdecimal:
+        return str  # text: a JSON number would be read back as a float
+    if isinstance(kind, (sa.Date, sa.DateTime, sa.Time)):
+        return _isoformat
+    return _plain
+
+
+def _isoformat(value: Any) -> Any:
+    # A driver may hand back text for a date it cannot represent (SQLite).
+    return value.isoformat() if hasattr(value, "isoformat") else _plain(value)
 
 
 def _plain(value: Any) -> Any:
@@ -324,7 +358,7 @@ class _Writer:
         self.handle = handle
         self.plan = plan
 
-    def row(self, row: dict[str, Any]) -> None:
+    def rows(self, rows: list[dict[str, Any]]) -> None:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -335,12 +369,16 @@ class _Json(_Writer):
     def __init__(self, handle: IO[str], plan: _Plan) -> None:
         super().__init__(handle, plan)
         self.first = True
+        # One encoder: json.dumps(..., ensure_ascii=False) builds one per call.
+        self.encode = json.JSONEncoder(ensure_ascii=False).encode
         handle.write("[")
 
-    def row(self, row: dict[str, Any]) -> None:
+    def rows(self, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
         self.handle.write("\n  " if self.first else ",\n  ")
         self.first = False
-        self.handle.write(json.dumps(row, ensure_ascii=False))
+        self.handle.write(",\n  ".join(map(self.encode, rows)))
 
     def close(self) -> None:
         self.handle.write("]\n" if self.first else "\n]\n")
@@ -350,6 +388,10 @@ class _Csv(_Writer):
     def __init__(self, handle: IO[str], plan: _Plan) -> None:
         super().__init__(handle, plan)
         self.writer: Any = None
+
+    def rows(self, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            self.row(row)
 
     def row(self, row: dict[str, Any]) -> None:
         if self.writer is None:
@@ -383,9 +425,11 @@ class _Yaml(_Writer):
         self.yaml = yaml
         self.empty = True
 
-    def row(self, row: dict[str, Any]) -> None:
-        # One list item at a time: the items concatenated are one YAML list.
-        self.handle.write(self.yaml.dump([row], Dumper=self.dumper, sort_keys=False,
+    def rows(self, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        # A partition at a time: the lists concatenated are one YAML list.
+        self.handle.write(self.yaml.dump(rows, Dumper=self.dumper, sort_keys=False,
                                          allow_unicode=True, default_flow_style=False))
         self.empty = False
 
