@@ -272,3 +272,15 @@ def test_split_keeps_begin_end_blocks_whole() -> None:
 def test_split_delimiter_inside_a_string_is_text() -> None:
     text = "SELECT '\nDELIMITER //\n';\nSELECT 2;\n"
     assert [s.line for s in split(text)] == [1, 4]
+
+
+def test_dialects_limits_the_units(db: TestDatabase, engine: sa.Engine) -> None:
+    folder = db.tmp_path / "sql"
+    write(folder, "items.sql", "INSERT INTO items (name) VALUES ('x');\n")
+    with pytest.raises(DefinitionError, match=r"unknown dialect\(s\) oracle in dialects="):
+        seedguard.sql_dir(folder, dialects=["oracle"])
+    other = "sqlite" if db.kind != "sqlite" else "postgresql"
+
+    with pytest.raises(SeedFailed, match=rf"limited to {other} and this database is"):
+        seedguard.apply(db.url, seeds=seedguard.sql_dir(folder, dialects=[other]))
+    assert names(db) == [] and db.ledger() == []
