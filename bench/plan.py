@@ -57,31 +57,36 @@ def run(report: Report, kinds: list[str], count: int, rounds: int) -> None:
     for kind in kinds:
         with fresh_database(kind) as url:
             engine = sa.create_engine(url)
-            ITEMS.metadata.create_all(engine)
-            units = _units(count)
-            seedguard.apply(engine, seeds=units)  # ledger created, everything imported
-            ratios, plans, applies = [], [], []
-            for _ in range(rounds):
-                _reset(engine)
-                started = time.perf_counter()
-                planned = seedguard.plan(engine, seeds=units)
-                plans.append(time.perf_counter() - started)
-                assert planned.ok and len(planned.units) == count + 1, planned
-                started = time.perf_counter()
-                applied = seedguard.apply(engine, seeds=units)
-                applies.append(time.perf_counter() - started)
-                assert len(applied.applied) == count + 1
-                ratios.append(plans[-1] / applies[-1])
-            ratio = statistics.median(ratios)
-            report.add(Row("plan", kind, f"rehearse {count} units + a {DATA_ROWS:,}-row data seed",
-                           ms(statistics.median(plans)), ms(statistics.median(applies)) + " apply",
-                           ratio, "<= 1.3x", ratio <= 1.3))
-            noop_plan = median_time(lambda: seedguard.plan(engine, seeds=units), 15)
-            noop_apply = median_time(lambda: seedguard.apply(engine, seeds=units), 15)
-            report.add(Row("plan", kind, "nothing pending", ms(noop_plan),
-                           ms(noop_apply) + " apply", noop_plan / noop_apply,
-                           note="neither takes a lock; reported"))
-            engine.dispose()
+            try:
+                _measure(report, kind, engine, count, rounds)
+            finally:
+                engine.dispose()
+
+
+def _measure(report: Report, kind: str, engine: sa.Engine, count: int, rounds: int) -> None:
+    ITEMS.metadata.create_all(engine)
+    units = _units(count)
+    seedguard.apply(engine, seeds=units)  # ledger created, everything imported
+    ratios, plans, applies = [], [], []
+    for _ in range(rounds):
+        _reset(engine)
+        started = time.perf_counter()
+        planned = seedguard.plan(engine, seeds=units)
+        plans.append(time.perf_counter() - started)
+        assert planned.ok and len(planned.units) == count + 1, planned
+        started = time.perf_counter()
+        applied = seedguard.apply(engine, seeds=units)
+        applies.append(time.perf_counter() - started)
+        assert len(applied.applied) == count + 1
+        ratios.append(plans[-1] / applies[-1])
+    ratio = statistics.median(ratios)
+    report.add(Row("plan", kind, f"rehearse {count} units + a {DATA_ROWS:,}-row data seed",
+                   ms(statistics.median(plans)), ms(statistics.median(applies)) + " apply",
+                   ratio, "<= 1.3x", ratio <= 1.3))
+    noop_plan = median_time(lambda: seedguard.plan(engine, seeds=units), 15)
+    noop_apply = median_time(lambda: seedguard.apply(engine, seeds=units), 15)
+    report.add(Row("plan", kind, "nothing pending", ms(noop_plan), ms(noop_apply) + " apply",
+                   noop_plan / noop_apply, note="neither takes a lock; reported"))
 
 
 def main(argv: list[str] | None = None) -> int:
