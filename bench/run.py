@@ -22,7 +22,7 @@ from _common import Report
 import seedguard
 
 SECTIONS = ("targets", "noop", "async", "bulk", "refs", "threshold", "contention", "memory",
-            "dump", "cli")
+            "plan", "dump", "cli")
 KINDS = ("sqlite", "postgresql", "mariadb")
 
 
@@ -91,6 +91,11 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"dump, {args.dump_rows:,}-row table", flush=True)
         dump.run(report, args.dump_rows, tuple(kinds))
+    if "plan" in only:
+        import plan
+
+        print("rehearsal (plan) vs apply", flush=True)
+        plan.run(report, kinds, 50, 5)
     if "cli" in only:
         import noop
 
