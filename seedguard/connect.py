@@ -217,7 +217,7 @@ def safe_url(url: URL | str) -> str:
 
 
 def scrub(message: str, url: URL | str | None) -> str:
-    """The first line of ``message`` with the URL's secrets hidden, wherever a driver echoed them."""
+    """The first line of ``message``, the URL's secrets hidden wherever a driver echoed them."""
     from seedguard.redact import redact
 
     message = redact(message, url)
