@@ -69,6 +69,20 @@ class Settings:
     lock_mode: LockMode = "session"
     sources: Mapping[str, str] = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        # The dataclass repr would print the URL with its password.
+        from dataclasses import fields
+
+        from seedguard.redact import redact_url
+
+        shown = []
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if item.name == "url" and value:
+                value = redact_url(value)
+            shown.append(f"{item.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
+
 
 def resolve(
     bind: Engine | str | None = None,

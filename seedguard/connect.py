@@ -207,6 +207,13 @@ def connection_errors(engine: Engine) -> Iterator[None]:
                 f"{scrub(str(err.orig), engine.url)}; is the server running and the URL right?"
             ) from err
         raise
+    except OSError as err:
+        # asyncpg's and aiomysql's connect raise the socket's own error (e.g.
+        # ConnectionRefusedError) through SQLAlchemy's adaptation unwrapped.
+        raise ConfigError(
+            f"cannot connect to {safe_url(engine.url)}: {scrub(str(err), engine.url)}; is the "
+            "server running and the URL right?"
+        ) from err
 
 
 def safe_url(url: URL | str) -> str:

@@ -42,10 +42,10 @@ _SECRET_WORDS = ("pass", "pwd", "secret", "token")
 # below still hide them wherever a URL or a key=value pair spells them.
 _MIN_SEARCHED = 4
 
-# password=..., passwd: '...', "sslpassword" = "..." in DSNs, conninfo strings
-# and reprs of keyword arguments.
+# password=..., sslpassword = '...', 'passwd': '...' in DSNs, conninfo strings,
+# reprs of keyword arguments and JSON ("using password: YES" stays readable).
 _KEY_VALUE = re.compile(
-    r"""(?P<key>\b(?:ssl_?|ssl_key_)?(?:password|passwd|passphrase|pwd)['"]?\s*[=:]\s*)"""
+    r"""(?P<key>\b(?:ssl_?|ssl_key_)?(?:password|passwd|passphrase|pwd)(?:\s*=|['"]\s*:)\s*)"""
     r"""(?P<value>'[^']*'|"[^"]*"|[^\s&;,)'"]+)""",
     re.IGNORECASE,
 )

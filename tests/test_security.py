@@ -83,7 +83,7 @@ def test_pyproject_of_another_account_is_ignored(tmp_path: Path, mode: int,
     caplog.set_level(logging.WARNING, logger="seedguard")
 
     result = seedguard.apply(database.url, seeds=[unit("roles"),
-                                                  unit("dev-admin", contexts=("dev",))])
+                                                  unit("dev-admin", contexts=frozenset({"dev"}))])
 
     assert [u.name for u in result.applied] == ["roles"]
     assert database.effects() == ["roles"]
