@@ -9,6 +9,12 @@ is owned by the current user or by root; any other is ignored with a
 warning that names it and says how to trust it. A file named explicitly
 (an argument, a CLI option, a ``SEEDGUARD_*`` variable) is trusted as given:
 whoever set it chose it.
+
+The warning is a log record (logger ``seedguard.trust``), not a Python
+warning: under ``-W error`` or pytest's ``filterwarnings = ["error"]`` a
+warning would turn "ignored" into a crash of the caller. It is logged once
+per file and owner in a process (``apply()`` may run at every start-up, and
+the command line resolves its settings more than once).
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ import os
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+_warned: set[tuple[str, int]] = set()
 
 
 def trusted_owner(uid: int) -> bool:
@@ -32,6 +40,10 @@ def warn_untrusted(path: str | os.PathLike[str], uid: int, *, instead: str) -> N
 
     ``instead``: how to give the same settings explicitly.
     """
+    key = (os.fspath(path), uid)
+    if key in _warned:
+        return
+    _warned.add(key)
     me = os.getuid() if hasattr(os, "getuid") else 0
     log.warning(
         "ignoring %s: it is owned by uid %d, not by you (uid %d) or root, so another account "

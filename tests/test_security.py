@@ -189,6 +189,7 @@ def test_planted_pyproject_cannot_choose_the_alembic_env(victim: tuple[Path, lis
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     assert "needs your alembic scripts" in proc.stderr
     assert f"ignoring {planted}" in proc.stderr and "chown" in proc.stderr
+    assert proc.stderr.count(f"ignoring {planted}") == 1  # once, however often it is looked at
 
 
 def test_planted_alembic_ini_in_the_current_directory_is_ignored(
