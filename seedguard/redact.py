@@ -112,6 +112,9 @@ def _spellings(value: str) -> set[str]:
 def _text_secrets(text: str) -> list[str]:
     """Secrets in a URL that cannot be parsed: user info and secret query values."""
     values = [m.group("secret") for m in _USERINFO.finditer(text)]
+    userinfo = text.partition("://")[2 if "://" in text else 0].rpartition("@")[0]
+    if ":" in userinfo:
+        values.append(userinfo.split(":", 1)[1])
     for match in _KEY_VALUE.finditer(text):
         values.append(match.group("value").strip("'\""))
     return [urllib.parse.unquote(v) for v in values] + values
@@ -121,7 +124,7 @@ def redact_url(url: URL | str) -> str:
     """``url`` as text for people: every password and secret parameter shown as ``***``."""
     parsed = _parse(url)
     if parsed is None:
-        return redact(str(url))
+        return redact(_mask_unparsed(str(url)))
     tail = misplaced_password(parsed)
     if tail is not None:
         parsed = parsed.set(host=(parsed.host or "").rpartition("@")[2],
@@ -138,11 +141,22 @@ def redact_url(url: URL | str) -> str:
     return shown
 
 
+def _mask_unparsed(text: str) -> str:
+    """A URL ``make_url`` cannot read, its user info's password (to the last ``@``) masked."""
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest = "", text
+    userinfo, at, host = rest.rpartition("@")
+    if not at or ":" not in userinfo:
+        return text
+    return f"{scheme}{sep}{userinfo.split(':', 1)[0]}:{MASK}@{host}"
+
+
 def without_secrets(url: URL | str) -> str:
     """``url`` with its password and secret parameters removed (for files that get committed)."""
     parsed = _parse(url)
     if parsed is None:
-        return redact(str(url))
+        return redact(_mask_unparsed(str(url)))
     if misplaced_password(parsed) is not None:
         parsed = parsed.set(host=(parsed.host or "").rpartition("@")[2])
     query = {key: value for key, value in parsed.query.items() if not is_secret_key(key)}
