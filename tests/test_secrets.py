@@ -148,7 +148,9 @@ def _target(driver: str, spelling: str, works: bool, tmp_path: Path) -> Iterator
 COMMANDS: list[tuple[str, ...]] = [
     ("status",), ("status", "--json"), ("check",), ("check", "--json"),
     ("upgrade", "--dry-run"), ("upgrade", "--dry-run", "--json"),
-    ("-v", "upgrade"), ("upgrade", "--json"), ("history",), ("history", "--json"),
+    ("plan",), ("plan", "--json"), ("plan", "--out", "plan.json"),
+    ("-v", "upgrade"), ("upgrade", "--json"), ("upgrade", "--plan", "plan.json"),
+    ("history",), ("history", "--json"),
     ("forget", "b", "--yes"), ("forget", "b", "--yes", "--json"),
     ("stamp", "b", "--yes"), ("stamp", "b", "--yes", "--json"),
     ("resolve", "b", "--retry", "--yes"), ("resolve", "b", "--retry", "--yes", "--json"),
