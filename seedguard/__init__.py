@@ -23,6 +23,7 @@ from seedguard.errors import (
 from seedguard.events import report_progress
 from seedguard.registry import Registry, seed
 from seedguard.result import ApplyResult
+from seedguard.schema import Schema
 from seedguard.unit import SeedUnit
 
 # Eager: importing the seedguard.upsert package would otherwise bind the
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from seedguard.aio import apply_async
     from seedguard.data import data_seed
     from seedguard.datadir import data_dir
+    from seedguard.fleet import FleetResult, apply_each
 
 # Loaded when first used: a start-up that only applies code units never loads
 # the data-seed machinery (csv, decimal, uuid, refs) or apply_async
@@ -41,6 +43,8 @@ _LAZY = {
     "apply_async": "seedguard.aio",
     "data_seed": "seedguard.data",
     "data_dir": "seedguard.datadir",
+    "FleetResult": "seedguard.fleet",
+    "apply_each": "seedguard.fleet",
 }
 
 
@@ -62,8 +66,10 @@ __all__ = [
     "DataError",
     "DefinitionError",
     "DriftError",
+    "FleetResult",
     "LockTimeout",
     "Registry",
+    "Schema",
     "SeedFailed",
     "SeedUnit",
     "SeedguardError",
@@ -72,6 +78,7 @@ __all__ = [
     "__version__",
     "apply",
     "apply_async",
+    "apply_each",
     "data_dir",
     "data_seed",
     "report_progress",

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 FILE_LOCK_POLL_SECONDS = 0.005
 
 
-def default_lock_path(url: URL) -> Path:
+def default_lock_path(url: URL, schema: str | None = None) -> Path:
     """Beside a SQLite database file, else in a private temp dir keyed by the URL.
 
     A SQLite file's lock is named after the file itself (symlinks, ``./`` and
@@ -49,7 +49,11 @@ def default_lock_path(url: URL) -> Path:
         path = sqlite_file(url)
         if path is not None:
             return path.with_name(path.name + ".seedguard.lock")
-    key = hashlib.sha256(safe_url(url.set(password=None)).encode()).hexdigest()[:20]
+    # A ledger in a schema of its own (a tenant: seedguard.Schema) gets a file
+    # lock of its own, so the appliers of one host apply to several schemas
+    # of one server side by side; the database lock is per schema already.
+    text = safe_url(url.set(password=None)) + (f"#{schema}" if schema else "")
+    key = hashlib.sha256(text.encode()).hexdigest()[:20]
     return private_lock_dir() / f"{key}.lock"
 
 
