@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 Target = Union[str, "Engine", Schema]
 """What a fleet is made of: a URL, an ``Engine``, or a :class:`Schema`."""
 
-TargetCallback = Callable[[str, Union[ApplyResult, BaseException]], None]
+TargetCallback = Callable[[str, ApplyResult | BaseException], None]
 """Called once per target as it finishes: its label and its result or error."""
 
 
@@ -175,7 +175,7 @@ def shard(labels: Sequence[str], index: int, count: int) -> list[str]:
 # -- the passes ------------------------------------------------------------------
 
 Labelled = tuple[str, Target]
-Finish = Callable[[str, Union[ApplyResult, BaseException]], None]
+Finish = Callable[[str, ApplyResult | BaseException], None]
 
 
 def _up_to_date(targets: Sequence[Labelled], workers: int, options: dict[str, Any],
