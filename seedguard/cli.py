@@ -23,7 +23,7 @@ from typing import IO, Any, TypeVar
 
 import click
 
-from seedguard import api
+from seedguard import api, cli_fleet
 from seedguard import config as _config
 from seedguard.errors import ConfigError, DefinitionError, LockTimeout, SeedFailed, SeedguardError
 from seedguard.events import Event, UnitFinished, UnitProgress, UnitStarted
@@ -490,12 +490,21 @@ def _describe_preview(preview: Any) -> str:
 @click.option("--schema", is_flag=True,
               help="Run your `alembic upgrade head` first, under the same locks.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@cli_fleet.fleet_options
 @_command_options
 @pass_options
-def upgrade(opts: Options, target: str | None, dry_run: bool, strict: bool, schema: bool,
-            as_json: bool) -> None:
-    """Apply every pending unit (or TARGET and what it depends on)."""
+@click.pass_context
+def upgrade(ctx: click.Context, opts: Options, target: str | None, dry_run: bool, strict: bool,
+            schema: bool, as_json: bool, schemas: str | None, urls_file: str | None,
+            workers: int, shard: str | None) -> None:
+    """Apply every pending unit (or TARGET and what it depends on), to one database or
+    to each target of a fleet (--schemas, --urls-file)."""
     _start(opts, "upgrade", as_json=as_json)
+    fleet = cli_fleet.Fleet(schemas, urls_file, workers, shard)
+    if fleet.given:
+        cli_fleet.upgrade(ctx, opts, fleet, target=target, dry_run=dry_run, strict=strict,
+                          schema=schema, as_json=as_json)
+        return
     settings = opts.settings()
     _require_database(settings)
     _require_units(settings)
@@ -633,11 +642,18 @@ def _read_settings(opts: Options, *, units: bool = True) -> _config.Settings:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@cli_fleet.fleet_options
 @_command_options
 @pass_options
-def status(opts: Options, as_json: bool) -> None:
+@click.pass_context
+def status(ctx: click.Context, opts: Options, as_json: bool, schemas: str | None,
+           urls_file: str | None, workers: int, shard: str | None) -> None:
     """Show every unit's state and who holds the lock now."""
     _start(opts, "status", as_json=as_json)
+    fleet = cli_fleet.Fleet(schemas, urls_file, workers, shard)
+    if fleet.given:
+        cli_fleet.check(ctx, opts, fleet, as_json=as_json, full=True)
+        return
     result = api.status(_read_settings(opts))
     if as_json:
         _emit_json({"ok": True, "command": "status", **result.as_dict()})
@@ -651,12 +667,18 @@ _PROBLEMS = ("pending", "waiting", "drifted", "blocked")
 @cli.command()
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON document (status's, with `ok` the answer).")
+@cli_fleet.fleet_options
 @_command_options
 @pass_options
 @click.pass_context
-def check(ctx: click.Context, opts: Options, as_json: bool) -> None:
+def check(ctx: click.Context, opts: Options, as_json: bool, schemas: str | None,
+          urls_file: str | None, workers: int, shard: str | None) -> None:
     """Exit 0 when nothing is pending, waiting, drifted or blocked; else exit 3 and say what."""
     _start(opts, "check", as_json=as_json)
+    fleet = cli_fleet.Fleet(schemas, urls_file, workers, shard)
+    if fleet.given:
+        cli_fleet.check(ctx, opts, fleet, as_json=as_json)
+        return
     result = api.check(_read_settings(opts))
     if as_json:
         _emit_json({"ok": result.ok, "command": "check", **result.as_dict(),

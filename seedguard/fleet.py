@@ -22,9 +22,10 @@ borrows its pool); an engine given by the caller is used as it is.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
+import os
 import threading
-import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Union
@@ -36,12 +37,14 @@ from seedguard.schema import Schema, target_label
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
 
+    from seedguard.reports import StatusResult
+
 log = logging.getLogger(__name__)
 
 Target = Union[str, "Engine", Schema]
 """What a fleet is made of: a URL, an ``Engine``, or a :class:`Schema`."""
 
-TargetCallback = Callable[[str, ApplyResult | BaseException], None]
+TargetCallback = Callable[[str, "ApplyResult | StatusResult | BaseException"], None]
 """Called once per target as it finishes: its label and its result or error."""
 
 
@@ -92,8 +95,7 @@ def apply_each(
         be loaded; nothing was applied then. Errors of a single target go to
         ``FleetResult.failed`` instead.
     """
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-        raise ConfigError(f"workers must be a whole number >= 1, not {workers!r}")
+    _check_workers(workers)
     if options.get("lock_path") is not None:
         raise ConfigError(
             "apply_each() gives every target a file lock of its own; lock_path would make "
@@ -130,6 +132,121 @@ def apply_each(
     result.results = dict(sorted(result.results.items(), key=lambda item: order[item[0]]))
     result.failed = dict(sorted(result.failed.items(), key=lambda item: order[item[0]]))
     return result
+
+
+@dataclass
+class FleetCheck:
+    """What :func:`check_each` (and :func:`status_each`) found, by target label."""
+
+    up_to_date: list[str] = field(default_factory=list)
+    """Targets whose ledger holds every selected unit, unchanged (one look each)."""
+    results: dict[str, StatusResult] = field(default_factory=dict)
+    """Targets read in full: :func:`status_each` reads every target so, :func:`check_each`
+    only those the first look did not find up to date."""
+    failed: dict[str, BaseException] = field(default_factory=dict)
+    """Targets that could not be read: the exception ``status()`` would have raised."""
+
+    @property
+    def pending(self) -> list[str]:
+        """Targets with a unit pending, waiting, drifted or blocked."""
+        return [label for label, status in self.results.items() if not status.ok]
+
+    @property
+    def ok(self) -> bool:
+        """True when every target is up to date and none failed."""
+        return not self.failed and not self.pending
+
+
+def check_each(targets: Iterable[Target], *, workers: int = 4, seeds: Any = None,
+               contexts: Iterable[str] | None = None,
+               on_target: TargetCallback | None = None) -> FleetCheck:
+    """Whether every target is up to date, reading only: one statement per up-to-date target.
+
+    A target the first look does not find up to date is read in full, as
+    ``seedguard.api.check()`` would (its ``StatusResult`` says what is
+    pending or drifted).
+
+    :param targets: URLs, ``Engine`` objects and :class:`Schema` objects.
+    :param workers: how many targets are read at once (threads, one
+        connection per server each for the first look).
+    :param seeds: which units, as ``apply()`` takes them.
+    :param contexts: the active contexts, as ``apply()`` takes them.
+    :param on_target: called as each target is answered, with its label and
+        an ``ApplyResult`` (up to date at the first look; its ``skipped`` are the
+        units) or a ``StatusResult`` or the exception.
+    """
+    return _read_each(targets, workers=workers, seeds=seeds, contexts=contexts,
+                      on_target=on_target, full=False)
+
+
+def status_each(targets: Iterable[Target], *, workers: int = 4, seeds: Any = None,
+                contexts: Iterable[str] | None = None,
+                on_target: TargetCallback | None = None) -> FleetCheck:
+    """Every target's ``StatusResult`` (:func:`check_each`'s parameters), reading only."""
+    return _read_each(targets, workers=workers, seeds=seeds, contexts=contexts,
+                      on_target=on_target, full=True)
+
+
+def _read_each(targets: Iterable[Target], *, workers: int, seeds: Any,
+               contexts: Iterable[str] | None, on_target: TargetCallback | None,
+               full: bool) -> FleetCheck:
+    _check_workers(workers)
+    labelled = labelled_targets(targets)
+    found = FleetCheck()
+    guard = threading.Lock()
+    options: dict[str, Any] = {"seeds": seeds, "contexts": contexts}
+
+    def finish(label: str, outcome: Any) -> None:
+        with guard:
+            if isinstance(outcome, BaseException):
+                found.failed[label] = outcome
+            elif isinstance(outcome, ApplyResult):
+                found.up_to_date.append(label)
+            else:
+                found.results[label] = outcome
+        if on_target is not None:
+            on_target(label, outcome)
+
+    given = dict(labelled)
+
+    def read(item: Labelled, connections: _Connections) -> None:
+        label, target = item
+        if isinstance(given[label], str):
+            # By its URL: status opens a SQLite file read-only, and never creates it.
+            target = given[label]
+        try:
+            outcome: Any = _status(target, options)
+        except Exception as err:
+            outcome = err
+        finish(label, outcome)
+
+    with _SharedEngines(workers) as engines:
+        shared = [(label, engines.share(target)) for label, target in labelled]
+        rest = shared if full else _up_to_date(shared, workers, options, finish)
+        _in_workers(rest, workers, read)
+    order = {label: index for index, (label, _) in enumerate(labelled)}
+    found.up_to_date.sort(key=order.__getitem__)
+    found.results = dict(sorted(found.results.items(), key=lambda item: order[item[0]]))
+    found.failed = dict(sorted(found.failed.items(), key=lambda item: order[item[0]]))
+    return found
+
+
+def _status(target: Target, options: dict[str, Any]) -> StatusResult:
+    from seedguard import api
+    from seedguard import config as _config
+    from seedguard.schema import scoped
+
+    if isinstance(target, Schema):
+        assert not isinstance(target.bind, str)  # shared by _SharedEngines.share
+        settings = _config.resolve(scoped(target.bind, target.name), seeds=options["seeds"],
+                                   contexts=options["contexts"], ledger_schema=target.name)
+        return api.status(settings)
+    return api.status(target, seeds=options["seeds"], contexts=options["contexts"])
+
+
+def _check_workers(workers: int) -> None:
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ConfigError(f"workers must be a whole number >= 1, not {workers!r}")
 
 
 _APPLY_OPTIONS = frozenset({
@@ -169,7 +286,11 @@ def shard(labels: Sequence[str], index: int, count: int) -> list[str]:
             f"shard {index}/{count}: expected I/N with 0 <= I < N (I counts from 0, as "
             "Kubernetes' JOB_COMPLETION_INDEX does; in a 1-based CI matrix pass I-1)"
         )
-    return [label for label in labels if zlib.crc32(label.encode()) % count == index]
+    # A cryptographic hash, not crc32: CRC is linear, so names that differ in
+    # their last character (tenant_0, tenant_1, ...) can all share one low bit.
+    return [label for label in labels
+            if int.from_bytes(hashlib.blake2b(label.encode(), digest_size=8).digest(), "big")
+            % count == index]
 
 
 # -- the passes ------------------------------------------------------------------
@@ -197,6 +318,7 @@ def _up_to_date(targets: Sequence[Labelled], workers: int, options: dict[str, An
     expected = _expected(units).rows
     if not expected:
         return list(targets)
+    from seedguard.connect import sqlite_file
     from seedguard.ledger import Ledger
 
     dry_run = bool(options.get("dry_run"))
@@ -206,6 +328,12 @@ def _up_to_date(targets: Sequence[Labelled], workers: int, options: dict[str, An
     def look(item: Labelled, connections: _Connections) -> None:
         label, target = item
         engine, schema = _where(target, settings.ledger_schema)
+        path = sqlite_file(engine.url)
+        if path is not None and not os.path.isfile(path):
+            # Connecting would create the file: apply() creates it, status reports it.
+            with guard:
+                left.append(item)
+            return
         ledger = Ledger.named(settings.ledger_table, schema)
         try:
             conn = connections.get(engine)
