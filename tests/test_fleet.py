@@ -263,6 +263,7 @@ def big_fleet(server_db: TestDatabase) -> Iterator[Fleet]:
     yield from make_fleet(server_db, 6)
 
 
+@pytest.mark.slow  # four spawned processes; test_fleet_cli.py races CLI processes by default
 def test_runners_racing_on_one_fleet_apply_each_unit_once_per_target(
         big_fleet: Fleet, tmp_path: Path) -> None:
     names = [f"u{index}" for index in range(3)]
