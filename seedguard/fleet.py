@@ -474,20 +474,37 @@ class _SharedEngines:
     def __init__(self, workers: int) -> None:
         self._workers = workers
         self._engines: dict[str, Engine] = {}
+        self._pools: set[int] = set()
+        self._held = contextlib.ExitStack()
 
     def __enter__(self) -> _SharedEngines:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._held.close()
         for engine in self._engines.values():
             engine.dispose()
 
     def share(self, target: Target) -> Target:
         if isinstance(target, str):
             return self._engine(target)
-        if isinstance(target, Schema) and isinstance(target.bind, str):
-            return Schema(self._engine(target.bind), target.name)
+        if isinstance(target, Schema):
+            engine = self._engine(target.bind) if isinstance(target.bind, str) else target.bind
+            self._prepare(engine)
+            return Schema(engine, target.name)
         return target
+
+    def _prepare(self, engine: Engine) -> None:
+        """Install what the workers' runs would add to a pool they share, before they
+        start: SQLAlchemy's listener lists must not change while other threads use them."""
+        if id(engine.pool) in self._pools:
+            return
+        from seedguard.guard import guarding_pool
+        from seedguard.schema import restore_on_checkin
+
+        self._pools.add(id(engine.pool))
+        restore_on_checkin(engine)
+        self._held.enter_context(guarding_pool(engine.pool))
 
     def _engine(self, url: str) -> Engine:
         engine = self._engines.get(url)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 _SAVED = "seedguard.schema.saved"
 # Marks a pool whose check-in restores that setting (one listener per pool).
 _RESTORES = "seedguard_schema_restores"
+_INSTALLING = threading.Lock()
 _MAX_NAME = 64  # MySQL/MariaDB database names; PostgreSQL's limit is 63 bytes
 
 
@@ -197,7 +199,7 @@ def scoped(engine: Engine, name: str) -> Engine:
     quoted = engine.dialect.identifier_preparer.quote_identifier(name)
     if "$sg$" in quoted:  # the delimiter PostgresScope quotes the path with
         raise ConfigError(f"Schema name {name!r} may not contain '$sg$'")
-    _restore_on_checkin(engine, scope)
+    restore_on_checkin(engine)
     copy = engine.execution_options(seedguard_schema=name)
 
     def _enter(conn: Connection) -> None:
@@ -238,15 +240,12 @@ def schemas_like(engine: Engine, pattern: str) -> list[str]:
         return [str(row[0]) for row in conn.execute(text(statement), {"pattern": pattern})]
 
 
-def _restore_on_checkin(engine: Engine, scope: SchemaScope) -> None:
+def restore_on_checkin(engine: Engine) -> None:
     """Install, once per pool, the check-in listener that leaves the schema again."""
     from sqlalchemy import event
 
+    scope = _scope_class(engine)()
     pool = engine.pool
-    if getattr(pool, _RESTORES, False):
-        return
-    setattr(pool, _RESTORES, True)
-
     def _checkin(dbapi_connection: Any, record: Any) -> None:
         if _SAVED not in record.info:
             return
@@ -263,7 +262,10 @@ def _restore_on_checkin(engine: Engine, scope: SchemaScope) -> None:
                       type(err).__name__)
             record.invalidate(err)
 
-    event.listen(pool, "checkin", _checkin)
+    with _INSTALLING:
+        if not getattr(pool, _RESTORES, False):
+            event.listen(pool, "checkin", _checkin)
+            setattr(pool, _RESTORES, True)
 
 
 def target_label(target: object) -> str:

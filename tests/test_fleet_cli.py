@@ -149,3 +149,27 @@ def test_cli_runners_racing_on_one_fleet_apply_each_unit_once(fleet: Fleet, work
     for name in fleet.names:
         assert fleet.effects(name) == ["one", "two"]
         assert fleet.ledger(name) == [("one", 1), ("two", 1)]
+
+
+def test_progress_bar_and_failed_lines_on_a_terminal(work: Path, tmp_path: Path) -> None:
+    import sqlalchemy as sa
+    from test_cli_process import on_terminal
+
+    urls = []
+    for name in ("a", "b", "c"):
+        url = f"sqlite:///{tmp_path / name}.db"
+        engine = sa.create_engine(url)
+        with engine.begin() as conn:
+            if name != "b":  # b lacks the table: its units fail
+                conn.exec_driver_sql(EFFECTS_DDL)
+        engine.dispose()
+        urls.append(url)
+    listing = work / "urls.txt"
+    listing.write_text("\n".join(urls) + "\n")
+    code, output = on_terminal([str(SCRIPT), "--seeds", "fleet_seeds", "upgrade",
+                                "--urls-file", str(listing), "--workers", "1"], work)
+    assert code == 1, output
+    assert "targets" in output and "3/3" in output and "1 failed" in output, output
+    failed = [line for line in output.splitlines() if line.startswith("failed: ")]
+    assert len(failed) == 1 and failed[0].startswith(f"failed: {urls[1]}: unit 'roles'"), output
+    assert "3 target(s): applied 4 unit(s) to 2 target(s)" in output
