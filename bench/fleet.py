@@ -26,14 +26,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
 import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import PYTHON, fresh_database  # noqa: E402
+from _common import PYTHON, fresh_database
 
 UNITS = 20
 

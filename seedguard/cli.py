@@ -27,15 +27,16 @@ from seedguard import api, cli_fleet
 from seedguard import config as _config
 from seedguard.errors import ConfigError, DefinitionError, LockTimeout, SeedFailed, SeedguardError
 from seedguard.events import Event, UnitFinished, UnitProgress, UnitStarted
+from seedguard.exits import (
+    EXIT_CHECK,
+    EXIT_INTERRUPTED,
+    EXIT_LOCK_TIMEOUT,
+    EXIT_OK,
+    EXIT_UNIT_FAILED,
+    EXIT_USAGE,
+)
 from seedguard.reports import LedgerChange, StatusResult, UnitStatus
 from seedguard.result import ApplyResult
-
-EXIT_OK = 0
-EXIT_UNIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_CHECK = 3
-EXIT_LOCK_TIMEOUT = 4
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -502,8 +503,8 @@ def upgrade(ctx: click.Context, opts: Options, target: str | None, dry_run: bool
     _start(opts, "upgrade", as_json=as_json)
     fleet = cli_fleet.Fleet(schemas, urls_file, workers, shard)
     if fleet.given:
-        cli_fleet.upgrade(ctx, opts, fleet, target=target, dry_run=dry_run, strict=strict,
-                          schema=schema, as_json=as_json)
+        cli_fleet.upgrade(ctx, opts, fleet, _fleet_output(), target=target, dry_run=dry_run,
+                          strict=strict, schema=schema, as_json=as_json)
         return
     settings = opts.settings()
     _require_database(settings)
@@ -565,6 +566,11 @@ def upgrade(ctx: click.Context, opts: Options, target: str | None, dry_run: bool
         _info(opts, f"applied {len(result.applied)} unit(s) in {total} ms{already}")
     else:
         _info(opts, f"nothing to do: {len(result.skipped)} unit(s) already applied")
+
+
+def _fleet_output() -> cli_fleet.Output:
+    return cli_fleet.Output(emit_json=_emit_json, info=_info, message=_message,
+                            exit_code=exit_code, apply_document=apply_document)
 
 
 def _run_apply(opts: Options, **options: Any) -> ApplyResult:
@@ -652,7 +658,7 @@ def status(ctx: click.Context, opts: Options, as_json: bool, schemas: str | None
     _start(opts, "status", as_json=as_json)
     fleet = cli_fleet.Fleet(schemas, urls_file, workers, shard)
     if fleet.given:
-        cli_fleet.check(ctx, opts, fleet, as_json=as_json, full=True)
+        cli_fleet.check(ctx, opts, fleet, _fleet_output(), as_json=as_json, full=True)
         return
     result = api.status(_read_settings(opts))
     if as_json:
@@ -677,7 +683,7 @@ def check(ctx: click.Context, opts: Options, as_json: bool, schemas: str | None,
     _start(opts, "check", as_json=as_json)
     fleet = cli_fleet.Fleet(schemas, urls_file, workers, shard)
     if fleet.given:
-        cli_fleet.check(ctx, opts, fleet, as_json=as_json)
+        cli_fleet.check(ctx, opts, fleet, _fleet_output(), as_json=as_json)
         return
     result = api.check(_read_settings(opts))
     if as_json:

@@ -23,10 +23,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from seedguard.errors import ConfigError
+from seedguard.exits import EXIT_CHECK, EXIT_OK, EXIT_UNIT_FAILED
 
 if TYPE_CHECKING:
     from seedguard.cli import Options
     from seedguard.fleet import FleetCheck, FleetResult, Target
+    from seedguard.result import ApplyResult
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -42,6 +44,18 @@ FLEET_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
                     "help": "With a fleet: only this runner's share, I of N (I from 0, as "
                     "JOB_COMPLETION_INDEX), split by a stable hash of each target's name."}),
 ]
+
+
+@dataclass(frozen=True)
+class Output:
+    """What ``seedguard.cli`` lends these commands: its renderers (this module never
+    imports ``seedguard.cli``, which imports it)."""
+
+    emit_json: Callable[[dict[str, Any]], None]
+    info: Callable[[Options, str], None]
+    message: Callable[[BaseException], str]
+    exit_code: Callable[[BaseException], int]
+    apply_document: Callable[[ApplyResult], dict[str, Any]]
 
 
 def fleet_options(f: F) -> F:
@@ -151,20 +165,19 @@ class _Bar:
             self._bar = None
 
 
-def _error(err: BaseException) -> dict[str, Any]:
-    from seedguard.cli import _message, exit_code
-
-    return {"type": type(err).__name__, "message": _message(err), "exit_code": exit_code(err)}
+def _error(out: Output, err: BaseException) -> dict[str, Any]:
+    return {"type": type(err).__name__, "message": out.message(err),
+            "exit_code": out.exit_code(err)}
 
 
 def _one_line(message: str) -> str:
     return message.strip().splitlines()[0] if message.strip() else message
 
 
-def upgrade(ctx: click.Context, opts: Options, fleet: Fleet, *, target: str | None,
-            dry_run: bool, strict: bool, schema: bool, as_json: bool) -> None:
+def upgrade(ctx: click.Context, opts: Options, fleet: Fleet, out: Output, *,
+            target: str | None, dry_run: bool, strict: bool, schema: bool,
+            as_json: bool) -> None:
     """``seedguard upgrade`` over a fleet: exit 1 if any target failed."""
-    from seedguard.cli import EXIT_OK, EXIT_UNIT_FAILED, _emit_json, _info, _message
     from seedguard.fleet import apply_each
 
     targets = fleet.targets(opts)
@@ -174,7 +187,7 @@ def upgrade(ctx: click.Context, opts: Options, fleet: Fleet, *, target: str | No
     def on_target(label: str, outcome: Any) -> None:
         failed = isinstance(outcome, BaseException)
         if failed and not as_json:
-            failures.append(f"failed: {label}: {_one_line(_message(outcome))}")
+            failures.append(f"failed: {label}: {_one_line(out.message(outcome))}")
         bar.step(failed)
 
     options = opts.apply_arguments()
@@ -187,8 +200,8 @@ def upgrade(ctx: click.Context, opts: Options, fleet: Fleet, *, target: str | No
         bar.close()
     code = EXIT_OK if result.ok else EXIT_UNIT_FAILED
     if as_json:
-        _emit_json({"ok": result.ok, "command": "upgrade", "targets": _apply_targets(result),
-                    "exit_code": code})
+        out.emit_json({"ok": result.ok, "command": "upgrade",
+                       "targets": _apply_targets(out, result), "exit_code": code})
     else:
         for line in failures:
             click.echo(line, err=True)
@@ -197,35 +210,32 @@ def upgrade(ctx: click.Context, opts: Options, fleet: Fleet, *, target: str | No
         pending = sum(len(r.pending) for r in result.results.values())
         what = (f"would apply {pending} unit(s)" if dry_run
                 else f"applied {applied} unit(s) to {changed} target(s)")
-        _info(opts, f"{len(targets)} target(s): {what}; "
+        out.info(opts, f"{len(targets)} target(s): {what}; "
               f"{len(result.results) - changed if not dry_run else len(result.results)} "
               f"{'up to date' if not dry_run else 'read'}; {len(result.failed)} failed")
     if code:
         ctx.exit(code)
 
 
-def _apply_targets(result: FleetResult) -> list[dict[str, Any]]:
-    from seedguard.cli import apply_document
-
+def _apply_targets(out: Output, result: FleetResult) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for label, applied in result.results.items():
-        document = apply_document(applied)
+        document = out.apply_document(applied)
         del document["ok"], document["command"]
         rows.append({"target": label, "outcome": "applied" if applied.applied else "up-to-date",
                      **document})
     for label, err in result.failed.items():
-        rows.append({"target": label, "outcome": "failed", "error": _error(err)})
+        rows.append({"target": label, "outcome": "failed", "error": _error(out, err)})
     return rows
 
 
-def check(ctx: click.Context, opts: Options, fleet: Fleet, *, as_json: bool,
+def check(ctx: click.Context, opts: Options, fleet: Fleet, out: Output, *, as_json: bool,
           full: bool = False) -> None:
     """``seedguard check`` (``full``: ``status``) over a fleet.
 
     check: exit 1 if a target could not be read, else 3 if any is not up to
     date; status: exit 1 if a target could not be read.
     """
-    from seedguard.cli import EXIT_CHECK, EXIT_OK, EXIT_UNIT_FAILED, _emit_json, _info, _message
     from seedguard.fleet import check_each, status_each
 
     targets = fleet.targets(opts)
@@ -248,37 +258,37 @@ def check(ctx: click.Context, opts: Options, fleet: Fleet, *, as_json: bool,
     else:
         code = EXIT_OK
     if as_json:
-        _emit_json({"ok": found.ok if not full else not found.failed, "command": command,
-                    "targets": _check_targets(found), "exit_code": code})
+        out.emit_json({"ok": found.ok if not full else not found.failed, "command": command,
+                       "targets": _check_targets(out, found), "exit_code": code})
     else:
         for label, err in found.failed.items():
-            click.echo(f"failed: {label}: {_one_line(_message(err))}", err=True)
+            click.echo(f"failed: {label}: {_one_line(out.message(err))}", err=True)
         for label, status in found.results.items():
             if full:
                 counts: dict[str, int] = {}
                 for unit in status.units:
                     counts[unit.state] = counts.get(unit.state, 0) + 1
-                _info(opts, f"{label}: " + (", ".join(f"{n} {state}" for state, n
+                out.info(opts, f"{label}: " + (", ".join(f"{n} {state}" for state, n
                                                        in counts.items()) or "no units"))
             elif not status.ok:
                 states = [f"{unit.state} {unit.name}" for unit in status.units
                           if unit.state in ("pending", "waiting", "drifted", "blocked")]
                 click.echo(f"{label}: {', '.join(states)}")
         up_to_date = len(found.up_to_date) + len(found.results) - len(found.pending)
-        _info(opts, f"{len(targets)} target(s): {up_to_date} up to date, "
+        out.info(opts, f"{len(targets)} target(s): {up_to_date} up to date, "
               f"{len(found.pending)} not, {len(found.failed)} failed")
     if code:
         ctx.exit(code)
 
 
-def _check_targets(found: FleetCheck) -> list[dict[str, Any]]:
+def _check_targets(out: Output, found: FleetCheck) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = [{"target": label, "outcome": "up-to-date"}
                                   for label in found.up_to_date]
     for label, status in found.results.items():
         rows.append({"target": label, "outcome": "up-to-date" if status.ok else "pending",
                      **status.as_dict()})
     for label, err in found.failed.items():
-        rows.append({"target": label, "outcome": "failed", "error": _error(err)})
+        rows.append({"target": label, "outcome": "failed", "error": _error(out, err)})
     return rows
 
 
