@@ -126,31 +126,49 @@ class PostgresScope(SchemaScope):
     )
 
     def enter(self, dbapi_connection: Any, quoted: str) -> Any:
-        cursor = dbapi_connection.cursor()
-        try:
-            # One round trip reads the old path and sets the new one; the
-            # commit makes a session-level SET outlive the caller's rollbacks
-            # (a SET inside a transaction that is rolled back is undone).
-            cursor.execute(
-                "SELECT pg_catalog.current_setting('search_path'), "
-                f"pg_catalog.set_config('search_path', $sg${quoted}$sg$, false)"
-            )
-            row = cursor.fetchone()
-        finally:
-            cursor.close()
-        dbapi_connection.commit()
+        # One round trip reads the old path and sets the new one.
+        row = _session_level(
+            dbapi_connection,
+            "SELECT pg_catalog.current_setting('search_path'), "
+            f"pg_catalog.set_config('search_path', $sg${quoted}$sg$, false)",
+        )
         return row[0]
 
     def restore(self, dbapi_connection: Any, saved: Any) -> None:
         text = str(saved)
         if "$sg$" in text:  # cannot be quoted as below; a fresh session is cheap
             raise ConfigError("search_path cannot be restored")
+        _session_level(dbapi_connection,
+                       f"SELECT pg_catalog.set_config('search_path', $sg${text}$sg$, false)")
+
+
+def _session_level(dbapi_connection: Any, statement: str) -> Any:
+    """Run ``statement`` so that what it sets outlives the caller's rollbacks.
+
+    A SET inside a transaction that is rolled back is undone, so it runs in
+    autocommit (switching it is client-side in psycopg, psycopg2 and pg8000:
+    no round trip), else it is committed (one more round trip).
+    """
+    switched = False
+    if getattr(dbapi_connection, "autocommit", None) is False:
+        try:
+            dbapi_connection.autocommit = True
+            switched = True
+        except Exception:  # in a transaction: commit it below instead
+            switched = False
+    try:
         cursor = dbapi_connection.cursor()
         try:
-            cursor.execute(f"SELECT pg_catalog.set_config('search_path', $sg${text}$sg$, false)")
+            cursor.execute(statement)
+            row = cursor.fetchone()
         finally:
             cursor.close()
+    finally:
+        if switched:
+            dbapi_connection.autocommit = False
+    if not switched:
         dbapi_connection.commit()
+    return row
 
 
 class MySQLScope(SchemaScope):
