@@ -9,13 +9,14 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from seedguard.__about__ import __version__
-from seedguard.api import apply
+from seedguard.api import apply, plan
 from seedguard.errors import (
     ConfigError,
     DataError,
     DefinitionError,
     DriftError,
     LockTimeout,
+    PlanStale,
     SeedFailed,
     SeedguardError,
     UnitBlocked,
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from seedguard.data import data_seed
     from seedguard.datadir import data_dir
     from seedguard.fleet import FleetResult, apply_each
+    from seedguard.review import Plan
 
 # Loaded when first used: a start-up that only applies code units never loads
 # the data-seed machinery (csv, decimal, uuid, refs) or apply_async
@@ -45,6 +47,7 @@ _LAZY = {
     "data_dir": "seedguard.datadir",
     "FleetResult": "seedguard.fleet",
     "apply_each": "seedguard.fleet",
+    "Plan": "seedguard.review",
 }
 
 
@@ -68,6 +71,8 @@ __all__ = [
     "DriftError",
     "FleetResult",
     "LockTimeout",
+    "Plan",
+    "PlanStale",
     "Registry",
     "Schema",
     "SeedFailed",
@@ -81,6 +86,7 @@ __all__ = [
     "apply_each",
     "data_dir",
     "data_seed",
+    "plan",
     "report_progress",
     "seed",
     "upsert",
