@@ -260,7 +260,7 @@ def apply_fleet(url: str, names: list[str], seeds: str, workers: int) -> int:
 
 @pytest.fixture
 def big_fleet(server_db: TestDatabase) -> Iterator[Fleet]:
-    yield from make_fleet(server_db, 6)
+    yield from make_fleet(server_db, 4)
 
 
 @pytest.mark.slow  # four spawned processes; test_fleet_cli.py races CLI processes by default
@@ -268,7 +268,7 @@ def test_runners_racing_on_one_fleet_apply_each_unit_once_per_target(
         big_fleet: Fleet, tmp_path: Path) -> None:
     names = [f"u{index}" for index in range(3)]
     write_module(tmp_path, "fleet_seeds", seeds_source(names, sleep=0.05))
-    outcomes = run_processes(4, apply_fleet, big_fleet.db.url, big_fleet.names,
+    outcomes = run_processes(3, apply_fleet, big_fleet.db.url, big_fleet.names,
                              "fleet_seeds", 2, paths=[tmp_path])
     assert all(status == "ok" for status, _ in outcomes), outcomes
     assert sum(count for _, count in outcomes) == len(names) * len(big_fleet.names)

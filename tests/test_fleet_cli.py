@@ -120,6 +120,8 @@ def test_shard_needs_a_fleet_and_a_valid_index(work: Path) -> None:
     listing.write_text("sqlite:///x.db\n")
     bad = run(work, "check", "--urls-file", str(listing), "--shard", "2/2")
     assert bad.returncode == 2 and "counts from 0" in bad.stderr
+    reviewed = run(work, "upgrade", "--urls-file", str(listing), "--plan", "plan.json")
+    assert reviewed.returncode == 2 and "--plan applies" in reviewed.stderr
 
 
 def test_cli_runners_racing_on_one_fleet_apply_each_unit_once(fleet: Fleet, work: Path) -> None:
