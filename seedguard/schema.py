@@ -293,14 +293,7 @@ def target_label(target: object) -> str:
     if isinstance(target, Schema):
         return target.label
     if isinstance(target, str):
-        from sqlalchemy.engine import make_url
-
-        try:
-            return safe_url(make_url(target))
-        except Exception:  # an unparseable URL fails when applied; label it by its text
-            from seedguard.connect import _mask
-
-            return _mask(target)
+        return safe_url(target)  # an unparseable URL too, its password masked
     url = getattr(target, "url", None)
     if url is not None:
         return safe_url(url)
