@@ -64,6 +64,7 @@ def apply(
     schema: bool = False,
     alembic_config: str | os.PathLike[str] | None = None,
     scoped_sessions: Iterable[scoped_session[Any]] = (),
+    lease: float | None = None,
 ) -> ApplyResult:
     """Apply every pending selected unit, exactly once across processes and hosts.
 
@@ -97,6 +98,11 @@ def apply(
     :param scoped_sessions: your ``scoped_session`` objects; while a unit runs
         each returns the unit's session, so code that writes through them joins
         the unit's transaction (a Flask app's ``db.session`` does so by itself).
+    :param lease: seconds (default 30, at least 5, at most ``lock_timeout``
+        when both are given): if this applier's host vanishes while it holds
+        the database lock, another applier takes over after about this long,
+        and nothing this one did afterwards is recorded. A healthy holder
+        keeps its lease however long a unit runs.
     :returns: an :class:`~seedguard.ApplyResult`.
     :raises SeedFailed: a unit failed; its work was rolled back (the message
         says so only when that is known), the original error is ``__cause__``.
@@ -109,7 +115,7 @@ def apply(
     """
     settings = _config.resolve(
         bind, seeds=seeds, contexts=contexts, lock_path=lock_path, lock_timeout=lock_timeout,
-        lock_mode=lock_mode,
+        lock_mode=lock_mode, lease=lease,
         alembic_config=os.fspath(alembic_config) if alembic_config is not None else None,
     )
     # The runner pulls in SQLAlchemy; import it here so `import seedguard` stays light.
@@ -175,6 +181,7 @@ def status(bind: Bind = None, *, seeds: SeedsSpec = None,
     from seedguard.connect import connect, safe_url
     from seedguard.ledger import HEAD_REVISION, Ledger, LedgerState
     from seedguard.locks import FileLock, database_lock, default_lock_path, lock_key
+    from seedguard.locks.lease import read_holder
 
     settings = _settings(bind, seeds=seeds, contexts=contexts)
     every = order(discover(settings.seeds))
@@ -195,6 +202,9 @@ def status(bind: Bind = None, *, seeds: SeedsSpec = None,
             file_lock_holder=file_lock.holder(),
             database_lock_holder=db_lock.holder(),
         )
+        with connect(engine) as conn:
+            leased = read_holder(db_lock, conn)
+        result.holder = leased.as_dict() if leased is not None else None
         rows = state if state is not None else LedgerState()
         # The planner's rule, in its reporting mode: what upgrade would do is
         # what status says (the alembic graph is read only for would-be
