@@ -162,7 +162,12 @@ class DatabaseLock:
         """Raise if the lock was lost (its connection died, or its lease ran out)."""
         heartbeat = self._heartbeat
         if heartbeat is not None and heartbeat.lost is not None:
-            raise self._lost(RuntimeError(heartbeat.lost))
+            raise SeedguardError(
+                f"lost the database lock {self.key!r} with its lease ({heartbeat.lost}); "
+                "stopped before the next unit so no unit runs unprotected; the server ends "
+                "this applier's session, so nothing more of it is recorded; run again to "
+                "continue"
+            )
         self._verify()
 
     def _verify(self) -> None:
