@@ -2,8 +2,8 @@
 
 The real network cut is in ``test_lease_faults.py`` (slow: private servers in
 network namespaces). Here a frozen holder (SIGSTOP) stands in for a vanished
-host: its kernel still answers TCP, so only the heartbeat can tell, which is
-the case MySQL/MariaDB depend on and PostgreSQL's keepalives cannot see.
+host: its kernel still answers TCP, so only the heartbeat can tell (what
+MySQL/MariaDB depend on, and what PostgreSQL's keepalives cannot see).
 """
 
 from __future__ import annotations
@@ -161,8 +161,8 @@ def slow(session):
     session.execute(sa.text("INSERT INTO effects (unit, value) VALUES ('slow', 'holder')"))
     open(marker, "w").close()
     if work == "sql":
-        sleep = "SELECT pg_sleep(3 * :s)" if session.bind.dialect.name == "postgresql" \\
-            else "SELECT SLEEP(3 * :s)"
+        sleep = "SELECT pg_sleep(2.5 * :s)" if session.bind.dialect.name == "postgresql" \\
+            else "SELECT SLEEP(2.5 * :s)"
         session.execute(sa.text(sleep), {"s": lease})
     else:
         time.sleep(2 * lease)
@@ -230,6 +230,7 @@ def test_a_frozen_holder_is_taken_over_after_its_lease(server_db: TestDatabase,
 
 def test_a_healthy_slow_holder_keeps_its_lease(server_db: TestDatabase,
                                               tmp_path: Path) -> None:
+    """One statement 2.5 leases long, a waiter with the same lease beside it."""
     proc, _ = _start_holder(server_db, tmp_path, "sql")
     try:
         result = seedguard.apply(server_db.url, seeds=[_waiter_unit()], lock_timeout=60,

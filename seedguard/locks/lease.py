@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 # The socket options libpq sets for keepalives=1 / keepalives_* / tcp_user_timeout.
 _TCP = getattr(socket, "IPPROTO_TCP", 6)
 _OPTIONS = tuple(
-    (level, getattr(socket, name))
+    (level, getattr(socket, name), name)
     for level, name in ((socket.SOL_SOCKET, "SO_KEEPALIVE"), (_TCP, "TCP_KEEPIDLE"),
                         (_TCP, "TCP_KEEPINTVL"), (_TCP, "TCP_KEEPCNT"),
                         (_TCP, "TCP_USER_TIMEOUT"))
@@ -153,9 +153,7 @@ def tune_socket(dbapi_connection: Any, *, idle: int, interval: int, count: int,
               "TCP_KEEPCNT": count, "TCP_USER_TIMEOUT": user_timeout_ms}
     saved = []
     try:
-        for level, option in _OPTIONS:
-            name = next(n for n in values if getattr(socket, n, None) == option
-                        and (level == socket.SOL_SOCKET) == n.startswith("SO_"))
+        for level, option, name in _OPTIONS:
             saved.append((level, option, sock.getsockopt(level, option)))
             sock.setsockopt(level, option, values[name])
     except OSError as err:
