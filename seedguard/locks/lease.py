@@ -337,17 +337,26 @@ class Heartbeat:
         self._thread.join(self.timings.seconds)
 
     def _run(self) -> None:
+        from sqlalchemy.engine import Engine
         from sqlalchemy.exc import DBAPIError
 
         table = holder_table(self.lock)
         if table is None:
             return
         timings = self.timings
+        # A pool of its own, made like the application's (same creator, so the
+        # same connect arguments, and the same pool events): a heartbeat taken
+        # from the application's pool would wait for, or be refused, a
+        # connection by a small pool (pool_size=1, max_overflow=0), and lose
+        # a lease that was never at risk.
+        source = self.lock.engine
+        engine = Engine(source.pool.recreate(), source.dialect, source.url)
         try:
-            conn = self.lock.engine.connect()
+            conn = engine.connect()
         except Exception as err:
             self._lose(f"the heartbeat could not connect ({type(err).__name__})")
             self._first.set()
+            engine.dispose()
             return
         try:
             # Its own socket gives up sooner than the lock's: the heartbeat must
@@ -392,6 +401,7 @@ class Heartbeat:
                     conn.invalidate()
             with contextlib.suppress(Exception):
                 conn.close()
+            engine.dispose()
 
     def _renew(self, conn: Connection, table: sa.Table, own_session: int) -> bool:
         import sqlalchemy as sa
