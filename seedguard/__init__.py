@@ -19,6 +19,7 @@ from seedguard.errors import (
     SeedFailed,
     SeedguardError,
     UnitBlocked,
+    WaitTimeout,
 )
 from seedguard.events import report_progress
 from seedguard.registry import Registry, seed
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from seedguard.aio import apply_async
     from seedguard.data import data_seed
     from seedguard.datadir import data_dir
+    from seedguard.readiness import wait
 
 # Loaded when first used: a start-up that only applies code units never loads
 # the data-seed machinery (csv, decimal, uuid, refs) or apply_async
@@ -41,6 +43,7 @@ _LAZY = {
     "apply_async": "seedguard.aio",
     "data_seed": "seedguard.data",
     "data_dir": "seedguard.datadir",
+    "wait": "seedguard.readiness",
 }
 
 
@@ -69,6 +72,7 @@ __all__ = [
     "SeedguardError",
     "UnitBlocked",
     "UpsertResult",
+    "WaitTimeout",
     "__version__",
     "apply",
     "apply_async",
@@ -77,4 +81,5 @@ __all__ = [
     "report_progress",
     "seed",
     "upsert",
+    "wait",
 ]

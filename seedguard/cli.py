@@ -25,8 +25,15 @@ import click
 
 from seedguard import api
 from seedguard import config as _config
-from seedguard.errors import ConfigError, DefinitionError, LockTimeout, SeedFailed, SeedguardError
-from seedguard.events import Event, UnitFinished, UnitProgress, UnitStarted
+from seedguard.errors import (
+    ConfigError,
+    DefinitionError,
+    LockTimeout,
+    SeedFailed,
+    SeedguardError,
+    WaitTimeout,
+)
+from seedguard.events import Event, UnitFinished, UnitProgress, UnitStarted, subscribe
 from seedguard.reports import LedgerChange, StatusResult, UnitStatus
 from seedguard.result import ApplyResult
 
@@ -46,7 +53,7 @@ class _Declined(Exception):
 
 def exit_code(err: BaseException) -> int:
     """The documented exit code for ``err``."""
-    if isinstance(err, LockTimeout):
+    if isinstance(err, (LockTimeout, WaitTimeout)):
         return EXIT_LOCK_TIMEOUT
     if isinstance(err, (ConfigError, DefinitionError, _Declined)):
         return EXIT_USAGE
@@ -513,9 +520,12 @@ def upgrade(opts: Options, target: str | None, dry_run: bool, strict: bool, sche
         if progress is not None:
             progress(event)
 
+    # A subscriber like any other (seedguard.events): what the CLI shows is
+    # what a user's hook or the OpenTelemetry subscriber would see.
+    unsubscribe = subscribe(listener)
     try:
         result = _run_apply(opts, target=target, dry_run=dry_run, strict=strict,
-                            schema=schema, on_event=listener)
+                            schema=schema)
     except BaseException:
         if progress is not None:
             progress.close()
@@ -525,6 +535,8 @@ def upgrade(opts: Options, target: str | None, dry_run: bool, strict: bool, sche
             _info(opts, f"applied {len(finished)} unit(s) in {total} ms before the failure; "
                   "they stay applied")
         raise
+    finally:
+        unsubscribe()
     if progress is not None:
         progress.close()
     if as_json:
@@ -670,6 +682,20 @@ def check(ctx: click.Context, opts: Options, as_json: bool) -> None:
                 click.echo(f"{unit.state}: {unit.name} v{unit.version}: {_describe(unit)}")
     if not result.ok:
         ctx.exit(EXIT_CHECK)
+
+
+@cli.command()
+@click.option("--timeout", type=click.FloatRange(min=0), default=None,
+              help="Give up after this many seconds (exit 4); default: wait as long as it takes.")
+@_command_options
+@pass_options
+def wait(opts: Options, timeout: float | None) -> None:
+    """Wait until nothing is pending or running; apply nothing (a readiness gate)."""
+    _start(opts, "wait")
+    from seedguard.readiness import wait as wait_ready
+
+    result = wait_ready(_read_settings(opts), timeout=timeout)
+    _info(opts, f"ready: {len(result.skipped)} unit(s) applied")
 
 
 @cli.command()
