@@ -110,6 +110,7 @@ class UnitProgress:
     unit: SeedUnit
     done: int
     total: int | None
+    run: str = ""
 
 
 @dataclass(frozen=True)
@@ -285,7 +286,8 @@ def report_progress(done: int, total: int | None = None) -> None:
     if state is None:
         return
     if state.listener is not None:
-        state.listener(UnitProgress(state.unit, done, total))
+        run = state.listener.id if isinstance(state.listener, Run) else ""
+        state.listener(UnitProgress(state.unit, done, total, run))
     now = time.monotonic()
     if now - state.last_log >= PROGRESS_LOG_SECONDS:
         state.last_log = now

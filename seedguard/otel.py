@@ -145,9 +145,9 @@ class _Telemetry:
                 "seedguard.unit.version": event.unit.version})
 
     def _progress(self, event: UnitProgress) -> None:
-        for run in self.runs.values():
-            if event.unit.name in run.units:
-                run.rows[event.unit.name] = event.done
+        run = self.runs.get(event.run)
+        if run is not None and event.unit.name in run.units:
+            run.rows[event.unit.name] = event.done
 
     def _unit_ended(self, event: UnitFinished | UnitFailed) -> None:
         from opentelemetry.trace import Status, StatusCode
