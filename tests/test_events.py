@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -187,7 +188,7 @@ def slow(session):
     while not os.path.exists(os.environ["RELEASE_FILE"]) and time.monotonic() < deadline:
         time.sleep(0.02)
 """
-HOLDER = "import sys, seedguard; seedguard.apply(sys.argv[1], seeds='holder_seeds')"
+HOLDER = "import sys, seedguard; seedguard.apply(sys.argv[1], seeds=sys.argv[2])"
 
 
 def _until(condition: Any, what: str, timeout: float = 60) -> None:
@@ -200,16 +201,17 @@ def _until(condition: Any, what: str, timeout: float = 60) -> None:
 def test_lock_acquired_says_how_long_another_applier_kept_this_one_waiting(
         db: TestDatabase, recorder: Recorder, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    write_module(tmp_path, "holder_seeds", HOLDER_SEEDS)
+    seeds = f"holder_seeds_{uuid.uuid4().hex[:8]}"  # sys.modules outlives a test
+    write_module(tmp_path, seeds, HOLDER_SEEDS)
     monkeypatch.syspath_prepend(str(tmp_path))
     started, release = tmp_path / "started", tmp_path / "release"
     env = child_env(tmp_path)
     env.update(STARTED_FILE=str(started), RELEASE_FILE=str(release))
-    child = subprocess.Popen([sys.executable, "-c", HOLDER, db.url], env=env,
+    child = subprocess.Popen([sys.executable, "-c", HOLDER, db.url, seeds], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     outcome: list[Any] = []
     waiter = threading.Thread(target=lambda: outcome.append(
-        _outcome(lambda: seedguard.apply(db.url, seeds="holder_seeds"))))
+        _outcome(lambda: seedguard.apply(db.url, seeds=seeds))))
     try:
         _until(lambda: started.exists() or child.poll() is not None, "the holder's unit")
         assert child.poll() is None, child.communicate()
