@@ -8,9 +8,10 @@ Every :func:`seedguard.apply` call is one run. It sends, in this order:
 :func:`report_progress`); and :class:`RunFinished`, also when the run
 failed. Units that are already applied send nothing.
 
-Two kinds of receivers get them: the run's own listener (``apply(...,
-on_event=...)``) and the process-wide subscribers of :func:`subscribe` (the
-CLI's progress output and :mod:`seedguard.otel` are ones). A receiver that
+The process-wide subscribers of :func:`subscribe` get all of them (the
+CLI's progress output and :mod:`seedguard.otel` are subscribers); a run's own
+listener (``apply(..., on_event=...)``) gets its unit events (started,
+progress, finished, failed). A receiver that
 raises is logged and the run goes on: a broken hook must not fail a deploy.
 
 It stays cheap: with no subscriber and no listener, sending an event is one
@@ -123,6 +124,9 @@ class RunFinished:
     error: BaseException | None = None
 
 
+_UNIT_EVENTS = (UnitStarted, UnitProgress, UnitFinished, UnitFailed)
+"""What a run's own listener (``apply(on_event=...)``) receives, as it always has."""
+
 Event = (RunStarted | LockWaiting | LockAcquired | UnitStarted | UnitFinished | UnitFailed
          | UnitProgress | RunFinished)
 Listener = Callable[[Event], None]
@@ -184,7 +188,7 @@ class Run:
         return self.listener is None and not _subscribers
 
     def __call__(self, event: Event) -> None:
-        if self.listener is not None:
+        if self.listener is not None and isinstance(event, _UNIT_EVENTS):
             _deliver(self.listener, event)
         for subscriber in _subscribers:
             _deliver(subscriber, event)

@@ -110,12 +110,13 @@ def test_a_failed_unit_sends_unit_failed_and_a_run_finished_with_the_error(
     assert db.ledger() == [("a", 1)]
 
 
-def test_the_runs_own_listener_gets_the_same_events(db: TestDatabase) -> None:
+def test_the_runs_own_listener_gets_its_unit_events(db: TestDatabase) -> None:
     db.create_effects_table()
     own = Recorder()
-    seedguard.apply(db.url, seeds=_registry(unit("a")), on_event=own)
-    assert own.kinds() == ["RunStarted", "LockWaiting", "LockAcquired", "UnitStarted:a",
-                           "UnitFinished:a", "RunFinished"]
+    with pytest.raises(seedguard.SeedFailed):
+        seedguard.apply(db.url, seeds=_registry(unit("a"), unit("b", after=["a"], fn=_fail)),
+                        on_event=own)
+    assert own.kinds() == ["UnitStarted:a", "UnitFinished:a", "UnitStarted:b", "UnitFailed:b"]
 
 
 def test_a_subscriber_that_raises_is_logged_and_the_run_goes_on(
