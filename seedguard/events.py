@@ -20,7 +20,7 @@ test of an empty tuple, so a start-up with nothing to do pays nothing for it.
 While a run is under way, every log record of a ``seedguard`` logger carries
 ``seedguard_run`` (the run's id) and ``seedguard_unit`` (the running unit's
 name, or None between units) as attributes, so a JSON log formatter gets them
-as fields (:func:`log_context`).
+as fields (:class:`Run` is the context that sets them).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -174,13 +174,28 @@ class Run:
     the listener before.
     """
 
-    __slots__ = ("id", "listener", "started")
+    __slots__ = ("_token", "id", "listener", "started")
 
     def __init__(self, listener: Listener | None) -> None:
         # os.urandom, not uuid: nothing to import on the no-op start-up.
         self.id = os.urandom(6).hex()
         self.listener = listener
         self.started = time.perf_counter()
+        self._token: Token[_LogContext | None] | None = None
+
+    def __enter__(self) -> Run:
+        """Tag seedguard's log records in this context with this run (and the unit, see
+        :func:`unit_context`) until the run ends. A class, not a generator: every
+        start-up enters it."""
+        if not _factory_installed:
+            _install_record_factory()
+        self._token = _log_context.set(_LogContext(self.id))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._token is not None:
+            _log_context.reset(self._token)
+            self._token = None
 
     @property
     def quiet(self) -> bool:
@@ -231,19 +246,6 @@ def _install_record_factory() -> None:
 
         logging.setLogRecordFactory(factory)
         _factory_installed = True
-
-
-@contextlib.contextmanager
-def log_context(run: Run) -> Iterator[None]:
-    """Tag seedguard's log records in this context with ``run``'s id (and the unit, see
-    :func:`unit_context`)."""
-    if not _factory_installed:
-        _install_record_factory()
-    token = _log_context.set(_LogContext(run.id))
-    try:
-        yield
-    finally:
-        _log_context.reset(token)
 
 
 @contextlib.contextmanager

@@ -44,7 +44,6 @@ from seedguard.events import (
     UnitFailed,
     UnitFinished,
     UnitStarted,
-    log_context,
     running,
     unit_context,
 )
@@ -209,8 +208,7 @@ def run(
         from seedguard.otel import install_if_used
 
         install_if_used()
-    emit = Run(listener)
-    with log_context(emit):
+    with Run(listener) as emit:
         if not emit.quiet:
             emit(RunStarted(emit.id, len(units), dry_run))
         try:
