@@ -1,6 +1,7 @@
 """What events and telemetry add to a warm no-op start-up (nothing pending).
 
-Side by side in one process, on one SQLite database with 50 applied units:
+Side by side in one process, on one SQLite database with 50 applied units,
+interleaved call by call so that the machine's drift hits all alike:
 
 - the warm no-op ``apply()`` with no subscriber (what every start-up pays);
 - the per-run event machinery alone, as that call runs it (a ``Run``, the log
@@ -17,22 +18,33 @@ extras for the SDK).
 
 from __future__ import annotations
 
+import statistics
 import sys
 import tempfile
 from pathlib import Path
 
-from _common import Report, Row, fresh_database, median_time, ms, write_seeds_module
+from _common import Report, Row, fresh_database, median_time, ms, timed, write_seeds_module
 
 UNITS = 50
-REPEAT = 201
+ROUNDS = 301
 SEEDS = "bench_events_seeds"
 
 
 def main() -> None:
     import sqlalchemy as sa
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
     import seedguard
-    from seedguard import events
+    from seedguard import events, otel
+
+    provider = TracerProvider()
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    otel.uninstall()  # on only for its own calls below
 
     report = Report()
     with tempfile.TemporaryDirectory() as tmp, fresh_database("sqlite") as url:
@@ -53,37 +65,33 @@ def main() -> None:
                 if not run.quiet:
                     raise AssertionError("a subscriber is installed")
 
-        quiet = median_time(noop, REPEAT, warmup=5)
-        alone = median_time(machinery, REPEAT * 10, warmup=50)
-        report.add(Row("events", "sqlite", f"event machinery per no-op run, {UNITS} units",
-                       f"{alone * 1e6:.1f} us", ms(quiet), alone / quiet,
-                       note="share of the warm no-op apply() with no subscriber"))
-
-        unsubscribe = events.subscribe(lambda event: None)
-        try:
-            subscribed = median_time(noop, REPEAT, warmup=5)
-        finally:
+        quiet: list[float] = []
+        subscribed: list[float] = []
+        traced: list[float] = []
+        for _ in range(5):
+            noop()
+        for _ in range(ROUNDS):
+            quiet.append(timed(noop))
+            unsubscribe = events.subscribe(lambda event: None)
+            subscribed.append(timed(noop))
             unsubscribe()
-        report.add(Row("events", "sqlite", "warm no-op with one subscriber", ms(subscribed),
-                       ms(quiet), subscribed / quiet))
-
-        from opentelemetry import trace
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-        from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
-            InMemorySpanExporter,
-        )
-
-        provider = TracerProvider()
-        exporter = InMemorySpanExporter()
-        provider.add_span_processor(SimpleSpanProcessor(exporter))
-        trace.set_tracer_provider(provider)
-        traced = median_time(noop, REPEAT, warmup=5)
+            otel.install()
+            traced.append(timed(noop))
+            otel.uninstall()
+        alone = median_time(machinery, ROUNDS * 10, warmup=50)
+        base = statistics.median(quiet)
+        report.add(Row("events", "sqlite", f"event machinery per no-op run, {UNITS} units",
+                       f"{alone * 1e6:.1f} us", ms(base), alone / base,
+                       note=f"{100 * alone / base:.2f}% of the warm no-op apply() with no "
+                            "subscriber"))
+        with_one = statistics.median(subscribed)
+        report.add(Row("events", "sqlite", "warm no-op with one subscriber", ms(with_one),
+                       ms(base), with_one / base))
+        with_otel = statistics.median(traced)
         spans = len(exporter.get_finished_spans())
-        calls = REPEAT + 5
-        report.add(Row("events", "sqlite", "warm no-op with OpenTelemetry's SDK", ms(traced),
-                       ms(quiet), traced / quiet,
-                       note=f"{spans} spans for {calls} calls (one per call)"))
+        report.add(Row("events", "sqlite", "warm no-op with OpenTelemetry's SDK",
+                       ms(with_otel), ms(base), with_otel / base,
+                       note=f"{spans} spans for {ROUNDS} traced calls"))
         engine.dispose()
     print()
     print(report.table())

@@ -50,6 +50,7 @@ SCOPE = "seedguard"
 
 _lock = threading.Lock()
 _unsubscribe: Callable[[], None] | None = None
+_switched_off = False
 
 
 def install() -> None:
@@ -58,16 +59,21 @@ def install() -> None:
     :raises ImportError: ``opentelemetry-api`` is not installed
         (``pip install seedguard[otel]``).
     """
-    global _unsubscribe
+    global _unsubscribe, _switched_off
     with _lock:
+        _switched_off = False
         if _unsubscribe is None:
             _unsubscribe = subscribe(_Telemetry())
 
 
 def uninstall() -> None:
-    """Stop sending spans and metrics (runs under way finish their spans unsent)."""
-    global _unsubscribe
+    """Stop sending spans and metrics, also the automatic switch-on, until :func:`install`.
+
+    Runs under way finish their spans unsent.
+    """
+    global _unsubscribe, _switched_off
     with _lock:
+        _switched_off = True
         if _unsubscribe is not None:
             _unsubscribe()
             _unsubscribe = None
@@ -78,7 +84,7 @@ def install_if_used() -> None:
 
     Asked at each run start: a dict lookup until the application imports it.
     """
-    if _unsubscribe is None and "opentelemetry.trace" in sys.modules:
+    if _unsubscribe is None and not _switched_off and "opentelemetry.trace" in sys.modules:
         install()
 
 
