@@ -87,7 +87,9 @@ def apply(
     :param lock_path: the file lock's path (default: beside a SQLite file,
         else a private temp directory keyed by the database).
     :param strict: raise ``DriftError`` if an applied unit's code or data changed.
-    :param on_event: called with progress events (see :mod:`seedguard.events`).
+    :param on_event: called with this call's unit events (started, progress,
+        finished, failed; see :mod:`seedguard.events`, whose ``subscribe()``
+        receives every event of every run).
     :param lock_mode: ``"session"`` (default: one database lock for the whole
         run) or ``"transaction"`` (PostgreSQL behind PgBouncer in transaction
         pooling: a transaction-level lock per unit, the ledger re-checked under it).

@@ -83,6 +83,8 @@ class LockAcquired:
 
 @dataclass(frozen=True)
 class UnitStarted:
+    """A unit's ledger row is claimed and its work starts (units already applied send none)."""
+
     unit: SeedUnit
     run: str = ""
 
@@ -108,6 +110,8 @@ class UnitFailed:
 
 @dataclass(frozen=True)
 class UnitProgress:
+    """The running unit called :func:`report_progress`: ``done`` of ``total`` (None: unknown)."""
+
     unit: SeedUnit
     done: int
     total: int | None
