@@ -199,8 +199,8 @@ def run(
     ``schema=True`` first runs the user's ``alembic upgrade head`` under the
     same locks, so concurrent deploys never race alembic. ``scoped_sessions``
     return each unit's session while it runs, as the Flask app's
-    ``db.session`` does by itself. ``listener`` receives this run's events
-    (:mod:`seedguard.events`), as the process's subscribers do.
+    ``db.session`` does by itself. ``listener`` receives this run's unit
+    events; the process's subscribers receive all of them (:mod:`seedguard.events`).
     """
     if "opentelemetry.trace" in sys.modules:
         # The app uses OpenTelemetry: spans and metrics (seedguard.otel). A
