@@ -328,7 +328,9 @@ def upgrade_head(settings: Settings, engine: Engine, conn: Connection, *,
     config.set_main_option("sqlalchemy.url", url)
     log.info("running the user's alembic upgrade head (%s)", script.dir)
     try:
-        with _loggers_kept():
+        from seedguard.ledger import ALEMBIC_RUNS
+
+        with _loggers_kept(), ALEMBIC_RUNS:  # alembic's op/context are process-global
             command.upgrade(config, "head")
     except CommandError as err:
         raise ConfigError(f"alembic upgrade head failed: {err}; {_WHERE}") from err

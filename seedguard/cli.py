@@ -23,7 +23,7 @@ from typing import IO, Any, TypeVar
 
 import click
 
-from seedguard import api
+from seedguard import api, cli_fleet
 from seedguard import config as _config
 from seedguard.errors import (
     ConfigError,
@@ -35,15 +35,16 @@ from seedguard.errors import (
     WaitTimeout,
 )
 from seedguard.events import Event, UnitFinished, UnitProgress, UnitStarted, subscribe
+from seedguard.exits import (
+    EXIT_CHECK,
+    EXIT_INTERRUPTED,
+    EXIT_LOCK_TIMEOUT,
+    EXIT_OK,
+    EXIT_UNIT_FAILED,
+    EXIT_USAGE,
+)
 from seedguard.reports import LedgerChange, StatusResult, UnitStatus
 from seedguard.result import ApplyResult
-
-EXIT_OK = 0
-EXIT_UNIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_CHECK = 3
-EXIT_LOCK_TIMEOUT = 4
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -535,12 +536,26 @@ def _describe_preview(preview: Any) -> str:
               help="Apply only what this reviewed plan (`seedguard plan --out`) lists; "
               "exit 2 if it no longer matches.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@cli_fleet.fleet_options
 @_command_options
 @pass_options
-def upgrade(opts: Options, target: str | None, dry_run: bool, strict: bool, schema: bool,
-            plan_file: str | None, as_json: bool) -> None:
-    """Apply every pending unit (or TARGET and what it depends on)."""
+@click.pass_context
+def upgrade(ctx: click.Context, opts: Options, target: str | None, dry_run: bool, strict: bool,
+            schema: bool, plan_file: str | None, as_json: bool, schemas: str | None,
+            urls_file: str | None, workers: int, shard: str | None) -> None:
+    """Apply every pending unit (or TARGET and what it depends on), to one database or
+    to each target of a fleet (--schemas, --urls-file)."""
     _start(opts, "upgrade", as_json=as_json)
+    fleet = cli_fleet.Fleet(schemas, urls_file, workers, shard)
+    if fleet.given:
+        if plan_file is not None:
+            # A plan is the rehearsal of one database: its digest says nothing of another.
+            raise ConfigError("--plan applies what was reviewed on one database; it does not "
+                              "go with --schemas or --urls-file (plan and upgrade each target "
+                              "on its own)")
+        cli_fleet.upgrade(ctx, opts, fleet, _fleet_output(), target=target, dry_run=dry_run,
+                          strict=strict, schema=schema, as_json=as_json)
+        return
     settings = opts.settings()
     _require_database(settings)
     _require_units(settings)
@@ -606,6 +621,11 @@ def upgrade(opts: Options, target: str | None, dry_run: bool, strict: bool, sche
         _info(opts, f"applied {len(result.applied)} unit(s) in {total} ms{already}")
     else:
         _info(opts, f"nothing to do: {len(result.skipped)} unit(s) already applied")
+
+
+def _fleet_output() -> cli_fleet.Output:
+    return cli_fleet.Output(emit_json=_emit_json, info=_info, message=_message,
+                            exit_code=exit_code, apply_document=apply_document)
 
 
 def _run_apply(opts: Options, **options: Any) -> ApplyResult:
@@ -744,11 +764,18 @@ def _read_settings(opts: Options, *, units: bool = True) -> _config.Settings:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@cli_fleet.fleet_options
 @_command_options
 @pass_options
-def status(opts: Options, as_json: bool) -> None:
+@click.pass_context
+def status(ctx: click.Context, opts: Options, as_json: bool, schemas: str | None,
+           urls_file: str | None, workers: int, shard: str | None) -> None:
     """Show every unit's state and who holds the lock now."""
     _start(opts, "status", as_json=as_json)
+    fleet = cli_fleet.Fleet(schemas, urls_file, workers, shard)
+    if fleet.given:
+        cli_fleet.check(ctx, opts, fleet, _fleet_output(), as_json=as_json, full=True)
+        return
     result = api.status(_read_settings(opts))
     if as_json:
         _emit_json({"ok": True, "command": "status", **result.as_dict()})
@@ -762,12 +789,18 @@ _PROBLEMS = ("pending", "waiting", "drifted", "blocked")
 @cli.command()
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON document (status's, with `ok` the answer).")
+@cli_fleet.fleet_options
 @_command_options
 @pass_options
 @click.pass_context
-def check(ctx: click.Context, opts: Options, as_json: bool) -> None:
+def check(ctx: click.Context, opts: Options, as_json: bool, schemas: str | None,
+          urls_file: str | None, workers: int, shard: str | None) -> None:
     """Exit 0 when nothing is pending, waiting, drifted or blocked; else exit 3 and say what."""
     _start(opts, "check", as_json=as_json)
+    fleet = cli_fleet.Fleet(schemas, urls_file, workers, shard)
+    if fleet.given:
+        cli_fleet.check(ctx, opts, fleet, _fleet_output(), as_json=as_json)
+        return
     result = api.check(_read_settings(opts))
     if as_json:
         _emit_json({"ok": result.ok, "command": "check", **result.as_dict(),
