@@ -48,8 +48,8 @@ _WHERE = ("set alembic_config under [tool.seedguard] in pyproject.toml, SEEDGUAR
 
 
 def ledger_tables(ledger_table: str = DEFAULT_LEDGER_TABLE) -> frozenset[str]:
-    """The tables seedguard owns: the ledger and its version table."""
-    return frozenset({ledger_table, f"{ledger_table}_version"})
+    """The tables seedguard owns: the ledger, its version table and its lock holder's."""
+    return frozenset({ledger_table, f"{ledger_table}_version", f"{ledger_table}_holder"})
 
 
 def ignore_ledger(ledger_table: str = DEFAULT_LEDGER_TABLE, *,

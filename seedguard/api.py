@@ -67,6 +67,7 @@ def apply(
     alembic_config: str | os.PathLike[str] | None = None,
     scoped_sessions: Iterable[scoped_session[Any]] = (),
     plan: ReviewedPlan | str | os.PathLike[str] | None = None,
+    lease: float | None = None,
 ) -> ApplyResult:
     """Apply every pending selected unit, exactly once across processes and hosts.
 
@@ -108,6 +109,11 @@ def apply(
         ``seedguard plan --out`` wrote): apply only while its digest still
         matches what would run, checked under the locks; else ``PlanStale``
         and nothing runs.
+    :param lease: seconds (default 30, at least 5, at most ``lock_timeout``
+        when both are given): if this applier's host vanishes while it holds
+        the database lock, another applier takes over after about this long,
+        and nothing this one did afterwards is recorded. A healthy holder
+        keeps its lease however long a unit runs.
     :returns: an :class:`~seedguard.ApplyResult`.
     :raises SeedFailed: a unit failed; its work was rolled back (the message
         says so only when that is known), the original error is ``__cause__``.
@@ -127,7 +133,7 @@ def apply(
             bind = stack.enter_context(bind.engine())
         settings = _config.resolve(
             bind, seeds=seeds, contexts=contexts, lock_path=lock_path, lock_timeout=lock_timeout,
-            lock_mode=lock_mode, ledger_schema=ledger_schema,
+            lock_mode=lock_mode, ledger_schema=ledger_schema, lease=lease,
             alembic_config=os.fspath(alembic_config) if alembic_config is not None else None,
         )
         # The runner pulls in SQLAlchemy; import it here so `import seedguard` stays light.
@@ -160,6 +166,7 @@ def plan(
     lock_mode: _config.LockMode | None = None,
     alembic_config: str | os.PathLike[str] | None = None,
     scoped_sessions: Iterable[scoped_session[Any]] = (),
+    lease: float | None = None,
 ) -> ReviewedPlan:
     """Rehearse the pending units in a transaction that is always rolled back.
 
@@ -180,6 +187,7 @@ def plan(
     :param lock_mode: as for :func:`apply`.
     :param alembic_config: as for :func:`apply` (units with ``requires_revision``).
     :param scoped_sessions: as for :func:`apply`.
+    :param lease: as for :func:`apply` (the rehearsal holds the same locks).
     :returns: a :class:`~seedguard.Plan`; ``Plan.ok`` is False when a unit
         failed in the rehearsal (its ``error`` says why).
     :raises LockTimeout: another applier held a lock for longer than ``lock_timeout``.
@@ -188,7 +196,7 @@ def plan(
     """
     settings = _config.resolve(
         bind, seeds=seeds, contexts=contexts, lock_path=lock_path, lock_timeout=lock_timeout,
-        lock_mode=lock_mode,
+        lock_mode=lock_mode, lease=lease,
         alembic_config=os.fspath(alembic_config) if alembic_config is not None else None,
     )
     from seedguard.eventloop import check_units
@@ -253,6 +261,7 @@ def status(bind: Bind = None, *, seeds: SeedsSpec = None,
     from seedguard.connect import connect, safe_url
     from seedguard.ledger import HEAD_REVISION, Ledger, LedgerState
     from seedguard.locks import FileLock, database_lock, default_lock_path, lock_key
+    from seedguard.locks.lease import read_holder
 
     settings = _settings(bind, seeds=seeds, contexts=contexts)
     every = order(discover(settings.seeds))
@@ -274,6 +283,9 @@ def status(bind: Bind = None, *, seeds: SeedsSpec = None,
             file_lock_holder=file_lock.holder(),
             database_lock_holder=db_lock.holder(),
         )
+        with connect(engine) as conn:
+            leased = read_holder(db_lock, conn)
+        result.holder = leased.as_dict() if leased is not None else None
         rows = state if state is not None else LedgerState()
         # The planner's rule, in its reporting mode: what upgrade would do is
         # what status says (the alembic graph is read only for would-be

@@ -74,6 +74,7 @@ class Options:
     lock_timeout: float | None = None
     lock_path: str | None = None
     alembic_config: str | None = None
+    lease: float | None = None
     quiet: bool = False
     verbose: bool = False
     command: str = ""
@@ -87,7 +88,7 @@ class Options:
         settings = _config.resolve(
             self.url, seeds=self.seeds, contexts=self.contexts or None,
             lock_timeout=self.lock_timeout, lock_path=self.lock_path,
-            alembic_config=self.alembic_config,
+            alembic_config=self.alembic_config, lease=self.lease,
         )
         if settings.url:
             self.seen_urls.append(settings.url)
@@ -108,7 +109,7 @@ class Options:
         """What ``seedguard.apply()`` takes of the global options."""
         return {"seeds": self.seeds, "contexts": self.contexts or None,
                 "lock_timeout": self.lock_timeout, "lock_path": self.lock_path,
-                "alembic_config": self.alembic_config}
+                "alembic_config": self.alembic_config, "lease": self.lease}
 
 
 pass_options = click.make_pass_decorator(Options)
@@ -174,7 +175,8 @@ def _late_url(ctx: click.Context) -> str | None:
 
 # Library messages name apply()'s keywords; on the command line the options.
 _CLI_WORDS = ((re.compile(r"\braise lock_timeout\b"), "raise --lock-timeout"),
-              (re.compile(r"\block_timeout=(?=\d)"), "--lock-timeout "))
+              (re.compile(r"\block_timeout=(?=\d)"), "--lock-timeout "),
+              (re.compile(r"\blower lease\b"), "lower --lease"))
 
 
 def _for_cli(message: str) -> str:
@@ -262,6 +264,9 @@ _GLOBAL_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("--lock-path",), {"metavar": "PATH",
                         "help": "File lock path (default: derived from the URL)."}),
     (("--alembic-config",), {"metavar": "INI", "help": "The application's alembic.ini."}),
+    (("--lease",), {"type": float, "metavar": "SECONDS",
+                    "help": "How long a lock holder whose host vanished keeps others "
+                            "waiting (default 30)."}),
     (("-q", "--quiet"), {"is_flag": True, "help": "Only errors (no progress, no warnings)."}),
     (("-v", "--verbose"), {"is_flag": True,
                            "help": "Log progress; tracebacks on errors."}),
@@ -304,7 +309,7 @@ def _late_option(ctx: click.Context, param: click.Parameter, value: Any) -> None
 @click.pass_context
 def cli(ctx: click.Context, url: str | None, seeds: str | None, contexts: tuple[str, ...],
         lock_timeout: float | None, lock_path: str | None, alembic_config: str | None,
-        quiet: bool, verbose: bool) -> None:
+        lease: float | None, quiet: bool, verbose: bool) -> None:
     """Exactly-once, retry-safe database seeding.
 
     The options below work before or after the command.
@@ -312,8 +317,8 @@ def cli(ctx: click.Context, url: str | None, seeds: str | None, contexts: tuple[
     if quiet and verbose:
         raise click.UsageError("-q/--quiet and -v/--verbose exclude each other")
     ctx.obj = Options(url=url, seeds=seeds, contexts=contexts, lock_timeout=lock_timeout,
-                      lock_path=lock_path, alembic_config=alembic_config, quiet=quiet,
-                      verbose=verbose)
+                      lock_path=lock_path, alembic_config=alembic_config, lease=lease,
+                      quiet=quiet, verbose=verbose)
     # Like `python -m` and `flask`: seeds modules in the current directory are importable.
     cwd = os.getcwd()
     if cwd not in sys.path:
@@ -750,6 +755,10 @@ def _render_status(opts: Options, result: StatusResult) -> None:
                        f"{describe_holder(result.file_lock_holder)}")
     if result.database_lock_holder:
         holders.append(f"database lock held by {result.database_lock_holder}")
+    if result.holder is not None:
+        holder = result.holder
+        holders.append(f"holder pid {holder['pid']} on {holder['host']} since "
+                       f"{holder['since']}, lease renewed {holder['heartbeat']}")
     _info(opts, "lock: " + ("; ".join(holders) if holders else "free"))
 
 
