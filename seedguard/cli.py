@@ -113,6 +113,21 @@ class _Group(click.Group):
             # exiting with its code would report success for a run that stopped.
             _fail(ctx, err)
 
+    def resolve_command(self, ctx: click.Context, args: list[str]
+                        ) -> tuple[str | None, click.Command | None, list[str]]:
+        # `seedguard --json check` is `seedguard check --json`: output options
+        # belong anywhere on the line, like the global ones (also under `flask
+        # seedguard`, whose own options end before the verb).
+        name, command, rest = super().resolve_command(ctx, args)
+        if ctx.params.get("as_json") and command is not None:
+            if not _has_json(command):
+                having = sorted(n for n, c in self.commands.items() if _has_json(c))
+                raise click.UsageError(
+                    f"--json: `{name}` has no JSON output; drop --json, or use it with "
+                    f"{', '.join(having)}", ctx)
+            rest = ["--json", *rest]
+        return name, command, rest
+
     def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         formatter.write_paragraph()
         formatter.write_text(
@@ -120,6 +135,10 @@ class _Group(click.Group):
             "error; 3 `check` found pending, waiting, drifted or blocked units; 4 lock timeout; "
             "130 interrupted (Ctrl-C)."
         )
+
+
+def _has_json(command: click.Command) -> bool:
+    return any("--json" in getattr(param, "opts", ()) for param in command.params)
 
 
 def _async_url(ctx: click.Context) -> bool:
@@ -269,11 +288,13 @@ def _late_option(ctx: click.Context, param: click.Parameter, value: Any) -> None
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @_group_options
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON document (commands that have one), as their own --json.")
 @click.version_option(package_name="seedguard", prog_name="seedguard")
 @click.pass_context
 def cli(ctx: click.Context, url: str | None, seeds: str | None, contexts: tuple[str, ...],
         lock_timeout: float | None, lock_path: str | None, alembic_config: str | None,
-        quiet: bool, verbose: bool) -> None:
+        quiet: bool, verbose: bool, as_json: bool) -> None:
     """Exactly-once, retry-safe database seeding.
 
     The options below work before or after the command.
@@ -282,7 +303,7 @@ def cli(ctx: click.Context, url: str | None, seeds: str | None, contexts: tuple[
         raise click.UsageError("-q/--quiet and -v/--verbose exclude each other")
     ctx.obj = Options(url=url, seeds=seeds, contexts=contexts, lock_timeout=lock_timeout,
                       lock_path=lock_path, alembic_config=alembic_config, quiet=quiet,
-                      verbose=verbose)
+                      verbose=verbose, json=as_json)
     # Like `python -m` and `flask`: seeds modules in the current directory are importable.
     cwd = os.getcwd()
     if cwd not in sys.path:
