@@ -612,6 +612,9 @@ def _describe(unit: UnitStatus) -> str:
     if unit.state == "blocked":
         return (f"interrupted mid-way (started {when}{by}); check its work, then "
                 f"`seedguard resolve {unit.name} --applied` or `--retry`")
+    if unit.state == "inapplicable":
+        return (f"applies only to {', '.join(unit.dialects or ())}, not to this database; "
+                "the units after it run without it")
     if unit.state == "inactive":
         contexts = ", ".join(unit.contexts or ())
         return (f"v{unit.recorded_version} applied {when}{by}; runs only in context(s) "
