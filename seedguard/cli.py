@@ -391,6 +391,11 @@ class _Progress:
     ``whole_lines`` (with -v): log records go to stderr while a unit runs, so
     the unit's line is written complete at its start and its outcome on a line
     of its own; an open line would be cut in two by every log record.
+
+    Not on a terminal (CI), a unit's line is written whole, in one write, when
+    the unit ends: a CI log is stdout and stderr in one, and an open
+    "applying ..." line was cut in two by every log line (alembic's INFO lines,
+    the app's) written while the unit ran.
     """
 
     TICK_SECONDS = 0.5
@@ -422,8 +427,9 @@ class _Progress:
     def _begin(self, label: str) -> None:
         with self._lock:
             self._label, self._started, self._progress = label, time.monotonic(), ""
-            self.out.write(label + ("\n" if self.whole_lines else " "))
-            self.out.flush()
+            if self.whole_lines or self.tty:
+                self.out.write(label + ("\n" if self.whole_lines else " "))
+                self.out.flush()
         if self.tty:
             self._stop = threading.Event()
             self._thread = threading.Thread(target=self._tick, args=(self._stop,), daemon=True,
@@ -449,8 +455,11 @@ class _Progress:
             if self.tty:
                 self.out.write(f"\r\x1b[K{self._label} ")
             if self.whole_lines:
-                self.out.write(f"{self._unit}: ")
-            self.out.write(outcome + "\n")
+                self.out.write(f"{self._unit}: {outcome}\n")
+            elif self.tty:
+                self.out.write(outcome + "\n")
+            else:
+                self.out.write(f"{self._label} {outcome}\n")
             self.out.flush()
             self._label = ""
 
