@@ -25,6 +25,7 @@ just the upsert's key; MySQL has no way to name the one conflict target.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import decimal
 import logging
@@ -33,6 +34,7 @@ import operator
 import os
 import re
 import tempfile
+import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +56,9 @@ _LOAD_DRIVERS = frozenset({"pymysql"})
 # CR_LOAD_DATA_LOCAL_INFILE_REJECTED.
 _REFUSED = frozenset({1148, 4166, 3948, 2068})
 _refusal_logged = False
+# The DB-API connections that refused it: the client's flag and the server's
+# setting hold for a connection's life, so later upserts on it do not ask again.
+_refused_on: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 class _NotLoadable(Exception):
@@ -231,6 +236,8 @@ class MySQLWriter(Writer):
     def _refuse(self, err: Exception) -> None:
         global _refusal_logged
         self._refused = True
+        with contextlib.suppress(TypeError):  # a driver connection that takes no weakref
+            _refused_on.add(self.conn.connection.dbapi_connection)
         if not _refusal_logged:
             _refusal_logged = True
             log.info(
@@ -244,6 +251,9 @@ class MySQLWriter(Writer):
 
     def _loadable(self) -> bool:
         if self._refused or self.conn.dialect.driver not in _LOAD_DRIVERS:
+            return False
+        if self.conn.connection.dbapi_connection in _refused_on:
+            self._refused = True
             return False
         return self._simple_types()
 
