@@ -123,3 +123,15 @@ def test_unknown_dialect_names_are_refused_at_declaration(bad: list[str]) -> Non
         unit("x", dialects=bad)
     with pytest.raises(DefinitionError, match="mariadb, mysql, postgresql, sqlite"):
         seedguard.seed("y", dialects=bad)(lambda session: None)
+
+
+def test_a_plan_rehearses_and_applies_without_the_inapplicable_unit(db: TestDatabase) -> None:
+    db.create_effects_table()
+    elsewhere = "postgresql" if db.kind != "postgresql" else "sqlite"
+    units = Registry([unit("native", dialects=[elsewhere]), unit("portable", after=["native"])])
+    reviewed = seedguard.plan(db.url, seeds=units)
+    assert [u.name for u in reviewed.units] == ["portable"]
+    assert db.effects() == [] and db.ledger() == []  # a rehearsal is rolled back
+    result = seedguard.apply(db.url, seeds=units, plan=reviewed)  # the digest still matches
+    assert [a.name for a in result.applied] == ["portable"]
+    assert db.effects() == ["portable"]
