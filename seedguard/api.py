@@ -35,6 +35,7 @@ from seedguard.reports import (
     WrittenFile,
 )
 from seedguard.result import ApplyResult
+from seedguard.schema import Schema
 from seedguard.unit import SeedUnit, validate_name, validate_version
 
 if sys.version_info >= (3, 11):
@@ -52,7 +53,7 @@ if TYPE_CHECKING:
 
 
 def apply(
-    bind: Engine | str | None = None,
+    bind: Engine | str | Schema | None = None,
     *,
     seeds: SeedsSpec = None,
     contexts: Iterable[str] | None = None,
@@ -74,9 +75,11 @@ def apply(
     failing unit is rolled back and stops the run (units before it stay
     applied). Nothing selected pending costs one query and takes no lock.
 
-    :param bind: an ``Engine``, a database URL, or ``None``: inside a Flask app
-        context the app's Flask-SQLAlchemy engine, else ``SEEDGUARD_URL``, else
-        ``url`` under ``[tool.seedguard]`` in pyproject.toml.
+    :param bind: an ``Engine``, a database URL, a :class:`~seedguard.Schema`
+        (one PostgreSQL schema or MySQL/MariaDB database: its own ledger and
+        locks), or ``None``: inside a Flask app context the app's
+        Flask-SQLAlchemy engine, else ``SEEDGUARD_URL``, else ``url`` under
+        ``[tool.seedguard]`` in pyproject.toml.
     :param seeds: which units: a dotted module or package path (its submodules
         are imported too), a module, a ``Registry`` or an iterable of units;
         ``None``: the configured seeds, else every unit declared so far.
@@ -115,25 +118,33 @@ def apply(
     From async code (an ``AsyncEngine``, an async driver's URL, ``async def``
     units) use :func:`seedguard.apply_async`; this call refuses them.
     """
-    settings = _config.resolve(
-        bind, seeds=seeds, contexts=contexts, lock_path=lock_path, lock_timeout=lock_timeout,
-        lock_mode=lock_mode,
-        alembic_config=os.fspath(alembic_config) if alembic_config is not None else None,
-    )
-    # The runner pulls in SQLAlchemy; import it here so `import seedguard` stays light.
-    from seedguard.eventloop import check_units
-    from seedguard.runner import run
+    with contextlib.ExitStack() as stack:
+        ledger_schema = None
+        if isinstance(bind, Schema):
+            # The schema's ledger, on a copy of the server's engine that enters it.
+            ledger_schema = bind.name
+            bind = stack.enter_context(bind.engine())
+        settings = _config.resolve(
+            bind, seeds=seeds, contexts=contexts, lock_path=lock_path, lock_timeout=lock_timeout,
+            lock_mode=lock_mode, ledger_schema=ledger_schema,
+            alembic_config=os.fspath(alembic_config) if alembic_config is not None else None,
+        )
+        # The runner pulls in SQLAlchemy; import it here so `import seedguard` stays light.
+        from seedguard.eventloop import check_units
+        from seedguard.runner import run
 
-    reviewed = None
-    if plan is not None:
-        from seedguard.review import Plan
+        reviewed = None
+        if plan is not None:
+            from seedguard.review import Plan
 
-        reviewed = plan if isinstance(plan, Plan) else Plan.load(plan)
-    units = select(settings, target=target)
-    with engine_for(settings) as engine:
-        check_units(units, engine)
-        return run(engine, units, settings, dry_run=dry_run, strict=strict, listener=on_event,
-                   schema=schema, scoped_sessions=list(scoped_sessions), reviewed=reviewed)
+            reviewed = plan if isinstance(plan, Plan) else Plan.load(plan)
+        units = select(settings, target=target)
+        with engine_for(settings) as engine:
+            check_units(units, engine)
+            return run(engine, units, settings, dry_run=dry_run, strict=strict,
+                       listener=on_event, schema=schema, scoped_sessions=list(scoped_sessions),
+                       reviewed=reviewed)
+    raise AssertionError("unreachable")  # pragma: no cover - mypy: ExitStack may swallow
 
 
 def plan(
@@ -250,7 +261,8 @@ def status(bind: Bind = None, *, seeds: SeedsSpec = None,
         units = applicable(selected, engine)
         with connect(engine) as conn:
             state, revision = ledger.read_any(conn)
-        file_lock = FileLock(settings.lock_path or default_lock_path(engine.url))
+        file_lock = FileLock(settings.lock_path
+                             or default_lock_path(engine.url, settings.ledger_schema))
         db_lock = database_lock(engine, lock_key(engine, ledger.name, ledger.schema))
         result = StatusResult(
             url=safe_url(engine.url),
@@ -651,6 +663,8 @@ def _without_password(url: str) -> tuple[str, bool]:
             "cannot parse the database URL: expected dialect+driver://user@host/database, "
             "e.g. postgresql+psycopg://app@localhost/app or sqlite:///app.db"
         ) from err
-    if parsed.password is None:
+    from seedguard.redact import has_secrets, without_secrets
+
+    if not has_secrets(parsed):
         return url, False
-    return parsed._replace(password=None).render_as_string(hide_password=False), True
+    return without_secrets(parsed), True

@@ -23,7 +23,7 @@ from typing import IO, Any, TypeVar
 
 import click
 
-from seedguard import api
+from seedguard import api, cli_fleet
 from seedguard import config as _config
 from seedguard.errors import (
     ConfigError,
@@ -34,15 +34,16 @@ from seedguard.errors import (
     SeedguardError,
 )
 from seedguard.events import Event, UnitFinished, UnitProgress, UnitStarted
+from seedguard.exits import (
+    EXIT_CHECK,
+    EXIT_INTERRUPTED,
+    EXIT_LOCK_TIMEOUT,
+    EXIT_OK,
+    EXIT_UNIT_FAILED,
+    EXIT_USAGE,
+)
 from seedguard.reports import LedgerChange, StatusResult, UnitStatus
 from seedguard.result import ApplyResult
-
-EXIT_OK = 0
-EXIT_UNIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_CHECK = 3
-EXIT_LOCK_TIMEOUT = 4
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -78,13 +79,29 @@ class Options:
     json: bool = False
     # Added to the JSON error document: what a command did before it failed.
     partial: dict[str, Any] = field(default_factory=dict)
+    # Database URLs resolved for this command, whose secrets no output may show.
+    seen_urls: list[str] = field(default_factory=list)
 
     def settings(self) -> _config.Settings:
-        return _config.resolve(
+        settings = _config.resolve(
             self.url, seeds=self.seeds, contexts=self.contexts or None,
             lock_timeout=self.lock_timeout, lock_path=self.lock_path,
             alembic_config=self.alembic_config,
         )
+        if settings.url:
+            self.seen_urls.append(settings.url)
+        return settings
+
+    def redact(self, text: str) -> str:
+        """``text`` with the secrets of every URL this command was given hidden.
+
+        The library hides them where it builds a message; this is the last
+        line before the terminal, for a driver message or traceback that
+        spelled one in a way nobody foresaw.
+        """
+        from seedguard.redact import redact
+
+        return redact(text, self.url, os.environ.get("SEEDGUARD_URL"), *self.seen_urls)
 
     def apply_arguments(self) -> dict[str, Any]:
         """What ``seedguard.apply()`` takes of the global options."""
@@ -215,16 +232,22 @@ def _fail(ctx: click.Context, err: BaseException) -> None:
             error["holder"] = err.holder
         _emit_json({"ok": False, "command": opts.command, **opts.partial, "error": error})
     else:
-        click.echo(f"error: {message}", err=True)
+        click.echo(opts.redact(f"error: {message}"), err=True)
     if opts.verbose:
-        click.echo("".join(traceback.format_exception(err)), err=True, nl=False)
+        click.echo(opts.redact("".join(traceback.format_exception(err))), err=True, nl=False)
     elif not known and not opts.json:
         click.echo("(run with -v for the traceback)", err=True)
     ctx.exit(code)
 
 
 def _emit_json(document: dict[str, Any]) -> None:
-    click.echo(json.dumps(document, indent=2, sort_keys=False, default=str))
+    click.echo(_redacted(json.dumps(document, indent=2, sort_keys=False, default=str)))
+
+
+def _redacted(text: str) -> str:
+    ctx = click.get_current_context(silent=True)
+    opts = ctx.find_object(Options) if ctx is not None else None
+    return (opts or Options()).redact(text)
 
 
 def _start(opts: Options, command: str, *, as_json: bool = False) -> None:
@@ -234,12 +257,12 @@ def _start(opts: Options, command: str, *, as_json: bool = False) -> None:
 
 def _info(opts: Options, message: str) -> None:
     if not opts.quiet:
-        click.echo(message)
+        click.echo(opts.redact(message))
 
 
 def _warn(opts: Options, message: str) -> None:
     if not opts.quiet:
-        click.echo(f"warning: {message}", err=True)
+        click.echo(opts.redact(f"warning: {message}"), err=True)
 
 
 # The global options: on the group (`seedguard --url U upgrade`) and, through
@@ -335,6 +358,18 @@ def _flask_app_context(ctx: click.Context) -> None:
         ctx.with_resource(info.load_app().app_context())
 
 
+class _RedactingFormatter(logging.Formatter):
+    """A log line (and its traceback) with the command's URL secrets hidden."""
+
+    def __init__(self, ctx: click.Context, fmt: str) -> None:
+        super().__init__(fmt)
+        self._ctx = ctx
+
+    def format(self, record: logging.LogRecord) -> str:
+        opts = self._ctx.find_object(Options) or Options()
+        return opts.redact(super().format(record))
+
+
 def _configure_logging(ctx: click.Context, *, verbose: bool, quiet: bool = False) -> None:
     """With -v, log seedguard's INFO records to stderr for this command only; with -q,
     not even its warnings (Python prints those to stderr when no handler is set)."""
@@ -345,7 +380,7 @@ def _configure_logging(ctx: click.Context, *, verbose: bool, quiet: bool = False
     handler: logging.Handler | None = None
     if verbose:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+        handler.setFormatter(_RedactingFormatter(ctx, "%(asctime)s %(name)s: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
     else:
@@ -530,12 +565,26 @@ def _describe_preview(preview: Any) -> str:
               help="Apply only what this reviewed plan (`seedguard plan --out`) lists; "
               "exit 2 if it no longer matches.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@cli_fleet.fleet_options
 @_command_options
 @pass_options
-def upgrade(opts: Options, target: str | None, dry_run: bool, strict: bool, schema: bool,
-            plan_file: str | None, as_json: bool) -> None:
-    """Apply every pending unit (or TARGET and what it depends on)."""
+@click.pass_context
+def upgrade(ctx: click.Context, opts: Options, target: str | None, dry_run: bool, strict: bool,
+            schema: bool, plan_file: str | None, as_json: bool, schemas: str | None,
+            urls_file: str | None, workers: int, shard: str | None) -> None:
+    """Apply every pending unit (or TARGET and what it depends on), to one database or
+    to each target of a fleet (--schemas, --urls-file)."""
     _start(opts, "upgrade", as_json=as_json)
+    fleet = cli_fleet.Fleet(schemas, urls_file, workers, shard)
+    if fleet.given:
+        if plan_file is not None:
+            # A plan is the rehearsal of one database: its digest says nothing of another.
+            raise ConfigError("--plan applies what was reviewed on one database; it does not "
+                              "go with --schemas or --urls-file (plan and upgrade each target "
+                              "on its own)")
+        cli_fleet.upgrade(ctx, opts, fleet, _fleet_output(), target=target, dry_run=dry_run,
+                          strict=strict, schema=schema, as_json=as_json)
+        return
     settings = opts.settings()
     _require_database(settings)
     _require_units(settings)
@@ -596,6 +645,11 @@ def upgrade(opts: Options, target: str | None, dry_run: bool, strict: bool, sche
         _info(opts, f"applied {len(result.applied)} unit(s) in {total} ms{already}")
     else:
         _info(opts, f"nothing to do: {len(result.skipped)} unit(s) already applied")
+
+
+def _fleet_output() -> cli_fleet.Output:
+    return cli_fleet.Output(emit_json=_emit_json, info=_info, message=_message,
+                            exit_code=exit_code, apply_document=apply_document)
 
 
 def _run_apply(opts: Options, **options: Any) -> ApplyResult:
@@ -737,11 +791,18 @@ def _read_settings(opts: Options, *, units: bool = True) -> _config.Settings:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@cli_fleet.fleet_options
 @_command_options
 @pass_options
-def status(opts: Options, as_json: bool) -> None:
+@click.pass_context
+def status(ctx: click.Context, opts: Options, as_json: bool, schemas: str | None,
+           urls_file: str | None, workers: int, shard: str | None) -> None:
     """Show every unit's state and who holds the lock now."""
     _start(opts, "status", as_json=as_json)
+    fleet = cli_fleet.Fleet(schemas, urls_file, workers, shard)
+    if fleet.given:
+        cli_fleet.check(ctx, opts, fleet, _fleet_output(), as_json=as_json, full=True)
+        return
     result = api.status(_read_settings(opts))
     if as_json:
         _emit_json({"ok": True, "command": "status", **result.as_dict()})
@@ -755,12 +816,18 @@ _PROBLEMS = ("pending", "waiting", "drifted", "blocked")
 @cli.command()
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON document (status's, with `ok` the answer).")
+@cli_fleet.fleet_options
 @_command_options
 @pass_options
 @click.pass_context
-def check(ctx: click.Context, opts: Options, as_json: bool) -> None:
+def check(ctx: click.Context, opts: Options, as_json: bool, schemas: str | None,
+          urls_file: str | None, workers: int, shard: str | None) -> None:
     """Exit 0 when nothing is pending, waiting, drifted or blocked; else exit 3 and say what."""
     _start(opts, "check", as_json=as_json)
+    fleet = cli_fleet.Fleet(schemas, urls_file, workers, shard)
+    if fleet.given:
+        cli_fleet.check(ctx, opts, fleet, _fleet_output(), as_json=as_json)
+        return
     result = api.check(_read_settings(opts))
     if as_json:
         _emit_json({"ok": result.ok, "command": "check", **result.as_dict(),
@@ -771,7 +838,8 @@ def check(ctx: click.Context, opts: Options, as_json: bool) -> None:
     else:
         for unit in result.units:
             if unit.state in _PROBLEMS:
-                click.echo(f"{unit.state}: {unit.name} v{unit.version}: {_describe(unit)}")
+                click.echo(opts.redact(f"{unit.state}: {unit.name} v{unit.version}: "
+                                       f"{_describe(unit)}"))
     if not result.ok:
         ctx.exit(EXIT_CHECK)
 
