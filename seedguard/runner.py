@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from seedguard.alembic import RevisionGate, upgrade_head
 from seedguard.checksum import code_checksums, same_algorithm, same_kind
 from seedguard.connect import connect
+from seedguard.dialects import applicable
 from seedguard.errors import DriftError, SeedFailed, SeedguardError, UnitBlocked
 from seedguard.eventloop import call_unit
 from seedguard.events import (
@@ -239,6 +240,9 @@ def _run(engine: Engine, units: Sequence[SeedUnit], settings: Settings, emit: Ru
             "itself being applied; apply() is not re-entrant: do the work in the unit "
             "with its session, or declare it as a unit of its own (after=...)"
         )
+    # A unit limited to other databases is not applicable here: left out, and
+    # the units after it run without it (seedguard.dialects).
+    units = applicable(units, engine)
     ledger = Ledger.named(settings.ledger_table, settings.ledger_schema)
     checksums, expected = _expected(units)
     now = _look(engine, ledger, expected)
