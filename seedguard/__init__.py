@@ -20,6 +20,7 @@ from seedguard.errors import (
     SeedFailed,
     SeedguardError,
     UnitBlocked,
+    WaitTimeout,
 )
 from seedguard.events import report_progress
 from seedguard.registry import Registry, seed
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from seedguard.data import data_seed
     from seedguard.datadir import data_dir
     from seedguard.fleet import FleetResult, apply_each
+    from seedguard.readiness import wait
     from seedguard.review import Plan
     from seedguard.sqldir import sql_dir
 
@@ -50,6 +52,7 @@ _LAZY = {
     "apply_each": "seedguard.fleet",
     "Plan": "seedguard.review",
     "sql_dir": "seedguard.sqldir",
+    "wait": "seedguard.readiness",
 }
 
 
@@ -82,6 +85,7 @@ __all__ = [
     "SeedguardError",
     "UnitBlocked",
     "UpsertResult",
+    "WaitTimeout",
     "__version__",
     "apply",
     "apply_async",
@@ -93,4 +97,5 @@ __all__ = [
     "seed",
     "sql_dir",
     "upsert",
+    "wait",
 ]

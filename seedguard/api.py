@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 from seedguard import config as _config
 from seedguard.connect import engine_for, read_only_engine
+from seedguard.dialects import applicable
 from seedguard.errors import ConfigError
 from seedguard.events import Listener
 from seedguard.registry import (
@@ -93,7 +94,9 @@ def apply(
     :param lock_path: the file lock's path (default: beside a SQLite file,
         else a private temp directory keyed by the database).
     :param strict: raise ``DriftError`` if an applied unit's code or data changed.
-    :param on_event: called with progress events (see :mod:`seedguard.events`).
+    :param on_event: called with this call's unit events (started, progress,
+        finished, failed; see :mod:`seedguard.events`, whose ``subscribe()``
+        receives every event of every run).
     :param lock_mode: ``"session"`` (default: one database lock for the whole
         run) or ``"transaction"`` (PostgreSQL behind PgBouncer in transaction
         pooling: a transaction-level lock per unit, the ledger re-checked under it).
@@ -263,9 +266,10 @@ def status(bind: Bind = None, *, seeds: SeedsSpec = None,
 
     settings = _settings(bind, seeds=seeds, contexts=contexts)
     every = order(discover(settings.seeds))
-    units = active(every, settings.contexts)
+    selected = active(every, settings.contexts)
     ledger = Ledger.named(settings.ledger_table, settings.ledger_schema)
     with read_only_engine(settings) as engine:
+        units = applicable(selected, engine)
         with connect(engine) as conn:
             state, revision = ledger.read_any(conn)
         file_lock = FileLock(settings.lock_path
@@ -295,14 +299,27 @@ def status(bind: Bind = None, *, seeds: SeedsSpec = None,
         planned = plan(units, rows, checksums, revisions=RevisionGate(settings, engine),
                        report=True)
     states = _states(planned)
+    planned_names = {unit.name for unit in units}
     for unit in units:
         result.units.append(_unit_status(unit, rows, planned, states))
+    # Inapplicable: selected, but limited to other databases than this one.
+    for unit in selected:
+        if unit.name not in planned_names:
+            latest = rows.latest(unit.name)
+            result.units.append(UnitStatus(
+                name=unit.name, state="inapplicable", version=unit.version,
+                recorded_version=latest.version if latest is not None else None,
+                applied_at=latest.applied_at if latest is not None else None,
+                applied_by=latest.applied_by if latest is not None else None,
+                description=unit.description,
+                dialects=tuple(sorted(unit.dialects or ())),
+            ))
     # Inactive: recorded, but left out by the active contexts; listing them
     # keeps `status` from hiding what a dev or test run put in the database.
-    selected = {unit.name for unit in units}
+    chosen = {unit.name for unit in selected}
     for unit in every:
         latest = rows.latest(unit.name)
-        if unit.name not in selected and latest is not None:
+        if unit.name not in chosen and latest is not None:
             result.units.append(UnitStatus(
                 name=unit.name, state="inactive", version=unit.version,
                 recorded_version=latest.version, applied_at=latest.applied_at,

@@ -32,8 +32,9 @@ from seedguard.errors import (
     PlanStale,
     SeedFailed,
     SeedguardError,
+    WaitTimeout,
 )
-from seedguard.events import Event, UnitFinished, UnitProgress, UnitStarted
+from seedguard.events import Event, UnitFinished, UnitProgress, UnitStarted, subscribe
 from seedguard.exits import (
     EXIT_CHECK,
     EXIT_INTERRUPTED,
@@ -54,7 +55,7 @@ class _Declined(Exception):
 
 def exit_code(err: BaseException) -> int:
     """The documented exit code for ``err``."""
-    if isinstance(err, LockTimeout):
+    if isinstance(err, (LockTimeout, WaitTimeout)):
         return EXIT_LOCK_TIMEOUT
     if isinstance(err, (ConfigError, DefinitionError, PlanStale, _Declined)):
         return EXIT_USAGE
@@ -138,6 +139,21 @@ class _Group(click.Group):
             # exiting with its code would report success for a run that stopped.
             _fail(ctx, err)
 
+    def resolve_command(self, ctx: click.Context, args: list[str]
+                        ) -> tuple[str | None, click.Command | None, list[str]]:
+        # `seedguard --json check` is `seedguard check --json`: output options
+        # belong anywhere on the line, like the global ones (also under `flask
+        # seedguard`, whose own options end before the verb).
+        name, command, rest = super().resolve_command(ctx, args)
+        if ctx.params.get("as_json") and command is not None:
+            if not _has_json(command):
+                having = sorted(n for n, c in self.commands.items() if _has_json(c))
+                raise click.UsageError(
+                    f"--json: `{name}` has no JSON output; drop --json, or use it with "
+                    f"{', '.join(having)}", ctx)
+            rest = ["--json", *rest]
+        return name, command, rest
+
     def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         formatter.write_paragraph()
         formatter.write_text(
@@ -145,6 +161,10 @@ class _Group(click.Group):
             "error; 3 `check` found pending, waiting, drifted or blocked units; 4 lock timeout; "
             "130 interrupted (Ctrl-C)."
         )
+
+
+def _has_json(command: click.Command) -> bool:
+    return any("--json" in getattr(param, "opts", ()) for param in command.params)
 
 
 def _async_url(ctx: click.Context) -> bool:
@@ -304,11 +324,13 @@ def _late_option(ctx: click.Context, param: click.Parameter, value: Any) -> None
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @_group_options
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON document (commands that have one), as their own --json.")
 @click.version_option(package_name="seedguard", prog_name="seedguard")
 @click.pass_context
 def cli(ctx: click.Context, url: str | None, seeds: str | None, contexts: tuple[str, ...],
         lock_timeout: float | None, lock_path: str | None, alembic_config: str | None,
-        lease: float | None, quiet: bool, verbose: bool) -> None:
+        lease: float | None, quiet: bool, verbose: bool, as_json: bool) -> None:
     """Exactly-once, retry-safe database seeding.
 
     The options below work before or after the command.
@@ -317,7 +339,7 @@ def cli(ctx: click.Context, url: str | None, seeds: str | None, contexts: tuple[
         raise click.UsageError("-q/--quiet and -v/--verbose exclude each other")
     ctx.obj = Options(url=url, seeds=seeds, contexts=contexts, lock_timeout=lock_timeout,
                       lock_path=lock_path, alembic_config=alembic_config, lease=lease,
-                      quiet=quiet, verbose=verbose)
+                      quiet=quiet, verbose=verbose, json=as_json)
     # Like `python -m` and `flask`: seeds modules in the current directory are importable.
     cwd = os.getcwd()
     if cwd not in sys.path:
@@ -417,6 +439,11 @@ class _Progress:
     ``whole_lines`` (with -v): log records go to stderr while a unit runs, so
     the unit's line is written complete at its start and its outcome on a line
     of its own; an open line would be cut in two by every log record.
+
+    Not on a terminal (CI), a unit's line is written whole, in one write, when
+    the unit ends: a CI log is stdout and stderr in one, and an open
+    "applying ..." line was cut in two by every log line (alembic's INFO lines,
+    the app's) written while the unit ran.
     """
 
     TICK_SECONDS = 0.5
@@ -448,8 +475,9 @@ class _Progress:
     def _begin(self, label: str) -> None:
         with self._lock:
             self._label, self._started, self._progress = label, time.monotonic(), ""
-            self.out.write(label + ("\n" if self.whole_lines else " "))
-            self.out.flush()
+            if self.whole_lines or self.tty:
+                self.out.write(label + ("\n" if self.whole_lines else " "))
+                self.out.flush()
         if self.tty:
             self._stop = threading.Event()
             self._thread = threading.Thread(target=self._tick, args=(self._stop,), daemon=True,
@@ -475,8 +503,11 @@ class _Progress:
             if self.tty:
                 self.out.write(f"\r\x1b[K{self._label} ")
             if self.whole_lines:
-                self.out.write(f"{self._unit}: ")
-            self.out.write(outcome + "\n")
+                self.out.write(f"{self._unit}: {outcome}\n")
+            elif self.tty:
+                self.out.write(outcome + "\n")
+            else:
+                self.out.write(f"{self._label} {outcome}\n")
             self.out.flush()
             self._label = ""
 
@@ -577,9 +608,12 @@ def upgrade(ctx: click.Context, opts: Options, target: str | None, dry_run: bool
         if progress is not None:
             progress(event)
 
+    # A subscriber like any other (seedguard.events): what the CLI shows is
+    # what a user's hook or the OpenTelemetry subscriber would see.
+    unsubscribe = subscribe(listener)
     try:
         result = _run_apply(opts, target=target, dry_run=dry_run, strict=strict,
-                            schema=schema, on_event=listener, plan=plan_file)
+                            schema=schema, plan=plan_file)
     except BaseException:
         if progress is not None:
             progress.close()
@@ -589,6 +623,8 @@ def upgrade(ctx: click.Context, opts: Options, target: str | None, dry_run: bool
             _info(opts, f"applied {len(finished)} unit(s) in {total} ms before the failure; "
                   "they stay applied")
         raise
+    finally:
+        unsubscribe()
     if progress is not None:
         progress.close()
     if as_json:
@@ -721,6 +757,9 @@ def _describe(unit: UnitStatus) -> str:
     if unit.state == "blocked":
         return (f"interrupted mid-way (started {when}{by}); check its work, then "
                 f"`seedguard resolve {unit.name} --applied` or `--retry`")
+    if unit.state == "inapplicable":
+        return (f"applies only to {', '.join(unit.dialects or ())}, not to this database; "
+                "the units after it run without it")
     if unit.state == "inactive":
         contexts = ", ".join(unit.contexts or ())
         return (f"v{unit.recorded_version} applied {when}{by}; runs only in context(s) "
@@ -818,6 +857,20 @@ def check(ctx: click.Context, opts: Options, as_json: bool, schemas: str | None,
                                        f"{_describe(unit)}"))
     if not result.ok:
         ctx.exit(EXIT_CHECK)
+
+
+@cli.command()
+@click.option("--timeout", type=click.FloatRange(min=0), default=None,
+              help="Give up after this many seconds (exit 4); default: wait as long as it takes.")
+@_command_options
+@pass_options
+def wait(opts: Options, timeout: float | None) -> None:
+    """Wait until nothing is pending or running; apply nothing (a readiness gate)."""
+    _start(opts, "wait")
+    from seedguard.readiness import wait as wait_ready
+
+    result = wait_ready(_read_settings(opts), timeout=timeout)
+    _info(opts, f"ready: {len(result.skipped)} unit(s) applied")
 
 
 @cli.command()
