@@ -64,6 +64,7 @@ def apply(
     schema: bool = False,
     alembic_config: str | os.PathLike[str] | None = None,
     scoped_sessions: Iterable[scoped_session[Any]] = (),
+    session_class: type[Any] | None = None,
 ) -> ApplyResult:
     """Apply every pending selected unit, exactly once across processes and hosts.
 
@@ -97,6 +98,12 @@ def apply(
     :param scoped_sessions: your ``scoped_session`` objects; while a unit runs
         each returns the unit's session, so code that writes through them joins
         the unit's transaction (a Flask app's ``db.session`` does so by itself).
+    :param session_class: the class of every unit's session, bound to the unit's
+        transaction as SQLAlchemy's own would be: ``sqlmodel.Session`` (its
+        ``.exec()`` and your CRUD helpers work unchanged), or for ``async def``
+        units ``sqlmodel.ext.asyncio.session.AsyncSession`` (which also gives
+        plain units a ``sqlmodel.Session``). A unit whose session parameter is
+        annotated with a Session class gets that class without it.
     :returns: an :class:`~seedguard.ApplyResult`.
     :raises SeedFailed: a unit failed; its work was rolled back (the message
         says so only when that is known), the original error is ``__cause__``.
@@ -115,12 +122,16 @@ def apply(
     # The runner pulls in SQLAlchemy; import it here so `import seedguard` stays light.
     from seedguard.eventloop import check_units
     from seedguard.runner import run
+    from seedguard.sessionclass import check_default
+
+    check_default(session_class)
 
     units = select(settings, target=target)
     with engine_for(settings) as engine:
         check_units(units, engine)
         return run(engine, units, settings, dry_run=dry_run, strict=strict, listener=on_event,
-                   schema=schema, scoped_sessions=list(scoped_sessions))
+                   schema=schema, scoped_sessions=list(scoped_sessions),
+                   session_class=session_class)
 
 
 def select(settings: _config.Settings, *, target: str | None = None) -> list[SeedUnit]:

@@ -60,6 +60,7 @@ class Options:
     """The global options, shared by every command through the click context."""
 
     url: str | None = None
+    engine: str | None = None
     seeds: str | None = None
     contexts: tuple[str, ...] = ()
     lock_timeout: float | None = None
@@ -76,8 +77,14 @@ class Options:
         return _config.resolve(
             self.url, seeds=self.seeds, contexts=self.contexts or None,
             lock_timeout=self.lock_timeout, lock_path=self.lock_path,
-            alembic_config=self.alembic_config,
+            alembic_config=self.alembic_config, engine_spec=self.engine,
         )
+
+    def bind(self) -> Any:
+        """What ``apply()`` is given as the database: --url, or the --engine it names."""
+        if self.engine is None:
+            return self.url
+        return self.settings().engine
 
     def apply_arguments(self) -> dict[str, Any]:
         """What ``seedguard.apply()`` takes of the global options."""
@@ -99,7 +106,7 @@ class _Group(click.Group):
                 # whole command runs on an event loop (async def units included).
                 from seedguard import eventloop
 
-                return eventloop.run_blocking(functools.partial(click.Group.invoke, self, ctx))
+                return eventloop.run_blocking(functools.partial(_invoke_on_loop, self, ctx))
             return super().invoke(ctx)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
@@ -123,26 +130,59 @@ class _Group(click.Group):
 
 
 def _async_url(ctx: click.Context) -> bool:
-    """Whether the command's database URL has an async driver (then it runs on a loop)."""
+    """Whether the command's database URL, or the app's engine, has an async driver
+    (then the command runs on a loop)."""
     from seedguard.eventloop import is_async_url
 
-    url = ctx.params.get("url") or _late_url(ctx) or os.environ.get("SEEDGUARD_URL")
+    url = ctx.params.get("url") or _late_value(ctx, "--url")
+    if url is not None:
+        return is_async_url(url)
+    spec = ctx.params.get("engine") or _late_value(ctx, "--engine")
+    engine = _spec_engine(spec)
+    if engine is not None:
+        return bool(engine.dialect.is_async)
+    url = os.environ.get("SEEDGUARD_URL")
     if url is None and "flask.cli" not in sys.modules:
         try:
-            url = _config.resolve().url  # [tool.seedguard]
+            settings = _config.resolve()  # SEEDGUARD_ENGINE, [tool.seedguard]
         except ConfigError:  # reported by the command that needs the configuration
             return False
+        if settings.engine is not None:
+            return bool(settings.engine.dialect.is_async)
+        url = settings.url
     return is_async_url(url)
 
 
-def _late_url(ctx: click.Context) -> str | None:
+def _spec_engine(spec: str | None) -> Any:
+    """The engine ``--engine`` names, or None (none given, or one the command reports)."""
+    if not spec:
+        return None
+    try:
+        return _config.resolve(engine_spec=spec).engine
+    except ConfigError:
+        return None
+
+
+def _invoke_on_loop(group: click.Group, ctx: click.Context) -> Any:
+    try:
+        return click.Group.invoke(group, ctx)
+    finally:
+        # The app's AsyncEngine (--engine) holds connections of this loop,
+        # which ends with the command: close them while it still runs.
+        opts = ctx.find_object(Options)
+        engine = _spec_engine(opts.engine if opts is not None else None)
+        if engine is not None:
+            engine.dispose()
+
+
+def _late_value(ctx: click.Context, option: str) -> str | None:
     # `seedguard upgrade --url U`: the command's own options are parsed only
     # after the group decided how to run it, so look at its arguments.
     rest: list[str] = [*getattr(ctx, "_protected_args", ()), *ctx.args]
     for index, arg in enumerate(rest):
-        if arg == "--url" and index + 1 < len(rest):
+        if arg == option and index + 1 < len(rest):
             return rest[index + 1]
-        if arg.startswith("--url="):
+        if arg.startswith(option + "="):
             return arg.split("=", 1)[1]
     return None
 
@@ -222,6 +262,10 @@ def _warn(opts: Options, message: str) -> None:
 _GLOBAL_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("--url",), {"metavar": "URL", "help": "Database URL (else SEEDGUARD_URL, the Flask "
                   "app, or [tool.seedguard] in pyproject.toml)."}),
+    (("--engine",), {"metavar": "MODULE:ATTR",
+                     "help": "Run on your app's own Engine or AsyncEngine, imported from "
+                     "MODULE (e.g. app.core.db:engine; else SEEDGUARD_ENGINE or [tool.seedguard] "
+                     "engine); instead of --url."}),
     (("--seeds",), {"metavar": "MODULE",
                     "help": "Dotted module or package that declares the units."}),
     (("--context", "contexts"), {"multiple": True, "metavar": "NAME",
@@ -271,18 +315,18 @@ def _late_option(ctx: click.Context, param: click.Parameter, value: Any) -> None
 @_group_options
 @click.version_option(package_name="seedguard", prog_name="seedguard")
 @click.pass_context
-def cli(ctx: click.Context, url: str | None, seeds: str | None, contexts: tuple[str, ...],
-        lock_timeout: float | None, lock_path: str | None, alembic_config: str | None,
-        quiet: bool, verbose: bool) -> None:
+def cli(ctx: click.Context, url: str | None, engine: str | None, seeds: str | None,
+        contexts: tuple[str, ...], lock_timeout: float | None, lock_path: str | None,
+        alembic_config: str | None, quiet: bool, verbose: bool) -> None:
     """Exactly-once, retry-safe database seeding.
 
     The options below work before or after the command.
     """
     if quiet and verbose:
         raise click.UsageError("-q/--quiet and -v/--verbose exclude each other")
-    ctx.obj = Options(url=url, seeds=seeds, contexts=contexts, lock_timeout=lock_timeout,
-                      lock_path=lock_path, alembic_config=alembic_config, quiet=quiet,
-                      verbose=verbose)
+    ctx.obj = Options(url=url, engine=engine, seeds=seeds, contexts=contexts,
+                      lock_timeout=lock_timeout, lock_path=lock_path,
+                      alembic_config=alembic_config, quiet=quiet, verbose=verbose)
     # Like `python -m` and `flask`: seeds modules in the current directory are importable.
     cwd = os.getcwd()
     if cwd not in sys.path:
@@ -336,8 +380,9 @@ def _require_database(settings: _config.Settings) -> None:
     # The library's message lists apply() arguments and Flask; here, the options.
     if settings.url is None and settings.engine is None:
         raise ConfigError(
-            "no database: give --url URL, set SEEDGUARD_URL, or add url = \"...\" under "
-            "[tool.seedguard] in pyproject.toml (`seedguard init` writes it)"
+            "no database: give --url URL, set SEEDGUARD_URL, add url = \"...\" under "
+            "[tool.seedguard] in pyproject.toml (`seedguard init`), or --engine MODULE:ATTR "
+            "(your app's)"
         )
 
 
@@ -560,7 +605,7 @@ def upgrade(opts: Options, target: str | None, dry_run: bool, strict: bool, sche
 
 def _run_apply(opts: Options, **options: Any) -> ApplyResult:
     # One place that calls apply(), so options (e.g. alembic's --schema) are added here.
-    return api.apply(opts.url, **opts.apply_arguments(), **options)
+    return api.apply(opts.bind(), **opts.apply_arguments(), **options)
 
 
 # -- status, check, history --------------------------------------------------------------

@@ -32,12 +32,13 @@ from seedguard.alembic import RevisionGate, upgrade_head
 from seedguard.checksum import code_checksums, same_algorithm, same_kind
 from seedguard.connect import connect
 from seedguard.errors import DriftError, SeedFailed, SeedguardError, UnitBlocked
-from seedguard.eventloop import call_unit
+from seedguard.eventloop import call_unit, is_async_unit
 from seedguard.events import Listener, UnitFinished, UnitStarted, running
 from seedguard.guard import EngineGuard, current_unit, ending
 from seedguard.ledger import Comparison, Ledger, LedgerRow, LedgerState, PlannedRow, RowState
 from seedguard.locks import DatabaseLock, Deadline, both_locks, ledger_locks
 from seedguard.result import Applied, ApplyResult, Drift, Waiting
+from seedguard.sessionclass import UnitClasses, classes_for
 from seedguard.sessions import app_sessions, unit_session
 from seedguard.unit import SeedUnit
 
@@ -179,13 +180,15 @@ def run(
     listener: Listener | None = None,
     schema: bool = False,
     scoped_sessions: Sequence[scoped_session[Any]] = (),
+    session_class: type[Any] | None = None,
 ) -> ApplyResult:
     """Apply the pending ``units`` (in the given order) to ``engine``.
 
     ``schema=True`` first runs the user's ``alembic upgrade head`` under the
     same locks, so concurrent deploys never race alembic. ``scoped_sessions``
     return each unit's session while it runs, as the Flask app's
-    ``db.session`` does by itself.
+    ``db.session`` does by itself. ``session_class`` is the session class of
+    units whose annotation does not name one (:mod:`seedguard.sessionclass`).
     """
     running_unit = current_unit()
     if running_unit is not None:
@@ -269,7 +272,8 @@ def run(
                 for unit in current.pending:
                     db_lock.verify()
                     applied = _apply_one(conn, ledger, unit, current, listener, db_lock,
-                                         settings.lock_timeout, guard, registries)
+                                         settings.lock_timeout, guard, registries,
+                                         session_class)
                     if applied is None:
                         result.skipped.append(unit)
                     else:
@@ -458,10 +462,13 @@ def _claim(conn: Connection, ledger: Ledger, unit: SeedUnit, checksum: str,
 
 def _apply_one(conn: Connection, ledger: Ledger, unit: SeedUnit, current: Plan,
                listener: Listener | None, db_lock: DatabaseLock, lock_timeout: float | None,
-               guard: EngineGuard, registries: Sequence[scoped_session[Any]]) -> Applied | None:
+               guard: EngineGuard, registries: Sequence[scoped_session[Any]],
+               session_class: type[Any] | None = None) -> Applied | None:
     """Apply one unit in its own transaction; None if another applier beat us to it."""
     checksum = current.checksums[unit.name]
     replaces = current.replaces.get(unit.name)
+    # Before anything runs: an annotation that cannot work is a DefinitionError.
+    classes = classes_for(unit.fn, is_async_unit(unit), session_class)
     if listener is not None:
         listener(UnitStarted(unit))
     log.info("applying %s v%d", unit.name, unit.version)
@@ -470,7 +477,8 @@ def _apply_one(conn: Connection, ledger: Ledger, unit: SeedUnit, current: Plan,
     with guard.unit(conn, unit, transactional=transactional) as scope:
         if not transactional:
             return _apply_non_transactional(conn, ledger, unit, checksum, replaces, listener,
-                                            started, db_lock, lock_timeout, scope, registries)
+                                            started, db_lock, lock_timeout, scope, registries,
+                                            classes)
         trans = conn.begin()
         in_work = False
         try:
@@ -479,8 +487,9 @@ def _apply_one(conn: Connection, ledger: Ledger, unit: SeedUnit, current: Plan,
             if not _claim(conn, ledger, unit, checksum, replaces, scope):
                 return None
             in_work = True
-            with unit_session(conn, registries) as session, running(unit, listener):
-                call_unit(unit, session)
+            with unit_session(conn, registries, session_class=classes.sync) as session, \
+                    running(unit, listener):
+                call_unit(unit, session, async_class=classes.asynchronous)
                 # Flush what the unit left pending: its writes, not a commit of the unit.
                 session.commit()
             if scope.refused is not None:
@@ -507,8 +516,8 @@ def _apply_one(conn: Connection, ledger: Ledger, unit: SeedUnit, current: Plan,
 def _apply_non_transactional(conn: Connection, ledger: Ledger, unit: SeedUnit, checksum: str,
                              replaces: LedgerRow | None, listener: Listener | None,
                              started: float, db_lock: DatabaseLock, lock_timeout: float | None,
-                             scope: _Scope, registries: Sequence[scoped_session[Any]]
-                             ) -> Applied | None:
+                             scope: _Scope, registries: Sequence[scoped_session[Any]],
+                             classes: UnitClasses) -> Applied | None:
     """Record "running", commit, do the work, then record "applied".
 
     If the process dies in between, the "running" row stays and blocks the unit
@@ -521,9 +530,9 @@ def _apply_non_transactional(conn: Connection, ledger: Ledger, unit: SeedUnit, c
         if not _claim(conn, ledger, unit, checksum, replaces, scope):
             return None
     try:
-        with unit_session(conn, registries, transactional=False) as session, \
-                running(unit, listener):
-            call_unit(unit, session)
+        with unit_session(conn, registries, transactional=False,
+                          session_class=classes.sync) as session, running(unit, listener):
+            call_unit(unit, session, async_class=classes.asynchronous)
             session.commit()
     except BaseException as err:
         _abort(conn, scope)
