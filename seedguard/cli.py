@@ -351,9 +351,38 @@ def _flask_app_context(ctx: click.Context) -> None:
         ctx.with_resource(info.load_app().app_context())
 
 
+class _AlembicChatter(logging.Filter):
+    """Drops alembic's INFO records ("Context impl PostgresqlImpl.", "Will assume
+    transactional DDL.", "Running upgrade ...", "setup plugin ...") below -v.
+
+    The user's env.py turns them on for the ``alembic`` command (``fileConfig``
+    of alembic.ini, with the ``alembic`` logger at INFO); ``upgrade --schema``
+    says itself which revisions it applied, and with nothing to do they are
+    noise, as they are when seedguard creates its ledger with alembic and the
+    app logs at INFO. A filter on the loggers that emit them, because
+    ``fileConfig`` resets the levels and handlers of the loggers it configures
+    and of their children, not a child's filters.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING
+
+
+_ALEMBIC_CHATTER = _AlembicChatter()
+_ALEMBIC_LOGGERS = ("alembic.runtime.migration", "alembic.runtime.plugins")
+
+
 def _configure_logging(ctx: click.Context, *, verbose: bool, quiet: bool = False) -> None:
     """With -v, log seedguard's INFO records to stderr for this command only; with -q,
-    not even its warnings (Python prints those to stderr when no handler is set)."""
+    not even its warnings (Python prints those to stderr when no handler is set).
+    Below -v, alembic's INFO records are dropped (:class:`_AlembicChatter`)."""
+    for name in _ALEMBIC_LOGGERS:
+        chatter = logging.getLogger(name)
+        if verbose:
+            chatter.removeFilter(_ALEMBIC_CHATTER)
+        elif _ALEMBIC_CHATTER not in chatter.filters:
+            chatter.addFilter(_ALEMBIC_CHATTER)
+            ctx.call_on_close(functools.partial(chatter.removeFilter, _ALEMBIC_CHATTER))
     if not verbose and not quiet:
         return
     logger = logging.getLogger("seedguard")
@@ -414,7 +443,10 @@ class _Progress:
 
     ``whole_lines`` (with -v): log records go to stderr while a unit runs, so
     the unit's line is written complete at its start and its outcome on a line
-    of its own; an open line would be cut in two by every log record.
+    of its own; an open line would be cut in two by every log record. The same
+    holds when the application configured logging itself (a handler on the
+    root logger, e.g. ``logging.basicConfig()`` in a module the seeds import):
+    its records would land in the middle of the open line.
     """
 
     TICK_SECONDS = 0.5
@@ -444,6 +476,8 @@ class _Progress:
                 self._progress = f"{event.done}{total}{percent}"
 
     def _begin(self, label: str) -> None:
+        if not self.whole_lines and logging.getLogger().handlers:
+            self.whole_lines, self.tty = True, False
         with self._lock:
             self._label, self._started, self._progress = label, time.monotonic(), ""
             self.out.write(label + ("\n" if self.whole_lines else " "))
