@@ -444,9 +444,9 @@ class _Progress:
     ``whole_lines`` (with -v): log records go to stderr while a unit runs, so
     the unit's line is written complete at its start and its outcome on a line
     of its own; an open line would be cut in two by every log record. The same
-    holds when the application configured logging itself (a handler on the
-    root logger, e.g. ``logging.basicConfig()`` in a module the seeds import):
-    its records would land in the middle of the open line.
+    holds when the application configured logging to the terminal itself
+    (``logging.basicConfig()`` in a module the seeds import): its records
+    would land in the middle of the open line.
     """
 
     TICK_SECONDS = 0.5
@@ -476,7 +476,7 @@ class _Progress:
                 self._progress = f"{event.done}{total}{percent}"
 
     def _begin(self, label: str) -> None:
-        if not self.whole_lines and logging.getLogger().handlers:
+        if not self.whole_lines and _app_logs_to_terminal():
             self.whole_lines, self.tty = True, False
         with self._lock:
             self._label, self._started, self._progress = label, time.monotonic(), ""
@@ -515,6 +515,26 @@ class _Progress:
     def close(self) -> None:
         """End a line left open by a unit that failed."""
         self._end("failed")
+
+
+def _app_logs_to_terminal() -> bool:
+    """Whether a logging handler writes to stdout or stderr, where progress lines go."""
+    loggers = [logging.getLogger(), *(logger for logger in
+                                      list(logging.Logger.manager.loggerDict.values())
+                                      if isinstance(logger, logging.Logger))]
+    for logger in loggers:
+        for handler in logger.handlers:
+            stream = getattr(handler, "stream", None)
+            if stream is None or isinstance(handler, logging.FileHandler):
+                continue
+            if stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+                return True
+            try:
+                if stream.fileno() in (1, 2):
+                    return True
+            except (AttributeError, OSError, ValueError):  # StringIO: a capture, not a terminal
+                continue
+    return False
 
 
 def _item(unit: Any) -> dict[str, Any]:
