@@ -246,3 +246,32 @@ def test_the_sqlmodel_session_joins_the_units_transaction(
     finally:
         engine.dispose()
     assert seen == [sqlmodel.Session, True]
+
+
+ANNOTATED = '''
+from __future__ import annotations
+import sqlalchemy as sa
+from sqlmodel import Session
+import seedguard
+
+@seedguard.seed("annotated")
+def annotated(session: Session) -> None:
+    session.exec(sa.text("INSERT INTO effects (unit, value) VALUES ('annotated', 'x')"))
+'''
+
+
+def test_a_rehearsal_gives_the_annotated_session_class(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = TestDatabase("sqlite", f"sqlite:///{tmp_path / 'app.db'}", tmp_path)
+    db.create_effects_table()
+    module = f"annotated_{uuid.uuid4().hex[:8]}"
+    write_module(tmp_path, module, ANNOTATED)
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    rehearsed = seedguard.plan(db.url, seeds=module)
+
+    assert rehearsed.ok, rehearsed
+    assert db.effects() == []  # rolled back
+    assert [u.name for u in seedguard.apply(db.url, seeds=module, plan=rehearsed).applied] \
+        == ["annotated"]
+    assert db.effects("annotated") == ["x"]
