@@ -20,10 +20,12 @@ from seedguard.errors import (
     SeedFailed,
     SeedguardError,
     UnitBlocked,
+    WaitTimeout,
 )
 from seedguard.events import report_progress
 from seedguard.registry import Registry, seed
 from seedguard.result import ApplyResult
+from seedguard.schema import Schema
 from seedguard.unit import SeedUnit
 
 # Eager: importing the seedguard.upsert package would otherwise bind the
@@ -34,6 +36,8 @@ if TYPE_CHECKING:
     from seedguard.aio import apply_async
     from seedguard.data import data_seed
     from seedguard.datadir import data_dir
+    from seedguard.fleet import FleetResult, apply_each
+    from seedguard.readiness import wait
     from seedguard.review import Plan
 
 # Loaded when first used: a start-up that only applies code units never loads
@@ -43,7 +47,10 @@ _LAZY = {
     "apply_async": "seedguard.aio",
     "data_seed": "seedguard.data",
     "data_dir": "seedguard.datadir",
+    "FleetResult": "seedguard.fleet",
+    "apply_each": "seedguard.fleet",
     "Plan": "seedguard.review",
+    "wait": "seedguard.readiness",
 }
 
 
@@ -65,22 +72,27 @@ __all__ = [
     "DataError",
     "DefinitionError",
     "DriftError",
+    "FleetResult",
     "LockTimeout",
     "Plan",
     "PlanStale",
     "Registry",
+    "Schema",
     "SeedFailed",
     "SeedUnit",
     "SeedguardError",
     "UnitBlocked",
     "UpsertResult",
+    "WaitTimeout",
     "__version__",
     "apply",
     "apply_async",
+    "apply_each",
     "data_dir",
     "data_seed",
     "plan",
     "report_progress",
     "seed",
     "upsert",
+    "wait",
 ]

@@ -55,6 +55,7 @@ async def apply_async(
     alembic_config: str | os.PathLike[str] | None = None,
     scoped_sessions: Iterable[Any] = (),
     session_class: type[Any] | None = None,
+    lease: float | None = None,
 ) -> ApplyResult:
     """Apply every pending selected unit, exactly once across processes and hosts, from async code.
 
@@ -98,6 +99,10 @@ async def apply_async(
         ``sqlmodel.Session``; ``sqlmodel.Session`` gives plain units that class.
         A unit whose session parameter is annotated with a Session class gets
         that class without it.
+    :param lease: seconds (default 30): how long a holder whose host vanished
+        keeps other appliers waiting, as in :func:`seedguard.apply`. With an
+        async driver the keepalives bound it on PostgreSQL; there is no
+        heartbeat thread (the connection belongs to the event loop).
     """
     import asyncio
 
@@ -110,6 +115,7 @@ async def apply_async(
         "on_event": on_event, "lock_mode": lock_mode, "schema": schema,
         "alembic_config": alembic_config, "scoped_sessions": tuple(scoped_sessions),
         "session_class": session_class,
+        "lease": lease,
     }
     if is_async_engine(bind):
         return await run_in_greenlet(api.apply, bind.sync_engine, **options)  # type: ignore[union-attr]

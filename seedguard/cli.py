@@ -23,7 +23,7 @@ from typing import IO, Any, TypeVar
 
 import click
 
-from seedguard import api
+from seedguard import api, cli_fleet
 from seedguard import config as _config
 from seedguard.errors import (
     ConfigError,
@@ -32,17 +32,19 @@ from seedguard.errors import (
     PlanStale,
     SeedFailed,
     SeedguardError,
+    WaitTimeout,
 )
-from seedguard.events import Event, UnitFinished, UnitProgress, UnitStarted
+from seedguard.events import Event, UnitFinished, UnitProgress, UnitStarted, subscribe
+from seedguard.exits import (
+    EXIT_CHECK,
+    EXIT_INTERRUPTED,
+    EXIT_LOCK_TIMEOUT,
+    EXIT_OK,
+    EXIT_UNIT_FAILED,
+    EXIT_USAGE,
+)
 from seedguard.reports import LedgerChange, StatusResult, UnitStatus
 from seedguard.result import ApplyResult
-
-EXIT_OK = 0
-EXIT_UNIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_CHECK = 3
-EXIT_LOCK_TIMEOUT = 4
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -53,7 +55,7 @@ class _Declined(Exception):
 
 def exit_code(err: BaseException) -> int:
     """The documented exit code for ``err``."""
-    if isinstance(err, LockTimeout):
+    if isinstance(err, (LockTimeout, WaitTimeout)):
         return EXIT_LOCK_TIMEOUT
     if isinstance(err, (ConfigError, DefinitionError, PlanStale, _Declined)):
         return EXIT_USAGE
@@ -73,6 +75,7 @@ class Options:
     lock_timeout: float | None = None
     lock_path: str | None = None
     alembic_config: str | None = None
+    lease: float | None = None
     quiet: bool = False
     verbose: bool = False
     command: str = ""
@@ -86,7 +89,7 @@ class Options:
         settings = _config.resolve(
             self.url, seeds=self.seeds, contexts=self.contexts or None,
             lock_timeout=self.lock_timeout, lock_path=self.lock_path,
-            alembic_config=self.alembic_config, engine_spec=self.engine,
+            alembic_config=self.alembic_config, lease=self.lease, engine_spec=self.engine,
         )
         if settings.url:
             self.seen_urls.append(settings.url)
@@ -116,7 +119,7 @@ class Options:
         """What ``seedguard.apply()`` takes of the global options."""
         return {"seeds": self.seeds, "contexts": self.contexts or None,
                 "lock_timeout": self.lock_timeout, "lock_path": self.lock_path,
-                "alembic_config": self.alembic_config}
+                "alembic_config": self.alembic_config, "lease": self.lease}
 
 
 pass_options = click.make_pass_decorator(Options)
@@ -146,6 +149,21 @@ class _Group(click.Group):
             # exiting with its code would report success for a run that stopped.
             _fail(ctx, err)
 
+    def resolve_command(self, ctx: click.Context, args: list[str]
+                        ) -> tuple[str | None, click.Command | None, list[str]]:
+        # `seedguard --json check` is `seedguard check --json`: output options
+        # belong anywhere on the line, like the global ones (also under `flask
+        # seedguard`, whose own options end before the verb).
+        name, command, rest = super().resolve_command(ctx, args)
+        if ctx.params.get("as_json") and command is not None:
+            if not _has_json(command):
+                having = sorted(n for n, c in self.commands.items() if _has_json(c))
+                raise click.UsageError(
+                    f"--json: `{name}` has no JSON output; drop --json, or use it with "
+                    f"{', '.join(having)}", ctx)
+            rest = ["--json", *rest]
+        return name, command, rest
+
     def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         formatter.write_paragraph()
         formatter.write_text(
@@ -153,6 +171,10 @@ class _Group(click.Group):
             "error; 3 `check` found pending, waiting, drifted or blocked units; 4 lock timeout; "
             "130 interrupted (Ctrl-C)."
         )
+
+
+def _has_json(command: click.Command) -> bool:
+    return any("--json" in getattr(param, "opts", ()) for param in command.params)
 
 
 def _async_url(ctx: click.Context) -> bool:
@@ -215,7 +237,8 @@ def _late_value(ctx: click.Context, option: str) -> str | None:
 
 # Library messages name apply()'s keywords; on the command line the options.
 _CLI_WORDS = ((re.compile(r"\braise lock_timeout\b"), "raise --lock-timeout"),
-              (re.compile(r"\block_timeout=(?=\d)"), "--lock-timeout "))
+              (re.compile(r"\block_timeout=(?=\d)"), "--lock-timeout "),
+              (re.compile(r"\blower lease\b"), "lower --lease"))
 
 
 def _for_cli(message: str) -> str:
@@ -307,6 +330,9 @@ _GLOBAL_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("--lock-path",), {"metavar": "PATH",
                         "help": "File lock path (default: derived from the URL)."}),
     (("--alembic-config",), {"metavar": "INI", "help": "The application's alembic.ini."}),
+    (("--lease",), {"type": float, "metavar": "SECONDS",
+                    "help": "How long a lock holder whose host vanished keeps others "
+                            "waiting (default 30)."}),
     (("-q", "--quiet"), {"is_flag": True, "help": "Only errors (no progress, no warnings)."}),
     (("-v", "--verbose"), {"is_flag": True,
                            "help": "Log progress; tracebacks on errors."}),
@@ -345,11 +371,14 @@ def _late_option(ctx: click.Context, param: click.Parameter, value: Any) -> None
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @_group_options
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON document (commands that have one), as their own --json.")
 @click.version_option(package_name="seedguard", prog_name="seedguard")
 @click.pass_context
 def cli(ctx: click.Context, url: str | None, engine: str | None, seeds: str | None,
         contexts: tuple[str, ...], lock_timeout: float | None, lock_path: str | None,
-        alembic_config: str | None, quiet: bool, verbose: bool) -> None:
+        alembic_config: str | None, lease: float | None, quiet: bool, verbose: bool,
+        as_json: bool) -> None:
     """Exactly-once, retry-safe database seeding.
 
     The options below work before or after the command.
@@ -358,7 +387,8 @@ def cli(ctx: click.Context, url: str | None, engine: str | None, seeds: str | No
         raise click.UsageError("-q/--quiet and -v/--verbose exclude each other")
     ctx.obj = Options(url=url, engine=engine, seeds=seeds, contexts=contexts,
                       lock_timeout=lock_timeout, lock_path=lock_path,
-                      alembic_config=alembic_config, quiet=quiet, verbose=verbose)
+                      alembic_config=alembic_config, lease=lease, quiet=quiet,
+                      verbose=verbose, json=as_json)
     # Like `python -m` and `flask`: seeds modules in the current directory are importable.
     cwd = os.getcwd()
     if cwd not in sys.path:
@@ -487,10 +517,12 @@ class _Progress:
 
     ``whole_lines`` (with -v): log records go to stderr while a unit runs, so
     the unit's line is written complete at its start and its outcome on a line
-    of its own; an open line would be cut in two by every log record. The same
-    holds when the application configured logging to the terminal itself
-    (``logging.basicConfig()`` in a module the seeds import): its records
-    would land in the middle of the open line.
+    of its own; an open line would be cut in two by every log record.
+
+    Not on a terminal (CI), a unit's line is written whole, in one write, when
+    the unit ends: a CI log is stdout and stderr in one, and an open
+    "applying ..." line was cut in two by every log line (alembic's INFO lines,
+    the app's) written while the unit ran.
     """
 
     TICK_SECONDS = 0.5
@@ -524,8 +556,9 @@ class _Progress:
             self.whole_lines, self.tty = True, False
         with self._lock:
             self._label, self._started, self._progress = label, time.monotonic(), ""
-            self.out.write(label + ("\n" if self.whole_lines else " "))
-            self.out.flush()
+            if self.whole_lines or self.tty:
+                self.out.write(label + ("\n" if self.whole_lines else " "))
+                self.out.flush()
         if self.tty:
             self._stop = threading.Event()
             self._thread = threading.Thread(target=self._tick, args=(self._stop,), daemon=True,
@@ -551,8 +584,11 @@ class _Progress:
             if self.tty:
                 self.out.write(f"\r\x1b[K{self._label} ")
             if self.whole_lines:
-                self.out.write(f"{self._unit}: ")
-            self.out.write(outcome + "\n")
+                self.out.write(f"{self._unit}: {outcome}\n")
+            elif self.tty:
+                self.out.write(outcome + "\n")
+            else:
+                self.out.write(f"{self._label} {outcome}\n")
             self.out.flush()
             self._label = ""
 
@@ -636,12 +672,26 @@ def _describe_preview(preview: Any) -> str:
               help="Apply only what this reviewed plan (`seedguard plan --out`) lists; "
               "exit 2 if it no longer matches.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@cli_fleet.fleet_options
 @_command_options
 @pass_options
-def upgrade(opts: Options, target: str | None, dry_run: bool, strict: bool, schema: bool,
-            plan_file: str | None, as_json: bool) -> None:
-    """Apply every pending unit (or TARGET and what it depends on)."""
+@click.pass_context
+def upgrade(ctx: click.Context, opts: Options, target: str | None, dry_run: bool, strict: bool,
+            schema: bool, plan_file: str | None, as_json: bool, schemas: str | None,
+            urls_file: str | None, workers: int, shard: str | None) -> None:
+    """Apply every pending unit (or TARGET and what it depends on), to one database or
+    to each target of a fleet (--schemas, --urls-file)."""
     _start(opts, "upgrade", as_json=as_json)
+    fleet = cli_fleet.Fleet(schemas, urls_file, workers, shard)
+    if fleet.given:
+        if plan_file is not None:
+            # A plan is the rehearsal of one database: its digest says nothing of another.
+            raise ConfigError("--plan applies what was reviewed on one database; it does not "
+                              "go with --schemas or --urls-file (plan and upgrade each target "
+                              "on its own)")
+        cli_fleet.upgrade(ctx, opts, fleet, _fleet_output(), target=target, dry_run=dry_run,
+                          strict=strict, schema=schema, as_json=as_json)
+        return
     settings = opts.settings()
     _require_database(settings)
     _require_units(settings)
@@ -659,9 +709,12 @@ def upgrade(opts: Options, target: str | None, dry_run: bool, strict: bool, sche
         if progress is not None:
             progress(event)
 
+    # A subscriber like any other (seedguard.events): what the CLI shows is
+    # what a user's hook or the OpenTelemetry subscriber would see.
+    unsubscribe = subscribe(listener)
     try:
         result = _run_apply(opts, target=target, dry_run=dry_run, strict=strict,
-                            schema=schema, on_event=listener, plan=plan_file)
+                            schema=schema, plan=plan_file)
     except BaseException:
         if progress is not None:
             progress.close()
@@ -671,6 +724,8 @@ def upgrade(opts: Options, target: str | None, dry_run: bool, strict: bool, sche
             _info(opts, f"applied {len(finished)} unit(s) in {total} ms before the failure; "
                   "they stay applied")
         raise
+    finally:
+        unsubscribe()
     if progress is not None:
         progress.close()
     if as_json:
@@ -702,6 +757,11 @@ def upgrade(opts: Options, target: str | None, dry_run: bool, strict: bool, sche
         _info(opts, f"applied {len(result.applied)} unit(s) in {total} ms{already}")
     else:
         _info(opts, f"nothing to do: {len(result.skipped)} unit(s) already applied")
+
+
+def _fleet_output() -> cli_fleet.Output:
+    return cli_fleet.Output(emit_json=_emit_json, info=_info, message=_message,
+                            exit_code=exit_code, apply_document=apply_document)
 
 
 def _run_apply(opts: Options, **options: Any) -> ApplyResult:
@@ -798,6 +858,9 @@ def _describe(unit: UnitStatus) -> str:
     if unit.state == "blocked":
         return (f"interrupted mid-way (started {when}{by}); check its work, then "
                 f"`seedguard resolve {unit.name} --applied` or `--retry`")
+    if unit.state == "inapplicable":
+        return (f"applies only to {', '.join(unit.dialects or ())}, not to this database; "
+                "the units after it run without it")
     if unit.state == "inactive":
         contexts = ", ".join(unit.contexts or ())
         return (f"v{unit.recorded_version} applied {when}{by}; runs only in context(s) "
@@ -826,6 +889,10 @@ def _render_status(opts: Options, result: StatusResult) -> None:
                        f"{describe_holder(result.file_lock_holder)}")
     if result.database_lock_holder:
         holders.append(f"database lock held by {result.database_lock_holder}")
+    if result.holder is not None:
+        holder = result.holder
+        holders.append(f"holder pid {holder['pid']} on {holder['host']} since "
+                       f"{holder['since']}, lease renewed {holder['heartbeat']}")
     _info(opts, "lock: " + ("; ".join(holders) if holders else "free"))
 
 
@@ -840,11 +907,18 @@ def _read_settings(opts: Options, *, units: bool = True) -> _config.Settings:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@cli_fleet.fleet_options
 @_command_options
 @pass_options
-def status(opts: Options, as_json: bool) -> None:
+@click.pass_context
+def status(ctx: click.Context, opts: Options, as_json: bool, schemas: str | None,
+           urls_file: str | None, workers: int, shard: str | None) -> None:
     """Show every unit's state and who holds the lock now."""
     _start(opts, "status", as_json=as_json)
+    fleet = cli_fleet.Fleet(schemas, urls_file, workers, shard)
+    if fleet.given:
+        cli_fleet.check(ctx, opts, fleet, _fleet_output(), as_json=as_json, full=True)
+        return
     result = api.status(_read_settings(opts))
     if as_json:
         _emit_json({"ok": True, "command": "status", **result.as_dict()})
@@ -858,12 +932,18 @@ _PROBLEMS = ("pending", "waiting", "drifted", "blocked")
 @cli.command()
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON document (status's, with `ok` the answer).")
+@cli_fleet.fleet_options
 @_command_options
 @pass_options
 @click.pass_context
-def check(ctx: click.Context, opts: Options, as_json: bool) -> None:
+def check(ctx: click.Context, opts: Options, as_json: bool, schemas: str | None,
+          urls_file: str | None, workers: int, shard: str | None) -> None:
     """Exit 0 when nothing is pending, waiting, drifted or blocked; else exit 3 and say what."""
     _start(opts, "check", as_json=as_json)
+    fleet = cli_fleet.Fleet(schemas, urls_file, workers, shard)
+    if fleet.given:
+        cli_fleet.check(ctx, opts, fleet, _fleet_output(), as_json=as_json)
+        return
     result = api.check(_read_settings(opts))
     if as_json:
         _emit_json({"ok": result.ok, "command": "check", **result.as_dict(),
@@ -878,6 +958,20 @@ def check(ctx: click.Context, opts: Options, as_json: bool) -> None:
                                        f"{_describe(unit)}"))
     if not result.ok:
         ctx.exit(EXIT_CHECK)
+
+
+@cli.command()
+@click.option("--timeout", type=click.FloatRange(min=0), default=None,
+              help="Give up after this many seconds (exit 4); default: wait as long as it takes.")
+@_command_options
+@pass_options
+def wait(opts: Options, timeout: float | None) -> None:
+    """Wait until nothing is pending or running; apply nothing (a readiness gate)."""
+    _start(opts, "wait")
+    from seedguard.readiness import wait as wait_ready
+
+    result = wait_ready(_read_settings(opts), timeout=timeout)
+    _info(opts, f"ready: {len(result.skipped)} unit(s) applied")
 
 
 @cli.command()

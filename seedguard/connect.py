@@ -56,8 +56,9 @@ def engine_for(settings: Settings) -> Iterator[Engine]:
         engine.dispose()
 
 
-def create(url_text: str) -> Engine:
-    """An Engine for ``url_text``, with a ConfigError for each way that can fail."""
+def create(url_text: str, **options: Any) -> Engine:
+    """An Engine for ``url_text`` (``options`` go to ``create_engine``), with a
+    ConfigError for each way that can fail."""
     from sqlalchemy import create_engine
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError
@@ -72,7 +73,7 @@ def create(url_text: str) -> Engine:
         ) from err
     check_spelling(url)
     try:
-        return create_engine(url)
+        return create_engine(url, **options)
     except NoSuchModuleError as err:
         raise ConfigError(
             f"unknown database dialect or driver in {safe_url(url)}: {url.drivername!r}; "

@@ -57,10 +57,13 @@ def rehearse(engine: Engine, units: Sequence[SeedUnit], settings: Settings, *,
     """Run the pending ``units`` in a transaction that is always rolled back; see the module."""
     from seedguard.alembic import RevisionGate
     from seedguard.connect import connect, safe_url
+    from seedguard.dialects import applicable
     from seedguard.ledger import Ledger, LedgerState
     from seedguard.locks import both_locks, ledger_locks
     from seedguard.runner import _expected, _unit_transactions, _work_connection, plan
 
+    # As apply() does: a unit limited to other databases is left out here.
+    units = applicable(units, engine)
     ledger = Ledger.named(settings.ledger_table, settings.ledger_schema)
     checksums = _expected(units).checksums
     contexts = list(settings.contexts)

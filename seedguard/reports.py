@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from seedguard.ledger import LedgerRow
 
 UnitState = Literal["applied", "pending", "waiting", "drifted", "ahead", "blocked", "orphaned",
-                   "inactive"]
+                   "inactive", "inapplicable"]
 """Every state :func:`seedguard.api.status` reports for a unit."""
 
 STATES: tuple[UnitState, ...] = get_args(UnitState)
@@ -44,6 +44,8 @@ class UnitStatus:
     changed: str | None = None
     # State "inactive" (applied, but no active context selects it): its contexts.
     contexts: tuple[str, ...] | None = None
+    # State "inapplicable" (limited to other databases than this one): its dialects.
+    dialects: tuple[str, ...] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -56,6 +58,7 @@ class UnitStatus:
             "waits_for": self.waits_for,
             "changed": self.changed,
             "contexts": list(self.contexts) if self.contexts is not None else None,
+            "dialects": list(self.dialects) if self.dialects is not None else None,
         }
 
 
@@ -74,6 +77,9 @@ class StatusResult:
     file_lock: str = ""
     file_lock_holder: dict[str, object] | None = None
     database_lock_holder: str | None = None
+    # The database lock's holder as its lease records it: host, pid, since,
+    # heartbeat (UTC, ISO 8601); None when the lock is free.
+    holder: dict[str, object] | None = None
 
     def by_state(self, state: UnitState) -> list[UnitStatus]:
         return [u for u in self.units if u.state == state]
@@ -97,6 +103,7 @@ class StatusResult:
                 "file": {"path": self.file_lock, "holder": self.file_lock_holder},
                 "database": {"holder": self.database_lock_holder},
             },
+            "holder": self.holder,
         }
 
 
