@@ -67,6 +67,7 @@ def apply(
     schema: bool = False,
     alembic_config: str | os.PathLike[str] | None = None,
     scoped_sessions: Iterable[scoped_session[Any]] = (),
+    session_class: type[Any] | None = None,
     plan: ReviewedPlan | str | os.PathLike[str] | None = None,
     lease: float | None = None,
 ) -> ApplyResult:
@@ -106,6 +107,12 @@ def apply(
     :param scoped_sessions: your ``scoped_session`` objects; while a unit runs
         each returns the unit's session, so code that writes through them joins
         the unit's transaction (a Flask app's ``db.session`` does so by itself).
+    :param session_class: the class of every unit's session, bound to the unit's
+        transaction as SQLAlchemy's own would be: ``sqlmodel.Session`` (its
+        ``.exec()`` and your CRUD helpers work unchanged), or for ``async def``
+        units ``sqlmodel.ext.asyncio.session.AsyncSession`` (which also gives
+        plain units a ``sqlmodel.Session``). A unit whose session parameter is
+        annotated with a Session class gets that class without it.
     :param plan: a reviewed :class:`~seedguard.Plan` (or the path of one that
         ``seedguard plan --out`` wrote): apply only while its digest still
         matches what would run, checked under the locks; else ``PlanStale``
@@ -140,6 +147,9 @@ def apply(
         # The runner pulls in SQLAlchemy; import it here so `import seedguard` stays light.
         from seedguard.eventloop import check_units
         from seedguard.runner import run
+        from seedguard.sessionclass import check_default
+
+        check_default(session_class)
 
         reviewed = None
         if plan is not None:
@@ -151,7 +161,7 @@ def apply(
             check_units(units, engine)
             return run(engine, units, settings, dry_run=dry_run, strict=strict,
                        listener=on_event, schema=schema, scoped_sessions=list(scoped_sessions),
-                       reviewed=reviewed)
+                       reviewed=reviewed, session_class=session_class)
     raise AssertionError("unreachable")  # pragma: no cover - mypy: ExitStack may swallow
 
 

@@ -69,6 +69,7 @@ class Options:
     """The global options, shared by every command through the click context."""
 
     url: str | None = None
+    engine: str | None = None
     seeds: str | None = None
     contexts: tuple[str, ...] = ()
     lock_timeout: float | None = None
@@ -88,10 +89,13 @@ class Options:
         settings = _config.resolve(
             self.url, seeds=self.seeds, contexts=self.contexts or None,
             lock_timeout=self.lock_timeout, lock_path=self.lock_path,
-            alembic_config=self.alembic_config, lease=self.lease,
+            alembic_config=self.alembic_config, lease=self.lease, engine_spec=self.engine,
         )
         if settings.url:
             self.seen_urls.append(settings.url)
+        elif settings.engine is not None:
+            # --engine: the app's URL, password included, is as secret as a --url.
+            self.seen_urls.append(settings.engine.url.render_as_string(hide_password=False))
         return settings
 
     def redact(self, text: str) -> str:
@@ -104,6 +108,12 @@ class Options:
         from seedguard.redact import redact
 
         return redact(text, self.url, os.environ.get("SEEDGUARD_URL"), *self.seen_urls)
+
+    def bind(self) -> Any:
+        """What ``apply()`` is given as the database: --url, or the --engine it names."""
+        if self.engine is None:
+            return self.url
+        return self.settings().engine
 
     def apply_arguments(self) -> dict[str, Any]:
         """What ``seedguard.apply()`` takes of the global options."""
@@ -125,7 +135,7 @@ class _Group(click.Group):
                 # whole command runs on an event loop (async def units included).
                 from seedguard import eventloop
 
-                return eventloop.run_blocking(functools.partial(click.Group.invoke, self, ctx))
+                return eventloop.run_blocking(functools.partial(_invoke_on_loop, self, ctx))
             return super().invoke(ctx)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
@@ -168,26 +178,59 @@ def _has_json(command: click.Command) -> bool:
 
 
 def _async_url(ctx: click.Context) -> bool:
-    """Whether the command's database URL has an async driver (then it runs on a loop)."""
+    """Whether the command's database URL, or the app's engine, has an async driver
+    (then the command runs on a loop)."""
     from seedguard.eventloop import is_async_url
 
-    url = ctx.params.get("url") or _late_url(ctx) or os.environ.get("SEEDGUARD_URL")
+    url = ctx.params.get("url") or _late_value(ctx, "--url")
+    if url is not None:
+        return is_async_url(url)
+    spec = ctx.params.get("engine") or _late_value(ctx, "--engine")
+    engine = _spec_engine(spec)
+    if engine is not None:
+        return bool(engine.dialect.is_async)
+    url = os.environ.get("SEEDGUARD_URL")
     if url is None and "flask.cli" not in sys.modules:
         try:
-            url = _config.resolve().url  # [tool.seedguard]
+            settings = _config.resolve()  # SEEDGUARD_ENGINE, [tool.seedguard]
         except ConfigError:  # reported by the command that needs the configuration
             return False
+        if settings.engine is not None:
+            return bool(settings.engine.dialect.is_async)
+        url = settings.url
     return is_async_url(url)
 
 
-def _late_url(ctx: click.Context) -> str | None:
+def _spec_engine(spec: str | None) -> Any:
+    """The engine ``--engine`` names, or None (none given, or one the command reports)."""
+    if not spec:
+        return None
+    try:
+        return _config.resolve(engine_spec=spec).engine
+    except ConfigError:
+        return None
+
+
+def _invoke_on_loop(group: click.Group, ctx: click.Context) -> Any:
+    try:
+        return click.Group.invoke(group, ctx)
+    finally:
+        # The app's AsyncEngine (--engine) holds connections of this loop,
+        # which ends with the command: close them while it still runs.
+        opts = ctx.find_object(Options)
+        engine = _spec_engine(opts.engine if opts is not None else None)
+        if engine is not None:
+            engine.dispose()
+
+
+def _late_value(ctx: click.Context, option: str) -> str | None:
     # `seedguard upgrade --url U`: the command's own options are parsed only
     # after the group decided how to run it, so look at its arguments.
     rest: list[str] = [*getattr(ctx, "_protected_args", ()), *ctx.args]
     for index, arg in enumerate(rest):
-        if arg == "--url" and index + 1 < len(rest):
+        if arg == option and index + 1 < len(rest):
             return rest[index + 1]
-        if arg.startswith("--url="):
+        if arg.startswith(option + "="):
             return arg.split("=", 1)[1]
     return None
 
@@ -274,6 +317,10 @@ def _warn(opts: Options, message: str) -> None:
 _GLOBAL_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("--url",), {"metavar": "URL", "help": "Database URL (else SEEDGUARD_URL, the Flask "
                   "app, or [tool.seedguard] in pyproject.toml)."}),
+    (("--engine",), {"metavar": "MODULE:ATTR",
+                     "help": "Run on your app's own Engine or AsyncEngine, imported from "
+                     "MODULE (e.g. app.core.db:engine; else SEEDGUARD_ENGINE or [tool.seedguard] "
+                     "engine); instead of --url."}),
     (("--seeds",), {"metavar": "MODULE",
                     "help": "Dotted module or package that declares the units."}),
     (("--context", "contexts"), {"multiple": True, "metavar": "NAME",
@@ -328,18 +375,20 @@ def _late_option(ctx: click.Context, param: click.Parameter, value: Any) -> None
               help="Print one JSON document (commands that have one), as their own --json.")
 @click.version_option(package_name="seedguard", prog_name="seedguard")
 @click.pass_context
-def cli(ctx: click.Context, url: str | None, seeds: str | None, contexts: tuple[str, ...],
-        lock_timeout: float | None, lock_path: str | None, alembic_config: str | None,
-        lease: float | None, quiet: bool, verbose: bool, as_json: bool) -> None:
+def cli(ctx: click.Context, url: str | None, engine: str | None, seeds: str | None,
+        contexts: tuple[str, ...], lock_timeout: float | None, lock_path: str | None,
+        alembic_config: str | None, lease: float | None, quiet: bool, verbose: bool,
+        as_json: bool) -> None:
     """Exactly-once, retry-safe database seeding.
 
     The options below work before or after the command.
     """
     if quiet and verbose:
         raise click.UsageError("-q/--quiet and -v/--verbose exclude each other")
-    ctx.obj = Options(url=url, seeds=seeds, contexts=contexts, lock_timeout=lock_timeout,
-                      lock_path=lock_path, alembic_config=alembic_config, lease=lease,
-                      quiet=quiet, verbose=verbose, json=as_json)
+    ctx.obj = Options(url=url, engine=engine, seeds=seeds, contexts=contexts,
+                      lock_timeout=lock_timeout, lock_path=lock_path,
+                      alembic_config=alembic_config, lease=lease, quiet=quiet,
+                      verbose=verbose, json=as_json)
     # Like `python -m` and `flask`: seeds modules in the current directory are importable.
     cwd = os.getcwd()
     if cwd not in sys.path:
@@ -364,6 +413,27 @@ def _flask_app_context(ctx: click.Context) -> None:
         ctx.with_resource(info.load_app().app_context())
 
 
+class _AlembicChatter(logging.Filter):
+    """Drops alembic's INFO records ("Context impl PostgresqlImpl.", "Will assume
+    transactional DDL.", "Running upgrade ...", "setup plugin ...") below -v.
+
+    The user's env.py turns them on for the ``alembic`` command (``fileConfig``
+    of alembic.ini, with the ``alembic`` logger at INFO); ``upgrade --schema``
+    says itself which revisions it applied, and with nothing to do they are
+    noise, as they are when seedguard creates its ledger with alembic and the
+    app logs at INFO. A filter on the loggers that emit them, because
+    ``fileConfig`` resets the levels and handlers of the loggers it configures
+    and of their children, not a child's filters.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING
+
+
+_ALEMBIC_CHATTER = _AlembicChatter()
+_ALEMBIC_LOGGERS = ("alembic.runtime.migration", "alembic.runtime.plugins")
+
+
 class _RedactingFormatter(logging.Formatter):
     """A log line (and its traceback) with the command's URL secrets hidden."""
 
@@ -378,7 +448,15 @@ class _RedactingFormatter(logging.Formatter):
 
 def _configure_logging(ctx: click.Context, *, verbose: bool, quiet: bool = False) -> None:
     """With -v, log seedguard's INFO records to stderr for this command only; with -q,
-    not even its warnings (Python prints those to stderr when no handler is set)."""
+    not even its warnings (Python prints those to stderr when no handler is set).
+    Below -v, alembic's INFO records are dropped (:class:`_AlembicChatter`)."""
+    for name in _ALEMBIC_LOGGERS:
+        chatter = logging.getLogger(name)
+        if verbose:
+            chatter.removeFilter(_ALEMBIC_CHATTER)
+        elif _ALEMBIC_CHATTER not in chatter.filters:
+            chatter.addFilter(_ALEMBIC_CHATTER)
+            ctx.call_on_close(functools.partial(chatter.removeFilter, _ALEMBIC_CHATTER))
     if not verbose and not quiet:
         return
     logger = logging.getLogger("seedguard")
@@ -405,8 +483,9 @@ def _require_database(settings: _config.Settings) -> None:
     # The library's message lists apply() arguments and Flask; here, the options.
     if settings.url is None and settings.engine is None:
         raise ConfigError(
-            "no database: give --url URL, set SEEDGUARD_URL, or add url = \"...\" under "
-            "[tool.seedguard] in pyproject.toml (`seedguard init` writes it)"
+            "no database: give --url URL, set SEEDGUARD_URL, add url = \"...\" under "
+            "[tool.seedguard] in pyproject.toml (`seedguard init`), or --engine MODULE:ATTR "
+            "(your app's)"
         )
 
 
@@ -473,6 +552,8 @@ class _Progress:
                 self._progress = f"{event.done}{total}{percent}"
 
     def _begin(self, label: str) -> None:
+        if not self.whole_lines and _app_logs_to_terminal():
+            self.whole_lines, self.tty = True, False
         with self._lock:
             self._label, self._started, self._progress = label, time.monotonic(), ""
             if self.whole_lines or self.tty:
@@ -514,6 +595,26 @@ class _Progress:
     def close(self) -> None:
         """End a line left open by a unit that failed."""
         self._end("failed")
+
+
+def _app_logs_to_terminal() -> bool:
+    """Whether a logging handler writes to stdout or stderr, where progress lines go."""
+    loggers = [logging.getLogger(), *(logger for logger in
+                                      list(logging.Logger.manager.loggerDict.values())
+                                      if isinstance(logger, logging.Logger))]
+    for logger in loggers:
+        for handler in logger.handlers:
+            stream = getattr(handler, "stream", None)
+            if stream is None or isinstance(handler, logging.FileHandler):
+                continue
+            if stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+                return True
+            try:
+                if stream.fileno() in (1, 2):
+                    return True
+            except (AttributeError, OSError, ValueError):  # StringIO: a capture, not a terminal
+                continue
+    return False
 
 
 def _item(unit: Any) -> dict[str, Any]:
@@ -665,7 +766,7 @@ def _fleet_output() -> cli_fleet.Output:
 
 def _run_apply(opts: Options, **options: Any) -> ApplyResult:
     # One place that calls apply(), so options (e.g. alembic's --schema) are added here.
-    return api.apply(opts.url, **opts.apply_arguments(), **options)
+    return api.apply(opts.bind(), **opts.apply_arguments(), **options)
 
 
 # -- plan: rehearse, for review ----------------------------------------------------------

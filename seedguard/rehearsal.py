@@ -154,18 +154,22 @@ def _why_not(unit: SeedUnit, not_run: Mapping[str, str]) -> str | None:
 
 def _run_one(conn: Connection, guard: Any, unit: SeedUnit, entry: RehearsedUnit,
              registries: Sequence[scoped_session[Any]]) -> None:
-    from seedguard.eventloop import call_unit
+    from seedguard.eventloop import call_unit, is_async_unit
     from seedguard.events import running
     from seedguard.guard import ending
     from seedguard.runner import _root_error
+    from seedguard.sessionclass import classes_for
     from seedguard.sessions import unit_session
 
     started = time.perf_counter()
     savepoint = conn.begin_nested()
     with _Recorder(conn, entry), guard.unit(conn, unit, transactional=True) as scope:
         try:
-            with unit_session(conn, registries) as session, running(unit, None):
-                outcome = call_unit(unit, session)
+            # The session class the unit's annotation names (sqlmodel.Session), as in a run.
+            classes = classes_for(unit.fn, is_async_unit(unit))
+            with unit_session(conn, registries, session_class=classes.sync) as session, \
+                    running(unit, None):
+                outcome = call_unit(unit, session, async_class=classes.asynchronous)
                 session.commit()
             if scope.refused is not None:
                 raise scope.refused

@@ -34,7 +34,7 @@ from seedguard.checksum import code_checksums, same_algorithm, same_kind
 from seedguard.connect import connect
 from seedguard.dialects import applicable
 from seedguard.errors import DriftError, SeedFailed, SeedguardError, UnitBlocked
-from seedguard.eventloop import call_unit
+from seedguard.eventloop import call_unit, is_async_unit
 from seedguard.events import (
     Listener,
     LockAcquired,
@@ -53,6 +53,7 @@ from seedguard.ledger import Comparison, Ledger, LedgerRow, LedgerState, Planned
 from seedguard.locks import DatabaseLock, Deadline, both_locks, ledger_locks
 from seedguard.notify import notify_applied
 from seedguard.result import Applied, ApplyResult, Drift, Waiting
+from seedguard.sessionclass import UnitClasses, classes_for
 from seedguard.sessions import app_sessions, unit_session
 from seedguard.unit import SeedUnit
 
@@ -195,6 +196,7 @@ def run(
     listener: Listener | None = None,
     schema: bool = False,
     scoped_sessions: Sequence[scoped_session[Any]] = (),
+    session_class: type[Any] | None = None,
     reviewed: ReviewedPlan | None = None,
 ) -> ApplyResult:
     """Apply the pending ``units`` (in the given order) to ``engine``.
@@ -202,7 +204,9 @@ def run(
     ``schema=True`` first runs the user's ``alembic upgrade head`` under the
     same locks, so concurrent deploys never race alembic. ``scoped_sessions``
     return each unit's session while it runs, as the Flask app's
-    ``db.session`` does by itself. ``reviewed`` (a rehearsal's plan) is
+    ``db.session`` does by itself. ``session_class`` is the session class of
+    units whose annotation does not name one (:mod:`seedguard.sessionclass`).
+    ``reviewed`` (a rehearsal's plan) is
     checked under the locks against what would run; a mismatch raises
     ``PlanStale`` before anything runs. ``listener`` receives this run's unit
     events; the process's subscribers receive all of them (:mod:`seedguard.events`).
@@ -218,7 +222,8 @@ def run(
             emit(RunStarted(emit.id, len(units), dry_run))
         try:
             result = _run(engine, units, settings, emit, dry_run=dry_run, strict=strict,
-                          schema=schema, scoped_sessions=scoped_sessions, reviewed=reviewed)
+                          schema=schema, scoped_sessions=scoped_sessions, reviewed=reviewed,
+                          session_class=session_class)
         except BaseException as err:
             if not emit.quiet:
                 emit(RunFinished(emit.id, emit.elapsed_ms(), error=err))
@@ -231,7 +236,8 @@ def run(
 def _run(engine: Engine, units: Sequence[SeedUnit], settings: Settings, emit: Run, *,
          dry_run: bool, strict: bool, schema: bool,
          scoped_sessions: Sequence[scoped_session[Any]],
-         reviewed: ReviewedPlan | None) -> ApplyResult:
+         reviewed: ReviewedPlan | None,
+         session_class: type[Any] | None = None) -> ApplyResult:
     running_unit = current_unit()
     if running_unit is not None:
         # Its own file lock is held by this very process: waiting would never end.
@@ -333,7 +339,8 @@ def _run(engine: Engine, units: Sequence[SeedUnit], settings: Settings, emit: Ru
                     db_lock.verify()
                     with unit_context(unit):
                         applied = _apply_one(conn, ledger, unit, current, emit, db_lock,
-                                             settings.lock_timeout, guard, registries)
+                                             settings.lock_timeout, guard, registries,
+                                             session_class)
                     if applied is None:
                         result.skipped.append(unit)
                     else:
@@ -522,7 +529,8 @@ def _claim(conn: Connection, ledger: Ledger, unit: SeedUnit, checksum: str,
 
 def _apply_one(conn: Connection, ledger: Ledger, unit: SeedUnit, current: Plan,
                emit: Run, db_lock: DatabaseLock, lock_timeout: float | None,
-               guard: EngineGuard, registries: Sequence[scoped_session[Any]]) -> Applied | None:
+               guard: EngineGuard, registries: Sequence[scoped_session[Any]],
+               session_class: type[Any] | None = None) -> Applied | None:
     """Apply one unit in its own transaction; None if another applier beat us to it.
 
     Its events start once its ledger row is claimed: a unit that another
@@ -530,13 +538,16 @@ def _apply_one(conn: Connection, ledger: Ledger, unit: SeedUnit, current: Plan,
     """
     checksum = current.checksums[unit.name]
     replaces = current.replaces.get(unit.name)
+    # Before anything runs: an annotation that cannot work is a DefinitionError.
+    classes = classes_for(unit.fn, is_async_unit(unit), session_class)
     log.info("applying %s v%d", unit.name, unit.version)
     started = time.perf_counter()
     transactional = unit.transactional
     with guard.unit(conn, unit, transactional=transactional) as scope:
         if not transactional:
             return _apply_non_transactional(conn, ledger, unit, checksum, replaces, emit,
-                                            started, db_lock, lock_timeout, scope, registries)
+                                            started, db_lock, lock_timeout, scope, registries,
+                                            classes)
         trans = conn.begin()
         in_work = claimed = False
         try:
@@ -546,8 +557,9 @@ def _apply_one(conn: Connection, ledger: Ledger, unit: SeedUnit, current: Plan,
                 return None
             emit(UnitStarted(unit, emit.id))
             in_work = claimed = True
-            with unit_session(conn, registries) as session, running(unit, emit):
-                call_unit(unit, session)
+            with unit_session(conn, registries, session_class=classes.sync) as session, \
+                    running(unit, emit):
+                call_unit(unit, session, async_class=classes.asynchronous)
                 # Flush what the unit left pending: its writes, not a commit of the unit.
                 session.commit()
             if scope.refused is not None:
@@ -579,8 +591,8 @@ def _apply_one(conn: Connection, ledger: Ledger, unit: SeedUnit, current: Plan,
 def _apply_non_transactional(conn: Connection, ledger: Ledger, unit: SeedUnit, checksum: str,
                              replaces: LedgerRow | None, emit: Run,
                              started: float, db_lock: DatabaseLock, lock_timeout: float | None,
-                             scope: _Scope, registries: Sequence[scoped_session[Any]]
-                             ) -> Applied | None:
+                             scope: _Scope, registries: Sequence[scoped_session[Any]],
+                             classes: UnitClasses) -> Applied | None:
     """Record "running", commit, do the work, then record "applied".
 
     If the process dies in between, the "running" row stays and blocks the unit
@@ -594,9 +606,9 @@ def _apply_non_transactional(conn: Connection, ledger: Ledger, unit: SeedUnit, c
             return None
     emit(UnitStarted(unit, emit.id))
     try:
-        with unit_session(conn, registries, transactional=False) as session, \
-                running(unit, emit):
-            call_unit(unit, session)
+        with unit_session(conn, registries, transactional=False,
+                          session_class=classes.sync) as session, running(unit, emit):
+            call_unit(unit, session, async_class=classes.asynchronous)
             session.commit()
     except BaseException as err:
         _abort(conn, scope)
