@@ -421,6 +421,7 @@ def declare(folder: Path, registry: _Registry, *, module: str, origin: str,
             origin=f"{origin} ({folder / (name + '.sql')})",
             identity=f"{folder}:sql:{name}",
             checksum_fn=spec.checksum,
+            dialects=limited,
         )
         existing = registry.get(name)
         if existing is not None and existing.identity == unit.identity \
