@@ -19,6 +19,7 @@ from seedguard.errors import (
     SeedFailed,
     SeedguardError,
     UnitBlocked,
+    UnitEscape,
 )
 from seedguard.events import report_progress
 from seedguard.registry import Registry, seed
@@ -68,6 +69,7 @@ __all__ = [
     "SeedUnit",
     "SeedguardError",
     "UnitBlocked",
+    "UnitEscape",
     "UpsertResult",
     "__version__",
     "apply",

@@ -346,14 +346,16 @@ def stamp(bind: Bind, name: str, *, version: int | None = None,
     version = unit.version if version is None else version
     validate_version(name, version)
     checksum = unit.checksum() if version == unit.version else None
+    from seedguard.ledger import BLOCKING_STATUSES
+
     with _ledger_locked(settings) as (conn, ledger):
         row = ledger.read_current(conn).get((name, version))
         if row is None:
             ledger.insert(conn, name, version, checksum)
             action = "stamped"
-        elif row.status == "running":
+        elif row.status in BLOCKING_STATUSES:
             raise ConfigError(
-                f"unit {name!r} v{version} was interrupted mid-way; settle it with "
+                f"unit {name!r} v{version} may be partly applied ({row.status}); settle it with "
                 f"`seedguard resolve {name} --applied` or `--retry`, not stamp"
             )
         elif checksum is None or row.checksum == checksum:
@@ -404,7 +406,9 @@ def forget_all(bind: Bind = None) -> list[LedgerChange]:
 
 
 def resolve(bind: Bind, name: str, *, outcome: str) -> LedgerChange:
-    """Settle an interrupted non-transactional unit (a ledger row with status "running").
+    """Settle a blocked unit: a non-transactional one interrupted mid-way (a ledger row
+    with status "running"), or a transactional one that failed after its transaction
+    was ended mid-way ("dirty").
 
     ``outcome="applied"``: its work is complete, record it applied.
     ``outcome="retry"``: remove the row, so the next apply runs it again.
@@ -412,19 +416,22 @@ def resolve(bind: Bind, name: str, *, outcome: str) -> LedgerChange:
     """
     if outcome not in ("applied", "retry"):
         raise ConfigError(f"resolve outcome must be 'applied' or 'retry', not {outcome!r}")
+    from seedguard.ledger import BLOCKING_STATUSES
+
     settings = _settings(bind)
     with _ledger_locked(settings) as (conn, ledger):
         rows = [row for row in ledger.read_current(conn).rows()
-                if row.name == name and row.status == "running"]
+                if row.name == name and row.status in BLOCKING_STATUSES]
         if not rows:
             raise ConfigError(
-                f"unit {name!r} is not interrupted (no ledger row of it has status "
-                "'running'); resolve only settles blocked units: `seedguard status` lists them"
+                f"unit {name!r} is not blocked (no ledger row of it has status "
+                "'running' or 'dirty'); resolve only settles blocked units: `seedguard "
+                "status` lists them"
             )
         for row in rows:
             if outcome == "applied":
                 ledger.finish(conn, name, row.version, checksum=row.checksum,
-                              duration_ms=row.duration_ms or 0)
+                              duration_ms=row.duration_ms or 0, was=row.status)
             else:
                 ledger.delete(conn, name, row.version)
     return LedgerChange(name, f"resolved-{outcome}", [row.version for row in rows])
