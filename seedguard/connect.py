@@ -71,7 +71,11 @@ def create(url_text: str) -> Engine:
             "postgresql+psycopg://app@localhost/app or sqlite:///app.db"
         ) from err
     try:
-        return create_engine(url)
+        # pool_pre_ping: a connection that waited in the pool while this
+        # applier waited for the lock may have been closed by the server
+        # (idle_session_timeout, wait_timeout); a ping replaces it. A new
+        # connection is not pinged, so the no-op start-up stays one query.
+        return create_engine(url, pool_pre_ping=True)
     except NoSuchModuleError as err:
         raise ConfigError(
             f"unknown database dialect or driver in {safe_url(url)}: {url.drivername!r}; "

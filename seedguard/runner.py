@@ -53,6 +53,7 @@ from seedguard.verify import (
     check_outcome,
     restore_session,
     seedguard_code,
+    translate_session_errors,
     unit_running_on,
     user_code,
     watch,
@@ -190,6 +191,7 @@ def plan(units: Sequence[SeedUnit], state: RowState[PlannedRow], checksums: Mapp
     return result
 
 
+@translate_session_errors
 def run(
     engine: Engine,
     units: Sequence[SeedUnit],
@@ -524,6 +526,7 @@ def _apply_one(conn: Connection, ledger: Ledger, unit: SeedUnit, current: Plan,
                 raise scope.refused  # the unit caught the refusal and went on
             in_work = False
             atomic = canary.intact()
+            canary.back_home()
             duration_ms = _elapsed_ms(started)
             ledger.finish(conn, unit.name, unit.version, checksum=checksum,
                           duration_ms=duration_ms)
@@ -534,6 +537,8 @@ def _apply_one(conn: Connection, ledger: Ledger, unit: SeedUnit, current: Plan,
             # transaction the unit began (then the rollback leaves nothing)?
             intact = canary is None or canary.rolled_back()
             rolled_back = _abort(conn, scope)
+            if canary is not None and rolled_back:
+                canary.back_home_after_rollback()
             dirty = rolled_back and not intact
             if dirty:
                 _mark_dirty(conn, ledger, unit, checksum, started, scope)

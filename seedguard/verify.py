@@ -41,14 +41,15 @@ A thread seedguard starts itself must mark its work with
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import logging
 import os
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypeVar
 
 from seedguard.errors import DefinitionError
 
@@ -95,6 +96,8 @@ class Probe:
 
     dialects: ClassVar[tuple[str, ...]] = ()
     drivers: ClassVar[tuple[str, ...]] = ()
+    # Whether a rollback also undoes what :meth:`where` reports (PostgreSQL's SET).
+    where_rolls_back: ClassVar[bool] = True
 
     def identity(self, dbapi_connection: Any) -> tuple[Any, ...] | None:
         """Which database ``dbapi_connection`` is on; None when that cannot be told."""
@@ -106,6 +109,13 @@ class Probe:
     def restore(self, dbapi_connection: Any) -> None:
         """Undo what a unit may have changed on the session that would end the next
         unit's transaction early (MySQL's ``SET autocommit``)."""
+
+    def where(self, dbapi_connection: Any) -> Any:
+        """Where unqualified names resolve now (``search_path``, the current database)."""
+        return None
+
+    def back_to(self, dbapi_connection: Any, where: Any) -> None:
+        """Resolve unqualified names as at :meth:`where` again (the ledger's writes)."""
 
 
 def _execute(dbapi_connection: Any, *statements: str) -> list[Any]:
@@ -151,10 +161,19 @@ class PostgresProbe(Probe):
         _execute(dbapi_connection, statement)
         dbapi_connection.commit()
 
+    def where(self, dbapi_connection: Any) -> Any:
+        return _execute(dbapi_connection, "SHOW search_path")[0][0]
+
+    def back_to(self, dbapi_connection: Any, where: Any) -> None:
+        quoted = str(where).replace("'", "''")
+        # Not local to the transaction: a unit's session-wide SET commits with it.
+        _execute(dbapi_connection, f"SELECT set_config('search_path', '{quoted}', false)")
+
 
 class MySQLProbe(Probe):
     dialects = ("mysql", "mariadb")
     drivers = ("pymysql", "MySQLdb")
+    where_rolls_back = False
 
     def identity(self, dbapi_connection: Any) -> tuple[Any, ...] | None:
         database = dbapi_connection.db
@@ -173,6 +192,13 @@ class MySQLProbe(Probe):
         get = getattr(dbapi_connection, "get_autocommit", None)
         if callable(get) and get():
             dbapi_connection.autocommit(False)
+
+    def where(self, dbapi_connection: Any) -> Any:
+        return _execute(dbapi_connection, "SELECT DATABASE()")[0][0]
+
+    def back_to(self, dbapi_connection: Any, where: Any) -> None:
+        if where is not None:  # USE is not transactional: undone by hand, also after a rollback
+            _execute(dbapi_connection, "USE `{}`".format(str(where).replace("`", "``")))
 
 
 PROBES: dict[str, Probe] = {}
@@ -214,9 +240,36 @@ class Canary:
     def __init__(self, conn: Connection) -> None:
         self.dbapi_connection: Any = conn.connection.dbapi_connection
         self.name = f"seedguard_canary_{secrets.token_hex(6)}"
+        self.probe = probe_for(self.dbapi_connection)
+        self.where: Any = None
 
     def plant(self) -> None:
         _execute(self.dbapi_connection, f"SAVEPOINT {self.name}")
+        # Where the ledger is: `SET search_path` or `USE` in the unit must not
+        # redirect its ledger row to another schema or database.
+        self.where = self.probe.where(self.dbapi_connection)
+
+    def back_home_after_rollback(self) -> None:
+        """After a rollback: undo a ``USE`` (a rollback undoes PostgreSQL's ``SET``)."""
+        if not self.probe.where_rolls_back:
+            with contextlib.suppress(Exception):
+                self.back_home()
+
+    def back_home(self) -> None:
+        """Point unqualified names where they pointed before the unit (the ledger's
+        writes); a failure says which setting the unit changed."""
+        if self.where is None:
+            return
+        try:
+            self.probe.back_to(self.dbapi_connection, self.where)
+        except Exception as err:
+            from seedguard.errors import SeedguardError
+
+            raise SeedguardError(
+                "the unit changed where unqualified names resolve (SET search_path / USE) "
+                f"and seedguard could not set it back to {self.where!r} for the ledger "
+                f"write: {type(err).__name__}: {err}"
+            ) from err
 
     def intact(self) -> bool:
         """Before the commit: is the transaction still the one the canary was set in?
@@ -294,6 +347,68 @@ def check_outcome(unit: SeedUnit, outcome: Any) -> None:
             "never awaited: its work may not have run. Await it inside an `async def` unit "
             "applied with `await seedguard.apply_async(...)`"
         )
+
+
+# -- sessions the server ends ---------------------------------------------------------------
+
+# SQLSTATE / error number -> the server setting that ends a session or statement.
+_ENDED_BY = {
+    "57P05": "idle_session_timeout",  # PostgreSQL 14+
+    "25P03": "idle_in_transaction_session_timeout",
+    "57014": "statement_timeout",
+    "55P03": "lock_timeout",
+    1969: "max_statement_time",  # MariaDB ER_STATEMENT_TIMEOUT
+    2006: "wait_timeout",  # MySQL server has gone away (an idle session ended)
+    2013: "wait_timeout",  # lost connection during query
+    4031: "wait_timeout",  # MySQL 8: disconnected by the server because of inactivity
+}
+_SETTING_FIX = {
+    "max_statement_time": "SET GLOBAL/ALTER USER ... max_statement_time = 0",
+    "wait_timeout": "a longer wait_timeout for the user seedguard connects as",
+}
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def session_setting(err: BaseException) -> str | None:
+    """The server setting that ended the statement or session behind ``err``, if known."""
+    orig = getattr(err, "orig", None) or err
+    code = getattr(orig, "sqlstate", None) or getattr(getattr(orig, "diag", None),
+                                                       "sqlstate", None)
+    if code is None and getattr(orig, "args", None):
+        code = orig.args[0]
+    setting = _ENDED_BY.get(code)
+    if setting is None and "idle-session timeout" in str(orig).lower():
+        setting = "idle_session_timeout"
+    return setting
+
+
+def translate_session_errors(fn: F) -> F:
+    """Raise a SeedguardError naming the server setting when the server ends one of
+    seedguard's own statements or sessions (a role's or database's limit)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from sqlalchemy.exc import DBAPIError
+
+        from seedguard.errors import SeedguardError
+
+        try:
+            return fn(*args, **kwargs)
+        except DBAPIError as err:
+            setting = session_setting(err)
+            if setting is None:
+                raise
+            fix = _SETTING_FIX.get(setting, f"ALTER ROLE <user> SET {setting} = 0")
+            raise SeedguardError(
+                f"the database server ended seedguard's session or statement ({setting}, "
+                f"set for the role, the database or the server: {type(err.orig).__name__})"
+                f"; lift it for the user seedguard connects as ({fix}), or give your "
+                "engine pool_pre_ping=True so a connection the server closed while idle "
+                "in the pool is replaced"
+            ) from err
+
+    return wrapper  # type: ignore[return-value]
 
 
 # -- every engine of the process -----------------------------------------------------------

@@ -10,6 +10,8 @@ naming ``seedguard resolve``). A side effect never runs twice silently.
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -434,3 +436,84 @@ def test_version_outside_the_ledger_column_is_refused_at_declaration(version: in
 def test_largest_version_applies(fx: TestDatabase) -> None:
     seedguard.apply(fx.engine(), seeds=[unit("big", version=2**31 - 1)])
     assert fx.ledger() == [("big", 2**31 - 1)]
+
+
+# -- where unqualified names resolve -----------------------------------------------------------
+
+
+def test_search_path_set_by_a_unit_does_not_redirect_the_ledger(pg_fx: TestDatabase) -> None:
+    pg_fx.execute("CREATE SCHEMA elsewhere")
+    pg_fx.execute("CREATE TABLE elsewhere.effects (unit VARCHAR(255), value VARCHAR(255))")
+
+    def work(session: orm.Session) -> None:
+        session.execute(sa.text("SET search_path TO elsewhere"))
+        _write(session, "in elsewhere")
+
+    engine = pg_fx.engine()
+    seedguard.apply(engine, seeds=[unit("moves", fn=work), unit("after-it")])
+    assert pg_fx.ledger() == [("after-it", 1), ("moves", 1)]
+    assert [r[0] for r in pg_fx.execute("SELECT value FROM elsewhere.effects")] == ["in elsewhere"]
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["succeeds", "fails"])
+def test_use_other_database_does_not_redirect_the_ledger(mariadb_fx: TestDatabase,
+                                                         fails: bool) -> None:
+    def work(session: orm.Session) -> None:
+        session.execute(sa.text("USE information_schema"))
+        session.execute(sa.text("SELECT COUNT(*) FROM tables")).scalar()
+        if fails:
+            raise RuntimeError("fails after USE")
+
+    engine = mariadb_fx.engine()
+    if fails:
+        with pytest.raises(SeedFailed) as info:
+            seedguard.apply(engine, seeds=[unit("moves", fn=work)])
+        assert info.value.rolled_back is True
+    else:
+        seedguard.apply(engine, seeds=[unit("moves", fn=work)])
+    seedguard.apply(engine, seeds=[unit("after-it")])
+    expected = [("after-it", 1)] if fails else [("after-it", 1), ("moves", 1)]
+    assert mariadb_fx.ledger() == expected
+
+
+# -- seedguard's own sessions under the server's session limits ------------------------------------
+
+
+def _hold_file_lock(path: Path, seconds: float) -> subprocess.Popen[str]:
+    """Another applier on this host: holds the file lock for ``seconds``."""
+    code = ("import filelock, sys, time; lock = filelock.FileLock(sys.argv[1]); "
+            "lock.acquire(); print('held', flush=True); time.sleep(float(sys.argv[2]))")
+    child = subprocess.Popen([sys.executable, "-c", code, str(path), str(seconds)],
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    assert child.stdout.readline().strip() == "held"
+    return child
+
+
+def test_waiter_survives_idle_session_timeout(pg_fx: TestDatabase, tmp_path: Path) -> None:
+    database = sa.engine.make_url(pg_fx.url).database
+    pg_fx.execute(f"ALTER DATABASE {database} SET idle_session_timeout = '1s'")
+    lock_path = tmp_path / "apply.lock"
+    # A first look puts a connection in seedguard's pool; it idles there while
+    # this applier waits for the file lock, and the server closes it.
+    seedguard.apply(pg_fx.url, seeds=[], lock_path=lock_path)
+    child = _hold_file_lock(lock_path, 3)
+    try:
+        result = seedguard.apply(pg_fx.url, seeds=[unit("after-wait")], lock_path=lock_path,
+                                 lock_timeout=30)
+    finally:
+        child.wait(timeout=30)
+    assert [u.name for u in result.applied] == ["after-wait"]
+
+
+def test_session_ended_by_the_server_names_the_setting(pg_fx: TestDatabase,
+                                                       tmp_path: Path) -> None:
+    database = sa.engine.make_url(pg_fx.url).database
+    pg_fx.execute(f"ALTER DATABASE {database} SET idle_session_timeout = '1s'")
+    engine = pg_fx.engine()  # the app's engine, without pool_pre_ping
+    lock_path = tmp_path / "apply.lock"
+    with engine.connect() as conn:  # a pooled connection that the server will close
+        conn.execute(sa.text("SELECT 1"))
+    time.sleep(2)
+    with pytest.raises(SeedguardError, match="idle_session_timeout"):
+        seedguard.apply(engine, seeds=[unit("after-wait")], lock_path=lock_path)
