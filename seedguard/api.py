@@ -424,7 +424,7 @@ def resolve(bind: Bind, name: str, *, outcome: str) -> LedgerChange:
                 if row.name == name and row.status in BLOCKING_STATUSES]
         if not rows:
             raise ConfigError(
-                f"unit {name!r} is not blocked (no ledger row of it has status "
+                f"unit {name!r} is not interrupted (no ledger row of it has status "
                 "'running' or 'dirty'); resolve only settles blocked units: `seedguard "
                 "status` lists them"
             )

@@ -159,7 +159,7 @@ def validate_version(name: str, version: object) -> None:
     if isinstance(version, bool) or not isinstance(version, int) \
             or not 1 <= version <= MAX_VERSION:
         raise DefinitionError(
-            f"unit {name!r}: version must be an integer from 1 to {MAX_VERSION} (the "
+            f"unit {name!r}: version must be an integer >= 1 and <= {MAX_VERSION} (the "
             f"ledger's 32-bit column), not {version!r}"
         )
 

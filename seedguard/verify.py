@@ -52,6 +52,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypeVar
 
 from seedguard.errors import DefinitionError
+from seedguard.guard import SESSIONS_TO_USE
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -64,8 +65,8 @@ log = logging.getLogger(__name__)
 # True while seedguard's own code runs in this context; False inside a unit's function.
 _seedguard: ContextVar[bool] = ContextVar("seedguard_own_code", default=False)
 
-_FIX = ("write through the unit's session (or db.session / apply(scoped_sessions=...)), "
-        "or make the unit transactional=False if the write must commit on its own")
+_FIX = (f"write through the unit's session ({SESSIONS_TO_USE}), or make the unit "
+        "transactional=False if the write must commit on its own")
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -113,7 +114,10 @@ HIDDEN_COMMITS = {
 
 
 @pytest.mark.parametrize("hidden", list(HIDDEN_COMMITS))
-def test_commit_hidden_in_a_multi_statement_string(fx: TestDatabase, hidden: str) -> None:
+def test_commit_hidden_in_a_multi_statement_string(pg_fx: TestDatabase, hidden: str) -> None:
+    # PostgreSQL: the drivers of SQLite and MariaDB refuse several statements
+    # in one call (pymysql without CLIENT.MULTI_STATEMENTS).
+    fx = pg_fx
     engine = fx.engine()
     statement = HIDDEN_COMMITS[hidden]
     fn = _fail_after(lambda s: s.connection().exec_driver_sql(statement))
@@ -503,6 +507,8 @@ def test_waiter_survives_idle_session_timeout(pg_fx: TestDatabase, tmp_path: Pat
                                  lock_timeout=30)
     finally:
         child.wait(timeout=30)
+        assert child.stdout is not None
+        child.stdout.close()
     assert [u.name for u in result.applied] == ["after-wait"]
 
 
@@ -517,3 +523,43 @@ def test_session_ended_by_the_server_names_the_setting(pg_fx: TestDatabase,
     time.sleep(2)
     with pytest.raises(SeedguardError, match="idle_session_timeout"):
         seedguard.apply(engine, seeds=[unit("after-wait")], lock_path=lock_path)
+
+
+APP_ENGINE_SEEDS = '''
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+import seedguard
+
+engine = sa.create_engine({url!r})  # the app's module-level engine (app.core.db)
+
+@seedguard.seed("superuser")
+def superuser(session):
+    with Session(engine) as own:  # the FastAPI template's initial_data.init()
+        own.execute(sa.text("INSERT INTO effects (unit, value) VALUES ('superuser', 'x')"))
+        own.commit()
+'''
+
+
+def test_cli_refuses_a_write_through_the_apps_module_level_engine(
+        fx: TestDatabase, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from _support import write_module
+    from click.testing import CliRunner
+
+    from seedguard.cli import cli
+    from seedguard.registry import default_registry
+
+    default_registry.clear()
+    name = f"seeds_{uuid.uuid4().hex[:10]}"
+    write_module(tmp_path, name, APP_ENGINE_SEEDS.format(url=fx.url))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    try:
+        result = CliRunner().invoke(cli, ["--url", fx.url, "--seeds", name, "upgrade"],
+                                    catch_exceptions=False)
+    finally:
+        default_registry.clear()
+        sys.modules[name].engine.dispose()
+    assert result.exit_code == 1
+    assert "transactional=False" in result.output and "rolled back" in result.output
+    assert fx.effects() == []
+    assert fx.ledger() == []
