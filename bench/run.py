@@ -22,7 +22,7 @@ from _common import Report
 import seedguard
 
 SECTIONS = ("targets", "noop", "async", "bulk", "refs", "threshold", "contention", "memory",
-            "cli")
+            "plan", "cli")
 KINDS = ("sqlite", "postgresql", "mariadb")
 
 
@@ -85,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"memory, {args.memory_rows:,}-row CSV", flush=True)
         memory.run(report, args.memory_rows)
+    if "plan" in only:
+        import plan
+
+        print("rehearsal (plan) vs apply", flush=True)
+        plan.run(report, kinds, 50, 5)
     if "cli" in only:
         import noop
 

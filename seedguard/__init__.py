@@ -9,13 +9,14 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from seedguard.__about__ import __version__
-from seedguard.api import apply
+from seedguard.api import apply, plan
 from seedguard.errors import (
     ConfigError,
     DataError,
     DefinitionError,
     DriftError,
     LockTimeout,
+    PlanStale,
     SeedFailed,
     SeedguardError,
     UnitBlocked,
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from seedguard.aio import apply_async
     from seedguard.data import data_seed
     from seedguard.datadir import data_dir
+    from seedguard.review import Plan
 
 # Loaded when first used: a start-up that only applies code units never loads
 # the data-seed machinery (csv, decimal, uuid, refs) or apply_async
@@ -42,6 +44,7 @@ _LAZY = {
     "apply_async": "seedguard.aio",
     "data_seed": "seedguard.data",
     "data_dir": "seedguard.datadir",
+    "Plan": "seedguard.review",
 }
 
 
@@ -64,6 +67,8 @@ __all__ = [
     "DefinitionError",
     "DriftError",
     "LockTimeout",
+    "Plan",
+    "PlanStale",
     "Registry",
     "SeedFailed",
     "SeedUnit",
@@ -76,6 +81,7 @@ __all__ = [
     "apply_async",
     "data_dir",
     "data_seed",
+    "plan",
     "report_progress",
     "seed",
     "upsert",

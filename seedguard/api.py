@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import scoped_session
 
     from seedguard.ledger import Ledger, LedgerState
+    from seedguard.review import Plan as ReviewedPlan
     from seedguard.runner import Plan
 
 
@@ -64,6 +65,7 @@ def apply(
     schema: bool = False,
     alembic_config: str | os.PathLike[str] | None = None,
     scoped_sessions: Iterable[scoped_session[Any]] = (),
+    plan: ReviewedPlan | str | os.PathLike[str] | None = None,
 ) -> ApplyResult:
     """Apply every pending selected unit, exactly once across processes and hosts.
 
@@ -97,12 +99,17 @@ def apply(
     :param scoped_sessions: your ``scoped_session`` objects; while a unit runs
         each returns the unit's session, so code that writes through them joins
         the unit's transaction (a Flask app's ``db.session`` does so by itself).
+    :param plan: a reviewed :class:`~seedguard.Plan` (or the path of one that
+        ``seedguard plan --out`` wrote): apply only while its digest still
+        matches what would run, checked under the locks; else ``PlanStale``
+        and nothing runs.
     :returns: an :class:`~seedguard.ApplyResult`.
     :raises SeedFailed: a unit failed; its work was rolled back (the message
         says so only when that is known), the original error is ``__cause__``.
     :raises LockTimeout: another applier held a lock for longer than ``lock_timeout``.
     :raises ConfigError: no database, a bad URL or setting, a missing seeds module.
     :raises DefinitionError: a bad unit declaration, dependency or cycle.
+    :raises PlanStale: ``plan`` no longer matches the pending units, contexts or ledger.
 
     From async code (an ``AsyncEngine``, an async driver's URL, ``async def``
     units) use :func:`seedguard.apply_async`; this call refuses them.
@@ -116,11 +123,69 @@ def apply(
     from seedguard.eventloop import check_units
     from seedguard.runner import run
 
+    reviewed = None
+    if plan is not None:
+        from seedguard.review import Plan
+
+        reviewed = plan if isinstance(plan, Plan) else Plan.load(plan)
     units = select(settings, target=target)
     with engine_for(settings) as engine:
         check_units(units, engine)
         return run(engine, units, settings, dry_run=dry_run, strict=strict, listener=on_event,
-                   schema=schema, scoped_sessions=list(scoped_sessions))
+                   schema=schema, scoped_sessions=list(scoped_sessions), reviewed=reviewed)
+
+
+def plan(
+    bind: Engine | str | None = None,
+    *,
+    seeds: SeedsSpec = None,
+    contexts: Iterable[str] | None = None,
+    target: str | None = None,
+    lock_timeout: float | None = None,
+    lock_path: str | os.PathLike[str] | None = None,
+    strict: bool = False,
+    lock_mode: _config.LockMode | None = None,
+    alembic_config: str | os.PathLike[str] | None = None,
+    scoped_sessions: Iterable[scoped_session[Any]] = (),
+) -> ReviewedPlan:
+    """Rehearse the pending units in a transaction that is always rolled back.
+
+    Takes the same locks as :func:`apply`, runs each pending unit on top of the
+    ones before it, records the SQL each executed and the rows it inserted,
+    updated and deleted per table, then rolls everything back: nothing
+    persists, the ledger included. Nothing pending costs one query, no lock.
+    Hand the result (or its saved file) to ``apply(plan=...)`` to apply
+    exactly what was reviewed.
+
+    :param bind: as for :func:`apply`.
+    :param seeds: as for :func:`apply`.
+    :param contexts: as for :func:`apply`; they are part of the plan's digest.
+    :param target: rehearse only this unit and the units it depends on.
+    :param lock_timeout: as for :func:`apply`.
+    :param lock_path: as for :func:`apply`.
+    :param strict: as for :func:`apply`.
+    :param lock_mode: as for :func:`apply`.
+    :param alembic_config: as for :func:`apply` (units with ``requires_revision``).
+    :param scoped_sessions: as for :func:`apply`.
+    :returns: a :class:`~seedguard.Plan`; ``Plan.ok`` is False when a unit
+        failed in the rehearsal (its ``error`` says why).
+    :raises LockTimeout: another applier held a lock for longer than ``lock_timeout``.
+    :raises ConfigError: no database, a bad URL or setting, a missing seeds module.
+    :raises DefinitionError: a bad unit declaration, dependency or cycle.
+    """
+    settings = _config.resolve(
+        bind, seeds=seeds, contexts=contexts, lock_path=lock_path, lock_timeout=lock_timeout,
+        lock_mode=lock_mode,
+        alembic_config=os.fspath(alembic_config) if alembic_config is not None else None,
+    )
+    from seedguard.eventloop import check_units
+    from seedguard.rehearsal import rehearse
+
+    units = select(settings, target=target)
+    with engine_for(settings) as engine:
+        check_units(units, engine)
+        return rehearse(engine, units, settings, strict=strict,
+                        scoped_sessions=list(scoped_sessions))
 
 
 def select(settings: _config.Settings, *, target: str | None = None) -> list[SeedUnit]:

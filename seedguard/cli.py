@@ -25,7 +25,14 @@ import click
 
 from seedguard import api
 from seedguard import config as _config
-from seedguard.errors import ConfigError, DefinitionError, LockTimeout, SeedFailed, SeedguardError
+from seedguard.errors import (
+    ConfigError,
+    DefinitionError,
+    LockTimeout,
+    PlanStale,
+    SeedFailed,
+    SeedguardError,
+)
 from seedguard.events import Event, UnitFinished, UnitProgress, UnitStarted
 from seedguard.reports import LedgerChange, StatusResult, UnitStatus
 from seedguard.result import ApplyResult
@@ -48,7 +55,7 @@ def exit_code(err: BaseException) -> int:
     """The documented exit code for ``err``."""
     if isinstance(err, LockTimeout):
         return EXIT_LOCK_TIMEOUT
-    if isinstance(err, (ConfigError, DefinitionError, _Declined)):
+    if isinstance(err, (ConfigError, DefinitionError, PlanStale, _Declined)):
         return EXIT_USAGE
     if isinstance(err, KeyboardInterrupt):
         return EXIT_INTERRUPTED
@@ -489,11 +496,14 @@ def _describe_preview(preview: Any) -> str:
 @click.option("--strict", is_flag=True, help="Fail (exit 1) when an applied unit drifted.")
 @click.option("--schema", is_flag=True,
               help="Run your `alembic upgrade head` first, under the same locks.")
+@click.option("--plan", "plan_file", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Apply only what this reviewed plan (`seedguard plan --out`) lists; "
+              "exit 2 if it no longer matches.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @_command_options
 @pass_options
 def upgrade(opts: Options, target: str | None, dry_run: bool, strict: bool, schema: bool,
-            as_json: bool) -> None:
+            plan_file: str | None, as_json: bool) -> None:
     """Apply every pending unit (or TARGET and what it depends on)."""
     _start(opts, "upgrade", as_json=as_json)
     settings = opts.settings()
@@ -515,7 +525,7 @@ def upgrade(opts: Options, target: str | None, dry_run: bool, strict: bool, sche
 
     try:
         result = _run_apply(opts, target=target, dry_run=dry_run, strict=strict,
-                            schema=schema, on_event=listener)
+                            schema=schema, on_event=listener, plan=plan_file)
     except BaseException:
         if progress is not None:
             progress.close()
@@ -561,6 +571,67 @@ def upgrade(opts: Options, target: str | None, dry_run: bool, strict: bool, sche
 def _run_apply(opts: Options, **options: Any) -> ApplyResult:
     # One place that calls apply(), so options (e.g. alembic's --schema) are added here.
     return api.apply(opts.url, **opts.apply_arguments(), **options)
+
+
+# -- plan: rehearse, for review ----------------------------------------------------------
+
+# Statements shown per unit in the text summary; --json and --out have them all.
+_PLAN_STATEMENTS = 3
+
+
+@cli.command("plan")
+@click.argument("target", required=False)
+@click.option("--out", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Write the plan as JSON, for `seedguard upgrade --plan FILE`.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as one JSON document.")
+@_command_options
+@pass_options
+@click.pass_context
+def plan_command(ctx: click.Context, opts: Options, target: str | None, out: str | None,
+                 as_json: bool) -> None:
+    """Rehearse the pending units (rolled back) and show what they would do.
+
+    Exit 1 if a unit failed in the rehearsal.
+    """
+    _start(opts, "plan", as_json=as_json)
+    settings = opts.settings()
+    _require_database(settings)
+    _require_units(settings)
+    _warn_unknown_contexts(opts, settings)
+    rehearsal = api.plan(opts.url, **opts.apply_arguments(), target=target)
+    if out is not None:
+        rehearsal.save(out)
+    if as_json:
+        _emit_json({"ok": rehearsal.ok, "command": "plan", **rehearsal.as_dict()})
+    else:
+        _render_plan(opts, rehearsal, out)
+    if not rehearsal.ok:
+        ctx.exit(EXIT_UNIT_FAILED)
+
+
+def _render_plan(opts: Options, rehearsal: Any, out: str | None) -> None:
+    if not rehearsal.units:
+        _info(opts, "nothing to apply")
+    else:
+        _info(opts, f"would apply {len(rehearsal.units)} unit(s), in order "
+              "(rehearsed and rolled back):")
+    for unit in rehearsal.units:
+        if unit.not_rehearsed is not None:
+            _info(opts, f"  {unit.name} v{unit.version}: not rehearsed: {unit.not_rehearsed}")
+            continue
+        state = f"FAILED: {unit.error}" if unit.failed else f"{unit.duration_ms} ms"
+        _info(opts, f"  {unit.name} v{unit.version}: {state}")
+        for table, counts in unit.rows.items():
+            _info(opts, f"    {table}: {counts.inserted} inserted, {counts.updated} updated, "
+                  f"{counts.deleted} deleted")
+        for statement in unit.statements[:_PLAN_STATEMENTS]:
+            _info(opts, f"    > {statement[:160]}")
+        if len(unit.statements) > _PLAN_STATEMENTS:
+            _info(opts, f"    ... and {len(unit.statements) - _PLAN_STATEMENTS} more "
+                  "statement(s)")
+    _info(opts, f"digest {rehearsal.digest}")
+    if out is not None:
+        _info(opts, f"wrote {out}; apply exactly this with `seedguard upgrade --plan {out}`")
 
 
 # -- status, check, history --------------------------------------------------------------

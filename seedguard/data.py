@@ -146,8 +146,9 @@ def _declare(
     spec = _DataSeed(name, table, key, source, update=update, prune=prune,
                      refs=parse_refs(name, refs))
 
-    def work(session: Session) -> None:
-        spec.run(session.connection(), dry_run=False)
+    def work(session: Session) -> UpsertResult:
+        # Returned for a rehearsal (seedguard.plan), which reports its exact counts.
+        return spec.run(session.connection(), dry_run=False)
 
     unit = SeedUnit(
         name=name,

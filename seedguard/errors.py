@@ -110,6 +110,21 @@ class UnitEscape(SeedguardError):
     """
 
 
+class PlanStale(SeedguardError):
+    """A reviewed plan no longer matches what would be applied: nothing was.
+
+    ``changes`` lists what differs, one line each (a unit pending that was not
+    planned, a changed checksum, other contexts, ledger rows changed since).
+    """
+
+    def __init__(self, message: str, *, changes: Any = ()) -> None:
+        super().__init__(message)
+        self.changes = list(changes)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.args, {"changes": self.changes}))
+
+
 def _rebuild(cls: type[SeedguardError], args: tuple[Any, ...], attrs: dict[str, Any]) -> Any:
     """Unpickle an error whose ``__init__`` takes keyword-only attributes."""
     err = cls(*args, **attrs)

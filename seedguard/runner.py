@@ -65,6 +65,7 @@ if TYPE_CHECKING:
 
     from seedguard.config import Settings
     from seedguard.guard import _Scope
+    from seedguard.review import Plan as ReviewedPlan
 
 log = logging.getLogger(__name__)
 
@@ -202,13 +203,16 @@ def run(
     listener: Listener | None = None,
     schema: bool = False,
     scoped_sessions: Sequence[scoped_session[Any]] = (),
+    reviewed: ReviewedPlan | None = None,
 ) -> ApplyResult:
     """Apply the pending ``units`` (in the given order) to ``engine``.
 
     ``schema=True`` first runs the user's ``alembic upgrade head`` under the
     same locks, so concurrent deploys never race alembic. ``scoped_sessions``
     return each unit's session while it runs, as the Flask app's
-    ``db.session`` does by itself.
+    ``db.session`` does by itself. ``reviewed`` (a rehearsal's plan) is
+    checked under the locks against what would run; a mismatch raises
+    ``PlanStale`` before anything runs.
     """
     running_unit = current_unit()
     if running_unit is not None:
@@ -221,7 +225,10 @@ def run(
     ledger = Ledger.named(settings.ledger_table, settings.ledger_schema)
     checksums, expected = _expected(units)
     now = _look(engine, ledger, expected)
-    if now is not None and now.all_applied and not schema:
+    # A reviewed plan is checked under the locks: "nothing pending" is an
+    # answer to check against it too (applied by someone else since?).
+    fast = not schema and reviewed is None
+    if now is not None and now.all_applied and fast:
         return ApplyResult(skipped=list(units), dry_run=dry_run)
     # Reads the user's alembic graph only if a would-be-pending unit declares
     # requires_revision: the no-op start-up stays one query.
@@ -242,7 +249,7 @@ def run(
     # "running" row is no reason to fail without them: its owner is most
     # likely still at work (a gunicorn worker that started a moment earlier),
     # and the locks make this applier wait for it and look again.
-    if now is not None and not first.pending and not first.blocked and not schema:
+    if now is not None and not first.pending and not first.blocked and fast:
         return first.result()
 
     # Work to do: import what the units need now, not while holding the locks
@@ -259,7 +266,7 @@ def run(
         # has usually done everything. One look ends it then, as safely as
         # the lock-free fast path does, without the database lock, the ledger
         # check and the full re-read (bench/contention.py).
-        if schema:
+        if not fast:
             return False
         look = _look(engine, ledger, expected)
         if look is None:
@@ -293,9 +300,16 @@ def run(
                 ledger.ensure(conn)
             # Heads re-read under the locks: another applier (or our own
             # schema upgrade) may have moved them since the fast path.
-            current = plan(units, ledger.read_current(conn), checksums, strict=strict,
+            rows = ledger.read_current(conn)
+            current = plan(units, rows, checksums, strict=strict,
                            revisions=gate.with_connection(conn))
             conn.commit()
+            if reviewed is not None:
+                from seedguard.review import check_reviewed, ledger_rows
+
+                check_reviewed(reviewed, [(unit.name, unit.version, checksums[unit.name])
+                                          for unit in current.pending],
+                               settings.contexts, ledger_rows(rows, units))
             result = current.result()
             result.migrated = migrated
             with _unit_transactions(conn):

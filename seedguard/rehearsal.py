@@ -1,0 +1,288 @@
+"""Rehearse the pending units: run them as apply() would, then roll everything back.
+
+:func:`rehearse` runs every pending unit as ``apply()`` would (under the same
+two locks, in the same order, each on top of the ones before it, with the
+same guard on what a unit may do) inside one transaction that is always
+rolled back, and records per unit the SQL it executed and the rows it
+inserted, updated and deleted per table (:class:`seedguard.review.Plan`).
+Nothing it does is committed: not the units' work, not a ledger row (a
+rehearsal writes none), not the ledger table (a rehearsal never creates or
+upgrades it). A rehearsal killed by SIGKILL leaves an open transaction,
+which the server discards with the connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import re
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from seedguard.review import (
+    Plan,
+    RehearsedUnit,
+    RowCounts,
+    ledger_rows,
+    plan_digest,
+)
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection, Engine
+    from sqlalchemy.orm import scoped_session
+
+    from seedguard.config import Settings
+    from seedguard.unit import SeedUnit
+
+# A statement longer than this is cut in the plan (a data seed's batch of
+# a thousand rows would otherwise fill a pull-request comment).
+STATEMENT_CHARS = 2000
+# Parameters whose bound name says they hold a secret are shown as ***.
+_SECRET_NAME = re.compile(r"pass|secret|token|credential|api_?key|private", re.IGNORECASE)
+# Counting only, for statements given as text (text(), exec_driver_sql): the
+# compiled statement names the table of everything else. The guarantee never
+# rests on this: a rehearsal is rolled back whatever its statements were.
+_TEXT_DML = re.compile(
+    r"^\s*(insert|replace|update|delete)\s+(?:(?:ignore|low_priority|into|from)\s+)*"
+    r"([`\"\[]?[\w.$]+[`\"\]]?)", re.IGNORECASE)
+
+
+# -- the rehearsal -------------------------------------------------------------------
+
+
+def rehearse(engine: Engine, units: Sequence[SeedUnit], settings: Settings, *,
+             strict: bool = False, scoped_sessions: Sequence[scoped_session[Any]] = ()
+             ) -> Plan:
+    """Run the pending ``units`` in a transaction that is always rolled back; see the module."""
+    from seedguard.alembic import RevisionGate
+    from seedguard.connect import connect, safe_url
+    from seedguard.ledger import Ledger, LedgerState
+    from seedguard.locks import both_locks, ledger_locks
+    from seedguard.runner import _expected, _unit_transactions, _work_connection, plan
+
+    ledger = Ledger.named(settings.ledger_table, settings.ledger_schema)
+    checksums = _expected(units).checksums
+    contexts = list(settings.contexts)
+    created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    database = safe_url(engine.url)
+    with connect(engine) as conn:
+        state, _ = ledger.read_any(conn)
+    first = plan(units, state or LedgerState(), checksums, strict=strict)
+    if not first.pending and not first.blocked:
+        # Nothing pending: no lock, nothing run (requirements on the user's
+        # alembic revisions only ever hold units back, so are not asked).
+        rows = ledger_rows(state, units)
+        return Plan([], contexts, plan_digest([], contexts, rows), database, created)
+
+    import sqlalchemy.orm  # noqa: F401  (what units need, imported before the locks)
+
+    file_lock, db_lock, deadline = ledger_locks(engine, settings)
+    with both_locks(file_lock, db_lock, deadline), \
+            _work_connection(engine, db_lock) as conn:
+        state, _ = ledger.read_any(conn)
+        conn.rollback()
+        gate = RevisionGate(settings, engine).with_connection(conn)
+        current = plan(units, state or LedgerState(), checksums, strict=strict, revisions=gate)
+        conn.rollback()
+        pending = [(unit.name, unit.version, checksums[unit.name]) for unit in current.pending]
+        rows = ledger_rows(state, units)
+        rehearsed = [RehearsedUnit(name, version, checksum)
+                     for name, version, checksum in pending]
+        rehearsed += [RehearsedUnit(unit.name, unit.version, checksums[unit.name],
+                                    not_rehearsed="blocked: it was interrupted mid-way; "
+                                    f"resolve it first (`seedguard resolve {unit.name}`)")
+                      for unit in current.blocked]
+        with _unit_transactions(conn):
+            _run_all(conn, engine, current.pending, rehearsed,
+                     [*scoped_sessions, *_app_sessions(engine)])
+    return Plan(rehearsed, contexts, plan_digest(pending, contexts, rows), database, created)
+
+
+def _app_sessions(engine: Engine) -> list[scoped_session[Any]]:
+    from seedguard.sessions import app_sessions
+
+    return app_sessions(engine)
+
+
+def _run_all(conn: Connection, engine: Engine, pending: Sequence[SeedUnit],
+             rehearsed: list[RehearsedUnit], registries: Sequence[scoped_session[Any]]) -> None:
+    """Each unit in a SAVEPOINT of one outer transaction, which is then rolled back."""
+    from seedguard.guard import EngineGuard
+
+    outer = conn.begin()
+    dbapi_connection: Any = conn.connection.dbapi_connection
+    if getattr(dbapi_connection, "in_transaction", None) is False:
+        # sqlite3's legacy transaction control opens a transaction only before
+        # a DML statement: the first unit's SAVEPOINT would then be the
+        # outermost transaction, and its RELEASE a COMMIT. Open it ourselves,
+        # taking the write lock as apply()'s first ledger write does.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    try:
+        with EngineGuard(engine) as guard:
+            not_run: dict[str, str] = {}
+            for unit, entry in zip(pending, rehearsed, strict=False):
+                why = _why_not(unit, not_run)
+                if why is not None:
+                    entry.not_rehearsed = why
+                    not_run[unit.name] = why
+                    continue
+                _run_one(conn, guard, unit, entry, registries)
+                if entry.failed:
+                    not_run[unit.name] = "failed"
+    finally:
+        # Always, also on Ctrl-C: nothing of a rehearsal is ever committed.
+        outer.rollback()
+        with contextlib.suppress(Exception):
+            conn.connection.dbapi_connection.rollback()  # type: ignore[union-attr]
+
+
+def _why_not(unit: SeedUnit, not_run: Mapping[str, str]) -> str | None:
+    if not unit.transactional:
+        return ("transactional=False: its work commits as it goes, so it cannot be "
+                "rolled back; it runs only when applied")
+    for dep in unit.after:
+        if dep in not_run:
+            return (f"it runs after {dep!r}, which "
+                    + ("failed in this rehearsal" if not_run[dep] == "failed"
+                       else "could not be rehearsed"))
+    return None
+
+
+def _run_one(conn: Connection, guard: Any, unit: SeedUnit, entry: RehearsedUnit,
+             registries: Sequence[scoped_session[Any]]) -> None:
+    from seedguard.eventloop import call_unit
+    from seedguard.events import running
+    from seedguard.guard import ending
+    from seedguard.runner import _root_error
+    from seedguard.sessions import unit_session
+
+    started = time.perf_counter()
+    savepoint = conn.begin_nested()
+    with _Recorder(conn, entry), guard.unit(conn, unit, transactional=True) as scope:
+        try:
+            with unit_session(conn, registries) as session, running(unit, None):
+                outcome = call_unit(unit, session)
+                session.commit()
+            if scope.refused is not None:
+                raise scope.refused
+        except Exception as err:
+            entry.error = _root_error(scope.refused or err)
+            with ending(scope):
+                savepoint.rollback()
+        else:
+            _exact_counts(unit, outcome, entry)
+            with ending(scope):
+                savepoint.commit()  # RELEASE: later units see this one's rows
+    entry.duration_ms = int((time.perf_counter() - started) * 1000)
+
+
+def _exact_counts(unit: SeedUnit, outcome: Any, entry: RehearsedUnit) -> None:
+    """A data seed counts its own rows exactly (an upsert's statement cannot say
+    which of its rows were inserted and which updated)."""
+    spec = getattr(unit.preview, "__self__", None)
+    table = getattr(spec, "table_name", None)
+    if table is None or not hasattr(outcome, "inserted"):
+        return
+    entry.rows[table] = RowCounts(int(outcome.inserted), int(getattr(outcome, "updated", 0)),
+                                  int(getattr(outcome, "deleted", 0)))
+
+
+class _Recorder:
+    """Records the statements a unit executes on ``conn`` and the rows they touch."""
+
+    def __init__(self, conn: Connection, entry: RehearsedUnit) -> None:
+        self.conn = conn
+        self.entry = entry
+
+    def __enter__(self) -> _Recorder:
+        from sqlalchemy import event
+
+        event.listen(self.conn, "before_cursor_execute", self._before)
+        event.listen(self.conn, "after_cursor_execute", self._after)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        from sqlalchemy import event
+
+        event.remove(self.conn, "before_cursor_execute", self._before)
+        event.remove(self.conn, "after_cursor_execute", self._after)
+
+    def _before(self, conn: Connection, cursor: Any, statement: str, parameters: Any,
+                context: Any, executemany: bool) -> None:
+        if _is_savepoint(statement):
+            return  # the session's own SAVEPOINTs, not the unit's work
+        text = " ".join(statement.split())
+        if len(text) > STATEMENT_CHARS:
+            text = text[:STATEMENT_CHARS] + " ..."
+        names = _bind_names(context)
+        if executemany:
+            sets = list(parameters)
+            shown = f"  -- {len(sets)} parameter sets" + (
+                f", first: {_shown(sets[0], names)}" if sets else "")
+        elif parameters:
+            shown = f"  -- {_shown(parameters, names)}"
+        else:
+            shown = ""
+        self.entry.statements.append(text + shown)
+
+    def _after(self, conn: Connection, cursor: Any, statement: str, parameters: Any,
+               context: Any, executemany: bool) -> None:
+        kind, table = _dml(statement, context)
+        if kind is None or table is None:
+            return
+        count = cursor.rowcount if isinstance(cursor.rowcount, int) else -1
+        if count < 0:
+            # Unknown to the driver (a multi-row INSERT ... RETURNING not yet
+            # fetched): one row per parameter set.
+            count = len(parameters) if executemany else 1
+        counts = self.entry.rows.setdefault(table, RowCounts())
+        setattr(counts, kind, getattr(counts, kind) + count)
+
+
+def _is_savepoint(statement: str) -> bool:
+    head = statement.lstrip()[:20].upper()
+    return head.startswith(("SAVEPOINT", "RELEASE SAVEPOINT", "ROLLBACK TO SAVEPOINT"))
+
+
+def _dml(statement: str, context: Any) -> tuple[str | None, str | None]:
+    """("inserted" | "updated" | "deleted", table) for a statement that changes rows."""
+    compiled = getattr(context, "compiled", None)
+    dml_table = getattr(getattr(compiled, "statement", None), "table", None)
+    if context is not None and dml_table is not None and getattr(dml_table, "name", None):
+        kind = ("inserted" if context.isinsert else "updated" if context.isupdate
+                else "deleted" if context.isdelete else None)
+        return kind, str(dml_table.name)
+    match = _TEXT_DML.match(statement)
+    if match is None:
+        return None, None
+    verb = match.group(1).lower()
+    kind = {"insert": "inserted", "replace": "inserted", "update": "updated",
+            "delete": "deleted"}[verb]
+    name = match.group(2).strip('`"[]').rsplit(".", 1)[-1]
+    return kind, name
+
+
+def _bind_names(context: Any) -> Sequence[str] | None:
+    compiled = getattr(context, "compiled", None)
+    names = getattr(compiled, "positiontup", None)
+    return list(names) if names else None
+
+
+def _shown(parameters: Any, names: Sequence[str] | None) -> str:
+    """Parameters as the plan shows them: secrets by bound name as ***, long values cut."""
+    if isinstance(parameters, Mapping):
+        pairs = [(str(k), v) for k, v in parameters.items()]
+        return "{" + ", ".join(f"{k}: {_value(k, v)}" for k, v in pairs) + "}"
+    values = list(parameters) if isinstance(parameters, (list, tuple)) else [parameters]
+    if names is not None and len(names) == len(values):
+        return "(" + ", ".join(_value(n, v) for n, v in zip(names, values, strict=True)) + ")"
+    return "(" + ", ".join(_value("", v) for v in values) + ")"
+
+
+def _value(name: str, value: Any) -> str:
+    if name and _SECRET_NAME.search(name):
+        return "***"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
