@@ -552,6 +552,12 @@ def _apply_one(conn: Connection, ledger: Ledger, unit: SeedUnit, current: Plan,
             intact = canary is None or canary.rolled_back()
             rolled_back = _abort(conn, scope)
             if canary is not None and rolled_back:
+                if not intact and canary.lost(conn):
+                    # The connection died, and the canary with it: the server
+                    # discarded the open transaction. Only a commit mid-way
+                    # can have kept anything, and it would have kept the
+                    # "running" claim too: read it on the new connection.
+                    intact = not _claim_committed(conn, ledger, unit, scope)
                 canary.back_home_after_rollback()
             dirty = rolled_back and not intact
             if dirty:
@@ -629,6 +635,18 @@ def _abort(conn: Connection, scope: _Scope) -> bool:
             log.debug("rollback failed (connection lost?): %s", type(err).__name__)
             return False
     return True
+
+
+def _claim_committed(conn: Connection, ledger: Ledger, unit: SeedUnit, scope: _Scope) -> bool:
+    """Whether the unit's "running" claim is committed (True also when it cannot be read)."""
+    try:
+        with ending(scope):
+            row = ledger.row(conn, unit.name, unit.version)
+            conn.rollback()
+    except Exception as err:
+        log.debug("cannot read the ledger row after a lost connection: %s", _root_error(err))
+        return True
+    return row is not None and row.status == "running"
 
 
 def _mark_dirty(conn: Connection, ledger: Ledger, unit: SeedUnit, checksum: str,

@@ -296,6 +296,14 @@ class Canary:
                      f"RELEASE SAVEPOINT {probe}")
         return False
 
+    def lost(self, conn: Connection) -> bool:
+        """Whether ``conn`` now has another DB-API connection than the canary's (the
+        first was lost, and the server discarded its open transaction)."""
+        try:
+            return conn.connection.dbapi_connection is not self.dbapi_connection
+        except Exception:
+            return True
+
     def rolled_back(self) -> bool:
         """Before a failed unit's rollback: undo everything since the canary; whether that
         was its own transaction (so the rollback that follows leaves nothing behind)."""
