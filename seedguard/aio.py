@@ -132,13 +132,14 @@ def create_async(url_text: str) -> AsyncEngine | None:
     from sqlalchemy.exc import ArgumentError, InvalidRequestError, NoSuchModuleError
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    from seedguard.connect import create, safe_url
+    from seedguard.connect import check_spelling, create, safe_url
 
     try:
         url = make_url(url_text)
     except (ArgumentError, ValueError):
         create(url_text)  # raises the ConfigError that shows a URL's expected shape
         raise
+    check_spelling(url)
     try:
         return create_async_engine(url)
     except InvalidRequestError:

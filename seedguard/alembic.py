@@ -88,16 +88,40 @@ def find_config(settings: Settings) -> Config | None:
     First found wins: ``settings.alembic_config`` (an ``alembic.ini`` or the
     folder holding one); inside a Flask app context, Flask-Migrate's
     directory; ``alembic.ini`` in the current directory.
+
+    A config that was found rather than named (``./alembic.ini``, or one named
+    by a ``pyproject.toml``) is used only when its owner is the current user
+    or root: its ``env.py`` runs with the database URL (seedguard.trust).
+    One named by an argument, an option or ``SEEDGUARD_ALEMBIC_CONFIG`` is
+    trusted as given.
     """
     if settings.alembic_config:
-        return _ini_config(Path(settings.alembic_config), settings.sources.get("alembic_config"))
+        source = settings.sources.get("alembic_config")
+        path = Path(settings.alembic_config)
+        if source not in _EXPLICIT_SOURCES and not _trusted_ini(path):
+            return None
+        return _ini_config(path, source)
     flask_config = _flask_migrate_config()
     if flask_config is not None:
         return flask_config
     default = Path("alembic.ini")
     if default.is_file():
+        if not _trusted_ini(default.resolve()):
+            return None
         return _ini_config(default.resolve(), "current directory")
     return None
+
+
+# Sources (config.Settings.sources) whose alembic_config someone chose on purpose.
+_EXPLICIT_SOURCES = frozenset({"argument", "environment", "Flask app config"})
+
+
+def _trusted_ini(path: Path) -> bool:
+    from seedguard.trust import is_trusted
+
+    ini = path / "alembic.ini" if path.is_dir() else path
+    return is_trusted(ini, instead="name it explicitly with SEEDGUARD_ALEMBIC_CONFIG or "
+                      "--alembic-config")
 
 
 def _ini_config(path: Path, source: str | None) -> Config:

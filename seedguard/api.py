@@ -643,6 +643,8 @@ def _without_password(url: str) -> tuple[str, bool]:
             "cannot parse the database URL: expected dialect+driver://user@host/database, "
             "e.g. postgresql+psycopg://app@localhost/app or sqlite:///app.db"
         ) from err
-    if parsed.password is None:
+    from seedguard.redact import has_secrets, without_secrets
+
+    if not has_secrets(parsed):
         return url, False
-    return parsed._replace(password=None).render_as_string(hide_password=False), True
+    return without_secrets(parsed), True

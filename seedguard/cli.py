@@ -78,13 +78,29 @@ class Options:
     json: bool = False
     # Added to the JSON error document: what a command did before it failed.
     partial: dict[str, Any] = field(default_factory=dict)
+    # Database URLs resolved for this command, whose secrets no output may show.
+    seen_urls: list[str] = field(default_factory=list)
 
     def settings(self) -> _config.Settings:
-        return _config.resolve(
+        settings = _config.resolve(
             self.url, seeds=self.seeds, contexts=self.contexts or None,
             lock_timeout=self.lock_timeout, lock_path=self.lock_path,
             alembic_config=self.alembic_config,
         )
+        if settings.url:
+            self.seen_urls.append(settings.url)
+        return settings
+
+    def redact(self, text: str) -> str:
+        """``text`` with the secrets of every URL this command was given hidden.
+
+        The library hides them where it builds a message; this is the last
+        line before the terminal, for a driver message or traceback that
+        spelled one in a way nobody foresaw.
+        """
+        from seedguard.redact import redact
+
+        return redact(text, self.url, os.environ.get("SEEDGUARD_URL"), *self.seen_urls)
 
     def apply_arguments(self) -> dict[str, Any]:
         """What ``seedguard.apply()`` takes of the global options."""
@@ -196,16 +212,22 @@ def _fail(ctx: click.Context, err: BaseException) -> None:
             error["holder"] = err.holder
         _emit_json({"ok": False, "command": opts.command, **opts.partial, "error": error})
     else:
-        click.echo(f"error: {message}", err=True)
+        click.echo(opts.redact(f"error: {message}"), err=True)
     if opts.verbose:
-        click.echo("".join(traceback.format_exception(err)), err=True, nl=False)
+        click.echo(opts.redact("".join(traceback.format_exception(err))), err=True, nl=False)
     elif not known and not opts.json:
         click.echo("(run with -v for the traceback)", err=True)
     ctx.exit(code)
 
 
 def _emit_json(document: dict[str, Any]) -> None:
-    click.echo(json.dumps(document, indent=2, sort_keys=False, default=str))
+    click.echo(_redacted(json.dumps(document, indent=2, sort_keys=False, default=str)))
+
+
+def _redacted(text: str) -> str:
+    ctx = click.get_current_context(silent=True)
+    opts = ctx.find_object(Options) if ctx is not None else None
+    return (opts or Options()).redact(text)
 
 
 def _start(opts: Options, command: str, *, as_json: bool = False) -> None:
@@ -215,12 +237,12 @@ def _start(opts: Options, command: str, *, as_json: bool = False) -> None:
 
 def _info(opts: Options, message: str) -> None:
     if not opts.quiet:
-        click.echo(message)
+        click.echo(opts.redact(message))
 
 
 def _warn(opts: Options, message: str) -> None:
     if not opts.quiet:
-        click.echo(f"warning: {message}", err=True)
+        click.echo(opts.redact(f"warning: {message}"), err=True)
 
 
 # The global options: on the group (`seedguard --url U upgrade`) and, through
@@ -314,6 +336,18 @@ def _flask_app_context(ctx: click.Context) -> None:
         ctx.with_resource(info.load_app().app_context())
 
 
+class _RedactingFormatter(logging.Formatter):
+    """A log line (and its traceback) with the command's URL secrets hidden."""
+
+    def __init__(self, ctx: click.Context, fmt: str) -> None:
+        super().__init__(fmt)
+        self._ctx = ctx
+
+    def format(self, record: logging.LogRecord) -> str:
+        opts = self._ctx.find_object(Options) or Options()
+        return opts.redact(super().format(record))
+
+
 def _configure_logging(ctx: click.Context, *, verbose: bool, quiet: bool = False) -> None:
     """With -v, log seedguard's INFO records to stderr for this command only; with -q,
     not even its warnings (Python prints those to stderr when no handler is set)."""
@@ -324,7 +358,7 @@ def _configure_logging(ctx: click.Context, *, verbose: bool, quiet: bool = False
     handler: logging.Handler | None = None
     if verbose:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+        handler.setFormatter(_RedactingFormatter(ctx, "%(asctime)s %(name)s: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
     else:
@@ -738,7 +772,8 @@ def check(ctx: click.Context, opts: Options, as_json: bool) -> None:
     else:
         for unit in result.units:
             if unit.state in _PROBLEMS:
-                click.echo(f"{unit.state}: {unit.name} v{unit.version}: {_describe(unit)}")
+                click.echo(opts.redact(f"{unit.state}: {unit.name} v{unit.version}: "
+                                       f"{_describe(unit)}"))
     if not result.ok:
         ctx.exit(EXIT_CHECK)
 

@@ -9,7 +9,8 @@ Sources, in order, for every key:
    Flask-SQLAlchemy engine;
 3. ``SEEDGUARD_*`` environment variables;
 4. ``[tool.seedguard]`` in the nearest ``pyproject.toml`` above the current
-   directory.
+   directory, within its repository and file system, if owned by the
+   current user or root (seedguard.trust).
 
 The database is one choice, a URL or an Engine, made by the first source
 that has either: inside an app context the app's own database wins over an
@@ -67,6 +68,20 @@ class Settings:
     ledger_schema: str | None = None
     lock_mode: LockMode = "session"
     sources: Mapping[str, str] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        # The dataclass repr would print the URL with its password.
+        from dataclasses import fields
+
+        from seedguard.redact import redact_url
+
+        shown = []
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if item.name == "url" and value:
+                value = redact_url(value)
+            shown.append(f"{item.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
 
 
 def resolve(
@@ -136,18 +151,40 @@ def resolve(
 
 
 def find_pyproject(start: Path) -> Path | None:
-    """The nearest ``pyproject.toml`` at or above ``start``."""
+    """The nearest ``pyproject.toml`` at or above ``start``, within its repository and file system.
+
+    The search stops at a repository's root (a directory holding ``.git`` or
+    ``.hg``) and never crosses onto another file system (a mount point), as
+    git (``GIT_DISCOVERY_ACROSS_FILESYSTEM``) and black's project-root
+    search do: a project's settings never come from a directory above it
+    that someone else may own.
+    """
     # Plain strings and os.path: this runs at every apply(), and a pathlib
     # object per parent directory cost more than the stat calls themselves.
-    directory = os.fspath(start)
+    directory = os.path.abspath(start)
+    try:
+        device = os.stat(directory).st_dev
+    except OSError:
+        return None
     while True:
         candidate = os.path.join(directory, "pyproject.toml")
         if os.path.isfile(candidate):
             return Path(candidate)
+        if any(os.path.lexists(os.path.join(directory, marker)) for marker in _REPO_MARKERS):
+            return None
         parent = os.path.dirname(directory)
         if parent == directory:
             return None
+        try:
+            if os.stat(parent).st_dev != device:
+                return None
+        except OSError:
+            return None
         directory = parent
+
+
+# A repository's root: `.git` is a directory, or a file in a worktree or submodule.
+_REPO_MARKERS = (".git", ".hg")
 
 
 def _flask_layer() -> tuple[Mapping[str, Any] | None, Engine | None]:
@@ -185,6 +222,8 @@ def _pyproject_layer(cwd: Path) -> tuple[str, Mapping[str, Any]]:
     if path is None:
         return ("pyproject.toml", {})
     data = _read_toml(path)
+    if data is None:
+        return ("pyproject.toml", {})
     section = data.get("tool", {}).get("seedguard", {})
     if not isinstance(section, dict):
         raise ConfigError(f"{path}: [tool.seedguard] must be a table")
@@ -223,18 +262,30 @@ def _sqlite_relative_to(url: str, base: Path) -> str:
     return f"{prefix}{(base / database).resolve()}{query}"
 
 
-_toml_cache: dict[Path, tuple[tuple[int, int], dict[str, Any]]] = {}
+_toml_cache: dict[Path, tuple[tuple[int, int, int], dict[str, Any]]] = {}
+_UNTRUSTED_INSTEAD = ("give the settings explicitly (SEEDGUARD_* environment variables or the "
+                      "command's options)")
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
-    """``path`` parsed, re-read only when its size or mtime changed (apply() at every start-up)."""
+def _read_toml(path: Path) -> dict[str, Any] | None:
+    """``path`` parsed, re-read only when its size or mtime changed (apply() at every start-up).
+
+    None (after a warning) when the file's owner is neither the current user
+    nor root (seedguard.trust). The owner is taken from the
+    opened file, so the file checked is the file read.
+    """
+    from seedguard.trust import trusted_owner, warn_untrusted
+
     try:
-        info = path.stat()
-        stamp = (info.st_mtime_ns, info.st_size)
-        cached = _toml_cache.get(path)
-        if cached is not None and cached[0] == stamp:
-            return cached[1]
         with path.open("rb") as fh:
+            info = os.fstat(fh.fileno())
+            if not trusted_owner(info.st_uid):
+                warn_untrusted(path, info.st_uid, instead=_UNTRUSTED_INSTEAD)
+                return None
+            stamp = (info.st_mtime_ns, info.st_size, info.st_ino)
+            cached = _toml_cache.get(path)
+            if cached is not None and cached[0] == stamp:
+                return cached[1]
             data = tomllib.load(fh)
     except (OSError, tomllib.TOMLDecodeError) as err:
         raise ConfigError(f"cannot read {path}: {err}") from err

@@ -70,6 +70,7 @@ def create(url_text: str) -> Engine:
             "dialect+driver://user:password@host:port/database, e.g. "
             "postgresql+psycopg://app@localhost/app or sqlite:///app.db"
         ) from err
+    check_spelling(url)
     try:
         # pool_pre_ping: a connection that waited in the pool while this
         # applier waited for the lock may have been closed by the server
@@ -90,6 +91,21 @@ def create(url_text: str) -> Engine:
         raise ConfigError(
             f"cannot use database URL {safe_url(url)}: {scrub(str(err), url)}"
         ) from err
+
+
+def check_spelling(url: URL) -> None:
+    """Refuse a password with an unescaped ``@``, which ``make_url`` splits into the host.
+
+    The driver would try to reach a host named after the password's tail,
+    and its error would print that tail.
+    """
+    from seedguard.redact import misplaced_password
+
+    if misplaced_password(url) is not None:
+        raise ConfigError(
+            f"the password in database URL {safe_url(url)} contains an unescaped '@' (it was "
+            "read as part of the host); percent-encode it: '@' as %40, ':' as %3A, '/' as %2F"
+        )
 
 
 def driver_hint(url: URL) -> str:
@@ -195,32 +211,34 @@ def connection_errors(engine: Engine) -> Iterator[None]:
                 f"{scrub(str(err.orig), engine.url)}; is the server running and the URL right?"
             ) from err
         raise
+    except OSError as err:
+        # asyncpg's and aiomysql's connect raise the socket's own error (e.g.
+        # ConnectionRefusedError) through SQLAlchemy's adaptation unwrapped.
+        raise ConfigError(
+            f"cannot connect to {safe_url(engine.url)}: {scrub(str(err), engine.url)}; is the "
+            "server running and the URL right?"
+        ) from err
 
 
-def safe_url(url: URL) -> str:
-    """The URL as text with the password hidden."""
-    return url.render_as_string(hide_password=True)
+def safe_url(url: URL | str) -> str:
+    """The URL as text with every password and secret parameter hidden (seedguard.redact)."""
+    from seedguard.redact import redact_url
+
+    return redact_url(url)
 
 
-def scrub(message: str, url: URL) -> str:
-    """``message`` with the URL's password replaced, wherever a driver echoed it."""
-    password = url.password
-    if password:
-        message = message.replace(str(password), "***")
+def scrub(message: str, url: URL | str | None) -> str:
+    """The first line of ``message``, the URL's secrets hidden wherever a driver echoed them."""
+    from seedguard.redact import redact
+
+    message = redact(message, url)
     return message.strip().splitlines()[0] if message.strip() else message
 
 
 def _mask(url_text: str) -> str:
-    # An unparseable URL cannot be rendered by SQLAlchemy; hide what looks
-    # like a password (between "user:" and "@") by hand.
-    scheme, sep, rest = url_text.partition("://")
-    if not sep:
-        scheme, rest = "", url_text
-    if "@" not in rest:
-        return url_text
-    userinfo, _, host = rest.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    return f"{scheme}{sep}{user}:***@{host}" if ":" in userinfo else url_text
+    # An unparseable URL cannot be rendered by SQLAlchemy: the redaction
+    # rules for free text find its password.
+    return safe_url(url_text)
 
 
 def require_sync_context(engine: Any) -> None:

@@ -14,15 +14,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from seedguard.connect import safe_url
 from seedguard.errors import ConfigError, LockTimeout
 from seedguard.locks.deadline import Deadline, describe_holder, holder_record
+from seedguard.redact import without_secrets
 
 if TYPE_CHECKING:
     import filelock
     from sqlalchemy.engine import URL
 
 log = logging.getLogger(__name__)
+
+# Lock and holder files are private to the account: another one could
+# otherwise read who holds the lock, or hold a lock file of ours open.
+FILE_MODE = 0o600
+# O_NOFOLLOW: a symlink planted at the name fails the open (ELOOP) instead of
+# pointing the write at a file of the planter's choosing.
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_HOLDER_MAX_BYTES = 4096
 
 # filelock polls a non-blocking flock; its 50 ms default would add up to 50 ms
 # per hand-over, which dominates a contended start-up (bench/contention.py).
@@ -49,7 +57,9 @@ def default_lock_path(url: URL) -> Path:
         path = sqlite_file(url)
         if path is not None:
             return path.with_name(path.name + ".seedguard.lock")
-    key = hashlib.sha256(safe_url(url.set(password=None)).encode()).hexdigest()[:20]
+    # Without password or secret parameters: for a URL that has none this is
+    # the text earlier releases hashed, so their locks and ours still meet.
+    key = hashlib.sha256(without_secrets(url).encode()).hexdigest()[:20]
     return private_lock_dir() / f"{key}.lock"
 
 
@@ -99,14 +109,22 @@ def private_lock_dir() -> Path:
             f"lock directory {directory} is not a directory owned by you; remove it or set "
             "SEEDGUARD_LOCK_PATH / lock_path= to a path of your own"
         )
-    if stat.S_IMODE(info.st_mode) & 0o077:
-        # Ours but opened up (made by an older release, or by hand under a
-        # permissive umask): close it, so no other account can plant or hold
-        # a lock file in it.
+    if stat.S_IMODE(info.st_mode) & 0o022:
+        # Ours but writable by others: they may already have planted a lock
+        # file, holder record or symlink in it, which closing it now would
+        # not undo; the person who opened it decides what to keep.
+        raise ConfigError(
+            f"lock directory {directory} is writable by other users; check what is in it, "
+            f"then `chmod 700 {directory}` (or remove it), or set SEEDGUARD_LOCK_PATH / "
+            "lock_path= to a path of your own"
+        )
+    if stat.S_IMODE(info.st_mode) & 0o055:
+        # Readable by others only (a permissive umask when it was made): the
+        # holder records name our pids; close it.
         try:
             directory.chmod(0o700)
         except OSError as err:
-            raise ConfigError(f"lock directory {directory} is accessible to other users and "
+            raise ConfigError(f"lock directory {directory} is readable by other users and "
                               f"cannot be made private: {err.strerror}; set "
                               "SEEDGUARD_LOCK_PATH or lock_path=") from err
     return directory
@@ -126,7 +144,8 @@ class FileLock:
 
         self._check_path()
         timeout = deadline.remaining()
-        lock = filelock.FileLock(str(self.path), timeout=-1 if timeout is None else timeout)
+        lock = filelock.FileLock(str(self.path), timeout=-1 if timeout is None else timeout,
+                                 mode=FILE_MODE)
         # Under apply_async() the wait must not block the event loop: poll, and
         # sleep between polls on the loop (seedguard.eventloop.loop_sleep).
         from seedguard.eventloop import loop_sleep
@@ -173,7 +192,7 @@ class FileLock:
 
         if not self.path.exists():
             return None
-        probe = filelock.FileLock(str(self.path), timeout=0)
+        probe = filelock.FileLock(str(self.path), timeout=0, mode=FILE_MODE)
         try:
             probe.acquire()
         except filelock.Timeout:
@@ -204,19 +223,57 @@ class FileLock:
             )
 
     def _write_holder(self) -> None:
+        # Written aside and renamed into place, so a reader never sees half a
+        # record. The aside name is predictable (<lock>.holder.<pid>): in a
+        # shared directory another account can plant a symlink there, so it is
+        # created new (O_EXCL) without following one (O_NOFOLLOW), owner-only.
         tmp = self.holder_path.with_name(self.holder_path.name + f".{os.getpid()}")
+        data = json.dumps(holder_record()).encode()
         try:
-            tmp.write_text(json.dumps(holder_record()))
+            fd = _create_new(tmp)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+            # rename() replaces whatever is at the final name (a symlink
+            # included) without following it.
             os.replace(tmp, self.holder_path)
         except OSError as err:  # the record is a courtesy; the lock is what matters
             log.debug("could not write lock holder record %s: %s", self.holder_path, err)
+            with contextlib.suppress(OSError):
+                if stat.S_ISREG(tmp.lstat().st_mode) and tmp.lstat().st_uid == os.getuid():
+                    tmp.unlink()
 
     def _read_holder(self) -> dict[str, object] | None:
         try:
-            record = json.loads(self.holder_path.read_text())
+            fd = os.open(self.holder_path, os.O_RDONLY | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
+        except OSError:
+            return None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                return None
+            record = json.loads(os.read(fd, _HOLDER_MAX_BYTES))
         except (OSError, ValueError):
             return None
+        finally:
+            os.close(fd)
         return record if isinstance(record, dict) else None
+
+
+def _create_new(path: Path) -> int:
+    """``path`` created owner-only for writing; whatever was left at that name is removed first.
+
+    Left there: a record of a process of ours that died before renaming it
+    (pids are reused), or a planted symlink or file; removing a name never
+    follows it. If it is back by the second try, someone is racing us: give up.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW
+    try:
+        return os.open(path, flags, FILE_MODE)
+    except FileExistsError:
+        path.unlink()
+        return os.open(path, flags, FILE_MODE)
 
 
 def _acquire_polling(lock: filelock.FileLock, deadline: Deadline,
