@@ -34,6 +34,7 @@ CASES: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {
     "DriftError": (("checksum changed",),
                    {"drifted": [Drift("roles", 2, "ast1:a", "ast1:b", UNIT)]}),
     "DataError": (("bad value",), {"path": "roles.csv", "line": 3, "column": "name"}),
+    "PlanStale": (("the plan is stale",), {"changes": ["roles: checksum changed"]}),
 }
 
 
