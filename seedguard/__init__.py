@@ -25,6 +25,7 @@ from seedguard.errors import (
 from seedguard.events import report_progress
 from seedguard.registry import Registry, seed
 from seedguard.result import ApplyResult
+from seedguard.schema import Schema
 from seedguard.unit import SeedUnit
 
 # Eager: importing the seedguard.upsert package would otherwise bind the
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from seedguard.aio import apply_async
     from seedguard.data import data_seed
     from seedguard.datadir import data_dir
+    from seedguard.fleet import FleetResult, apply_each
     from seedguard.review import Plan
 
 # Loaded when first used: a start-up that only applies code units never loads
@@ -44,6 +46,8 @@ _LAZY = {
     "apply_async": "seedguard.aio",
     "data_seed": "seedguard.data",
     "data_dir": "seedguard.datadir",
+    "FleetResult": "seedguard.fleet",
+    "apply_each": "seedguard.fleet",
     "Plan": "seedguard.review",
 }
 
@@ -66,10 +70,12 @@ __all__ = [
     "DataError",
     "DefinitionError",
     "DriftError",
+    "FleetResult",
     "LockTimeout",
     "Plan",
     "PlanStale",
     "Registry",
+    "Schema",
     "SeedFailed",
     "SeedUnit",
     "SeedguardError",
@@ -79,6 +85,7 @@ __all__ = [
     "__version__",
     "apply",
     "apply_async",
+    "apply_each",
     "data_dir",
     "data_seed",
     "plan",

@@ -54,6 +54,7 @@ async def apply_async(
     schema: bool = False,
     alembic_config: str | os.PathLike[str] | None = None,
     scoped_sessions: Iterable[Any] = (),
+    lease: float | None = None,
 ) -> ApplyResult:
     """Apply every pending selected unit, exactly once across processes and hosts, from async code.
 
@@ -91,6 +92,10 @@ async def apply_async(
         and for units with ``requires_revision``.
     :param scoped_sessions: your ``scoped_session`` objects; while a unit runs
         each returns the unit's (sync) session, as in :func:`seedguard.apply`.
+    :param lease: seconds (default 30): how long a holder whose host vanished
+        keeps other appliers waiting, as in :func:`seedguard.apply`. With an
+        async driver the keepalives bound it on PostgreSQL; there is no
+        heartbeat thread (the connection belongs to the event loop).
     """
     import asyncio
 
@@ -102,6 +107,7 @@ async def apply_async(
         "lock_timeout": lock_timeout, "lock_path": lock_path, "strict": strict,
         "on_event": on_event, "lock_mode": lock_mode, "schema": schema,
         "alembic_config": alembic_config, "scoped_sessions": tuple(scoped_sessions),
+        "lease": lease,
     }
     if is_async_engine(bind):
         return await run_in_greenlet(api.apply, bind.sync_engine, **options)  # type: ignore[union-attr]

@@ -48,8 +48,8 @@ _WHERE = ("set alembic_config under [tool.seedguard] in pyproject.toml, SEEDGUAR
 
 
 def ledger_tables(ledger_table: str = DEFAULT_LEDGER_TABLE) -> frozenset[str]:
-    """The tables seedguard owns: the ledger and its version table."""
-    return frozenset({ledger_table, f"{ledger_table}_version"})
+    """The tables seedguard owns: the ledger, its version table and its lock holder's."""
+    return frozenset({ledger_table, f"{ledger_table}_version", f"{ledger_table}_holder"})
 
 
 def ignore_ledger(ledger_table: str = DEFAULT_LEDGER_TABLE, *,
@@ -328,7 +328,9 @@ def upgrade_head(settings: Settings, engine: Engine, conn: Connection, *,
     config.set_main_option("sqlalchemy.url", url)
     log.info("running the user's alembic upgrade head (%s)", script.dir)
     try:
-        with _loggers_kept():
+        from seedguard.ledger import ALEMBIC_RUNS
+
+        with _loggers_kept(), ALEMBIC_RUNS:  # alembic's op/context are process-global
             command.upgrade(config, "head")
     except CommandError as err:
         raise ConfigError(f"alembic upgrade head failed: {err}; {_WHERE}") from err

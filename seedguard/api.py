@@ -34,6 +34,7 @@ from seedguard.reports import (
     WrittenFile,
 )
 from seedguard.result import ApplyResult
+from seedguard.schema import Schema
 from seedguard.unit import SeedUnit, validate_name, validate_version
 
 if sys.version_info >= (3, 11):
@@ -51,7 +52,7 @@ if TYPE_CHECKING:
 
 
 def apply(
-    bind: Engine | str | None = None,
+    bind: Engine | str | Schema | None = None,
     *,
     seeds: SeedsSpec = None,
     contexts: Iterable[str] | None = None,
@@ -66,6 +67,7 @@ def apply(
     alembic_config: str | os.PathLike[str] | None = None,
     scoped_sessions: Iterable[scoped_session[Any]] = (),
     plan: ReviewedPlan | str | os.PathLike[str] | None = None,
+    lease: float | None = None,
 ) -> ApplyResult:
     """Apply every pending selected unit, exactly once across processes and hosts.
 
@@ -73,9 +75,11 @@ def apply(
     failing unit is rolled back and stops the run (units before it stay
     applied). Nothing selected pending costs one query and takes no lock.
 
-    :param bind: an ``Engine``, a database URL, or ``None``: inside a Flask app
-        context the app's Flask-SQLAlchemy engine, else ``SEEDGUARD_URL``, else
-        ``url`` under ``[tool.seedguard]`` in pyproject.toml.
+    :param bind: an ``Engine``, a database URL, a :class:`~seedguard.Schema`
+        (one PostgreSQL schema or MySQL/MariaDB database: its own ledger and
+        locks), or ``None``: inside a Flask app context the app's
+        Flask-SQLAlchemy engine, else ``SEEDGUARD_URL``, else ``url`` under
+        ``[tool.seedguard]`` in pyproject.toml.
     :param seeds: which units: a dotted module or package path (its submodules
         are imported too), a module, a ``Registry`` or an iterable of units;
         ``None``: the configured seeds, else every unit declared so far.
@@ -103,6 +107,11 @@ def apply(
         ``seedguard plan --out`` wrote): apply only while its digest still
         matches what would run, checked under the locks; else ``PlanStale``
         and nothing runs.
+    :param lease: seconds (default 30, at least 5, at most ``lock_timeout``
+        when both are given): if this applier's host vanishes while it holds
+        the database lock, another applier takes over after about this long,
+        and nothing this one did afterwards is recorded. A healthy holder
+        keeps its lease however long a unit runs.
     :returns: an :class:`~seedguard.ApplyResult`.
     :raises SeedFailed: a unit failed; its work was rolled back (the message
         says so only when that is known), the original error is ``__cause__``.
@@ -114,25 +123,33 @@ def apply(
     From async code (an ``AsyncEngine``, an async driver's URL, ``async def``
     units) use :func:`seedguard.apply_async`; this call refuses them.
     """
-    settings = _config.resolve(
-        bind, seeds=seeds, contexts=contexts, lock_path=lock_path, lock_timeout=lock_timeout,
-        lock_mode=lock_mode,
-        alembic_config=os.fspath(alembic_config) if alembic_config is not None else None,
-    )
-    # The runner pulls in SQLAlchemy; import it here so `import seedguard` stays light.
-    from seedguard.eventloop import check_units
-    from seedguard.runner import run
+    with contextlib.ExitStack() as stack:
+        ledger_schema = None
+        if isinstance(bind, Schema):
+            # The schema's ledger, on a copy of the server's engine that enters it.
+            ledger_schema = bind.name
+            bind = stack.enter_context(bind.engine())
+        settings = _config.resolve(
+            bind, seeds=seeds, contexts=contexts, lock_path=lock_path, lock_timeout=lock_timeout,
+            lock_mode=lock_mode, ledger_schema=ledger_schema, lease=lease,
+            alembic_config=os.fspath(alembic_config) if alembic_config is not None else None,
+        )
+        # The runner pulls in SQLAlchemy; import it here so `import seedguard` stays light.
+        from seedguard.eventloop import check_units
+        from seedguard.runner import run
 
-    reviewed = None
-    if plan is not None:
-        from seedguard.review import Plan
+        reviewed = None
+        if plan is not None:
+            from seedguard.review import Plan
 
-        reviewed = plan if isinstance(plan, Plan) else Plan.load(plan)
-    units = select(settings, target=target)
-    with engine_for(settings) as engine:
-        check_units(units, engine)
-        return run(engine, units, settings, dry_run=dry_run, strict=strict, listener=on_event,
-                   schema=schema, scoped_sessions=list(scoped_sessions), reviewed=reviewed)
+            reviewed = plan if isinstance(plan, Plan) else Plan.load(plan)
+        units = select(settings, target=target)
+        with engine_for(settings) as engine:
+            check_units(units, engine)
+            return run(engine, units, settings, dry_run=dry_run, strict=strict,
+                       listener=on_event, schema=schema, scoped_sessions=list(scoped_sessions),
+                       reviewed=reviewed)
+    raise AssertionError("unreachable")  # pragma: no cover - mypy: ExitStack may swallow
 
 
 def plan(
@@ -147,6 +164,7 @@ def plan(
     lock_mode: _config.LockMode | None = None,
     alembic_config: str | os.PathLike[str] | None = None,
     scoped_sessions: Iterable[scoped_session[Any]] = (),
+    lease: float | None = None,
 ) -> ReviewedPlan:
     """Rehearse the pending units in a transaction that is always rolled back.
 
@@ -167,6 +185,7 @@ def plan(
     :param lock_mode: as for :func:`apply`.
     :param alembic_config: as for :func:`apply` (units with ``requires_revision``).
     :param scoped_sessions: as for :func:`apply`.
+    :param lease: as for :func:`apply` (the rehearsal holds the same locks).
     :returns: a :class:`~seedguard.Plan`; ``Plan.ok`` is False when a unit
         failed in the rehearsal (its ``error`` says why).
     :raises LockTimeout: another applier held a lock for longer than ``lock_timeout``.
@@ -175,7 +194,7 @@ def plan(
     """
     settings = _config.resolve(
         bind, seeds=seeds, contexts=contexts, lock_path=lock_path, lock_timeout=lock_timeout,
-        lock_mode=lock_mode,
+        lock_mode=lock_mode, lease=lease,
         alembic_config=os.fspath(alembic_config) if alembic_config is not None else None,
     )
     from seedguard.eventloop import check_units
@@ -240,6 +259,7 @@ def status(bind: Bind = None, *, seeds: SeedsSpec = None,
     from seedguard.connect import connect, safe_url
     from seedguard.ledger import HEAD_REVISION, Ledger, LedgerState
     from seedguard.locks import FileLock, database_lock, default_lock_path, lock_key
+    from seedguard.locks.lease import read_holder
 
     settings = _settings(bind, seeds=seeds, contexts=contexts)
     every = order(discover(settings.seeds))
@@ -248,7 +268,8 @@ def status(bind: Bind = None, *, seeds: SeedsSpec = None,
     with read_only_engine(settings) as engine:
         with connect(engine) as conn:
             state, revision = ledger.read_any(conn)
-        file_lock = FileLock(settings.lock_path or default_lock_path(engine.url))
+        file_lock = FileLock(settings.lock_path
+                             or default_lock_path(engine.url, settings.ledger_schema))
         db_lock = database_lock(engine, lock_key(engine, ledger.name, ledger.schema))
         result = StatusResult(
             url=safe_url(engine.url),
@@ -260,6 +281,9 @@ def status(bind: Bind = None, *, seeds: SeedsSpec = None,
             file_lock_holder=file_lock.holder(),
             database_lock_holder=db_lock.holder(),
         )
+        with connect(engine) as conn:
+            leased = read_holder(db_lock, conn)
+        result.holder = leased.as_dict() if leased is not None else None
         rows = state if state is not None else LedgerState()
         # The planner's rule, in its reporting mode: what upgrade would do is
         # what status says (the alembic graph is read only for would-be

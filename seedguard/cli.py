@@ -23,7 +23,7 @@ from typing import IO, Any, TypeVar
 
 import click
 
-from seedguard import api
+from seedguard import api, cli_fleet
 from seedguard import config as _config
 from seedguard.errors import (
     ConfigError,
@@ -34,15 +34,16 @@ from seedguard.errors import (
     SeedguardError,
 )
 from seedguard.events import Event, UnitFinished, UnitProgress, UnitStarted
+from seedguard.exits import (
+    EXIT_CHECK,
+    EXIT_INTERRUPTED,
+    EXIT_LOCK_TIMEOUT,
+    EXIT_OK,
+    EXIT_UNIT_FAILED,
+    EXIT_USAGE,
+)
 from seedguard.reports import LedgerChange, StatusResult, UnitStatus
 from seedguard.result import ApplyResult
-
-EXIT_OK = 0
-EXIT_UNIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_CHECK = 3
-EXIT_LOCK_TIMEOUT = 4
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -72,6 +73,7 @@ class Options:
     lock_timeout: float | None = None
     lock_path: str | None = None
     alembic_config: str | None = None
+    lease: float | None = None
     quiet: bool = False
     verbose: bool = False
     command: str = ""
@@ -85,7 +87,7 @@ class Options:
         settings = _config.resolve(
             self.url, seeds=self.seeds, contexts=self.contexts or None,
             lock_timeout=self.lock_timeout, lock_path=self.lock_path,
-            alembic_config=self.alembic_config,
+            alembic_config=self.alembic_config, lease=self.lease,
         )
         if settings.url:
             self.seen_urls.append(settings.url)
@@ -106,7 +108,7 @@ class Options:
         """What ``seedguard.apply()`` takes of the global options."""
         return {"seeds": self.seeds, "contexts": self.contexts or None,
                 "lock_timeout": self.lock_timeout, "lock_path": self.lock_path,
-                "alembic_config": self.alembic_config}
+                "alembic_config": self.alembic_config, "lease": self.lease}
 
 
 pass_options = click.make_pass_decorator(Options)
@@ -172,7 +174,8 @@ def _late_url(ctx: click.Context) -> str | None:
 
 # Library messages name apply()'s keywords; on the command line the options.
 _CLI_WORDS = ((re.compile(r"\braise lock_timeout\b"), "raise --lock-timeout"),
-              (re.compile(r"\block_timeout=(?=\d)"), "--lock-timeout "))
+              (re.compile(r"\block_timeout=(?=\d)"), "--lock-timeout "),
+              (re.compile(r"\blower lease\b"), "lower --lease"))
 
 
 def _for_cli(message: str) -> str:
@@ -260,6 +263,9 @@ _GLOBAL_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("--lock-path",), {"metavar": "PATH",
                         "help": "File lock path (default: derived from the URL)."}),
     (("--alembic-config",), {"metavar": "INI", "help": "The application's alembic.ini."}),
+    (("--lease",), {"type": float, "metavar": "SECONDS",
+                    "help": "How long a lock holder whose host vanished keeps others "
+                            "waiting (default 30)."}),
     (("-q", "--quiet"), {"is_flag": True, "help": "Only errors (no progress, no warnings)."}),
     (("-v", "--verbose"), {"is_flag": True,
                            "help": "Log progress; tracebacks on errors."}),
@@ -302,7 +308,7 @@ def _late_option(ctx: click.Context, param: click.Parameter, value: Any) -> None
 @click.pass_context
 def cli(ctx: click.Context, url: str | None, seeds: str | None, contexts: tuple[str, ...],
         lock_timeout: float | None, lock_path: str | None, alembic_config: str | None,
-        quiet: bool, verbose: bool) -> None:
+        lease: float | None, quiet: bool, verbose: bool) -> None:
     """Exactly-once, retry-safe database seeding.
 
     The options below work before or after the command.
@@ -310,8 +316,8 @@ def cli(ctx: click.Context, url: str | None, seeds: str | None, contexts: tuple[
     if quiet and verbose:
         raise click.UsageError("-q/--quiet and -v/--verbose exclude each other")
     ctx.obj = Options(url=url, seeds=seeds, contexts=contexts, lock_timeout=lock_timeout,
-                      lock_path=lock_path, alembic_config=alembic_config, quiet=quiet,
-                      verbose=verbose)
+                      lock_path=lock_path, alembic_config=alembic_config, lease=lease,
+                      quiet=quiet, verbose=verbose)
     # Like `python -m` and `flask`: seeds modules in the current directory are importable.
     cwd = os.getcwd()
     if cwd not in sys.path:
@@ -534,12 +540,26 @@ def _describe_preview(preview: Any) -> str:
               help="Apply only what this reviewed plan (`seedguard plan --out`) lists; "
               "exit 2 if it no longer matches.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@cli_fleet.fleet_options
 @_command_options
 @pass_options
-def upgrade(opts: Options, target: str | None, dry_run: bool, strict: bool, schema: bool,
-            plan_file: str | None, as_json: bool) -> None:
-    """Apply every pending unit (or TARGET and what it depends on)."""
+@click.pass_context
+def upgrade(ctx: click.Context, opts: Options, target: str | None, dry_run: bool, strict: bool,
+            schema: bool, plan_file: str | None, as_json: bool, schemas: str | None,
+            urls_file: str | None, workers: int, shard: str | None) -> None:
+    """Apply every pending unit (or TARGET and what it depends on), to one database or
+    to each target of a fleet (--schemas, --urls-file)."""
     _start(opts, "upgrade", as_json=as_json)
+    fleet = cli_fleet.Fleet(schemas, urls_file, workers, shard)
+    if fleet.given:
+        if plan_file is not None:
+            # A plan is the rehearsal of one database: its digest says nothing of another.
+            raise ConfigError("--plan applies what was reviewed on one database; it does not "
+                              "go with --schemas or --urls-file (plan and upgrade each target "
+                              "on its own)")
+        cli_fleet.upgrade(ctx, opts, fleet, _fleet_output(), target=target, dry_run=dry_run,
+                          strict=strict, schema=schema, as_json=as_json)
+        return
     settings = opts.settings()
     _require_database(settings)
     _require_units(settings)
@@ -600,6 +620,11 @@ def upgrade(opts: Options, target: str | None, dry_run: bool, strict: bool, sche
         _info(opts, f"applied {len(result.applied)} unit(s) in {total} ms{already}")
     else:
         _info(opts, f"nothing to do: {len(result.skipped)} unit(s) already applied")
+
+
+def _fleet_output() -> cli_fleet.Output:
+    return cli_fleet.Output(emit_json=_emit_json, info=_info, message=_message,
+                            exit_code=exit_code, apply_document=apply_document)
 
 
 def _run_apply(opts: Options, **options: Any) -> ApplyResult:
@@ -724,6 +749,10 @@ def _render_status(opts: Options, result: StatusResult) -> None:
                        f"{describe_holder(result.file_lock_holder)}")
     if result.database_lock_holder:
         holders.append(f"database lock held by {result.database_lock_holder}")
+    if result.holder is not None:
+        holder = result.holder
+        holders.append(f"holder pid {holder['pid']} on {holder['host']} since "
+                       f"{holder['since']}, lease renewed {holder['heartbeat']}")
     _info(opts, "lock: " + ("; ".join(holders) if holders else "free"))
 
 
@@ -738,11 +767,18 @@ def _read_settings(opts: Options, *, units: bool = True) -> _config.Settings:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@cli_fleet.fleet_options
 @_command_options
 @pass_options
-def status(opts: Options, as_json: bool) -> None:
+@click.pass_context
+def status(ctx: click.Context, opts: Options, as_json: bool, schemas: str | None,
+           urls_file: str | None, workers: int, shard: str | None) -> None:
     """Show every unit's state and who holds the lock now."""
     _start(opts, "status", as_json=as_json)
+    fleet = cli_fleet.Fleet(schemas, urls_file, workers, shard)
+    if fleet.given:
+        cli_fleet.check(ctx, opts, fleet, _fleet_output(), as_json=as_json, full=True)
+        return
     result = api.status(_read_settings(opts))
     if as_json:
         _emit_json({"ok": True, "command": "status", **result.as_dict()})
@@ -756,12 +792,18 @@ _PROBLEMS = ("pending", "waiting", "drifted", "blocked")
 @cli.command()
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON document (status's, with `ok` the answer).")
+@cli_fleet.fleet_options
 @_command_options
 @pass_options
 @click.pass_context
-def check(ctx: click.Context, opts: Options, as_json: bool) -> None:
+def check(ctx: click.Context, opts: Options, as_json: bool, schemas: str | None,
+          urls_file: str | None, workers: int, shard: str | None) -> None:
     """Exit 0 when nothing is pending, waiting, drifted or blocked; else exit 3 and say what."""
     _start(opts, "check", as_json=as_json)
+    fleet = cli_fleet.Fleet(schemas, urls_file, workers, shard)
+    if fleet.given:
+        cli_fleet.check(ctx, opts, fleet, _fleet_output(), as_json=as_json)
+        return
     result = api.check(_read_settings(opts))
     if as_json:
         _emit_json({"ok": result.ok, "command": "check", **result.as_dict(),

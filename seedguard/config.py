@@ -47,7 +47,11 @@ unit's transaction (PostgreSQL behind a transaction-pooling PgBouncer)."""
 _LOCK_MODES: dict[str, LockMode] = {"session": "session", "transaction": "transaction"}
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _KEYS = ("url", "seeds", "contexts", "lock_path", "lock_timeout", "alembic_config",
-         "ledger_table", "ledger_schema", "lock_mode")
+         "ledger_table", "ledger_schema", "lock_mode", "lease")
+DEFAULT_LEASE = 30.0
+"""Seconds: how long a holder whose host vanished keeps other appliers waiting."""
+MIN_LEASE = 5.0
+MAX_LEASE = 86400.0
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,7 @@ class Settings:
     ledger_table: str = DEFAULT_LEDGER_TABLE
     ledger_schema: str | None = None
     lock_mode: LockMode = "session"
+    lease: float = DEFAULT_LEASE
     sources: Mapping[str, str] = field(default_factory=dict)
 
     def __repr__(self) -> str:
@@ -95,6 +100,7 @@ def resolve(
     ledger_table: str | None = None,
     ledger_schema: str | None = None,
     lock_mode: str | None = None,
+    lease: float | None = None,
     cwd: Path | None = None,
 ) -> Settings:
     """Merge the sources into one :class:`Settings`, validating every value."""
@@ -107,6 +113,7 @@ def resolve(
         "ledger_table": ledger_table,
         "ledger_schema": ledger_schema,
         "lock_mode": lock_mode,
+        "lease": lease,
     }
     engine: Engine | None = None
     if isinstance(bind, str):
@@ -135,17 +142,19 @@ def resolve(
         if engine is None and "url" not in values and layer_engine is not None:
             engine = layer_engine
             sources["url"] = "argument" if source == "argument" else "Flask-SQLAlchemy engine"
+    lock_timeout_value = _timeout(values.get("lock_timeout"))
     return Settings(
         url=values.get("url"),
         engine=engine,
         seeds=values.get("seeds"),
         contexts=_contexts(values.get("contexts")),
         lock_path=values.get("lock_path"),
-        lock_timeout=_timeout(values.get("lock_timeout")),
+        lock_timeout=lock_timeout_value,
         alembic_config=values.get("alembic_config"),
         ledger_table=_identifier(values.get("ledger_table", DEFAULT_LEDGER_TABLE), "ledger_table"),
         ledger_schema=_identifier(values.get("ledger_schema"), "ledger_schema"),
         lock_mode=_lock_mode(values.get("lock_mode", "session")),
+        lease=_lease(values.get("lease"), lock_timeout_value, sources),
         sources=sources,
     )
 
@@ -413,6 +422,31 @@ def _parse_lock_mode(value: Any, loose: bool) -> LockMode:
     return mode
 
 
+_LEASE = (f"a number of seconds from {MIN_LEASE:g} to {MAX_LEASE:g}: how long a holder "
+          "whose host vanished keeps other appliers waiting")
+
+
+def _parse_lease(value: Any, loose: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise _Invalid(_LEASE)
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise _Invalid(_LEASE) from None
+    if math.isnan(seconds) or math.isinf(seconds):
+        raise _Invalid(_LEASE)
+    if seconds < MIN_LEASE:
+        # Detection takes whole seconds of TCP keepalive probes and heartbeats
+        # a fifth of the lease apart: below this, a busy but healthy holder
+        # (a scheduler stall, a slow commit) would be taken for a vanished one.
+        raise _Invalid(f"{_LEASE}; a shorter lease would end healthy holders that are "
+                       "merely slow to renew it")
+    if seconds > MAX_LEASE:
+        raise _Invalid(f"{_LEASE}; a longer lease would leave appliers waiting on a "
+                       "vanished holder for more than a day")
+    return seconds
+
+
 _PARSERS: dict[str, Callable[[Any, bool], Any]] = {
     "url": _parse_url,
     "seeds": _parse_seeds,
@@ -423,6 +457,7 @@ _PARSERS: dict[str, Callable[[Any, bool], Any]] = {
     "ledger_table": _parse_table,
     "ledger_schema": _parse_schema,
     "lock_mode": _parse_lock_mode,
+    "lease": _parse_lease,
 }
 
 
@@ -443,3 +478,24 @@ def _identifier(value: Any, what: str) -> Any:
 def _lock_mode(value: Any) -> LockMode:
     mode: LockMode = _argument("lock_mode", _parse_lock_mode, value)
     return mode
+
+
+def _lease(value: Any, lock_timeout: float | None, sources: Mapping[str, str]) -> float:
+    """The lease, checked against the lock timeout when both were configured.
+
+    A default lease longer than a short ``lock_timeout`` is fine (the waiter
+    just gives up first, as it always did); a lease chosen explicitly is a
+    promise that waiters can take over, and one longer than the wait cannot
+    be kept.
+    """
+    lease: float | None = _argument("lease", _parse_lease, value)
+    if lease is None:
+        return DEFAULT_LEASE
+    if lock_timeout is not None and lease > lock_timeout:
+        raise ConfigError(
+            f"lease = {lease:g} s ({sources.get('lease', 'argument')}) is longer than "
+            f"lock_timeout = {lock_timeout:g} s ({sources.get('lock_timeout', 'argument')}): "
+            "a waiter would give up before it could take over from a holder that vanished; "
+            "raise lock_timeout or lower lease"
+        )
+    return lease

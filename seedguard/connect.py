@@ -56,8 +56,9 @@ def engine_for(settings: Settings) -> Iterator[Engine]:
         engine.dispose()
 
 
-def create(url_text: str) -> Engine:
-    """An Engine for ``url_text``, with a ConfigError for each way that can fail."""
+def create(url_text: str, **options: Any) -> Engine:
+    """An Engine for ``url_text`` (``options`` go to ``create_engine``), with a
+    ConfigError for each way that can fail."""
     from sqlalchemy import create_engine
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError
@@ -76,7 +77,7 @@ def create(url_text: str) -> Engine:
         # applier waited for the lock may have been closed by the server
         # (idle_session_timeout, wait_timeout); a ping replaces it. A new
         # connection is not pinged, so the no-op start-up stays one query.
-        return create_engine(url, pool_pre_ping=True)
+        return create_engine(url, **{"pool_pre_ping": True, **options})
     except NoSuchModuleError as err:
         raise ConfigError(
             f"unknown database dialect or driver in {safe_url(url)}: {url.drivername!r}; "

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import threading
 from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -75,6 +76,7 @@ class EngineGuard:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
+        self._pool: contextlib.AbstractContextManager[None] | None = None
 
     def __enter__(self) -> EngineGuard:
         from sqlalchemy import event
@@ -82,7 +84,8 @@ class EngineGuard:
         event.listen(self.engine, "before_cursor_execute", self._before_execute)
         event.listen(self.engine, "commit", self._commit)
         event.listen(self.engine, "rollback", self._rollback)
-        event.listen(self.engine, "checkout", self._checkout)
+        self._pool = guarding_pool(self.engine.pool)
+        self._pool.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -91,7 +94,9 @@ class EngineGuard:
         event.remove(self.engine, "before_cursor_execute", self._before_execute)
         event.remove(self.engine, "commit", self._commit)
         event.remove(self.engine, "rollback", self._rollback)
-        event.remove(self.engine, "checkout", self._checkout)
+        if self._pool is not None:
+            self._pool.__exit__(None, None, None)
+            self._pool = None
 
     @contextlib.contextmanager
     def unit(self, conn: Connection, unit: SeedUnit, *,
@@ -147,20 +152,54 @@ class EngineGuard:
             "a savepoint), or make the unit transactional=False if it must commit"
         )
 
-    def _checkout(self, dbapi_connection: Any, record: Any, proxy: Any) -> None:
-        scope = _scope.get()
-        if scope is None or not scope.transactional \
-                or dbapi_connection is not scope.dbapi_connection:
-            return
-        # Recorded, not raised: a checkout listener that raises makes the pool
-        # close the DB-API connection, which here is the unit's own (and for
-        # sqlite:// the whole database). The unit fails when it returns.
-        scope.refuse(
-            "opened a second connection, but the engine's pool "
-            f"({type(self.engine.pool).__name__}) hands out the unit's own DB-API "
-            "connection, so that connection's commit or rollback is the unit's. "
-            f"Use {SESSIONS_TO_USE}"
-        )
+
+
+# One checkout listener per pool, however many runs guard it at once: the
+# engines of apply_each's schemas share one pool, and adding or removing a
+# pool listener while another thread checks out can fail that checkout
+# ("deque mutated during iteration": SQLAlchemy's event lists are not
+# thread-safe for changes while in use).
+_GUARDED_POOLS: dict[int, int] = {}
+_GUARDED_POOLS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def guarding_pool(pool: Any) -> Iterator[None]:
+    """Hold the checkout guard on ``pool`` (installed by the first holder, removed by the
+    last); a fleet holds it across its run so that its workers never change it."""
+    from sqlalchemy import event
+
+    with _GUARDED_POOLS_LOCK:
+        count = _GUARDED_POOLS.get(id(pool), 0)
+        if count == 0:
+            event.listen(pool, "checkout", _checkout)
+        _GUARDED_POOLS[id(pool)] = count + 1
+    try:
+        yield
+    finally:
+        with _GUARDED_POOLS_LOCK:
+            count = _GUARDED_POOLS[id(pool)] - 1
+            if count == 0:
+                del _GUARDED_POOLS[id(pool)]
+                event.remove(pool, "checkout", _checkout)
+            else:
+                _GUARDED_POOLS[id(pool)] = count
+
+
+def _checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    scope = _scope.get()
+    if scope is None or not scope.transactional \
+            or dbapi_connection is not scope.dbapi_connection:
+        return
+    # Recorded, not raised: a checkout listener that raises makes the pool
+    # close the DB-API connection, which here is the unit's own (and for
+    # sqlite:// the whole database). The unit fails when it returns.
+    scope.refuse(
+        "opened a second connection, but the engine's pool "
+        f"({type(scope.conn.engine.pool).__name__}) hands out the unit's own DB-API "
+        "connection, so that connection's commit or rollback is the unit's. "
+        f"Use {SESSIONS_TO_USE}"
+    )
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import socket
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -34,14 +35,19 @@ log = logging.getLogger(__name__)
 # What read_against() writes into SQL as a literal: unit names, checksums.
 _LITERAL = re.compile(r"[A-Za-z0-9_.:+/=-]{1,255}")
 
-HEAD_REVISION = "sg0003"
+HEAD_REVISION = "sg0004"
 """The newest revision in ``migrations/versions``; raise it with each new revision."""
 
 _ADDED_AFTER_SG0001 = frozenset({"description", "superseded"})
 """Ledger columns added by revisions after sg0001 (an interrupted sg0001 lacks them)."""
 
-KNOWN_REVISIONS = frozenset({"sg0001", "sg0002", "sg0003"})
+KNOWN_REVISIONS = frozenset({"sg0001", "sg0002", "sg0003", "sg0004"})
 """Every revision this seedguard knows; a ledger at any other one is from a newer release."""
+
+ALEMBIC_RUNS = threading.Lock()
+"""Held by every alembic run of this process: alembic's ``op`` and ``context`` are
+module-level proxies to the one migration running, so two threads migrating two
+ledgers at once (``apply_each`` over schemas) would run each other's operations."""
 
 
 LedgerStatus = Literal["applied", "running", "dirty"]
@@ -523,7 +529,8 @@ class Ledger:
         cfg.attributes.update(
             connection=conn, ledger_table=self.name, ledger_schema=self.schema
         )
-        command.upgrade(cfg, "head")
+        with ALEMBIC_RUNS:
+            command.upgrade(cfg, "head")
         if commit:
             conn.commit()
 

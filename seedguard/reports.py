@@ -74,6 +74,9 @@ class StatusResult:
     file_lock: str = ""
     file_lock_holder: dict[str, object] | None = None
     database_lock_holder: str | None = None
+    # The database lock's holder as its lease records it: host, pid, since,
+    # heartbeat (UTC, ISO 8601); None when the lock is free.
+    holder: dict[str, object] | None = None
 
     def by_state(self, state: UnitState) -> list[UnitStatus]:
         return [u for u in self.units if u.state == state]
@@ -97,6 +100,7 @@ class StatusResult:
                 "file": {"path": self.file_lock, "holder": self.file_lock_holder},
                 "database": {"holder": self.database_lock_holder},
             },
+            "holder": self.holder,
         }
 
 

@@ -627,6 +627,12 @@ def _abort(conn: Connection, scope: _Scope) -> bool:
             # Unconditionally: after a refused commit SQLAlchemy holds an
             # inactive transaction that only rollback() clears.
             conn.rollback()
+            if conn.invalidated:
+                # The driver reported the connection lost. Asking for
+                # conn.connection now would open a new one, which during a
+                # network cut hangs until the connect times out; the server
+                # discards the transaction with the lost session anyway.
+                return False
             dbapi_connection: Any = conn.connection.dbapi_connection
             dbapi_connection.rollback()
         except Exception as err:

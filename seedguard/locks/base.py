@@ -12,14 +12,16 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, overload
+from typing import TYPE_CHECKING, Any, ClassVar, overload
 
+from seedguard.config import DEFAULT_LEASE
 from seedguard.errors import ConfigError, LockTimeout, SeedguardError
+from seedguard.locks.deadline import Deadline
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
 
-    from seedguard.locks.deadline import Deadline
+    from seedguard.locks.lease import Heartbeat, Timings
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,13 @@ class DatabaseLock:
     dialects: ClassVar[tuple[str, ...]] = ()
     # True for a lock taken per unit transaction (lock_unit) rather than per run.
     per_transaction: ClassVar[bool] = False
+    # Whether the dialect's lock has a lease (a heartbeat, keepalives): not SQLite.
+    leased: ClassVar[bool] = False
+    # The lease's SQL, per dialect: the server's UTC clock, and a heartbeat's age
+    # in seconds by it (the database is the only clock the appliers share).
+    utc_now_sql: ClassVar[str] = "CURRENT_TIMESTAMP"
+    # The connect argument each driver takes for a connect timeout in seconds.
+    connect_timeout_args: ClassVar[dict[str, str]] = {}
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         # Each backend module registers its class by defining it: the registry
@@ -68,11 +77,15 @@ class DatabaseLock:
         for dialect in cls.dialects:
             registry[dialect] = cls
 
-    def __init__(self, engine: Engine, key: LockKey) -> None:
+    def __init__(self, engine: Engine, key: LockKey, *, lease: float = DEFAULT_LEASE) -> None:
         self.engine = engine
         self.ledger = key if isinstance(key, LedgerKey) else None
         self._key = key if isinstance(key, str) else None
         self.conn: Connection | None = None
+        self.lease = lease
+        self._heartbeat: Heartbeat | None = None
+        self._saved_socket: list[tuple[int, int, int]] = []
+        self._connect_listener: Any = None
 
     @property
     def key(self) -> str:
@@ -116,6 +129,16 @@ class DatabaseLock:
         conn, self.conn = self.conn, None
         if conn is None:
             return
+        lost = self._end_lease()
+        if lost is not None:
+            # The server has ended the session or will (keepalives, or a waiter
+            # that found the lease run out): no unlock to try, no session to name.
+            log.warning("the database lock %r was lost with its lease (%s); the server "
+                        "releases it with the session", self._key, lost)
+            with contextlib.suppress(Exception):
+                conn.invalidate()
+            conn.close()
+            return
         released = False
         try:
             # First end whatever transaction is open: a failed statement (the
@@ -131,10 +154,122 @@ class DatabaseLock:
             if not released:
                 with contextlib.suppress(Exception):
                     conn.invalidate()
+            else:
+                self._restore_socket(conn)
             conn.close()
 
     def verify(self) -> None:
-        """Raise if the lock was lost (its connection died)."""
+        """Raise if the lock was lost (its connection died, or its lease ran out)."""
+        heartbeat = self._heartbeat
+        if heartbeat is not None and heartbeat.lost is not None:
+            raise SeedguardError(
+                f"lost the database lock {self.key!r} with its lease ({heartbeat.lost}); "
+                "stopped before the next unit so no unit runs unprotected; the server ends "
+                "this applier's session, so nothing more of it is recorded; run again to "
+                "continue"
+            )
+        self._verify()
+
+    def _verify(self) -> None:
+        """Per dialect: raise if the lock's session no longer holds the lock."""
+
+    # -- the lease ------------------------------------------------------------
+
+    def session_id(self, conn: Connection) -> int:
+        """The server's id of ``conn``'s session (what ``end_session`` takes)."""
+        raise NotImplementedError
+
+    def owner_session(self, conn: Connection) -> int | None:
+        """The server session holding the lock now, read on ``conn``; None if free."""
+        return None
+
+    def end_session(self, conn: Connection, session: int) -> None:
+        """End another server session (its transaction rolls back, its locks go)."""
+        raise NotImplementedError
+
+    def age_sql(self, column: str) -> str:
+        """SQL for the seconds since ``column`` (a UTC timestamp), by the server's clock."""
+        raise NotImplementedError
+
+    def _slice(self, deadline: Deadline) -> Deadline:
+        """The next stretch of a wait: short enough to look at the holder's lease in between."""
+        step = max(1.0, self.lease / 5)
+        remaining = deadline.remaining()
+        return Deadline(step if remaining is None else min(remaining, step))
+
+    def _waited_out(self, conn: Connection, deadline: Deadline) -> bool:
+        """After a stretch of waiting: True when the wait is over (time is up).
+
+        In between, a holder whose lease ran out (its host vanished) has its
+        sessions ended, and the next stretch takes the lock.
+        """
+        from seedguard.locks.lease import take_over_if_vanished
+
+        took_over = False
+        if self.ledger is not None and self._key is not None:
+            took_over = take_over_if_vanished(self, conn)
+        remaining = deadline.remaining()
+        return remaining is not None and remaining <= 0 and not took_over
+
+    def _hold(self, conn: Connection, session: int) -> None:
+        """The holder's half of the lease, once the lock is had on ``conn``.
+
+        Keepalives and a user timeout on the lock's socket (and the server's
+        side where the dialect can: :meth:`_server_keepalives`), a connect
+        timeout for connections opened while the lock is held, and the
+        heartbeat. Async drivers get the keepalives but no heartbeat thread:
+        their connections belong to an event loop.
+        """
+        from sqlalchemy import event
+
+        from seedguard.locks.lease import Heartbeat, Timings, tune_socket
+
+        timings = Timings(self.lease)
+        dbapi = conn.connection.dbapi_connection
+        self._saved_socket = tune_socket(dbapi, idle=timings.idle, interval=timings.interval,
+                                         count=timings.count,
+                                         user_timeout_ms=timings.user_timeout_ms)
+        self._server_keepalives(conn, timings)
+        argument = self.connect_timeout_args.get(self.engine.dialect.driver)
+        if argument is not None:
+            seconds = timings.connect_timeout
+
+            def connect_timeout(dialect: Any, record: Any, cargs: Any, cparams: Any) -> None:
+                # A connect during a network cut would hang for minutes of SYN
+                # retries (the release of a failed run used to); the app's own
+                # connect timeout, if it set one, wins.
+                cparams.setdefault(argument, seconds)
+
+            event.listen(self.engine, "do_connect", connect_timeout)
+            self._connect_listener = connect_timeout
+        if self.ledger is not None and not conn.dialect.is_async:
+            self._heartbeat = Heartbeat(self, session, timings, dbapi)
+            self._heartbeat.start()
+
+    def _server_keepalives(self, conn: Connection, timings: Timings) -> None:
+        """Per dialect: have the server end this session when its client goes silent."""
+
+    def _end_lease(self) -> str | None:
+        """Stop the heartbeat (deleting the holder row) and the connect timeout;
+        why the lease was lost, or None."""
+        from sqlalchemy import event
+
+        heartbeat, self._heartbeat = self._heartbeat, None
+        listener, self._connect_listener = self._connect_listener, None
+        if listener is not None:
+            with contextlib.suppress(Exception):
+                event.remove(self.engine, "do_connect", listener)
+        if heartbeat is None:
+            return None
+        heartbeat.stop()
+        return heartbeat.lost
+
+    def _restore_socket(self, conn: Connection) -> None:
+        from seedguard.locks.lease import restore_socket
+
+        saved, self._saved_socket = self._saved_socket, []
+        with contextlib.suppress(Exception):
+            restore_socket(conn.connection.dbapi_connection, saved)
 
     def lock_unit(self, conn: Connection, deadline: Deadline) -> None:
         """Take a lock that lasts for ``conn``'s current transaction.
@@ -189,7 +324,8 @@ class DatabaseLock:
         )
 
 
-def database_lock(engine: Engine, key: LockKey, mode: str = "session") -> DatabaseLock:
+def database_lock(engine: Engine, key: LockKey, mode: str = "session", *,
+                  lease: float = DEFAULT_LEASE) -> DatabaseLock:
     """The database lock for ``engine``'s dialect and ``mode``.
 
     :param engine: the engine the lock opens its own connection from.
@@ -197,6 +333,8 @@ def database_lock(engine: Engine, key: LockKey, mode: str = "session") -> Databa
         server when the lock is taken, or a key string used as it is.
     :param mode: ``"session"`` (the default) or ``"transaction"`` (PostgreSQL
         behind a transaction-pooling proxy).
+    :param lease: seconds; how long a holder whose host vanished keeps other
+        appliers waiting (see :mod:`seedguard.locks.lease`).
     """
     locks = TRANSACTION_LOCKS if mode == "transaction" else DATABASE_LOCKS
     cls = locks.get(engine.dialect.name)
@@ -211,7 +349,7 @@ def database_lock(engine: Engine, key: LockKey, mode: str = "session") -> Databa
             f"seedguard has no database lock for {engine.dialect.name!r}; supported: "
             f"{', '.join(sorted(DATABASE_LOCKS))}"
         )
-    return cls(engine, key)
+    return cls(engine, key, lease=lease)
 
 
 @overload

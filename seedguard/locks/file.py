@@ -37,7 +37,7 @@ _HOLDER_MAX_BYTES = 4096
 FILE_LOCK_POLL_SECONDS = 0.005
 
 
-def default_lock_path(url: URL) -> Path:
+def default_lock_path(url: URL, schema: str | None = None) -> Path:
     """Beside a SQLite database file, else in a private temp dir keyed by the URL.
 
     A SQLite file's lock is named after the file itself (symlinks, ``./`` and
@@ -59,7 +59,11 @@ def default_lock_path(url: URL) -> Path:
             return path.with_name(path.name + ".seedguard.lock")
     # Without password or secret parameters: for a URL that has none this is
     # the text earlier releases hashed, so their locks and ours still meet.
-    key = hashlib.sha256(without_secrets(url).encode()).hexdigest()[:20]
+    # A ledger in a schema of its own (a tenant: seedguard.Schema) gets a file
+    # lock of its own, so the appliers of one host apply to several schemas
+    # of one server side by side; the database lock is per schema already.
+    text = without_secrets(url) + (f"#{schema}" if schema else "")
+    key = hashlib.sha256(text.encode()).hexdigest()[:20]
     return private_lock_dir() / f"{key}.lock"
 
 

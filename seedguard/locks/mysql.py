@@ -19,7 +19,7 @@ import datetime as dt
 import hashlib
 import logging
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from seedguard.locks.base import DatabaseLock, LedgerKey
 
@@ -47,7 +47,14 @@ class MySQLLock(DatabaseLock):
     """``GET_LOCK`` on a dedicated session (MySQL and MariaDB)."""
 
     dialects = ("mysql", "mariadb")
+    leased = True
+    connect_timeout_args: ClassVar[dict[str, str]] = {
+        "pymysql": "connect_timeout", "mysqldb": "connect_timeout", "aiomysql": "connect_timeout",
+        "asyncmy": "connect_timeout", "mariadbconnector": "connect_timeout",
+        "mysqlconnector": "connection_timeout"}
+    utc_now_sql = "UTC_TIMESTAMP(6)"
     _lock_name: str | None = None
+    _session: int | None = None
 
     @property
     def lock_name(self) -> str:
@@ -85,7 +92,8 @@ class MySQLLock(DatabaseLock):
             # the 32-bit range every MySQL build accepts: about 49 days).
             limit_ms = min(2**32 - 1, (seconds + 5) * 1000)
             prefix, hint = "", f"/*+ MAX_EXECUTION_TIME({limit_ms}) */ "
-        sql = (f"{prefix}SELECT {hint}k.sg_key, k.sg_name, GET_LOCK(k.sg_name, :sg_timeout) "
+        sql = (f"{prefix}SELECT {hint}k.sg_key, k.sg_name, GET_LOCK(k.sg_name, :sg_timeout), "
+               "CONNECTION_ID() "
                f"FROM (SELECT t.sg_key, CONCAT('seedguard:', LEFT(SHA2(t.sg_key, 256), 40)) "
                f"AS sg_name FROM (SELECT {key_sql} AS sg_key) t) k")
         return sql, {**params, "sg_timeout": seconds}
@@ -100,22 +108,29 @@ class MySQLLock(DatabaseLock):
             conn = self.engine.connect()
         locked = False
         try:
-            remaining = deadline.remaining()
-            seconds = _YEAR if remaining is None else min(_YEAR, max(0, math.ceil(remaining)))
-            sql, params = self._lock_statement(conn, seconds)
-            try:
-                key, name, got = conn.execute(text(sql), params).one()
-            except DBAPIError as err:
-                code = getattr(err.orig, "args", (None,))[0]
-                if code in _CANCELLED:
-                    raise self._timeout(deadline, cancelled=True) from err
-                raise
-            self._key, self._lock_name = str(key), str(name)
-            locked = got == 1
-            conn.commit()
-            if not locked:
-                raise self._timeout(deadline)
+            while True:
+                # The wait goes in stretches: between two, a holder whose lease
+                # ran out has its session ended (lease.take_over_if_vanished).
+                remaining = self._slice(deadline).remaining()
+                seconds = _YEAR if remaining is None else min(_YEAR, max(0, math.ceil(remaining)))
+                sql, params = self._lock_statement(conn, seconds)
+                try:
+                    key, name, got, session = conn.execute(text(sql), params).one()
+                except DBAPIError as err:
+                    code = getattr(err.orig, "args", (None,))[0]
+                    if code in _CANCELLED:
+                        raise self._timeout(deadline, cancelled=True) from err
+                    raise
+                self._key, self._lock_name = str(key), str(name)
+                locked = got == 1
+                conn.commit()
+                if locked:
+                    break
+                if self._waited_out(conn, deadline):
+                    raise self._timeout(deadline)
+            self._session = int(session)
             self.conn = conn
+            self._hold(conn, self._session)
         except BaseException:
             self.conn = None
             if locked:
@@ -137,7 +152,7 @@ class MySQLLock(DatabaseLock):
             return False
         return True
 
-    def verify(self) -> None:
+    def _verify(self) -> None:
         from sqlalchemy import text
 
         if self.conn is None:
@@ -151,6 +166,29 @@ class MySQLLock(DatabaseLock):
             raise self._lost(err) from err
         if not mine:
             raise self._lost(RuntimeError("lock no longer held by this session"))
+
+    # -- the lease (seedguard.locks.lease) ---------------------------------------
+
+    def age_sql(self, column: str) -> str:
+        return f"TIMESTAMPDIFF(MICROSECOND, {column}, {self.utc_now_sql}) / 1000000.0"
+
+    def session_id(self, conn: Connection) -> int:
+        from sqlalchemy import text
+
+        return int(conn.execute(text("SELECT CONNECTION_ID()")).scalar_one())
+
+    def owner_session(self, conn: Connection) -> int | None:
+        from sqlalchemy import text
+
+        owner = conn.execute(text("SELECT IS_USED_LOCK(:name)"),
+                             {"name": self.lock_name}).scalar()
+        return None if owner is None else int(owner)
+
+    def end_session(self, conn: Connection, session: int) -> None:
+        from sqlalchemy import text
+
+        # KILL takes no bound parameter; the id is an int read from the server.
+        conn.execute(text(f"KILL CONNECTION {int(session)}"))
 
     def holder(self) -> str | None:
         from sqlalchemy import text

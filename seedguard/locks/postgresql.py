@@ -19,7 +19,7 @@ import hashlib
 import logging
 import os
 import socket
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from seedguard.errors import ConfigError
 from seedguard.locks.base import DatabaseLock, LedgerKey
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
     from seedguard.locks.deadline import Deadline
+    from seedguard.locks.lease import Timings
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,20 @@ _RESTORE_TIMEOUTS = (
 )
 
 
+# The server settings the lease sets on the lock's session, and the release
+# puts back; each exists since the version given (server_version_info).
+_KEEPALIVES = ("tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count",
+               "tcp_user_timeout", "client_connection_check_interval")
+_SINCE = {"tcp_user_timeout": (12,), "client_connection_check_interval": (14,)}
+
+
+def _restore(names: tuple[str, ...], *, local: str) -> str:
+    """Select-list items putting each setting back to its RESET value (absent ones are skipped)."""
+    return ", ".join(
+        f"(SELECT set_config(name, reset_val, {local}) FROM pg_catalog.pg_settings "
+        f"WHERE name = '{name}')" for name in names)
+
+
 def _wait_settings(deadline: Deadline) -> dict[str, str]:
     """lock_timeout for the remaining budget, and a statement_timeout just above it.
 
@@ -88,6 +103,10 @@ class PostgresSessionLock(DatabaseLock):
     """
 
     dialects = ("postgresql",)
+    leased = True
+    connect_timeout_args: ClassVar[dict[str, str]] = {
+        "psycopg": "connect_timeout", "psycopg2": "connect_timeout",
+        "psycopg_async": "connect_timeout", "asyncpg": "timeout", "pg8000": "timeout"}
     backend_pid: int | None = None
     _unlocked = False
 
@@ -129,23 +148,31 @@ class PostgresSessionLock(DatabaseLock):
         locked = False
         try:
             host = socket.gethostname()[:30]
-            columns, params = self._identity(self.ledger)
-            # Session-level settings (is_local false): they hold whether or not
-            # the engine runs in AUTOCOMMIT, and are put back right after the lock.
-            row = conn.execute(text(
-                f"SELECT {columns}, set_config('application_name', :sg_name, false), "
-                "set_config('lock_timeout', :sg_lock_ms, false), "
-                "set_config('statement_timeout', :sg_statement_ms, false)"),
-                {**params, **_wait_settings(deadline),
-                 "sg_name": f"seedguard pid={os.getpid()} host={host}"}).one()
-            self._take_key(row)
-            try:
-                conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": self.number})
-            except DBAPIError as err:
-                state = _sqlstate(err)
-                if state in (_LOCK_NOT_AVAILABLE, _QUERY_CANCELED):
-                    raise self._timeout(deadline, cancelled=state == _QUERY_CANCELED) from err
-                raise
+            name = f"seedguard pid={os.getpid()} host={host}"
+            while True:
+                # The wait goes in stretches: between two, a holder whose lease
+                # ran out has its session ended (lease.take_over_if_vanished).
+                stretch = self._slice(deadline)
+                columns, params = self._identity(self.ledger)
+                # Session-level settings (is_local false): they hold whether or not
+                # the engine runs in AUTOCOMMIT, and are put back right after the lock.
+                row = conn.execute(text(
+                    f"SELECT {columns}, set_config('application_name', :sg_name, false), "
+                    "set_config('lock_timeout', :sg_lock_ms, false), "
+                    "set_config('statement_timeout', :sg_statement_ms, false)"),
+                    {**params, **_wait_settings(stretch), "sg_name": name}).one()
+                self._take_key(row)
+                try:
+                    conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": self.number})
+                    break
+                except DBAPIError as err:
+                    state = _sqlstate(err)
+                    if state == _LOCK_NOT_AVAILABLE and not self._waited_out(conn, deadline):
+                        continue  # the stretch is over, not the wait
+                    if state in (_LOCK_NOT_AVAILABLE, _QUERY_CANCELED):
+                        raise self._timeout(deadline,
+                                            cancelled=state == _QUERY_CANCELED) from err
+                    raise
             locked, self._unlocked = True, False
             # Units run on this session next: the application's own timeouts,
             # not seedguard's wait settings.
@@ -159,6 +186,8 @@ class PostgresSessionLock(DatabaseLock):
             # applier, which then "takes" it again (advisory locks are
             # re-entrant). Check now, before any work, and before every unit.
             self.verify()
+            assert self.backend_pid is not None
+            self._hold(conn, self.backend_pid)
         except BaseException:
             self.conn = None
             if locked:
@@ -183,8 +212,10 @@ class PostgresSessionLock(DatabaseLock):
             if self.backend_pid is None or pid == self.backend_pid:
                 unlocked = conn.execute(text("SELECT pg_advisory_unlock(:key)"),
                                         {"key": self.number}).scalar()
-                # The connection goes back to the caller's pool: no seedguard label on it.
+                # The connection goes back to the caller's pool: no seedguard label
+                # on it, and the application's own keepalive settings.
                 conn.execute(text("RESET application_name"))
+                conn.execute(text(f"SELECT {_restore(_KEEPALIVES, local='false')}"))
                 conn.commit()
                 if not unlocked:  # the server says this session did not hold it
                     log.warning("the database lock %r was not held by its session at release",
@@ -198,7 +229,7 @@ class PostgresSessionLock(DatabaseLock):
                     self.backend_pid, self.key, self.backend_pid)
         return False
 
-    def verify(self) -> None:
+    def _verify(self) -> None:
         """Raise if the lock's session died, or if we are no longer talking to it.
 
         A different ``pg_backend_pid()`` than the one that took the lock can
@@ -231,6 +262,57 @@ class PostgresSessionLock(DatabaseLock):
             )
         if not held:
             raise self._lost(RuntimeError("the advisory lock is no longer held by this session"))
+
+    # -- the lease (seedguard.locks.lease) ---------------------------------------
+
+    utc_now_sql = "CAST(clock_timestamp() AT TIME ZONE 'UTC' AS timestamp)"
+
+    def age_sql(self, column: str) -> str:
+        return f"EXTRACT(EPOCH FROM ({self.utc_now_sql} - {column}))"
+
+    def session_id(self, conn: Connection) -> int:
+        from sqlalchemy import text
+
+        return int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+
+    def owner_session(self, conn: Connection) -> int | None:
+        from sqlalchemy import text
+
+        unsigned = self.number & 0xFFFFFFFFFFFFFFFF
+        pid = conn.execute(text(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+            "AND classid = :hi AND objid = :lo AND objsubid = 1"),
+            {"hi": unsigned >> 32, "lo": unsigned & 0xFFFFFFFF}).scalar()
+        return None if pid is None else int(pid)
+
+    def end_session(self, conn: Connection, session: int) -> None:
+        from sqlalchemy import text
+
+        conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": session})
+
+    def _server_keepalives(self, conn: Connection, timings: Timings) -> None:
+        """The server ends this session when the client goes silent, within the lease.
+
+        Keepalives alone free the lock of an idle session (one waiting for the
+        client's next statement); ``client_connection_check_interval``
+        (PostgreSQL 14+) makes a backend in the middle of a long statement look
+        at its socket too, so a unit's long statement does not keep the lock of
+        a vanished client until it ends. Client-side keepalives alone do not
+        free the lock: the holder notices, the server does not.
+        """
+        from sqlalchemy import text
+
+        values = {"tcp_keepalives_idle": timings.idle,
+                  "tcp_keepalives_interval": timings.interval,
+                  "tcp_keepalives_count": timings.count,
+                  "tcp_user_timeout": timings.user_timeout_ms,
+                  "client_connection_check_interval": timings.check_interval_ms}
+        version = conn.dialect.server_version_info or (0,)
+        names = [name for name in values if version >= _SINCE.get(name, (0,))]
+        conn.execute(text("SELECT " + ", ".join(
+            f"set_config('{name}', :{name}, false)" for name in names)),
+            {name: str(values[name]) for name in names})
+        conn.commit()
 
     def holder(self) -> str | None:
         from sqlalchemy import text
@@ -298,7 +380,7 @@ class PostgresTransactionLock(PostgresSessionLock):
     def acquire(self, deadline: Deadline) -> None:
         pass
 
-    def verify(self) -> None:
+    def _verify(self) -> None:
         pass
 
     @property

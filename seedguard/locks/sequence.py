@@ -19,9 +19,10 @@ if TYPE_CHECKING:
 def ledger_locks(engine: Engine, settings: Settings) -> tuple[FileLock, DatabaseLock, Deadline]:
     """The two locks every writer of ``settings``' ledger takes, and the one deadline
     bounding both waits: apply() and the ledger commands (stamp, forget, resolve)."""
-    file_lock = FileLock(settings.lock_path or default_lock_path(engine.url))
+    file_lock = FileLock(settings.lock_path
+                         or default_lock_path(engine.url, settings.ledger_schema))
     key = lock_key(engine, settings.ledger_table, settings.ledger_schema)
-    db_lock = database_lock(engine, key, settings.lock_mode)
+    db_lock = database_lock(engine, key, settings.lock_mode, lease=settings.lease)
     return file_lock, db_lock, Deadline(settings.lock_timeout)
 
 
