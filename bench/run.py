@@ -21,8 +21,8 @@ from _common import Report
 
 import seedguard
 
-SECTIONS = ("targets", "noop", "async", "bulk", "refs", "threshold", "contention", "memory",
-            "plan", "cli")
+SECTIONS = ("targets", "noop", "async", "bulk", "mysqlbulk", "refs", "threshold", "contention",
+            "memory", "plan", "cli")
 KINDS = ("sqlite", "postgresql", "mariadb")
 
 
@@ -70,6 +70,11 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"bulk load, {args.rows:,} rows", flush=True)
         bulk.run(report, kinds, args.rows)
+    if "mysqlbulk" in only and "mariadb" in kinds:
+        import mysql_bulk
+
+        print(f"MariaDB bulk path, {args.rows:,} rows", flush=True)
+        mysql_bulk.run(report, args.rows)
     if "refs" in only:
         import refs
 

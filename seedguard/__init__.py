@@ -21,6 +21,7 @@ from seedguard.errors import (
     SeedguardError,
     UnitBlocked,
     UnitEscape,
+    WaitTimeout,
 )
 from seedguard.events import report_progress
 from seedguard.registry import Registry, seed
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from seedguard.data import data_seed
     from seedguard.datadir import data_dir
     from seedguard.fleet import FleetResult, apply_each
+    from seedguard.readiness import wait
     from seedguard.review import Plan
 
 # Loaded when first used: a start-up that only applies code units never loads
@@ -49,6 +51,7 @@ _LAZY = {
     "FleetResult": "seedguard.fleet",
     "apply_each": "seedguard.fleet",
     "Plan": "seedguard.review",
+    "wait": "seedguard.readiness",
 }
 
 
@@ -82,6 +85,7 @@ __all__ = [
     "UnitBlocked",
     "UnitEscape",
     "UpsertResult",
+    "WaitTimeout",
     "__version__",
     "apply",
     "apply_async",
@@ -92,4 +96,5 @@ __all__ = [
     "report_progress",
     "seed",
     "upsert",
+    "wait",
 ]

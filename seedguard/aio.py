@@ -54,6 +54,7 @@ async def apply_async(
     schema: bool = False,
     alembic_config: str | os.PathLike[str] | None = None,
     scoped_sessions: Iterable[Any] = (),
+    session_class: type[Any] | None = None,
     lease: float | None = None,
 ) -> ApplyResult:
     """Apply every pending selected unit, exactly once across processes and hosts, from async code.
@@ -92,6 +93,12 @@ async def apply_async(
         and for units with ``requires_revision``.
     :param scoped_sessions: your ``scoped_session`` objects; while a unit runs
         each returns the unit's (sync) session, as in :func:`seedguard.apply`.
+    :param session_class: the class of every unit's session:
+        ``sqlmodel.ext.asyncio.session.AsyncSession`` gives ``async def`` units
+        SQLModel's AsyncSession (``await session.exec(...)``) and plain units a
+        ``sqlmodel.Session``; ``sqlmodel.Session`` gives plain units that class.
+        A unit whose session parameter is annotated with a Session class gets
+        that class without it.
     :param lease: seconds (default 30): how long a holder whose host vanished
         keeps other appliers waiting, as in :func:`seedguard.apply`. With an
         async driver the keepalives bound it on PostgreSQL; there is no
@@ -107,6 +114,7 @@ async def apply_async(
         "lock_timeout": lock_timeout, "lock_path": lock_path, "strict": strict,
         "on_event": on_event, "lock_mode": lock_mode, "schema": schema,
         "alembic_config": alembic_config, "scoped_sessions": tuple(scoped_sessions),
+        "session_class": session_class,
         "lease": lease,
     }
     if is_async_engine(bind):
@@ -119,6 +127,9 @@ async def apply_async(
         # A sync driver blocks: keep it off the event loop.
         return await asyncio.to_thread(api.apply, bind, **options)
     settings = _config.resolve(bind)  # only to find the URL: apply() resolves the rest
+    if settings.engine is not None and settings.engine.dialect.is_async:
+        # SEEDGUARD_ENGINE / [tool.seedguard] engine naming the app's AsyncEngine.
+        return await run_in_greenlet(api.apply, settings.engine, **options)
     if settings.engine is not None or not settings.url:
         # The Flask-SQLAlchemy engine (sync), or no database at all (apply() says
         # where to configure one).

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 from seedguard import config as _config
 from seedguard.connect import engine_for, read_only_engine
+from seedguard.dialects import applicable
 from seedguard.errors import ConfigError
 from seedguard.events import Listener
 from seedguard.registry import (
@@ -66,6 +67,7 @@ def apply(
     schema: bool = False,
     alembic_config: str | os.PathLike[str] | None = None,
     scoped_sessions: Iterable[scoped_session[Any]] = (),
+    session_class: type[Any] | None = None,
     plan: ReviewedPlan | str | os.PathLike[str] | None = None,
     lease: float | None = None,
 ) -> ApplyResult:
@@ -93,7 +95,9 @@ def apply(
     :param lock_path: the file lock's path (default: beside a SQLite file,
         else a private temp directory keyed by the database).
     :param strict: raise ``DriftError`` if an applied unit's code or data changed.
-    :param on_event: called with progress events (see :mod:`seedguard.events`).
+    :param on_event: called with this call's unit events (started, progress,
+        finished, failed; see :mod:`seedguard.events`, whose ``subscribe()``
+        receives every event of every run).
     :param lock_mode: ``"session"`` (default: one database lock for the whole
         run) or ``"transaction"`` (PostgreSQL behind PgBouncer in transaction
         pooling: a transaction-level lock per unit, the ledger re-checked under it).
@@ -103,6 +107,12 @@ def apply(
     :param scoped_sessions: your ``scoped_session`` objects; while a unit runs
         each returns the unit's session, so code that writes through them joins
         the unit's transaction (a Flask app's ``db.session`` does so by itself).
+    :param session_class: the class of every unit's session, bound to the unit's
+        transaction as SQLAlchemy's own would be: ``sqlmodel.Session`` (its
+        ``.exec()`` and your CRUD helpers work unchanged), or for ``async def``
+        units ``sqlmodel.ext.asyncio.session.AsyncSession`` (which also gives
+        plain units a ``sqlmodel.Session``). A unit whose session parameter is
+        annotated with a Session class gets that class without it.
     :param plan: a reviewed :class:`~seedguard.Plan` (or the path of one that
         ``seedguard plan --out`` wrote): apply only while its digest still
         matches what would run, checked under the locks; else ``PlanStale``
@@ -137,6 +147,9 @@ def apply(
         # The runner pulls in SQLAlchemy; import it here so `import seedguard` stays light.
         from seedguard.eventloop import check_units
         from seedguard.runner import run
+        from seedguard.sessionclass import check_default
+
+        check_default(session_class)
 
         reviewed = None
         if plan is not None:
@@ -148,7 +161,7 @@ def apply(
             check_units(units, engine)
             return run(engine, units, settings, dry_run=dry_run, strict=strict,
                        listener=on_event, schema=schema, scoped_sessions=list(scoped_sessions),
-                       reviewed=reviewed)
+                       reviewed=reviewed, session_class=session_class)
     raise AssertionError("unreachable")  # pragma: no cover - mypy: ExitStack may swallow
 
 
@@ -263,9 +276,10 @@ def status(bind: Bind = None, *, seeds: SeedsSpec = None,
 
     settings = _settings(bind, seeds=seeds, contexts=contexts)
     every = order(discover(settings.seeds))
-    units = active(every, settings.contexts)
+    selected = active(every, settings.contexts)
     ledger = Ledger.named(settings.ledger_table, settings.ledger_schema)
     with read_only_engine(settings) as engine:
+        units = applicable(selected, engine)
         with connect(engine) as conn:
             state, revision = ledger.read_any(conn)
         file_lock = FileLock(settings.lock_path
@@ -295,14 +309,27 @@ def status(bind: Bind = None, *, seeds: SeedsSpec = None,
         planned = plan(units, rows, checksums, revisions=RevisionGate(settings, engine),
                        report=True)
     states = _states(planned)
+    planned_names = {unit.name for unit in units}
     for unit in units:
         result.units.append(_unit_status(unit, rows, planned, states))
+    # Inapplicable: selected, but limited to other databases than this one.
+    for unit in selected:
+        if unit.name not in planned_names:
+            latest = rows.latest(unit.name)
+            result.units.append(UnitStatus(
+                name=unit.name, state="inapplicable", version=unit.version,
+                recorded_version=latest.version if latest is not None else None,
+                applied_at=latest.applied_at if latest is not None else None,
+                applied_by=latest.applied_by if latest is not None else None,
+                description=unit.description,
+                dialects=tuple(sorted(unit.dialects or ())),
+            ))
     # Inactive: recorded, but left out by the active contexts; listing them
     # keeps `status` from hiding what a dev or test run put in the database.
-    selected = {unit.name for unit in units}
+    chosen = {unit.name for unit in selected}
     for unit in every:
         latest = rows.latest(unit.name)
-        if unit.name not in selected and latest is not None:
+        if unit.name not in chosen and latest is not None:
             result.units.append(UnitStatus(
                 name=unit.name, state="inactive", version=unit.version,
                 recorded_version=latest.version, applied_at=latest.applied_at,

@@ -32,8 +32,9 @@ from seedguard.errors import (
     PlanStale,
     SeedFailed,
     SeedguardError,
+    WaitTimeout,
 )
-from seedguard.events import Event, UnitFinished, UnitProgress, UnitStarted
+from seedguard.events import Event, UnitFinished, UnitProgress, UnitStarted, subscribe
 from seedguard.exits import (
     EXIT_CHECK,
     EXIT_INTERRUPTED,
@@ -54,7 +55,7 @@ class _Declined(Exception):
 
 def exit_code(err: BaseException) -> int:
     """The documented exit code for ``err``."""
-    if isinstance(err, LockTimeout):
+    if isinstance(err, (LockTimeout, WaitTimeout)):
         return EXIT_LOCK_TIMEOUT
     if isinstance(err, (ConfigError, DefinitionError, PlanStale, _Declined)):
         return EXIT_USAGE
@@ -68,6 +69,7 @@ class Options:
     """The global options, shared by every command through the click context."""
 
     url: str | None = None
+    engine: str | None = None
     seeds: str | None = None
     contexts: tuple[str, ...] = ()
     lock_timeout: float | None = None
@@ -87,10 +89,13 @@ class Options:
         settings = _config.resolve(
             self.url, seeds=self.seeds, contexts=self.contexts or None,
             lock_timeout=self.lock_timeout, lock_path=self.lock_path,
-            alembic_config=self.alembic_config, lease=self.lease,
+            alembic_config=self.alembic_config, lease=self.lease, engine_spec=self.engine,
         )
         if settings.url:
             self.seen_urls.append(settings.url)
+        elif settings.engine is not None:
+            # --engine: the app's URL, password included, is as secret as a --url.
+            self.seen_urls.append(settings.engine.url.render_as_string(hide_password=False))
         return settings
 
     def redact(self, text: str) -> str:
@@ -103,6 +108,12 @@ class Options:
         from seedguard.redact import redact
 
         return redact(text, self.url, os.environ.get("SEEDGUARD_URL"), *self.seen_urls)
+
+    def bind(self) -> Any:
+        """What ``apply()`` is given as the database: --url, or the --engine it names."""
+        if self.engine is None:
+            return self.url
+        return self.settings().engine
 
     def apply_arguments(self) -> dict[str, Any]:
         """What ``seedguard.apply()`` takes of the global options."""
@@ -124,7 +135,7 @@ class _Group(click.Group):
                 # whole command runs on an event loop (async def units included).
                 from seedguard import eventloop
 
-                return eventloop.run_blocking(functools.partial(click.Group.invoke, self, ctx))
+                return eventloop.run_blocking(functools.partial(_invoke_on_loop, self, ctx))
             return super().invoke(ctx)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
@@ -138,6 +149,21 @@ class _Group(click.Group):
             # exiting with its code would report success for a run that stopped.
             _fail(ctx, err)
 
+    def resolve_command(self, ctx: click.Context, args: list[str]
+                        ) -> tuple[str | None, click.Command | None, list[str]]:
+        # `seedguard --json check` is `seedguard check --json`: output options
+        # belong anywhere on the line, like the global ones (also under `flask
+        # seedguard`, whose own options end before the verb).
+        name, command, rest = super().resolve_command(ctx, args)
+        if ctx.params.get("as_json") and command is not None:
+            if not _has_json(command):
+                having = sorted(n for n, c in self.commands.items() if _has_json(c))
+                raise click.UsageError(
+                    f"--json: `{name}` has no JSON output; drop --json, or use it with "
+                    f"{', '.join(having)}", ctx)
+            rest = ["--json", *rest]
+        return name, command, rest
+
     def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         formatter.write_paragraph()
         formatter.write_text(
@@ -147,27 +173,64 @@ class _Group(click.Group):
         )
 
 
+def _has_json(command: click.Command) -> bool:
+    return any("--json" in getattr(param, "opts", ()) for param in command.params)
+
+
 def _async_url(ctx: click.Context) -> bool:
-    """Whether the command's database URL has an async driver (then it runs on a loop)."""
+    """Whether the command's database URL, or the app's engine, has an async driver
+    (then the command runs on a loop)."""
     from seedguard.eventloop import is_async_url
 
-    url = ctx.params.get("url") or _late_url(ctx) or os.environ.get("SEEDGUARD_URL")
+    url = ctx.params.get("url") or _late_value(ctx, "--url")
+    if url is not None:
+        return is_async_url(url)
+    spec = ctx.params.get("engine") or _late_value(ctx, "--engine")
+    engine = _spec_engine(spec)
+    if engine is not None:
+        return bool(engine.dialect.is_async)
+    url = os.environ.get("SEEDGUARD_URL")
     if url is None and "flask.cli" not in sys.modules:
         try:
-            url = _config.resolve().url  # [tool.seedguard]
+            settings = _config.resolve()  # SEEDGUARD_ENGINE, [tool.seedguard]
         except ConfigError:  # reported by the command that needs the configuration
             return False
+        if settings.engine is not None:
+            return bool(settings.engine.dialect.is_async)
+        url = settings.url
     return is_async_url(url)
 
 
-def _late_url(ctx: click.Context) -> str | None:
+def _spec_engine(spec: str | None) -> Any:
+    """The engine ``--engine`` names, or None (none given, or one the command reports)."""
+    if not spec:
+        return None
+    try:
+        return _config.resolve(engine_spec=spec).engine
+    except ConfigError:
+        return None
+
+
+def _invoke_on_loop(group: click.Group, ctx: click.Context) -> Any:
+    try:
+        return click.Group.invoke(group, ctx)
+    finally:
+        # The app's AsyncEngine (--engine) holds connections of this loop,
+        # which ends with the command: close them while it still runs.
+        opts = ctx.find_object(Options)
+        engine = _spec_engine(opts.engine if opts is not None else None)
+        if engine is not None:
+            engine.dispose()
+
+
+def _late_value(ctx: click.Context, option: str) -> str | None:
     # `seedguard upgrade --url U`: the command's own options are parsed only
     # after the group decided how to run it, so look at its arguments.
     rest: list[str] = [*getattr(ctx, "_protected_args", ()), *ctx.args]
     for index, arg in enumerate(rest):
-        if arg == "--url" and index + 1 < len(rest):
+        if arg == option and index + 1 < len(rest):
             return rest[index + 1]
-        if arg.startswith("--url="):
+        if arg.startswith(option + "="):
             return arg.split("=", 1)[1]
     return None
 
@@ -254,6 +317,10 @@ def _warn(opts: Options, message: str) -> None:
 _GLOBAL_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("--url",), {"metavar": "URL", "help": "Database URL (else SEEDGUARD_URL, the Flask "
                   "app, or [tool.seedguard] in pyproject.toml)."}),
+    (("--engine",), {"metavar": "MODULE:ATTR",
+                     "help": "Run on your app's own Engine or AsyncEngine, imported from "
+                     "MODULE (e.g. app.core.db:engine; else SEEDGUARD_ENGINE or [tool.seedguard] "
+                     "engine); instead of --url."}),
     (("--seeds",), {"metavar": "MODULE",
                     "help": "Dotted module or package that declares the units."}),
     (("--context", "contexts"), {"multiple": True, "metavar": "NAME",
@@ -304,20 +371,24 @@ def _late_option(ctx: click.Context, param: click.Parameter, value: Any) -> None
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @_group_options
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON document (commands that have one), as their own --json.")
 @click.version_option(package_name="seedguard", prog_name="seedguard")
 @click.pass_context
-def cli(ctx: click.Context, url: str | None, seeds: str | None, contexts: tuple[str, ...],
-        lock_timeout: float | None, lock_path: str | None, alembic_config: str | None,
-        lease: float | None, quiet: bool, verbose: bool) -> None:
+def cli(ctx: click.Context, url: str | None, engine: str | None, seeds: str | None,
+        contexts: tuple[str, ...], lock_timeout: float | None, lock_path: str | None,
+        alembic_config: str | None, lease: float | None, quiet: bool, verbose: bool,
+        as_json: bool) -> None:
     """Exactly-once, retry-safe database seeding.
 
     The options below work before or after the command.
     """
     if quiet and verbose:
         raise click.UsageError("-q/--quiet and -v/--verbose exclude each other")
-    ctx.obj = Options(url=url, seeds=seeds, contexts=contexts, lock_timeout=lock_timeout,
-                      lock_path=lock_path, alembic_config=alembic_config, lease=lease,
-                      quiet=quiet, verbose=verbose)
+    ctx.obj = Options(url=url, engine=engine, seeds=seeds, contexts=contexts,
+                      lock_timeout=lock_timeout, lock_path=lock_path,
+                      alembic_config=alembic_config, lease=lease, quiet=quiet,
+                      verbose=verbose, json=as_json)
     # Like `python -m` and `flask`: seeds modules in the current directory are importable.
     cwd = os.getcwd()
     if cwd not in sys.path:
@@ -342,6 +413,27 @@ def _flask_app_context(ctx: click.Context) -> None:
         ctx.with_resource(info.load_app().app_context())
 
 
+class _AlembicChatter(logging.Filter):
+    """Drops alembic's INFO records ("Context impl PostgresqlImpl.", "Will assume
+    transactional DDL.", "Running upgrade ...", "setup plugin ...") below -v.
+
+    The user's env.py turns them on for the ``alembic`` command (``fileConfig``
+    of alembic.ini, with the ``alembic`` logger at INFO); ``upgrade --schema``
+    says itself which revisions it applied, and with nothing to do they are
+    noise, as they are when seedguard creates its ledger with alembic and the
+    app logs at INFO. A filter on the loggers that emit them, because
+    ``fileConfig`` resets the levels and handlers of the loggers it configures
+    and of their children, not a child's filters.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING
+
+
+_ALEMBIC_CHATTER = _AlembicChatter()
+_ALEMBIC_LOGGERS = ("alembic.runtime.migration", "alembic.runtime.plugins")
+
+
 class _RedactingFormatter(logging.Formatter):
     """A log line (and its traceback) with the command's URL secrets hidden."""
 
@@ -356,7 +448,15 @@ class _RedactingFormatter(logging.Formatter):
 
 def _configure_logging(ctx: click.Context, *, verbose: bool, quiet: bool = False) -> None:
     """With -v, log seedguard's INFO records to stderr for this command only; with -q,
-    not even its warnings (Python prints those to stderr when no handler is set)."""
+    not even its warnings (Python prints those to stderr when no handler is set).
+    Below -v, alembic's INFO records are dropped (:class:`_AlembicChatter`)."""
+    for name in _ALEMBIC_LOGGERS:
+        chatter = logging.getLogger(name)
+        if verbose:
+            chatter.removeFilter(_ALEMBIC_CHATTER)
+        elif _ALEMBIC_CHATTER not in chatter.filters:
+            chatter.addFilter(_ALEMBIC_CHATTER)
+            ctx.call_on_close(functools.partial(chatter.removeFilter, _ALEMBIC_CHATTER))
     if not verbose and not quiet:
         return
     logger = logging.getLogger("seedguard")
@@ -383,8 +483,9 @@ def _require_database(settings: _config.Settings) -> None:
     # The library's message lists apply() arguments and Flask; here, the options.
     if settings.url is None and settings.engine is None:
         raise ConfigError(
-            "no database: give --url URL, set SEEDGUARD_URL, or add url = \"...\" under "
-            "[tool.seedguard] in pyproject.toml (`seedguard init` writes it)"
+            "no database: give --url URL, set SEEDGUARD_URL, add url = \"...\" under "
+            "[tool.seedguard] in pyproject.toml (`seedguard init`), or --engine MODULE:ATTR "
+            "(your app's)"
         )
 
 
@@ -417,6 +518,11 @@ class _Progress:
     ``whole_lines`` (with -v): log records go to stderr while a unit runs, so
     the unit's line is written complete at its start and its outcome on a line
     of its own; an open line would be cut in two by every log record.
+
+    Not on a terminal (CI), a unit's line is written whole, in one write, when
+    the unit ends: a CI log is stdout and stderr in one, and an open
+    "applying ..." line was cut in two by every log line (alembic's INFO lines,
+    the app's) written while the unit ran.
     """
 
     TICK_SECONDS = 0.5
@@ -446,10 +552,13 @@ class _Progress:
                 self._progress = f"{event.done}{total}{percent}"
 
     def _begin(self, label: str) -> None:
+        if not self.whole_lines and _app_logs_to_terminal():
+            self.whole_lines, self.tty = True, False
         with self._lock:
             self._label, self._started, self._progress = label, time.monotonic(), ""
-            self.out.write(label + ("\n" if self.whole_lines else " "))
-            self.out.flush()
+            if self.whole_lines or self.tty:
+                self.out.write(label + ("\n" if self.whole_lines else " "))
+                self.out.flush()
         if self.tty:
             self._stop = threading.Event()
             self._thread = threading.Thread(target=self._tick, args=(self._stop,), daemon=True,
@@ -475,14 +584,37 @@ class _Progress:
             if self.tty:
                 self.out.write(f"\r\x1b[K{self._label} ")
             if self.whole_lines:
-                self.out.write(f"{self._unit}: ")
-            self.out.write(outcome + "\n")
+                self.out.write(f"{self._unit}: {outcome}\n")
+            elif self.tty:
+                self.out.write(outcome + "\n")
+            else:
+                self.out.write(f"{self._label} {outcome}\n")
             self.out.flush()
             self._label = ""
 
     def close(self) -> None:
         """End a line left open by a unit that failed."""
         self._end("failed")
+
+
+def _app_logs_to_terminal() -> bool:
+    """Whether a logging handler writes to stdout or stderr, where progress lines go."""
+    loggers = [logging.getLogger(), *(logger for logger in
+                                      list(logging.Logger.manager.loggerDict.values())
+                                      if isinstance(logger, logging.Logger))]
+    for logger in loggers:
+        for handler in logger.handlers:
+            stream = getattr(handler, "stream", None)
+            if stream is None or isinstance(handler, logging.FileHandler):
+                continue
+            if stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+                return True
+            try:
+                if stream.fileno() in (1, 2):
+                    return True
+            except (AttributeError, OSError, ValueError):  # StringIO: a capture, not a terminal
+                continue
+    return False
 
 
 def _item(unit: Any) -> dict[str, Any]:
@@ -577,9 +709,12 @@ def upgrade(ctx: click.Context, opts: Options, target: str | None, dry_run: bool
         if progress is not None:
             progress(event)
 
+    # A subscriber like any other (seedguard.events): what the CLI shows is
+    # what a user's hook or the OpenTelemetry subscriber would see.
+    unsubscribe = subscribe(listener)
     try:
         result = _run_apply(opts, target=target, dry_run=dry_run, strict=strict,
-                            schema=schema, on_event=listener, plan=plan_file)
+                            schema=schema, plan=plan_file)
     except BaseException:
         if progress is not None:
             progress.close()
@@ -589,6 +724,8 @@ def upgrade(ctx: click.Context, opts: Options, target: str | None, dry_run: bool
             _info(opts, f"applied {len(finished)} unit(s) in {total} ms before the failure; "
                   "they stay applied")
         raise
+    finally:
+        unsubscribe()
     if progress is not None:
         progress.close()
     if as_json:
@@ -629,7 +766,7 @@ def _fleet_output() -> cli_fleet.Output:
 
 def _run_apply(opts: Options, **options: Any) -> ApplyResult:
     # One place that calls apply(), so options (e.g. alembic's --schema) are added here.
-    return api.apply(opts.url, **opts.apply_arguments(), **options)
+    return api.apply(opts.bind(), **opts.apply_arguments(), **options)
 
 
 # -- plan: rehearse, for review ----------------------------------------------------------
@@ -721,6 +858,9 @@ def _describe(unit: UnitStatus) -> str:
     if unit.state == "blocked":
         return (f"interrupted mid-way (started {when}{by}); check its work, then "
                 f"`seedguard resolve {unit.name} --applied` or `--retry`")
+    if unit.state == "inapplicable":
+        return (f"applies only to {', '.join(unit.dialects or ())}, not to this database; "
+                "the units after it run without it")
     if unit.state == "inactive":
         contexts = ", ".join(unit.contexts or ())
         return (f"v{unit.recorded_version} applied {when}{by}; runs only in context(s) "
@@ -818,6 +958,20 @@ def check(ctx: click.Context, opts: Options, as_json: bool, schemas: str | None,
                                        f"{_describe(unit)}"))
     if not result.ok:
         ctx.exit(EXIT_CHECK)
+
+
+@cli.command()
+@click.option("--timeout", type=click.FloatRange(min=0), default=None,
+              help="Give up after this many seconds (exit 4); default: wait as long as it takes.")
+@_command_options
+@pass_options
+def wait(opts: Options, timeout: float | None) -> None:
+    """Wait until nothing is pending or running; apply nothing (a readiness gate)."""
+    _start(opts, "wait")
+    from seedguard.readiness import wait as wait_ready
+
+    result = wait_ready(_read_settings(opts), timeout=timeout)
+    _info(opts, f"ready: {len(result.skipped)} unit(s) applied")
 
 
 @cli.command()

@@ -47,7 +47,8 @@ unit's transaction (PostgreSQL behind a transaction-pooling PgBouncer)."""
 _LOCK_MODES: dict[str, LockMode] = {"session": "session", "transaction": "transaction"}
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _KEYS = ("url", "seeds", "contexts", "lock_path", "lock_timeout", "alembic_config",
-         "ledger_table", "ledger_schema", "lock_mode", "lease")
+         "ledger_table", "ledger_schema", "lock_mode", "lease",
+         "engine")
 DEFAULT_LEASE = 30.0
 """Seconds: how long a holder whose host vanished keeps other appliers waiting."""
 MIN_LEASE = 5.0
@@ -102,8 +103,15 @@ def resolve(
     lock_mode: str | None = None,
     lease: float | None = None,
     cwd: Path | None = None,
+    engine_spec: str | None = None,
 ) -> Settings:
-    """Merge the sources into one :class:`Settings`, validating every value."""
+    """Merge the sources into one :class:`Settings`, validating every value.
+
+    ``engine_spec`` (``--engine``; ``engine`` in the other sources) names the
+    app's own engine as ``MODULE:ATTR``; it is an alternative to ``url``: the
+    first source that has either chooses the database, and it is imported
+    only then (:mod:`seedguard.appengine`).
+    """
     explicit: dict[str, Any] = {
         "seeds": seeds,
         "contexts": list(contexts) if contexts is not None else None,
@@ -113,6 +121,7 @@ def resolve(
         "ledger_table": ledger_table,
         "ledger_schema": ledger_schema,
         "lock_mode": lock_mode,
+        "engine": engine_spec,
         "lease": lease,
     }
     engine: Engine | None = None
@@ -133,7 +142,12 @@ def resolve(
     sources: dict[str, str] = {}
     engine = None
     for source, layer, layer_engine in layers:
+        if engine is None and "url" not in values and layer.get("engine") not in (None, ""):
+            engine = _app_engine(source, layer, layer_engine)
+            sources["url"] = f"{source} (engine {layer['engine']})"
         for key in _KEYS:
+            if key == "engine":
+                continue  # chosen above, as the database
             if key == "url" and engine is not None:
                 continue  # the database is already chosen, as an Engine
             if key not in values and layer.get(key) not in (None, ""):
@@ -157,6 +171,22 @@ def resolve(
         lease=_lease(values.get("lease"), lock_timeout_value, sources),
         sources=sources,
     )
+
+
+def _app_engine(source: str, layer: Mapping[str, Any], layer_engine: Engine | None) -> Engine:
+    """The engine a layer's ``engine = "MODULE:ATTR"`` names; it may not also give a URL."""
+    spec = layer["engine"]
+    where = {"argument": "--engine", "environment": "SEEDGUARD_ENGINE"}.get(source, source)
+    if layer.get("url") not in (None, "") or layer_engine is not None:
+        given = ("a database URL" if layer.get("url") not in (None, "")
+                 else "an Engine (bind)")
+        raise ConfigError(
+            f"engine {spec!r} ({where}) and {given} are both given; the engine already "
+            "says which database: drop one"
+        )
+    from seedguard.appengine import import_engine
+
+    return import_engine(spec, where=where)
 
 
 def find_pyproject(start: Path) -> Path | None:
@@ -347,6 +377,13 @@ def _parse_url(value: Any, loose: bool) -> str:
     return value
 
 
+def _parse_engine(value: Any, loose: bool) -> str:
+    if not isinstance(value, str) or value.count(":") != 1 or not all(
+            part.strip() for part in value.split(":")):
+        raise _Invalid("MODULE:ATTR, the app's engine (e.g. app.core.db:engine)")
+    return value
+
+
 def _parse_path(value: Any, loose: bool) -> Any:
     if isinstance(value, str) or (loose and isinstance(value, os.PathLike)):
         return value
@@ -457,6 +494,7 @@ _PARSERS: dict[str, Callable[[Any, bool], Any]] = {
     "ledger_table": _parse_table,
     "ledger_schema": _parse_schema,
     "lock_mode": _parse_lock_mode,
+    "engine": _parse_engine,
     "lease": _parse_lease,
 }
 

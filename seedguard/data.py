@@ -71,6 +71,7 @@ def data_seed(
     update: bool | Sequence[str] = True,
     encoding: str = "utf-8-sig",
     description: str | None = None,
+    dialects: Iterable[str] | None = None,
 ) -> SeedUnit:
     """Declare (and register) a unit that upserts ``rows`` or the file at ``path`` by ``key``.
 
@@ -104,11 +105,14 @@ def data_seed(
     :param encoding: the file's text encoding (the default also strips a BOM).
     :param description: shown by ``status`` and ``history``; default: the
         table and key.
+    :param dialects: the databases the unit applies to, as for
+        :func:`seedguard.seed`; None: every database.
     """
     frame = sys._getframe(1)
     return _declare(frame, name, table=table, key=key, rows=rows, path=path, refs=refs,
                     version=version, prune=prune, contexts=contexts, after=after,
-                    update=update, encoding=encoding, description=description)
+                    update=update, encoding=encoding, description=description,
+                    dialects=dialects)
 
 
 def _declare(
@@ -128,6 +132,7 @@ def _declare(
     encoding: str,
     description: str | None,
     reads: Iterable[str] = (),
+    dialects: Iterable[str] | None = None,
 ) -> SeedUnit:
     """data_seed's body, for a caller's ``frame`` (data_dir declares on its caller's behalf)."""
     caller = frame.f_code.co_filename
@@ -165,6 +170,7 @@ def _declare(
         preview=spec.preview,
         fills=frozenset({spec.table_name}),
         reads=frozenset({ref.target_name for ref in spec.refs} | set(reads)) - {spec.table_name},
+        dialects=dialects,
     )
     from seedguard.registry import default_registry
 

@@ -24,6 +24,7 @@ def data_dir(
     after: Iterable[str] = (),
     metadata: Any = None,
     encoding: str = "utf-8-sig",
+    dialects: Iterable[str] | None = None,
 ) -> list[SeedUnit]:
     """Declare one data seed per ``<table>.csv|json|yaml|yml`` file in ``path``.
 
@@ -44,6 +45,7 @@ def data_dir(
     foreign keys are then known at declaration, and a file that matches no
     table is a DefinitionError here. Without it the tables are reflected
     when the seeds run and only ``refs`` order them. ``encoding``: of the files.
+    ``dialects``: as for ``@seed``, for every seed (None: every database).
     """
     frame = sys._getframe(1)
     folder = _resolve_path(path, frame.f_code.co_filename)
@@ -90,7 +92,7 @@ def data_dir(
         units.append(_declare(
             frame, table, table=target, key=key, rows=None, path=file, refs=refs.get(table),
             version=None, prune=prune, contexts=contexts, after=after, update=True,
-            encoding=encoding, description=None, reads=reads,
+            encoding=encoding, description=None, reads=reads, dialects=dialects,
         ))
     return units
 

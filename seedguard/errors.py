@@ -39,6 +39,23 @@ class LockTimeout(SeedguardError, TimeoutError):
         return (_rebuild, (type(self), self.args, {"lock": self.lock, "holder": self.holder}))
 
 
+class WaitTimeout(SeedguardError, TimeoutError):
+    """:func:`seedguard.wait` gave up: units were still pending after ``timeout`` seconds.
+
+    ``pending`` names them; ``timeout`` is the limit that was reached.
+    """
+
+    def __init__(self, message: str, *, pending: Any = (), timeout: float | None = None
+                 ) -> None:
+        super().__init__(message)
+        self.pending = list(pending)
+        self.timeout = timeout
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.args,
+                           {"pending": self.pending, "timeout": self.timeout}))
+
+
 class SeedFailed(SeedguardError):
     """A unit failed. The original error is ``__cause__``.
 

@@ -25,6 +25,7 @@ from seedguard.errors import ConfigError
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
+    from sqlalchemy.ext.asyncio import AsyncSession
     from sqlalchemy.orm import Session
 
     from seedguard.unit import SeedUnit
@@ -120,14 +121,16 @@ def _async_units(units: tuple[SeedUnit, ...]) -> tuple[SeedUnit, ...]:
     return tuple(unit for unit in units if is_async_unit(unit))
 
 
-def call_unit(unit: SeedUnit, session: Session) -> Any:
+def call_unit(unit: SeedUnit, session: Session, *,
+              async_class: type[AsyncSession] | None = None) -> Any:
     """Run ``unit``'s work on ``session``, the Session bound to the unit's connection.
 
     A plain ``def`` unit is called with ``session``. An ``async def`` unit gets
-    an ``AsyncSession`` on an ``AsyncConnection`` proxy of the same connection,
-    joined the way ``session`` joins it (a SAVEPOINT in the unit's transaction,
-    so ``await session.commit()`` ends only that), and is awaited on the event
-    loop; its session is committed (flushed, SAVEPOINT released) after it returns.
+    an ``AsyncSession`` (of ``async_class``, e.g. SQLModel's, when given) on an
+    ``AsyncConnection`` proxy of the same connection, joined the way
+    ``session`` joins it (a SAVEPOINT in the unit's transaction, so ``await
+    session.commit()`` ends only that), and is awaited on the event loop; its
+    session is committed (flushed, SAVEPOINT released) after it returns.
     """
     if not is_async_unit(unit):
         return unit(session)
@@ -144,8 +147,13 @@ def call_unit(unit: SeedUnit, session: Session) -> Any:
 
     fn: Callable[..., Any] = unit.fn
 
+    cls = async_class or AsyncSession
+    # Its sync side is of the unit session's class (a sqlmodel.Session, say).
+    sync_class = type(session)
+
     async def work() -> Any:
-        async with AsyncSession(bind=proxy, join_transaction_mode=mode) as async_session:
+        async with cls(bind=proxy, join_transaction_mode=mode,
+                       sync_session_class=sync_class) as async_session:
             # Like a plain unit, an async one may take its session or nothing.
             outcome = await (fn(async_session) if takes_session(fn) else fn())
             await async_session.commit()

@@ -85,10 +85,11 @@ class SeedGuard:
         ``flask`` command other than ``run``, the pending units are applied
         here, in an app context of ``app``; a failure raises out of
         ``init_app`` (so a server does not start on a half-seeded database).
-        Call ``init_app`` (or create the extension) after the units it
-        applies are declared and after ``Migrate(app, db)``: last in the
-        module, or at the end of ``create_app()``; or give ``seeds=`` a module
-        path, imported when it applies.
+        Code that runs before this call sees the database unseeded (on a
+        first start, empty): in an app factory, call it right after
+        ``db.init_app(app)`` and ``Migrate(app, db)``, before factory code
+        that reads seeded data, with ``seeds=`` a module path (imported when
+        it applies). Without ``seeds=``, call it after the units are declared.
         """
         if EXTENSION_NAME in app.extensions:
             raise ConfigError(
@@ -151,9 +152,9 @@ class SeedGuard:
             if settings.seeds is None and len(default_registry) == 0:
                 raise ConfigError(
                     f"SeedGuard(apply_on_start=...) on the Flask app {app.name!r} found no seed "
-                    "units: create the extension (or call init_app) after the units are "
-                    "declared, e.g. last in the module or at the end of create_app(), or give "
-                    "it seeds='myapp.seeds'"
+                    "units: give it seeds='myapp.seeds' (then register it early in "
+                    "create_app(), before code that reads seeded data), or create it after "
+                    "the units are declared"
                 )
             result = self.apply(**options)
             engines = _app_engines(app)

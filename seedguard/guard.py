@@ -126,7 +126,11 @@ class EngineGuard:
                 "wrote on a connection other than the unit's own "
                 f"({_first_words(statement)}...): that write would not be part of the "
                 f"unit's transaction. Write through {SESSIONS_TO_USE}; reads on other "
-                "connections are allowed"
+                "connections are allowed. A helper that writes through a connection of its "
+                "own (db.create_all(), metadata.create_all(engine), Flask-Alembic's "
+                "upgrade) cannot join the unit: declare the unit transactional=False, or "
+                "create the schema with `seedguard upgrade --schema` (apply(schema=True)) "
+                "and keep only the rows in the unit"
             )
 
     def _commit(self, conn: Connection) -> None:

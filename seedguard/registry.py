@@ -105,6 +105,7 @@ def seed(
     transactional: bool = True,
     requires_revision: str | None = None,
     description: str | None = None,
+    dialects: Iterable[str] | None = None,
 ) -> Callable[[SeedFunction], SeedUnit]:
     """Declare a seed unit and register it in the default registry.
 
@@ -126,6 +127,10 @@ def seed(
         must be applied first; until then the unit waits.
     :param description: shown by ``status`` and ``history``; default: the
         function's docstring.
+    :param dialects: the databases the unit applies to (some of ``"sqlite"``,
+        ``"postgresql"``, ``"mysql"`` (MySQL and MariaDB), ``"mariadb"``; a
+        string is one name); None: every database. Elsewhere the unit is not
+        applicable: ``status`` says so and the units after it run without it.
     """
     if isinstance(after, str):
         after = [after]
@@ -147,6 +152,7 @@ def seed(
             module=getattr(fn, "__module__", "") or "",
             origin=origin,
             identity=identity,
+            dialects=dialects,
         )
         default_registry.add(unit)
         return unit

@@ -57,10 +57,13 @@ def rehearse(engine: Engine, units: Sequence[SeedUnit], settings: Settings, *,
     """Run the pending ``units`` in a transaction that is always rolled back; see the module."""
     from seedguard.alembic import RevisionGate
     from seedguard.connect import connect, safe_url
+    from seedguard.dialects import applicable
     from seedguard.ledger import Ledger, LedgerState
     from seedguard.locks import both_locks, ledger_locks
     from seedguard.runner import _expected, _unit_transactions, _work_connection, plan
 
+    # As apply() does: a unit limited to other databases is left out here.
+    units = applicable(units, engine)
     ledger = Ledger.named(settings.ledger_table, settings.ledger_schema)
     checksums = _expected(units).checksums
     contexts = list(settings.contexts)
@@ -151,18 +154,22 @@ def _why_not(unit: SeedUnit, not_run: Mapping[str, str]) -> str | None:
 
 def _run_one(conn: Connection, guard: Any, unit: SeedUnit, entry: RehearsedUnit,
              registries: Sequence[scoped_session[Any]]) -> None:
-    from seedguard.eventloop import call_unit
+    from seedguard.eventloop import call_unit, is_async_unit
     from seedguard.events import running
     from seedguard.guard import ending
     from seedguard.runner import _root_error
+    from seedguard.sessionclass import classes_for
     from seedguard.sessions import unit_session
 
     started = time.perf_counter()
     savepoint = conn.begin_nested()
     with _Recorder(conn, entry), guard.unit(conn, unit, transactional=True) as scope:
         try:
-            with unit_session(conn, registries) as session, running(unit, None):
-                outcome = call_unit(unit, session)
+            # The session class the unit's annotation names (sqlmodel.Session), as in a run.
+            classes = classes_for(unit.fn, is_async_unit(unit))
+            with unit_session(conn, registries, session_class=classes.sync) as session, \
+                    running(unit, None):
+                outcome = call_unit(unit, session, async_class=classes.asynchronous)
                 session.commit()
             if scope.refused is not None:
                 raise scope.refused

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from seedguard.ledger import LedgerRow
 
 UnitState = Literal["applied", "pending", "waiting", "drifted", "ahead", "blocked", "orphaned",
-                   "inactive"]
+                   "inactive", "inapplicable"]
 """Every state :func:`seedguard.api.status` reports for a unit."""
 
 STATES: tuple[UnitState, ...] = get_args(UnitState)
@@ -44,6 +44,8 @@ class UnitStatus:
     changed: str | None = None
     # State "inactive" (applied, but no active context selects it): its contexts.
     contexts: tuple[str, ...] | None = None
+    # State "inapplicable" (limited to other databases than this one): its dialects.
+    dialects: tuple[str, ...] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -56,6 +58,7 @@ class UnitStatus:
             "waits_for": self.waits_for,
             "changed": self.changed,
             "contexts": list(self.contexts) if self.contexts is not None else None,
+            "dialects": list(self.dialects) if self.dialects is not None else None,
         }
 
 

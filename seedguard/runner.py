@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,9 +32,22 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from seedguard.alembic import RevisionGate, upgrade_head
 from seedguard.checksum import code_checksums, same_algorithm, same_kind
 from seedguard.connect import connect
+from seedguard.dialects import applicable
 from seedguard.errors import DriftError, SeedFailed, SeedguardError, UnitBlocked
-from seedguard.eventloop import call_unit
-from seedguard.events import Listener, UnitFinished, UnitStarted, running
+from seedguard.eventloop import call_unit, is_async_unit
+from seedguard.events import (
+    Listener,
+    LockAcquired,
+    LockWaiting,
+    Run,
+    RunFinished,
+    RunStarted,
+    UnitFailed,
+    UnitFinished,
+    UnitStarted,
+    running,
+    unit_context,
+)
 from seedguard.guard import EngineGuard, current_unit, ending
 from seedguard.ledger import (
     BLOCKING_STATUSES,
@@ -45,7 +59,9 @@ from seedguard.ledger import (
     RowState,
 )
 from seedguard.locks import DatabaseLock, Deadline, both_locks, ledger_locks
+from seedguard.notify import notify_applied
 from seedguard.result import Applied, ApplyResult, Drift, Waiting
+from seedguard.sessionclass import UnitClasses, classes_for
 from seedguard.sessions import app_sessions, unit_session
 from seedguard.unit import SeedUnit
 from seedguard.verify import (
@@ -203,6 +219,7 @@ def run(
     listener: Listener | None = None,
     schema: bool = False,
     scoped_sessions: Sequence[scoped_session[Any]] = (),
+    session_class: type[Any] | None = None,
     reviewed: ReviewedPlan | None = None,
 ) -> ApplyResult:
     """Apply the pending ``units`` (in the given order) to ``engine``.
@@ -210,10 +227,40 @@ def run(
     ``schema=True`` first runs the user's ``alembic upgrade head`` under the
     same locks, so concurrent deploys never race alembic. ``scoped_sessions``
     return each unit's session while it runs, as the Flask app's
-    ``db.session`` does by itself. ``reviewed`` (a rehearsal's plan) is
+    ``db.session`` does by itself. ``session_class`` is the session class of
+    units whose annotation does not name one (:mod:`seedguard.sessionclass`).
+    ``reviewed`` (a rehearsal's plan) is
     checked under the locks against what would run; a mismatch raises
-    ``PlanStale`` before anything runs.
+    ``PlanStale`` before anything runs. ``listener`` receives this run's unit
+    events; the process's subscribers receive all of them (:mod:`seedguard.events`).
     """
+    if "opentelemetry.trace" in sys.modules:
+        # The app uses OpenTelemetry: spans and metrics (seedguard.otel). A
+        # process that never imports it pays one dict lookup here.
+        from seedguard.otel import install_if_used
+
+        install_if_used()
+    with Run(listener) as emit:
+        if not emit.quiet:
+            emit(RunStarted(emit.id, len(units), dry_run))
+        try:
+            result = _run(engine, units, settings, emit, dry_run=dry_run, strict=strict,
+                          schema=schema, scoped_sessions=scoped_sessions, reviewed=reviewed,
+                          session_class=session_class)
+        except BaseException as err:
+            if not emit.quiet:
+                emit(RunFinished(emit.id, emit.elapsed_ms(), error=err))
+            raise
+        if not emit.quiet:
+            emit(RunFinished(emit.id, emit.elapsed_ms(), result=result))
+        return result
+
+
+def _run(engine: Engine, units: Sequence[SeedUnit], settings: Settings, emit: Run, *,
+         dry_run: bool, strict: bool, schema: bool,
+         scoped_sessions: Sequence[scoped_session[Any]],
+         reviewed: ReviewedPlan | None,
+         session_class: type[Any] | None = None) -> ApplyResult:
     running_unit = current_unit()
     if running_unit is not None:
         # Its own file lock is held by this very process: waiting would never end.
@@ -222,6 +269,9 @@ def run(
             "itself being applied; apply() is not re-entrant: do the work in the unit "
             "with its session, or declare it as a unit of its own (after=...)"
         )
+    # A unit limited to other databases is not applicable here: left out, and
+    # the units after it run without it (seedguard.dialects).
+    units = applicable(units, engine)
     ledger = Ledger.named(settings.ledger_table, settings.ledger_schema)
     checksums, expected = _expected(units)
     now = _look(engine, ledger, expected)
@@ -284,8 +334,13 @@ def run(
             "apply() is not re-entrant: do the work in the unit with its session, or "
             "declare it as a unit of its own (after=...)"
         )
+    if not emit.quiet:
+        emit(LockWaiting(emit.id, str(file_lock.path), settings.lock_timeout))
+    waiting_since = time.perf_counter()
     with seedguard_code(), both_locks(file_lock, db_lock, deadline,
                                       skip_if=already_done) as held:
+        if not emit.quiet:
+            emit(LockAcquired(emit.id, time.perf_counter() - waiting_since))
         if not held:
             return settled[0].result()
         with _work_connection(engine, db_lock) as conn, EngineGuard(engine) as guard:
@@ -315,8 +370,10 @@ def run(
             with _unit_transactions(conn):
                 for unit in current.pending:
                     db_lock.verify()
-                    applied = _apply_one(conn, ledger, unit, current, listener, db_lock,
-                                         settings.lock_timeout, guard, registries)
+                    with unit_context(unit):
+                        applied = _apply_one(conn, ledger, unit, current, emit, db_lock,
+                                             settings.lock_timeout, guard, registries,
+                                             session_class)
                     if applied is None:
                         result.skipped.append(unit)
                     else:
@@ -506,22 +563,28 @@ def _claim(conn: Connection, ledger: Ledger, unit: SeedUnit, checksum: str,
 
 
 def _apply_one(conn: Connection, ledger: Ledger, unit: SeedUnit, current: Plan,
-               listener: Listener | None, db_lock: DatabaseLock, lock_timeout: float | None,
-               guard: EngineGuard, registries: Sequence[scoped_session[Any]]) -> Applied | None:
-    """Apply one unit in its own transaction; None if another applier beat us to it."""
+               emit: Run, db_lock: DatabaseLock, lock_timeout: float | None,
+               guard: EngineGuard, registries: Sequence[scoped_session[Any]],
+               session_class: type[Any] | None = None) -> Applied | None:
+    """Apply one unit in its own transaction; None if another applier beat us to it.
+
+    Its events start once its ledger row is claimed: a unit that another
+    applier won is not one that ran here.
+    """
     checksum = current.checksums[unit.name]
     replaces = current.replaces.get(unit.name)
-    if listener is not None:
-        listener(UnitStarted(unit))
+    # Before anything runs: an annotation that cannot work is a DefinitionError.
+    classes = classes_for(unit.fn, is_async_unit(unit), session_class)
     log.info("applying %s v%d", unit.name, unit.version)
     started = time.perf_counter()
     transactional = unit.transactional
     with guard.unit(conn, unit, transactional=transactional) as scope, watch(scope):
         if not transactional:
-            return _apply_non_transactional(conn, ledger, unit, checksum, replaces, listener,
-                                            started, db_lock, lock_timeout, scope, registries)
+            return _apply_non_transactional(conn, ledger, unit, checksum, replaces, emit,
+                                            started, db_lock, lock_timeout, scope, registries,
+                                            classes)
         trans = conn.begin()
-        in_work = False
+        in_work = claimed = False
         canary: Canary | None = None
         try:
             # Transaction lock mode: the lock first, then the claim re-checks under it.
@@ -530,10 +593,13 @@ def _apply_one(conn: Connection, ledger: Ledger, unit: SeedUnit, current: Plan,
                 return None
             canary = Canary(conn)
             canary.plant()
-            in_work = True
-            with unit_session(conn, registries) as session, running(unit, listener):
+            emit(UnitStarted(unit, emit.id))
+            in_work = claimed = True
+            with unit_session(conn, registries, session_class=classes.sync) as session, \
+                    running(unit, emit):
                 with user_code():
-                    check_outcome(unit, call_unit(unit, session))
+                    check_outcome(unit, call_unit(unit, session,
+                                                  async_class=classes.asynchronous))
                 # Flush what the unit left pending: its writes, not a commit of the unit.
                 session.commit()
             if scope.refused is not None:
@@ -544,6 +610,9 @@ def _apply_one(conn: Connection, ledger: Ledger, unit: SeedUnit, current: Plan,
             duration_ms = _elapsed_ms(started)
             ledger.finish(conn, unit.name, unit.version, checksum=checksum,
                           duration_ms=duration_ms)
+            # Committed with the unit: a waiter LISTENing (seedguard.readiness)
+            # hears it when the unit's work becomes visible, not before.
+            notify_applied(conn, ledger)
             with ending(scope):
                 trans.commit()
         except BaseException as err:
@@ -568,6 +637,8 @@ def _apply_one(conn: Connection, ledger: Ledger, unit: SeedUnit, current: Plan,
                 err = scope.refused
             outcome = _outcome(unit, err, in_work=in_work or not intact,
                                rolled_back=rolled_back and intact, dirty=dirty)
+            if claimed:
+                emit(UnitFailed(unit, _elapsed_ms(started), outcome, emit.id))
             if outcome is err:
                 raise
             raise outcome from err
@@ -579,14 +650,14 @@ def _apply_one(conn: Connection, ledger: Ledger, unit: SeedUnit, current: Plan,
                     "committed in parts; it succeeded and is recorded applied. Use "
                     "session.commit() (a savepoint) instead, or declare it "
                     "transactional=False", unit.name, unit.version)
-    return _finished(unit, duration_ms, listener)
+    return _finished(unit, duration_ms, emit)
 
 
 def _apply_non_transactional(conn: Connection, ledger: Ledger, unit: SeedUnit, checksum: str,
-                             replaces: LedgerRow | None, listener: Listener | None,
+                             replaces: LedgerRow | None, emit: Run,
                              started: float, db_lock: DatabaseLock, lock_timeout: float | None,
-                             scope: _Scope, registries: Sequence[scoped_session[Any]]
-                             ) -> Applied | None:
+                             scope: _Scope, registries: Sequence[scoped_session[Any]],
+                             classes: UnitClasses) -> Applied | None:
     """Record "running", commit, do the work, then record "applied".
 
     If the process dies in between, the "running" row stays and blocks the unit
@@ -598,22 +669,26 @@ def _apply_non_transactional(conn: Connection, ledger: Ledger, unit: SeedUnit, c
         db_lock.lock_unit(conn, Deadline(lock_timeout))
         if not _claim(conn, ledger, unit, checksum, replaces, scope):
             return None
+    emit(UnitStarted(unit, emit.id))
     try:
-        with unit_session(conn, registries, transactional=False) as session, \
-                running(unit, listener):
+        with unit_session(conn, registries, transactional=False,
+                          session_class=classes.sync) as session, running(unit, emit):
             with user_code():
-                check_outcome(unit, call_unit(unit, session))
+                check_outcome(unit, call_unit(unit, session,
+                                              async_class=classes.asynchronous))
             session.commit()
     except BaseException as err:
         _abort(conn, scope)
         outcome = _outcome(unit, err, in_work=True, rolled_back=False, partial=True)
+        emit(UnitFailed(unit, _elapsed_ms(started), outcome, emit.id))
         if outcome is err:
             raise
         raise outcome from err
     with conn.begin():
         ledger.finish(conn, unit.name, unit.version, checksum=checksum,
                       duration_ms=_elapsed_ms(started))
-    return _finished(unit, _elapsed_ms(started), listener)
+        notify_applied(conn, ledger)
+    return _finished(unit, _elapsed_ms(started), emit)
 
 
 def _abort(conn: Connection, scope: _Scope) -> bool:
@@ -691,10 +766,9 @@ def _outcome(unit: SeedUnit, err: BaseException, *, in_work: bool, rolled_back: 
     return err
 
 
-def _finished(unit: SeedUnit, duration_ms: int, listener: Listener | None) -> Applied:
+def _finished(unit: SeedUnit, duration_ms: int, emit: Run) -> Applied:
     log.info("applied %s v%d in %d ms", unit.name, unit.version, duration_ms)
-    if listener is not None:
-        listener(UnitFinished(unit, duration_ms))
+    emit(UnitFinished(unit, duration_ms, emit.id))
     return Applied(unit.name, unit.version, duration_ms, unit)
 
 

@@ -22,17 +22,21 @@ if TYPE_CHECKING:
 
 @contextlib.contextmanager
 def unit_session(conn: Connection, registries: Sequence[scoped_session[Any]], *,
-                 transactional: bool = True) -> Iterator[Session]:
+                 transactional: bool = True,
+                 session_class: type[Session] | None = None) -> Iterator[Session]:
     """A Session on ``conn``, which every one of ``registries`` returns until the block ends.
 
     In a transactional unit the session joins the unit's transaction with a
     SAVEPOINT (``join_transaction_mode="create_savepoint"``), so a commit
-    inside the unit never commits the unit.
+    inside the unit never commits the unit. ``session_class`` (a Session
+    subclass such as ``sqlmodel.Session``; see :mod:`seedguard.sessionclass`)
+    is made the same way.
     """
     from sqlalchemy.orm import Session
 
-    session = (Session(bind=conn, join_transaction_mode="create_savepoint") if transactional
-               else Session(bind=conn))
+    cls = session_class or Session
+    session = (cls(bind=conn, join_transaction_mode="create_savepoint") if transactional
+               else cls(bind=conn))
     with contextlib.ExitStack() as stack:
         stack.callback(session.close)
         for registry in _unique(registries):

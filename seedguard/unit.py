@@ -10,11 +10,12 @@ import functools
 import importlib
 import inspect
 import re
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from seedguard.checksum import code_checksum
+from seedguard.dialects import parse as parse_dialects
 from seedguard.errors import DefinitionError
 from seedguard.verify import check_function
 
@@ -47,6 +48,8 @@ class SeedUnit:
     is rolled back, it returns what the unit would do (data seeds: row counts).
     ``fills`` and ``reads`` are a data seed's table and the tables its refs
     read: a unit that reads a table another selected unit fills runs after it.
+    ``dialects`` limits the unit to some databases (None: every one); elsewhere
+    it is not applicable (:mod:`seedguard.dialects`).
     """
 
     name: str
@@ -65,6 +68,7 @@ class SeedUnit:
     preview: Callable[[Connection], Any] | None
     fills: frozenset[str]
     reads: frozenset[str]
+    dialects: frozenset[str] | None
 
     def __init__(
         self,
@@ -84,6 +88,7 @@ class SeedUnit:
         preview: Callable[[Connection], Any] | None = None,
         fills: frozenset[str] = frozenset(),
         reads: frozenset[str] = frozenset(),
+        dialects: Iterable[str] | None = None,
     ) -> None:
         # Written by hand: a frozen dataclass's own __init__ sets each field
         # through object.__setattr__, which made building the units a fifth of
@@ -95,7 +100,7 @@ class SeedUnit:
             on_change=on_change, transactional=transactional,
             requires_revision=requires_revision, description=description, module=module,
             origin=origin, identity=identity, checksum_fn=checksum_fn, preview=preview,
-            fills=fills, reads=reads,
+            fills=fills, reads=reads, dialects=parse_dialects(name, dialects),
         )
         validate_name(name)
         validate_version(name, version)

@@ -132,7 +132,26 @@ def pytest_testnodedown(node: Any, error: object) -> None:
         node.config.stash[_LEFT_OUT] = {(kind, reason): count for kind, reason, count in found}
 
 
+def run_with() -> list[str]:
+    """What this run tests against, for the header and the summary: the databases and
+    the optional libraries that change what is exercised (Werkzeug's reloader)."""
+    try:
+        import watchdog.observers  # noqa: F401
+    except ImportError:
+        reloaders = "stat only (watchdog not installed: its reloader tests skip)"
+    else:
+        reloaders = "stat and watchdog"
+    return [f"seedguard tests: databases {', '.join(selected_databases())}; "
+            f"Werkzeug reloaders {reloaders}"]
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    return run_with()
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for line in run_with():
+        terminalreporter.write_line(line)
     for (kind, reason), count in sorted(terminalreporter.config.stash.get(_LEFT_OUT, {}).items()):
         if kind in SERVER_URLS and reason != "not in SEEDGUARD_TEST_DATABASES":
             reason += " (SEEDGUARD_TEST_REQUIRE_SERVERS=1 fails them instead)"

@@ -254,7 +254,7 @@ def fresh(session): pass
     assert roles["applied_at"].endswith("+00:00") and ":" in roles["applied_by"]
     assert doc["counts"] == {"applied": 0, "pending": 1, "waiting": 0, "drifted": 1,
                              "ahead": 1, "blocked": 0, "orphaned": 1,
-                             "inactive": 0}
+                             "inactive": 0, "inapplicable": 0}
     assert doc["ledger_exists"] is True
     assert doc["locks"]["file"]["holder"] is None and doc["locks"]["database"]["holder"] is None
     assert "***" not in doc["url"] or project.db.kind != "sqlite"

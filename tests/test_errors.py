@@ -34,7 +34,8 @@ CASES: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {
     "DriftError": (("checksum changed",),
                    {"drifted": [Drift("roles", 2, "ast1:a", "ast1:b", UNIT)]}),
     "DataError": (("bad value",), {"path": "roles.csv", "line": 3, "column": "name"}),
-    "PlanStale": (("the plan is stale",), {"changes": ["roles: checksum changed"]}),
+    "WaitTimeout": (("still pending after 5 s",), {"pending": ["roles"], "timeout": 5.0}),
+    "PlanStale": (("the plan no longer matches",), {"changes": ["roles: checksum changed"]}),
 }
 
 

@@ -255,7 +255,7 @@ def test_apply_on_start_refuses_what_it_cannot_do(make_app: object, seeds_dir: P
     # Created before any unit is declared (the top of a single-file app): say so
     # instead of seeding nothing.
     early, early_fsa = make_app()  # type: ignore[operator]
-    with pytest.raises(ConfigError, match="found no seed units: create the extension"):
+    with pytest.raises(ConfigError, match="found no seed units: give it seeds="):
         SeedGuard(early, early_fsa, apply_on_start=True)
     assert db.ledger() == []
 

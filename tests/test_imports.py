@@ -23,7 +23,10 @@ INSTALLED = Path(seedguard.__file__).resolve().parent
 HEAVY = ("alembic", "sqlalchemy.orm", "flask", "flask_sqlalchemy",
          # seedguard's own parts for other work: data seeds (csv, decimal, refs),
          # apply_async, the PostgreSQL upsert writer.
-         "seedguard.data", "seedguard.refs", "seedguard.aio", "seedguard.upsert.postgresql")
+         "seedguard.data", "seedguard.refs", "seedguard.aio", "seedguard.upsert.postgresql",
+         # OpenTelemetry only when the app imported it (seedguard.otel), wait() only
+         # when called.
+         "opentelemetry", "seedguard.otel", "seedguard.readiness")
 
 
 def _imports(*args: str) -> subprocess.CompletedProcess[str]:

@@ -2,6 +2,13 @@
 (``examples/flask_reloader``) under the Werkzeug reloader, ``flask run --debug`` (module
 app and app factory) and gunicorn workers, in real processes.
 
+Both of Werkzeug's reloaders run each reloader test, as users run them: ``stat``
+(polls mtimes; Werkzeug's choice without ``watchdog``) and ``watchdog`` (inotify; its
+choice when ``watchdog`` is installed, as Flask's docs recommend and mkdocs brings
+along). The test forces one: for ``stat`` a ``watchdog`` package that fails to import
+comes first on the children's path (``flask run`` has no option to choose), and a file
+change is a real write, which both see.
+
 Each server is a process group of its own on a free loopback port; every wait is capped
 and every group is killed at the end. The seed unit asks ``input()``: the test answers
 each prompt as it appears on the server's output, so a second prompt (the bug) would be
@@ -165,14 +172,17 @@ class Server:
 class Site:
     """A tmp copy of the example app, its environment and its run log."""
 
-    def __init__(self, db: TestDatabase, folder: Path) -> None:
+    def __init__(self, db: TestDatabase, folder: Path, reloader: str = "stat",
+                 hidden: Path | None = None) -> None:
         self.db = db
         self.folder = folder
+        self.reloader = reloader
+        self.hidden = hidden
         self.run_log = folder / "seed_runs.log"
         self.servers: list[Server] = []
 
     def env(self, **extra: str) -> dict[str, str]:
-        env = child_env(self.folder)
+        env = child_env(self.folder, *([self.hidden] if self.hidden else []))
         for key in list(env):  # never inherit a reloader's or seedguard's state
             if key.startswith(("WERKZEUG_", "SEEDGUARD", "FLASK_")):
                 del env[key]
@@ -197,13 +207,53 @@ class Site:
         return [row[0] for row in self.db.execute("SELECT email FROM admin ORDER BY id")]
 
 
+RELOADERS = ("stat", "watchdog")
+FULL = os.environ.get("SEEDGUARD_TEST_FULL") == "1"
+# What Werkzeug prints as a reloader starts a child: "watchdog (inotify)" on Linux.
+RESTARTING = {"stat": "Restarting with stat", "watchdog": "Restarting with watchdog"}
+
+
+def watchdog_installed() -> bool:
+    try:
+        import watchdog.observers  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 @pytest.fixture
-def site(db: TestDatabase, tmp_path: Path) -> Iterator[Site]:
+def reloader(request: pytest.FixtureRequest) -> str:
+    """The reloader a test's servers run: ``stat`` unless the test is parametrised with
+    ``RELOADERS`` (the tests of seedguard itself; the ones showing the bug without it
+    need only one)."""
+    name = str(getattr(request, "param", "stat"))
+    if name == "watchdog" and not watchdog_installed():
+        pytest.skip("watchdog is not installed (the test extra installs it)")
+    if name == "watchdog" and request.getfixturevalue("db").kind != "sqlite" and not FULL:
+        # What the reloader does is the same on every database, and a watchdog
+        # server takes ~45 s to start here (it watches every directory on
+        # sys.path); the stat runs cover seedguard on every database.
+        pytest.skip("the watchdog reloader runs on SQLite; SEEDGUARD_TEST_FULL=1 runs it on all")
+    return name
+
+
+def hide_watchdog(folder: Path) -> Path:
+    """A folder whose ``watchdog`` package fails to import: Werkzeug then picks ``stat``."""
+    package = folder / "watchdog"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(
+        'raise ImportError("hidden by tests/test_reloader.py: run the stat reloader")\n')
+    return folder
+
+
+@pytest.fixture
+def site(db: TestDatabase, tmp_path: Path, reloader: str) -> Iterator[Site]:
     folder = tmp_path / "site"
     folder.mkdir()
     for name in ("app.py", "factory.py"):
         shutil.copy(EXAMPLE / name, folder / name)
-    created = Site(db, folder)
+    hidden = hide_watchdog(tmp_path / "no-watchdog") if reloader == "stat" else None
+    created = Site(db, folder, reloader, hidden)
     try:
         yield created
     finally:
@@ -221,7 +271,10 @@ def flask_run(app: str) -> list[str]:
 
 
 def touch(path: Path) -> None:
-    """A file change the reloader's stat poll sees (mtime well past the child's start)."""
+    """A file change both reloaders see: a write (inotify's modify and close-write, which
+    the watchdog reloader reacts to) and an mtime well past the child's start (what the
+    stat reloader polls)."""
+    path.write_bytes(path.read_bytes())
     later = time.time() + 2
     os.utime(path, (later, later))
 
@@ -234,6 +287,7 @@ def assert_seeded_once(site: Site, server: Server, email: str) -> None:
     assert site.db.ledger() == [("admin-user", 1), ("tables", 1)]
 
 
+@pytest.mark.parametrize("reloader", RELOADERS, indirect=True)
 def test_python_app_py_with_the_reloader_seeds_once(site: Site) -> None:
     server = site.start(PYTHON_APP, answers=["first@example.com"])
     body = server.get()
@@ -241,7 +295,7 @@ def test_python_app_py_with_the_reloader_seeds_once(site: Site) -> None:
     # The reloader's child answered, and the parent (which printed the prompt) also
     # ran the module: two processes imported the app, the seed ran in one.
     assert body["pid"] != server.proc.pid
-    assert "Restarting with stat" in server.output
+    assert RESTARTING[site.reloader] in server.output
     assert_seeded_once(site, server, "first@example.com")
 
     # A file change: the reloader starts a new child, which imports the app again.
@@ -252,6 +306,7 @@ def test_python_app_py_with_the_reloader_seeds_once(site: Site) -> None:
     assert_seeded_once(site, server, "first@example.com")
 
 
+@pytest.mark.parametrize("reloader", RELOADERS, indirect=True)
 @pytest.mark.parametrize("app", ["app", "factory"])
 def test_flask_run_debug_seeds_once(site: Site, app: str) -> None:
     # apply_on_start: other flask commands load the app without seeding (or prompting).
@@ -266,6 +321,7 @@ def test_flask_run_debug_seeds_once(site: Site, app: str) -> None:
     body = server.get()
     assert body["admins"] == ["first@example.com"]
     assert body["pid"] != server.proc.pid  # served by the reloader's child
+    assert RESTARTING[site.reloader] in server.output
     assert_seeded_once(site, server, "first@example.com")
 
     touch(site.folder / f"{app}.py")  # a new child loads the app again, and applies nothing

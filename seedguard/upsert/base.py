@@ -65,6 +65,18 @@ class Writer:
         """
         raise NotImplementedError
 
+    def merge_compared(self, rows: Sequence[Row], compare: tuple[str, ...]
+                       ) -> tuple[int, int] | None:
+        """Write ``rows``, comparing them with the table in the database itself.
+
+        For a database where reading the existing rows back costs more than
+        the write (MySQL/MariaDB through PyMySQL). Writes only the missing
+        rows and those whose ``compare`` columns differ, and returns
+        ``(inserted, updated)``; None: not done, the core compares instead.
+        Each key appears once in ``rows``.
+        """
+        return None
+
     def finish(self) -> None:
         """Called once after the last write."""
 

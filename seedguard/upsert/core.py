@@ -258,6 +258,15 @@ class Upserter:
             if self._empty and not self.dry_run and writer.lock_for_load():
                 # Emptiness again, under the lock: a row may have come in between.
                 writer.direct = self._table_is_empty()
+        if (not self._empty and not self.dry_run and self._overlay is None
+                and self._snapshot is None and len(set(keys)) == len(keys)):
+            counts = writer.merge_compared(batch, self._compare)
+            if counts is not None:  # the database compared and wrote what differs
+                inserted, updated = counts
+                self.result.inserted += inserted
+                self.result.updated += updated
+                self.result.unchanged += len(batch) - inserted - updated
+                return
         # Into an empty table everything is an insert: no look-up (a fresh
         # load costs what a plain INSERT costs), except for the few keys an
         # earlier batch may have written. ON CONFLICT still guards keys.
@@ -269,10 +278,14 @@ class Upserter:
             existing = self._existing(keys)
         result = self.result
         overlay = self._overlay
-        if overlay is None and len(set(keys)) == len(keys):
+        if overlay is None and not existing and len(set(keys)) == len(keys):
+            # None of the keys is there (a fresh load): every row is an insert.
+            changed = list(batch)
+            result.inserted += len(changed)
+        elif overlay is None and len(set(keys)) == len(keys):
             # Every key once and nothing written in this run that the table
             # does not show yet: compare with the table alone.
-            changed: list[Row] = []
+            changed = []
             for row, k in zip(batch, keys, strict=True):
                 old = existing.get(k, _MISSING)
                 if old is _MISSING:
