@@ -20,6 +20,7 @@ from seedguard.errors import (
     SeedFailed,
     SeedguardError,
     UnitBlocked,
+    UnitEscape,
     WaitTimeout,
 )
 from seedguard.events import report_progress
@@ -84,6 +85,7 @@ __all__ = [
     "SeedUnit",
     "SeedguardError",
     "UnitBlocked",
+    "UnitEscape",
     "UpsertResult",
     "WaitTimeout",
     "__version__",

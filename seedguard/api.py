@@ -474,9 +474,11 @@ def record_stamp(conn: Connection, ledger: Ledger, row: LedgerRow | None, name: 
     if row is None:
         ledger.insert(conn, name, version, checksum)
         return "stamped"
-    if row.status == "running":
+    from seedguard.ledger import BLOCKING_STATUSES
+
+    if row.status in BLOCKING_STATUSES:
         raise ConfigError(
-            f"unit {name!r} v{version} was interrupted mid-way; settle it with "
+            f"unit {name!r} v{version} may be partly applied ({row.status}); settle it with "
             f"`seedguard resolve {name} --applied` or `--retry`, not stamp"
         )
     if checksum is None or row.checksum == checksum:
@@ -525,7 +527,9 @@ def forget_all(bind: Bind = None) -> list[LedgerChange]:
 
 
 def resolve(bind: Bind, name: str, *, outcome: str) -> LedgerChange:
-    """Settle an interrupted non-transactional unit (a ledger row with status "running").
+    """Settle a blocked unit: a non-transactional one interrupted mid-way (a ledger row
+    with status "running"), or a transactional one that failed after its transaction
+    was ended mid-way ("dirty").
 
     ``outcome="applied"``: its work is complete, record it applied.
     ``outcome="retry"``: remove the row, so the next apply runs it again.
@@ -533,19 +537,22 @@ def resolve(bind: Bind, name: str, *, outcome: str) -> LedgerChange:
     """
     if outcome not in ("applied", "retry"):
         raise ConfigError(f"resolve outcome must be 'applied' or 'retry', not {outcome!r}")
+    from seedguard.ledger import BLOCKING_STATUSES
+
     settings = _settings(bind)
     with _ledger_locked(settings) as (conn, ledger):
         rows = [row for row in ledger.read_current(conn).rows()
-                if row.name == name and row.status == "running"]
+                if row.name == name and row.status in BLOCKING_STATUSES]
         if not rows:
             raise ConfigError(
                 f"unit {name!r} is not interrupted (no ledger row of it has status "
-                "'running'); resolve only settles blocked units: `seedguard status` lists them"
+                "'running' or 'dirty'); resolve only settles blocked units: `seedguard "
+                "status` lists them"
             )
         for row in rows:
             if outcome == "applied":
                 ledger.finish(conn, name, row.version, checksum=row.checksum,
-                              duration_ms=row.duration_ms or 0)
+                              duration_ms=row.duration_ms or 0, was=row.status)
             else:
                 ledger.delete(conn, name, row.version)
     return LedgerChange(name, f"resolved-{outcome}", [row.version for row in rows])

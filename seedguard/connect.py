@@ -73,7 +73,11 @@ def create(url_text: str, **options: Any) -> Engine:
         ) from err
     check_spelling(url)
     try:
-        return create_engine(url, **options)
+        # pool_pre_ping: a connection that waited in the pool while this
+        # applier waited for the lock may have been closed by the server
+        # (idle_session_timeout, wait_timeout); a ping replaces it. A new
+        # connection is not pinged, so the no-op start-up stays one query.
+        return create_engine(url, **{"pool_pre_ping": True, **options})
     except NoSuchModuleError as err:
         raise ConfigError(
             f"unknown database dialect or driver in {safe_url(url)}: {url.drivername!r}; "

@@ -57,17 +57,22 @@ class WaitTimeout(SeedguardError, TimeoutError):
 
 
 class SeedFailed(SeedguardError):
-    """A unit raised; its transaction was rolled back. The original error is ``__cause__``.
+    """A unit failed. The original error is ``__cause__``.
 
-    ``unit`` is the :class:`~seedguard.SeedUnit` that failed.
+    ``unit`` is the :class:`~seedguard.SeedUnit` that failed. ``rolled_back``
+    is True only when seedguard verified that the unit's transaction was still
+    the one it opened and rolled it back, so nothing of the unit stayed; when
+    False, the message says what may be left (see ``docs/guarantees.md``).
     """
 
-    def __init__(self, message: str, *, unit: Any = None) -> None:
+    def __init__(self, message: str, *, unit: Any = None, rolled_back: bool = False) -> None:
         super().__init__(message)
         self.unit = unit
+        self.rolled_back = rolled_back
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (type(self), self.args, {"unit": self.unit}))
+        return (_rebuild, (type(self), self.args,
+                           {"unit": self.unit, "rolled_back": self.rolled_back}))
 
 
 class DriftError(SeedguardError):
@@ -103,10 +108,22 @@ class DataError(SeedguardError, ValueError):
 
 
 class UnitBlocked(SeedFailed):
-    """A non-transactional unit was interrupted mid-way; it blocks until resolved.
+    """A unit's work may be partly done; it blocks until an operator resolves it.
 
-    Resolve it with ``seedguard resolve NAME --applied`` (its work is complete)
-    or ``--retry`` (run it again).
+    Its ledger row is ``running`` (a non-transactional unit interrupted
+    mid-way) or ``dirty`` (a transactional unit whose transaction was ended
+    mid-way and then failed, so part of its work may be committed). Resolve it
+    with ``seedguard resolve NAME --applied`` (its work is complete) or
+    ``--retry`` (run it again).
+    """
+
+
+class UnitEscape(SeedguardError):
+    """A unit tried to end its transaction early or to write around it.
+
+    Raised where the write or the ending was attempted (in the unit, or in a
+    thread or engine writing to the unit's database while it runs); the unit
+    then fails with it as the cause, whether or not it caught the error.
     """
 
 

@@ -33,7 +33,10 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from seedguard.errors import SeedguardError
+from seedguard.errors import UnitEscape
+
+__all__ = ["EngineGuard", "UnitEscape", "current_unit", "ending", "is_write",
+           "transaction_ender"]
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -41,10 +44,6 @@ if TYPE_CHECKING:
     from seedguard.unit import SeedUnit
 
 SESSIONS_TO_USE = "the session argument, db.session, or apply(scoped_sessions=...)"
-
-
-class UnitEscape(SeedguardError):
-    """A unit tried to end its transaction early or to write around it."""
 
 
 @dataclass

@@ -50,9 +50,15 @@ module-level proxies to the one migration running, so two threads migrating two
 ledgers at once (``apply_each`` over schemas) would run each other's operations."""
 
 
-LedgerStatus = Literal["applied", "running"]
+LedgerStatus = Literal["applied", "running", "dirty"]
 """A ledger row's status: ``running`` only while (or if interrupted while) a
-non-transactional unit does its work."""
+non-transactional unit does its work, or while a transactional unit's
+transaction is open (never visible to others unless that transaction was
+ended mid-way); ``dirty`` when a transactional unit failed after its
+transaction was ended mid-way, so part of its work may be committed."""
+
+BLOCKING_STATUSES = frozenset({"running", "dirty"})
+"""Rows whose unit's work may be partly done: it blocks until `seedguard resolve`."""
 
 
 class PlannedRow(Protocol):

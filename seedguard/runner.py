@@ -49,13 +49,31 @@ from seedguard.events import (
     unit_context,
 )
 from seedguard.guard import EngineGuard, current_unit, ending
-from seedguard.ledger import Comparison, Ledger, LedgerRow, LedgerState, PlannedRow, RowState
+from seedguard.ledger import (
+    BLOCKING_STATUSES,
+    Comparison,
+    Ledger,
+    LedgerRow,
+    LedgerState,
+    PlannedRow,
+    RowState,
+)
 from seedguard.locks import DatabaseLock, Deadline, both_locks, ledger_locks
 from seedguard.notify import notify_applied
 from seedguard.result import Applied, ApplyResult, Drift, Waiting
 from seedguard.sessionclass import UnitClasses, classes_for
 from seedguard.sessions import app_sessions, unit_session
 from seedguard.unit import SeedUnit
+from seedguard.verify import (
+    Canary,
+    check_outcome,
+    restore_session,
+    seedguard_code,
+    translate_session_errors,
+    unit_running_on,
+    user_code,
+    watch,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -86,6 +104,8 @@ class Plan:
     # Units in ``ahead`` because the ledger holds newer data than theirs.
     newer_data: set[str] = field(default_factory=set)
     checksums: dict[str, str] = field(default_factory=dict)
+    # The ledger status of each blocked unit ("running" or "dirty").
+    statuses: dict[str, str] = field(default_factory=dict)
 
     def result(self, *, dry_run: bool = False) -> ApplyResult:
         return ApplyResult(skipped=list(self.skipped), pending=list(self.pending),
@@ -134,11 +154,13 @@ def plan(units: Sequence[SeedUnit], state: RowState[PlannedRow], checksums: Mapp
                                          via=behind.via or behind.name)
             result.waiting.append(waiting[unit.name])
             continue
-        if row is not None and row.status == "running":
-            # A non-transactional unit was interrupted mid-way: its work may be
-            # half done, so neither it nor anything after it may run until an
-            # operator says which (`seedguard resolve`).
+        if row is not None and row.status in BLOCKING_STATUSES:
+            # A non-transactional unit was interrupted mid-way, or a
+            # transactional one failed after its transaction was ended early
+            # ("dirty"): its work may be half done, so neither it nor anything
+            # after it may run until an operator says which (`seedguard resolve`).
             result.blocked.append(unit)
+            result.statuses[unit.name] = row.status
             stopped.add(unit.name)
             continue
         if row is None:
@@ -186,6 +208,7 @@ def plan(units: Sequence[SeedUnit], state: RowState[PlannedRow], checksums: Mapp
     return result
 
 
+@translate_session_errors
 def run(
     engine: Engine,
     units: Sequence[SeedUnit],
@@ -302,10 +325,20 @@ def _run(engine: Engine, units: Sequence[SeedUnit], settings: Settings, emit: Ru
         return not settled[0].pending and not settled[0].blocked
 
     registries = [*scoped_sessions, *app_sessions(engine)]
+    elsewhere = unit_running_on(engine)
+    if elsewhere is not None:
+        # This process holds the locks for that unit: waiting would never end.
+        raise SeedguardError(
+            f"seedguard.apply() was called while unit {elsewhere.name!r} is being applied "
+            "to the same database by this process (from a thread the unit started?); "
+            "apply() is not re-entrant: do the work in the unit with its session, or "
+            "declare it as a unit of its own (after=...)"
+        )
     if not emit.quiet:
         emit(LockWaiting(emit.id, str(file_lock.path), settings.lock_timeout))
     waiting_since = time.perf_counter()
-    with both_locks(file_lock, db_lock, deadline, skip_if=already_done) as held:
+    with seedguard_code(), both_locks(file_lock, db_lock, deadline,
+                                      skip_if=already_done) as held:
         if not emit.quiet:
             emit(LockAcquired(emit.id, time.perf_counter() - waiting_since))
         if not held:
@@ -500,6 +533,8 @@ def _claim(conn: Connection, ledger: Ledger, unit: SeedUnit, checksum: str,
         conn.rollback()
         row = ledger.row(conn, unit.name, unit.version)
         conn.rollback()
+    if row is not None and row.status == "dirty":
+        raise UnitBlocked(_blocked_message(unit, "dirty"), unit=unit)
     if row is not None and row.status == "running":
         raise UnitBlocked(
             f"unit {unit.name!r} v{unit.version} is being applied by another process, or "
@@ -543,28 +578,35 @@ def _apply_one(conn: Connection, ledger: Ledger, unit: SeedUnit, current: Plan,
     log.info("applying %s v%d", unit.name, unit.version)
     started = time.perf_counter()
     transactional = unit.transactional
-    with guard.unit(conn, unit, transactional=transactional) as scope:
+    with guard.unit(conn, unit, transactional=transactional) as scope, watch(scope):
         if not transactional:
             return _apply_non_transactional(conn, ledger, unit, checksum, replaces, emit,
                                             started, db_lock, lock_timeout, scope, registries,
                                             classes)
         trans = conn.begin()
         in_work = claimed = False
+        canary: Canary | None = None
         try:
             # Transaction lock mode: the lock first, then the claim re-checks under it.
             db_lock.lock_unit(conn, Deadline(lock_timeout))
             if not _claim(conn, ledger, unit, checksum, replaces, scope):
                 return None
+            canary = Canary(conn)
+            canary.plant()
             emit(UnitStarted(unit, emit.id))
             in_work = claimed = True
             with unit_session(conn, registries, session_class=classes.sync) as session, \
                     running(unit, emit):
-                call_unit(unit, session, async_class=classes.asynchronous)
+                with user_code():
+                    check_outcome(unit, call_unit(unit, session,
+                                                  async_class=classes.asynchronous))
                 # Flush what the unit left pending: its writes, not a commit of the unit.
                 session.commit()
             if scope.refused is not None:
                 raise scope.refused  # the unit caught the refusal and went on
             in_work = False
+            atomic = canary.intact()
+            canary.back_home()
             duration_ms = _elapsed_ms(started)
             ledger.finish(conn, unit.name, unit.version, checksum=checksum,
                           duration_ms=duration_ms)
@@ -574,17 +616,40 @@ def _apply_one(conn: Connection, ledger: Ledger, unit: SeedUnit, current: Plan,
             with ending(scope):
                 trans.commit()
         except BaseException as err:
+            # Verified before the rollback: was the work still in the one
+            # transaction the unit began (then the rollback leaves nothing)?
+            intact = canary is None or canary.rolled_back()
             rolled_back = _abort(conn, scope)
+            if canary is not None and rolled_back:
+                if not intact and canary.lost(conn):
+                    # The connection died, and the canary with it: the server
+                    # discarded the open transaction. Only a commit mid-way
+                    # can have kept anything, and it would have kept the
+                    # "running" claim too: read it on the new connection.
+                    intact = not _claim_committed(conn, ledger, unit, scope)
+                canary.back_home_after_rollback()
+            dirty = rolled_back and not intact
+            if dirty:
+                _mark_dirty(conn, ledger, unit, checksum, started, scope)
             if isinstance(err, Exception) and scope.refused is not None:
                 # What the guard refused is the cause; the unit's own error
                 # may only be a consequence of it.
                 err = scope.refused
-            outcome = _outcome(unit, err, in_work=in_work, rolled_back=rolled_back)
+            outcome = _outcome(unit, err, in_work=in_work or not intact,
+                               rolled_back=rolled_back and intact, dirty=dirty)
             if claimed:
                 emit(UnitFailed(unit, _elapsed_ms(started), outcome, emit.id))
             if outcome is err:
                 raise
             raise outcome from err
+        finally:
+            restore_session(conn)
+    if not atomic:
+        log.warning("unit %s v%d was not atomic: it ended its own transaction mid-way (a "
+                    "COMMIT, an implicit commit or a raw DB-API commit), so its work was "
+                    "committed in parts; it succeeded and is recorded applied. Use "
+                    "session.commit() (a savepoint) instead, or declare it "
+                    "transactional=False", unit.name, unit.version)
     return _finished(unit, duration_ms, emit)
 
 
@@ -608,7 +673,9 @@ def _apply_non_transactional(conn: Connection, ledger: Ledger, unit: SeedUnit, c
     try:
         with unit_session(conn, registries, transactional=False,
                           session_class=classes.sync) as session, running(unit, emit):
-            call_unit(unit, session, async_class=classes.asynchronous)
+            with user_code():
+                check_outcome(unit, call_unit(unit, session,
+                                              async_class=classes.asynchronous))
             session.commit()
     except BaseException as err:
         _abort(conn, scope)
@@ -651,8 +718,38 @@ def _abort(conn: Connection, scope: _Scope) -> bool:
     return True
 
 
+def _claim_committed(conn: Connection, ledger: Ledger, unit: SeedUnit, scope: _Scope) -> bool:
+    """Whether the unit's "running" claim is committed (True also when it cannot be read)."""
+    try:
+        with ending(scope):
+            row = ledger.row(conn, unit.name, unit.version)
+            conn.rollback()
+    except Exception as err:
+        log.debug("cannot read the ledger row after a lost connection: %s", _root_error(err))
+        return True
+    return row is not None and row.status == "running"
+
+
+def _mark_dirty(conn: Connection, ledger: Ledger, unit: SeedUnit, checksum: str,
+                started: float, scope: _Scope) -> bool:
+    """Record that a failed unit's transaction was ended mid-way: part of it may be
+    committed, its "running" row among it. Whether the row now says "dirty"."""
+    try:
+        with ending(scope), conn.begin():
+            ledger.finish(conn, unit.name, unit.version, checksum=checksum,
+                          duration_ms=_elapsed_ms(started), status="dirty")
+    except Exception as err:
+        log.warning("unit %s v%d: could not mark its ledger row dirty (%s); it stays "
+                    "'running', which blocks it the same way", unit.name, unit.version,
+                    _root_error(err))
+        with contextlib.suppress(Exception), ending(scope):
+            conn.rollback()
+        return False
+    return True
+
+
 def _outcome(unit: SeedUnit, err: BaseException, *, in_work: bool, rolled_back: bool,
-             partial: bool = False) -> BaseException:
+             partial: bool = False, dirty: bool = False) -> BaseException:
     """What a failure inside a unit's transaction is raised as.
 
     Whatever the unit's own work raised (a DataError from a data seed
@@ -663,9 +760,9 @@ def _outcome(unit: SeedUnit, err: BaseException, *, in_work: bool, rolled_back: 
     if isinstance(err, KeyboardInterrupt):
         return err
     if in_work and isinstance(err, (Exception, SystemExit, GeneratorExit)):
-        return _failed(unit, err, partial=partial, rolled_back=rolled_back)
+        return _failed(unit, err, partial=partial, rolled_back=rolled_back, dirty=dirty)
     if isinstance(err, Exception) and not isinstance(err, SeedguardError):
-        return _failed(unit, err, partial=partial, rolled_back=rolled_back)
+        return _failed(unit, err, partial=partial, rolled_back=rolled_back, dirty=dirty)
     return err
 
 
@@ -676,8 +773,14 @@ def _finished(unit: SeedUnit, duration_ms: int, emit: Run) -> Applied:
 
 
 def _failed(unit: SeedUnit, err: BaseException, *, partial: bool = False,
-            rolled_back: bool = True) -> SeedFailed:
-    if partial:
+            rolled_back: bool = True, dirty: bool = False) -> SeedFailed:
+    if dirty:
+        what = ("its transaction was ended mid-way (a COMMIT, an implicit commit or a raw "
+                "DB-API commit that seedguard could not refuse), so PART OF ITS WORK MAY "
+                "ALREADY BE COMMITTED; what was not committed was rolled back. The ledger "
+                f"marks {unit.name!r} dirty and later runs refuse it: check its work, then "
+                f"run `seedguard resolve {unit.name} --applied` or `--retry`")
+    elif partial:
         what = ("it is non-transactional and may be half done; inspect it, then run "
                 f"`seedguard resolve {unit.name} --applied` or `--retry`")
     elif rolled_back:
@@ -699,7 +802,7 @@ def _failed(unit: SeedUnit, err: BaseException, *, partial: bool = False,
                 "another process writing to the same file")
     return SeedFailed(
         f"unit {unit.name!r} v{unit.version} failed: {detail}{hint}; {what}",
-        unit=unit,
+        unit=unit, rolled_back=rolled_back and not partial and not dirty,
     )
 
 
@@ -732,16 +835,22 @@ def _preview(engine: Engine, pending: Sequence[SeedUnit], result: ApplyResult) -
 def _raise_blocked(current: Plan) -> None:
     if current.blocked:
         unit = current.blocked[0]
-        why = ("was interrupted mid-way (it is non-transactional)" if not unit.transactional
-               else "has a ledger row left 'running': its transaction was committed early by "
-               "something seedguard cannot see (a raw DB-API commit?), so its work may be "
-               "partly done")
-        raise UnitBlocked(
-            f"unit {unit.name!r} v{unit.version} {why} and blocks the units that depend on "
+        raise UnitBlocked(_blocked_message(unit, current.statuses.get(unit.name, "running")),
+                          unit=unit)
+
+
+def _blocked_message(unit: SeedUnit, status: str) -> str:
+    if status == "dirty":
+        why = ("is marked 'dirty': it failed after its transaction was ended mid-way, so "
+               "part of its work may already be committed")
+    elif not unit.transactional:
+        why = "was interrupted mid-way (it is non-transactional)"
+    else:
+        why = ("has a ledger row left 'running': its transaction was committed early, so "
+               "its work may be partly done")
+    return (f"unit {unit.name!r} v{unit.version} {why} and blocks the units that depend on "
             f"it; check its work, then run `seedguard resolve {unit.name} --applied` or "
-            f"`seedguard resolve {unit.name} --retry`",
-            unit=unit,
-        )
+            f"`seedguard resolve {unit.name} --retry`")
 
 
 def _elapsed_ms(started: float) -> int:

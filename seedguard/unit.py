@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from seedguard.checksum import code_checksum
 from seedguard.dialects import parse as parse_dialects
 from seedguard.errors import DefinitionError
+from seedguard.verify import check_function
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -28,6 +29,8 @@ SeedFunction = Callable[..., Any]
 
 _NAME = re.compile(r"[A-Za-z0-9_.:-]{1,255}")
 _ON_CHANGE: tuple[OnChange, ...] = ("warn", "rerun", "error")
+MAX_VERSION = 2**31 - 1
+"""The largest version the ledger's INTEGER column holds on every database."""
 
 
 @dataclass(frozen=True, init=False, eq=False, repr=False)
@@ -101,6 +104,7 @@ class SeedUnit:
         )
         validate_name(name)
         validate_version(name, version)
+        check_function(name, fn)
         if on_change not in _ON_CHANGE:
             raise DefinitionError(
                 f"unit {name!r}: on_change must be one of {', '.join(_ON_CHANGE)}, "
@@ -157,9 +161,11 @@ def validate_name(name: object, *, what: str = "unit name") -> None:
 
 
 def validate_version(name: str, version: object) -> None:
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+    if isinstance(version, bool) or not isinstance(version, int) \
+            or not 1 <= version <= MAX_VERSION:
         raise DefinitionError(
-            f"unit {name!r}: version must be an integer >= 1, not {version!r}"
+            f"unit {name!r}: version must be an integer >= 1 and <= {MAX_VERSION} (the "
+            f"ledger's 32-bit column), not {version!r}"
         )
 
 

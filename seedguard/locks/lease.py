@@ -337,6 +337,15 @@ class Heartbeat:
         self._thread.join(self.timings.seconds)
 
     def _run(self) -> None:
+        from seedguard.verify import seedguard_code
+
+        # Threads do not inherit context variables: mark this one as
+        # seedguard's own, or its writes during a unit would be refused as
+        # writes around the unit (seedguard.verify watches every engine).
+        with seedguard_code():
+            self._beat()
+
+    def _beat(self) -> None:
         from sqlalchemy.engine import Engine
         from sqlalchemy.exc import DBAPIError
 
