@@ -17,6 +17,7 @@ import contextlib
 import datetime as dt
 import re
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +62,7 @@ def rehearse(engine: Engine, units: Sequence[SeedUnit], settings: Settings, *,
     from seedguard.ledger import Ledger, LedgerState
     from seedguard.locks import both_locks, ledger_locks
     from seedguard.runner import _expected, _unit_transactions, _work_connection, plan
+    from seedguard.verify import seedguard_code
 
     # As apply() does: a unit limited to other databases is left out here.
     units = applicable(units, engine)
@@ -81,7 +83,7 @@ def rehearse(engine: Engine, units: Sequence[SeedUnit], settings: Settings, *,
     import sqlalchemy.orm  # noqa: F401  (what units need, imported before the locks)
 
     file_lock, db_lock, deadline = ledger_locks(engine, settings)
-    with both_locks(file_lock, db_lock, deadline), \
+    with seedguard_code(), both_locks(file_lock, db_lock, deadline), \
             _work_connection(engine, db_lock) as conn:
         state, _ = ledger.read_any(conn)
         conn.rollback()
@@ -130,14 +132,27 @@ def _run_all(conn: Connection, engine: Engine, pending: Sequence[SeedUnit],
                     entry.not_rehearsed = why
                     not_run[unit.name] = why
                     continue
-                _run_one(conn, guard, unit, entry, registries)
+                try:
+                    _run_one(conn, guard, unit, entry, registries)
+                except _Escaped as escaped:
+                    entry.error = f"{entry.error}; {escaped}" if entry.error else str(escaped)
+                    for later in rehearsed[rehearsed.index(entry) + 1:]:
+                        if later.not_rehearsed is None:
+                            later.not_rehearsed = (f"the rehearsal stopped at {unit.name!r}, "
+                                                   "which ended its transaction")
+                    break
                 if entry.failed:
                     not_run[unit.name] = "failed"
     finally:
-        # Always, also on Ctrl-C: nothing of a rehearsal is ever committed.
-        outer.rollback()
+        # Always, also on Ctrl-C: nothing of a rehearsal is ever committed. The
+        # DB-API rollback is the one that counts; SQLAlchemy's only clears its
+        # own state, which a unit that ended the transaction has confused.
         with contextlib.suppress(Exception):
             conn.connection.dbapi_connection.rollback()  # type: ignore[union-attr]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "nested transaction already deassociated"
+            with contextlib.suppress(Exception):
+                outer.rollback()
 
 
 def _why_not(unit: SeedUnit, not_run: Mapping[str, str]) -> str | None:
@@ -152,6 +167,10 @@ def _why_not(unit: SeedUnit, not_run: Mapping[str, str]) -> str | None:
     return None
 
 
+class _Escaped(Exception):
+    """A unit ended the rehearsal's transaction: nothing after it can be rehearsed."""
+
+
 def _run_one(conn: Connection, guard: Any, unit: SeedUnit, entry: RehearsedUnit,
              registries: Sequence[scoped_session[Any]]) -> None:
     from seedguard.eventloop import call_unit, is_async_unit
@@ -160,28 +179,49 @@ def _run_one(conn: Connection, guard: Any, unit: SeedUnit, entry: RehearsedUnit,
     from seedguard.runner import _root_error
     from seedguard.sessionclass import classes_for
     from seedguard.sessions import unit_session
+    from seedguard.verify import Canary, check_outcome, restore_session, user_code, watch
 
     started = time.perf_counter()
     savepoint = conn.begin_nested()
-    with _Recorder(conn, entry), guard.unit(conn, unit, transactional=True) as scope:
-        try:
-            # The session class the unit's annotation names (sqlmodel.Session), as in a run.
-            classes = classes_for(unit.fn, is_async_unit(unit))
-            with unit_session(conn, registries, session_class=classes.sync) as session, \
-                    running(unit, None):
-                outcome = call_unit(unit, session, async_class=classes.asynchronous)
-                session.commit()
-            if scope.refused is not None:
-                raise scope.refused
-        except Exception as err:
-            entry.error = _root_error(scope.refused or err)
-            with ending(scope):
-                savepoint.rollback()
-        else:
-            _exact_counts(unit, outcome, entry)
-            with ending(scope):
-                savepoint.commit()  # RELEASE: later units see this one's rows
+    # The same verification as a real apply (seedguard.verify): if the unit
+    # ends the rehearsal's transaction, what it did so far may be committed,
+    # and the rehearsal stops there and says so.
+    canary = Canary(conn)
+    canary.plant()
+    try:
+        with _Recorder(conn, entry), guard.unit(conn, unit, transactional=True) as scope, \
+                watch(scope):
+            try:
+                # The session class the unit's annotation names (sqlmodel.Session), as in a run.
+                classes = classes_for(unit.fn, is_async_unit(unit))
+                with unit_session(conn, registries, session_class=classes.sync) as session, \
+                        running(unit, None):
+                    with user_code():
+                        outcome = call_unit(unit, session, async_class=classes.asynchronous)
+                        check_outcome(unit, outcome)
+                    session.commit()
+                if scope.refused is not None:
+                    raise scope.refused
+            except Exception as err:
+                entry.error = _root_error(scope.refused or err)
+                intact = canary.rolled_back()
+                if intact:  # else its savepoint went with the transaction the unit ended
+                    with ending(scope):
+                        savepoint.rollback()
+            else:
+                _exact_counts(unit, outcome, entry)
+                intact = canary.intact()
+                if intact:
+                    with ending(scope):
+                        savepoint.commit()  # RELEASE: later units see this one's rows
+    finally:
+        restore_session(conn)
     entry.duration_ms = int((time.perf_counter() - started) * 1000)
+    if not intact:
+        raise _Escaped(
+            "it ended the rehearsal's transaction mid-way (a COMMIT, an implicit commit or a "
+            "raw DB-API commit), so PART OF ITS WORK MAY HAVE BEEN COMMITTED by this "
+            "rehearsal: check the database; the rehearsal stopped here")
 
 
 def _exact_counts(unit: SeedUnit, outcome: Any, entry: RehearsedUnit) -> None:

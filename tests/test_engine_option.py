@@ -175,7 +175,6 @@ def test_a_write_through_the_module_level_engine_is_refused_under_the_cli(
     _escape(db, project, ["--engine", ENGINE])
 
 
-@pytest.mark.xfail(strict=True, reason="needs the process-wide engine guard")
 def test_a_write_through_the_module_level_engine_is_refused_under_the_cli_with_url(
         db: TestDatabase, project: Path) -> None:
     # With --url the command makes an engine of its own: the app's is another one.

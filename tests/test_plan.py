@@ -259,3 +259,31 @@ def test_a_rehearsal_killed_mid_way_leaves_nothing(items: TestDatabase, tmp_path
     # And a real apply is free to run at once.
     assert [u.name for u in seedguard.apply(items.url, seeds=_units()).applied] == \
         ["insert", "rename", "orm"]
+
+
+def test_a_write_through_another_engine_is_refused_in_a_rehearsal(items: TestDatabase) -> None:
+    other = items.engine()
+
+    def around(session: Any) -> None:
+        with other.begin() as conn:  # the app's own engine: would commit on its own
+            conn.execute(sa.text("INSERT INTO items (id, name) VALUES (7, 'escaped')"))
+
+    planned = seedguard.plan(items.url, seeds=[unit("around", fn=around)])
+    assert planned.units[0].failed
+    assert "UnitEscape" in (planned.units[0].error or "")
+    assert _item_rows(items) == []
+
+
+def test_a_unit_that_commits_its_rehearsal_is_reported(items: TestDatabase) -> None:
+    def commits(session: Any) -> None:
+        session.execute(sa.text("INSERT INTO items (id, name) VALUES (5, 'early')"))
+        session.connection().connection.dbapi_connection.commit()  # around every guard
+
+    units = [unit("commits", fn=commits), unit("later", fn=insert_items)]
+    planned = seedguard.plan(items.url, seeds=units)
+    first, later = planned.units
+    assert not planned.ok
+    assert "MAY HAVE BEEN COMMITTED" in (first.error or "")
+    assert later.not_rehearsed is not None and "stopped at 'commits'" in later.not_rehearsed
+    # The truth, as the plan says: the raw commit went through.
+    assert _item_rows(items) == [(5, "early")]
