@@ -101,10 +101,11 @@ def apply_each(
             "apply_each() gives every target a file lock of its own; lock_path would make "
             "all of them one: leave it unset"
         )
-    unknown = set(options) - _APPLY_OPTIONS
+    known = _apply_options()
+    unknown = set(options) - known
     if unknown:
         raise ConfigError(f"apply_each() got unknown option(s) {sorted(unknown)}; it takes "
-                          f"apply()'s keywords: {sorted(_APPLY_OPTIONS)}")
+                          f"apply()'s keywords but plan: {sorted(known)}")
     labelled = labelled_targets(targets)
     result = FleetResult()
     guard = threading.Lock()
@@ -249,10 +250,15 @@ def _check_workers(workers: int) -> None:
         raise ConfigError(f"workers must be a whole number >= 1, not {workers!r}")
 
 
-_APPLY_OPTIONS = frozenset({
-    "seeds", "contexts", "target", "dry_run", "lock_timeout", "lock_path", "strict",
-    "on_event", "lock_mode", "schema", "alembic_config", "scoped_sessions",
-})
+def _apply_options() -> frozenset[str]:
+    """apply()'s keywords, read from its signature so a keyword added there works here too;
+    less ``plan``: a reviewed plan pins one database's ledger, not a fleet's."""
+    import inspect
+
+    from seedguard.api import apply
+
+    return frozenset(name for name, parameter in inspect.signature(apply).parameters.items()
+                     if parameter.kind is parameter.KEYWORD_ONLY) - {"plan"}
 
 
 def labelled_targets(targets: Iterable[Target]) -> list[tuple[str, Target]]:
