@@ -44,6 +44,16 @@ if TYPE_CHECKING:
     from seedguard.unit import SeedUnit
 
 SESSIONS_TO_USE = "the session argument, db.session, or apply(scoped_sessions=...)"
+# What to do instead of writing on another connection: the one advice both the
+# guard (the run's own engine) and seedguard.verify (every other engine) give.
+OTHER_CONNECTION_FIX = (
+    f"Write through the unit's session ({SESSIONS_TO_USE}); reads on other connections are "
+    "allowed. A helper "
+    "that writes through a connection of its own (db.create_all(), "
+    "metadata.create_all(engine), Flask-Alembic's upgrade) cannot join the unit: declare "
+    "the unit transactional=False, or create the schema with `seedguard upgrade --schema` "
+    "(apply(schema=True)) and keep only the rows in the unit"
+)
 
 
 @dataclass
@@ -125,12 +135,7 @@ class EngineGuard:
             raise scope.refuse(
                 "wrote on a connection other than the unit's own "
                 f"({_first_words(statement)}...): that write would not be part of the "
-                f"unit's transaction. Write through {SESSIONS_TO_USE}; reads on other "
-                "connections are allowed. A helper that writes through a connection of its "
-                "own (db.create_all(), metadata.create_all(engine), Flask-Alembic's "
-                "upgrade) cannot join the unit: declare the unit transactional=False, or "
-                "create the schema with `seedguard upgrade --schema` (apply(schema=True)) "
-                "and keep only the rows in the unit"
+                f"unit's transaction. {OTHER_CONNECTION_FIX}"
             )
 
     def _commit(self, conn: Connection) -> None:

@@ -52,7 +52,6 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypeVar
 
 from seedguard.errors import DefinitionError
-from seedguard.guard import SESSIONS_TO_USE
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -64,9 +63,6 @@ log = logging.getLogger(__name__)
 
 # True while seedguard's own code runs in this context; False inside a unit's function.
 _seedguard: ContextVar[bool] = ContextVar("seedguard_own_code", default=False)
-
-_FIX = (f"write through the unit's session ({SESSIONS_TO_USE}), or make the unit "
-        "transactional=False if the write must commit on its own")
 
 
 @contextlib.contextmanager
@@ -510,7 +506,8 @@ def _before_execute(conn: Connection, cursor: Any, statement: str, parameters: A
                     context: Any, executemany: bool) -> None:
     if not _watched.scopes:
         return
-    from seedguard.guard import is_write
+    from seedguard.guard import OTHER_CONNECTION_FIX, is_write
+    from seedguard.redact import redact_url
 
     scopes = _scopes_for(conn.connection.dbapi_connection, conn.info)
     if not scopes or not is_write(statement):
@@ -520,10 +517,9 @@ def _before_execute(conn: Connection, cursor: Any, statement: str, parameters: A
     for scope in scopes:
         escape = scope.refuse(
             f"a write ({words}...) on a connection other than the unit's own, to the unit's "
-            f"database, through engine {conn.engine.url.render_as_string(hide_password=True)}"
-            f" in thread {threading.current_thread().name!r}, was refused: it would commit "
-            f"outside the unit's transaction. Instead {_FIX}; reads on other connections "
-            "are allowed"
+            f"database, through engine {redact_url(conn.engine.url)} in thread "
+            f"{threading.current_thread().name!r}, was refused: it would commit outside the "
+            f"unit's transaction. {OTHER_CONNECTION_FIX}"
         )
     assert escape is not None
     raise escape
