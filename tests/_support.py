@@ -106,6 +106,21 @@ def unit(name: str, *, version: int = 1, after: Sequence[str] = (), fn: Any = No
                     origin=f"tests:{name}", identity=f"tests:{name}", **options)
 
 
+def registry_of(*units: SeedUnit) -> Any:
+    """A ``seedguard.Registry`` holding ``units`` (not the default registry)."""
+    from seedguard import Registry
+
+    registry = Registry()
+    for item in units:
+        registry.add(item)
+    return registry
+
+
+def failing(session: Any) -> None:
+    """A unit body that raises."""
+    raise RuntimeError("boom")
+
+
 def write_module(directory: Path, name: str, source: str) -> Path:
     """Write ``name.py`` (or a package, for dotted names) under ``directory``."""
     parts = name.split(".")

@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _support import TestDatabase, child_env, unit, write_module
+from _support import TestDatabase, child_env, failing, registry_of, unit, write_module
 
 import seedguard
 from seedguard import events
-from seedguard.registry import Registry
 
 
 class Recorder:
@@ -45,21 +44,11 @@ def recorder() -> Iterator[Recorder]:
     unsubscribe()
 
 
-def _registry(*units: Any) -> Registry:
-    registry = Registry()
-    for item in units:
-        registry.add(item)
-    return registry
-
-
-def _fail(session: Any) -> None:
-    raise RuntimeError("boom")
-
 
 def test_an_applied_run_sends_run_lock_and_unit_events_in_order(
         db: TestDatabase, recorder: Recorder) -> None:
     db.create_effects_table()
-    result = seedguard.apply(db.url, seeds=_registry(unit("a"), unit("b", after=["a"])))
+    result = seedguard.apply(db.url, seeds=registry_of(unit("a"), unit("b", after=["a"])))
     assert [a.name for a in result.applied] == ["a", "b"]
     assert recorder.kinds() == [
         "RunStarted", "LockWaiting", "LockAcquired",
@@ -82,7 +71,7 @@ def test_an_applied_run_sends_run_lock_and_unit_events_in_order(
 def test_a_run_with_nothing_to_do_sends_only_run_started_and_finished(
         db: TestDatabase, recorder: Recorder) -> None:
     db.create_effects_table()
-    seeds = _registry(unit("a"), unit("b"))
+    seeds = registry_of(unit("a"), unit("b"))
     seedguard.apply(db.url, seeds=seeds)
     recorder.events.clear()
     result = seedguard.apply(db.url, seeds=seeds)
@@ -93,7 +82,7 @@ def test_a_run_with_nothing_to_do_sends_only_run_started_and_finished(
 def test_a_failed_unit_sends_unit_failed_and_a_run_finished_with_the_error(
         db: TestDatabase, recorder: Recorder) -> None:
     db.create_effects_table()
-    seeds = _registry(unit("a"), unit("b", after=["a"], fn=_fail), unit("c", after=["b"]))
+    seeds = registry_of(unit("a"), unit("b", after=["a"], fn=failing), unit("c", after=["b"]))
     with pytest.raises(seedguard.SeedFailed) as caught:
         seedguard.apply(db.url, seeds=seeds)
     assert recorder.kinds() == [
@@ -114,7 +103,7 @@ def test_the_runs_own_listener_gets_its_unit_events(db: TestDatabase) -> None:
     db.create_effects_table()
     own = Recorder()
     with pytest.raises(seedguard.SeedFailed):
-        seedguard.apply(db.url, seeds=_registry(unit("a"), unit("b", after=["a"], fn=_fail)),
+        seedguard.apply(db.url, seeds=registry_of(unit("a"), unit("b", after=["a"], fn=failing)),
                         on_event=own)
     assert own.kinds() == ["UnitStarted:a", "UnitFinished:a", "UnitStarted:b", "UnitFailed:b"]
 
@@ -129,7 +118,7 @@ def test_a_subscriber_that_raises_is_logged_and_the_run_goes_on(
     unsubscribe = events.subscribe(broken)
     try:
         with caplog.at_level(logging.ERROR, logger="seedguard.events"):
-            result = seedguard.apply(db.url, seeds=_registry(unit("a")))
+            result = seedguard.apply(db.url, seeds=registry_of(unit("a")))
     finally:
         unsubscribe()
     assert [a.name for a in result.applied] == ["a"]
@@ -148,7 +137,7 @@ def test_unsubscribe_stops_the_events(db: TestDatabase) -> None:
     unsubscribe = events.subscribe(rec)
     unsubscribe()
     unsubscribe()  # twice is fine
-    seedguard.apply(db.url, seeds=_registry(unit("a")))
+    seedguard.apply(db.url, seeds=registry_of(unit("a")))
     assert rec.events == []
 
 
@@ -161,7 +150,7 @@ def test_every_log_record_of_a_run_carries_the_run_and_the_unit(
         seedguard.report_progress(1, 1)
 
     with caplog.at_level(logging.DEBUG, logger="seedguard"):
-        seedguard.apply(db.url, seeds=_registry(unit("a", fn=chatty), unit("b")))
+        seedguard.apply(db.url, seeds=registry_of(unit("a", fn=chatty), unit("b")))
     run_id = recorder.events[0].run  # type: ignore[union-attr]
     ours = [r for r in caplog.records if r.name.startswith("seedguard")]
     assert ours, "the run logged nothing at DEBUG"

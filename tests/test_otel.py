@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from _support import TestDatabase, unit
+from _support import TestDatabase, failing, registry_of, unit
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -68,23 +68,13 @@ def telemetry() -> Iterator[Telemetry]:
     found.exporter.clear()
 
 
-def _registry(*units: Any) -> Registry:
-    registry = Registry()
-    for item in units:
-        registry.add(item)
-    return registry
-
-
-def _fail(session: Any) -> None:
-    raise RuntimeError("boom")
-
 
 def test_one_apply_span_and_one_unit_span_per_unit_that_runs(
         db: TestDatabase, telemetry: Telemetry) -> None:
     db.create_effects_table()
     name_a, name_b = f"a-{db.kind}", f"b-{db.kind}"
     waits_before = telemetry.lock_waits()
-    seedguard.apply(db.url, seeds=_registry(unit(name_a), unit(name_b, version=3)))
+    seedguard.apply(db.url, seeds=registry_of(unit(name_a), unit(name_b, version=3)))
     spans = telemetry.spans()
     assert sorted(s.name for s in spans) == ["seedguard.apply", "seedguard.unit",
                                               "seedguard.unit"]
@@ -108,7 +98,7 @@ def test_one_apply_span_and_one_unit_span_per_unit_that_runs(
 def test_a_start_up_with_nothing_to_do_costs_one_span(
         db: TestDatabase, telemetry: Telemetry) -> None:
     db.create_effects_table()
-    seeds = _registry(*(unit(f"u{i}-{db.kind}") for i in range(20)))
+    seeds = registry_of(*(unit(f"u{i}-{db.kind}") for i in range(20)))
     seedguard.apply(db.url, seeds=seeds)
     telemetry.exporter.clear()
     waits_before = telemetry.lock_waits()
@@ -125,7 +115,7 @@ def test_a_failed_unit_has_an_error_span_and_so_has_the_run(
     db.create_effects_table()
     name = f"bad-{db.kind}"
     with pytest.raises(seedguard.SeedFailed):
-        seedguard.apply(db.url, seeds=_registry(unit(name, fn=_fail)))
+        seedguard.apply(db.url, seeds=registry_of(unit(name, fn=failing)))
     spans = {s.name: s for s in telemetry.spans()}
     assert set(spans) == {"seedguard.apply", "seedguard.unit"}
     failed = spans["seedguard.unit"]
