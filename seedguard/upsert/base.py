@@ -8,10 +8,10 @@ updated rather than a unique-key error.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
+from seedguard.bydialect import ByDialect, Registry
 from seedguard.errors import DataError
 
 if TYPE_CHECKING:
@@ -20,23 +20,23 @@ if TYPE_CHECKING:
 
 Row = Mapping[str, Any]
 
-# dialect name -> "module:Class", imported on first use.
-_WRITERS = {
-    "postgresql": "seedguard.upsert.postgresql:PostgreSQLWriter",
-    "sqlite": "seedguard.upsert.sqlite:SQLiteWriter",
-    "mysql": "seedguard.upsert.mysql:MySQLWriter",
-    "mariadb": "seedguard.upsert.mysql:MySQLWriter",
-}
+WRITERS: Registry[Writer] = Registry("bulk writer", lazy={
+    # Each module registers its writer when imported, on a dialect's first upsert.
+    "postgresql": "seedguard.upsert.postgresql",
+    "sqlite": "seedguard.upsert.sqlite",
+    "mysql": "seedguard.upsert.mysql",
+    "mariadb": "seedguard.upsert.mysql",
+})
 
 
-class Writer:
+class Writer(ByDialect):
     """Writes missing and changed rows of one table by ``key``, for one upsert.
 
     ``columns`` are the columns every row has; ``update_columns`` those an
     existing row gets from the data (empty: insert missing rows only).
     """
 
-    dialects: ClassVar[tuple[str, ...]] = ()
+    registry = WRITERS
 
     def __init__(self, conn: Connection, table: sa.Table, key: tuple[str, ...],
                  columns: tuple[str, ...], update_columns: tuple[str, ...]) -> None:
@@ -84,13 +84,5 @@ class Writer:
 def writer_for(conn: Connection, table: sa.Table, key: tuple[str, ...],
                columns: tuple[str, ...], update_columns: tuple[str, ...]) -> Writer:
     """The writer for ``conn``'s dialect; DataError for a dialect without one."""
-    name = conn.dialect.name
-    where = _WRITERS.get(name)
-    if where is None:
-        raise DataError(
-            f"upsert does not support the {name!r} dialect; supported: "
-            f"{', '.join(_WRITERS)}"
-        )
-    module, _, cls = where.partition(":")
-    writer: type[Writer] = getattr(importlib.import_module(module), cls)
+    writer = WRITERS.require(conn.dialect.name, DataError)
     return writer(conn, table, key, columns, update_columns)
