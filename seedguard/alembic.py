@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -143,19 +142,9 @@ def _ini_config(path: Path, source: str | None) -> Config:
 
 
 def _flask_migrate_config() -> Config | None:
-    # Only when the app already imported Flask (never import it ourselves).
-    if "flask" not in sys.modules:
-        return None
-    from flask import current_app, has_app_context
+    from seedguard.flaskapp import migrate_config
 
-    if not has_app_context():
-        return None
-    migrate = current_app.extensions.get("migrate")
-    if migrate is None:
-        return None
-    # Flask-Migrate's own get_config: its env.py expects the options it sets.
-    config: Config = migrate.migrate.get_config(migrate.directory)
-    return config
+    return migrate_config()
 
 
 def script_directory(config: Config) -> ScriptDirectory:

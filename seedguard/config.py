@@ -227,27 +227,18 @@ _REPO_MARKERS = (".git", ".hg")
 
 
 def _flask_layer() -> tuple[Mapping[str, Any] | None, Engine | None]:
-    # Only look when the app already imported Flask: importing it here would
-    # cost every non-Flask user its import time.
-    if "flask" not in sys.modules:
-        return None, None
-    from flask import current_app, has_app_context
+    from seedguard import flaskapp
 
-    if not has_app_context():
+    app = flaskapp.current_app()
+    if app is None:
         return None, None
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
-    layer = _checked({
-        key: app.config.get(f"SEEDGUARD_{key.upper()}")
-        for key in _KEYS
-    }, "in the Flask app config", _env_name, loose=True)
-    ext = app.extensions.get("seedguard")
+    layer = _checked(flaskapp.config_values(app, {key: f"SEEDGUARD_{key.upper()}"
+                                                   for key in _KEYS}),
+                     "in the Flask app config", _env_name, loose=True)
+    ext = flaskapp.extension(app)
     if ext is not None and layer.get("seeds") is None:
         layer["seeds"] = getattr(ext, "seeds", None)
-    engine = None
-    sqlalchemy_ext = app.extensions.get("sqlalchemy")
-    if sqlalchemy_ext is not None:
-        engine = sqlalchemy_ext.engine
-    return layer, engine
+    return layer, flaskapp.default_engine(app)
 
 
 def _environment_layer() -> dict[str, Any]:

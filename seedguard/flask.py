@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from seedguard.errors import ConfigError
+from seedguard.flaskapp import EXTENSION_NAME
 from seedguard.registry import SeedsSpec
 
 if TYPE_CHECKING:
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
 
     from seedguard.result import ApplyResult
 
-EXTENSION_NAME = "seedguard"
 START_CONFIG_KEY = "SEEDGUARD_APPLY_ON_START"
 
 #: ``apply_on_start``: off, on, or on with these keyword arguments for ``apply()``.
@@ -118,17 +118,16 @@ class SeedGuard:
         Outside an app context, push one first (``with app.app_context():``):
         which app's database to seed must be unambiguous.
         """
-        from flask import current_app, has_app_context
-
+        from seedguard import flaskapp
         from seedguard.api import apply
 
-        if not has_app_context():
+        app = flaskapp.current_app()
+        if app is None:
             raise ConfigError(
                 "SeedGuard.apply() needs an app context: call it inside "
                 "`with app.app_context():`"
             )
-        app = current_app._get_current_object()  # type: ignore[attr-defined]
-        if app.extensions.get(EXTENSION_NAME) is not self:
+        if flaskapp.extension(app) is not self:
             raise ConfigError(
                 f"this SeedGuard is not the one registered on the current app {app.name!r}; "
                 "use app.extensions['seedguard']"
@@ -145,6 +144,7 @@ class SeedGuard:
                         "`flask seedguard upgrade` applies them", command or "...")
             return
         from seedguard import config as _config
+        from seedguard import flaskapp
         from seedguard.registry import default_registry
 
         with app.app_context():
@@ -157,7 +157,7 @@ class SeedGuard:
                     "the units are declared"
                 )
             result = self.apply(**options)
-            engines = _app_engines(app)
+            engines = list(flaskapp.engines(app).values())
         # After the context's teardown, which returns db.session's connection to the pool.
         _release_pool(engines)
         logger.info("applied %d seed unit(s) at start-up of %r", len(result.applied), app.name)
@@ -220,12 +220,6 @@ def _start_options(value: Any, where: str) -> dict[str, Any] | None:
         f"{where} must be True, False, or a dict of apply() arguments "
         f"(e.g. {{'schema': True}}), not {value!r}"
     )
-
-
-def _app_engines(app: Flask) -> list[Any]:
-    """The app's Flask-SQLAlchemy engines (inside its app context)."""
-    sqlalchemy_ext = app.extensions.get("sqlalchemy")
-    return [] if sqlalchemy_ext is None else list(sqlalchemy_ext.engines.values())
 
 
 def _release_pool(engines: list[Any]) -> None:

@@ -11,7 +11,6 @@ holds exactly what it held before, also after a failure.
 from __future__ import annotations
 
 import contextlib
-import sys
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -68,19 +67,6 @@ def _unique(registries: Iterable[scoped_session[Any]]) -> list[scoped_session[An
 def app_sessions(engine: Engine) -> list[scoped_session[Any]]:
     """The current Flask app's ``db.session`` (and SeedGuard's ``scoped_sessions``),
     when ``engine`` is one of that app's Flask-SQLAlchemy engines."""
-    # Only look when the app already imported Flask (importing it costs time).
-    if "flask" not in sys.modules:
-        return []
-    from flask import current_app, has_app_context
+    from seedguard.flaskapp import app_sessions as found
 
-    if not has_app_context():
-        return []
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
-    found: list[scoped_session[Any]] = []
-    extension = app.extensions.get("seedguard")
-    found.extend(getattr(extension, "scoped_sessions", ()) or ())
-    sqlalchemy_ext = app.extensions.get("sqlalchemy")
-    if sqlalchemy_ext is not None and any(
-            candidate is engine for candidate in sqlalchemy_ext.engines.values()):
-        found.append(sqlalchemy_ext.session)
-    return found
+    return found(engine)
