@@ -8,7 +8,7 @@ import keyword
 import os
 import re
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
@@ -70,6 +70,7 @@ def apply(
     session_class: type[Any] | None = None,
     plan: ReviewedPlan | str | os.PathLike[str] | None = None,
     lease: float | None = None,
+    bind_key: str | None = None,
 ) -> ApplyResult:
     """Apply every pending selected unit, exactly once across processes and hosts.
 
@@ -122,6 +123,11 @@ def apply(
         the database lock, another applier takes over after about this long,
         and nothing this one did afterwards is recorded. A healthy holder
         keeps its lease however long a unit runs.
+    :param bind_key: only the units of this Flask-SQLAlchemy bind (declared
+        with ``seed(..., bind=bind_key)``), on that bind's database: the app's,
+        inside an app context, else the one ``bind`` gives. ``None``: inside an
+        app context, every bind's units, each bind on its own database with
+        its own ledger and locks; else the units of the default database.
     :returns: an :class:`~seedguard.ApplyResult`.
     :raises SeedFailed: a unit failed; its work was rolled back (the message
         says so only when that is known), the original error is ``__cause__``.
@@ -156,13 +162,40 @@ def apply(
             from seedguard.review import Plan
 
             reviewed = plan if isinstance(plan, Plan) else Plan.load(plan)
-        units = select(settings, target=target)
-        with engine_for(settings) as engine:
-            check_units(units, engine)
-            return run(engine, units, settings, dry_run=dry_run, strict=strict,
-                       listener=on_event, schema=schema, scoped_sessions=list(scoped_sessions),
-                       reviewed=reviewed, session_class=session_class)
+        from seedguard.binds import targets
+
+        found = targets(settings, select(settings, target=target), bind_key=bind_key)
+        if reviewed is not None and len(found) > 1:
+            raise _one_database("apply(plan=...)", found)
+        result = ApplyResult(dry_run=dry_run)
+        for index, each in enumerate(found):
+            # Each bind is a target of its own: its engine, ledger and locks.
+            with engine_for(each.settings) as engine:
+                check_units(each.units, engine)
+                done = run(engine, each.units, each.settings, dry_run=dry_run, strict=strict,
+                           listener=on_event, schema=schema and index == 0,
+                           scoped_sessions=list(scoped_sessions), reviewed=reviewed,
+                           session_class=session_class)
+            if len(found) == 1:
+                return done
+            _merge(result, done)
+        return result
     raise AssertionError("unreachable")  # pragma: no cover - mypy: ExitStack may swallow
+
+
+def _merge(into: ApplyResult, more: ApplyResult) -> None:
+    """Add one bind's result to a run's."""
+    for name in ("applied", "skipped", "pending", "drifted", "ahead", "waiting", "migrated"):
+        getattr(into, name).extend(getattr(more, name))
+    into.previews.update(more.previews)
+
+
+def _one_database(what: str, found: Sequence[Any]) -> ConfigError:
+    from seedguard.binds import describe
+
+    names = ", ".join(describe(each.key) for each in found)
+    return ConfigError(f"{what} covers one database, and the selected units run on {names}: "
+                       "pick one with bind_key= (--bind KEY)")
 
 
 def plan(
@@ -178,6 +211,7 @@ def plan(
     alembic_config: str | os.PathLike[str] | None = None,
     scoped_sessions: Iterable[scoped_session[Any]] = (),
     lease: float | None = None,
+    bind_key: str | None = None,
 ) -> ReviewedPlan:
     """Rehearse the pending units in a transaction that is always rolled back.
 
@@ -199,6 +233,8 @@ def plan(
     :param alembic_config: as for :func:`apply` (units with ``requires_revision``).
     :param scoped_sessions: as for :func:`apply`.
     :param lease: as for :func:`apply` (the rehearsal holds the same locks).
+    :param bind_key: as for :func:`apply`; a plan covers one database, so in
+        an app whose selected units run on several binds, pick one.
     :returns: a :class:`~seedguard.Plan`; ``Plan.ok`` is False when a unit
         failed in the rehearsal (its ``error`` says why).
     :raises LockTimeout: another applier held a lock for longer than ``lock_timeout``.
@@ -210,10 +246,14 @@ def plan(
         lock_mode=lock_mode, lease=lease,
         alembic_config=os.fspath(alembic_config) if alembic_config is not None else None,
     )
+    from seedguard.binds import targets
     from seedguard.eventloop import check_units
     from seedguard.rehearsal import rehearse
 
-    units = select(settings, target=target)
+    found = targets(settings, select(settings, target=target), bind_key=bind_key)
+    if len(found) > 1:
+        raise _one_database("a plan", found)
+    settings, units = found[0].settings, found[0].units
     with engine_for(settings) as engine:
         check_units(units, engine)
         return rehearse(engine, units, settings, strict=strict,
@@ -263,19 +303,40 @@ def _settings(bind: Bind, *, seeds: SeedsSpec = None,
 
 
 def status(bind: Bind = None, *, seeds: SeedsSpec = None,
-           contexts: Iterable[str] | None = None) -> StatusResult:
+           contexts: Iterable[str] | None = None, bind_key: str | None = None) -> StatusResult:
     """Every selected unit's state, the orphaned ledger rows, and who holds the locks now.
 
     Reads only: no lock is taken and nothing is written, so it answers while
     another process is applying (and names that process).
+
+    :param bind: as for :func:`apply` (or resolved ``Settings``).
+    :param seeds: as for :func:`apply`.
+    :param contexts: as for :func:`apply`.
+    :param bind_key: as for :func:`apply`: one Flask-SQLAlchemy bind's units
+        and ledger; ``None`` inside an app context covers every bind (the
+        result's ``units`` list them all; ``binds`` holds each other bind's
+        own result, with its database, ledger and lock holders).
     """
+    from seedguard.binds import targets
+
+    settings = _settings(bind, seeds=seeds, contexts=contexts)
+    every = order(discover(settings.seeds))
+    found = targets(settings, every, bind_key=bind_key)
+    results = [_status_of(each.settings, each.units) for each in found]
+    first = results[0]
+    for each, result in zip(found[1:], results[1:], strict=True):
+        first.units.extend(result.units)
+        first.binds[str(each.key)] = result
+    return first
+
+
+def _status_of(settings: _config.Settings, every: list[SeedUnit]) -> StatusResult:
+    """:func:`status` of one database: ``every`` is the units declared for it, in order."""
     from seedguard.connect import connect, safe_url
     from seedguard.ledger import HEAD_REVISION, Ledger, LedgerState
     from seedguard.locks import FileLock, database_lock, default_lock_path, lock_key
     from seedguard.locks.lease import read_holder
 
-    settings = _settings(bind, seeds=seeds, contexts=contexts)
-    every = order(discover(settings.seeds))
     selected = active(every, settings.contexts)
     ledger = Ledger.named(settings.ledger_table, settings.ledger_schema)
     with read_only_engine(settings) as engine:
@@ -350,10 +411,11 @@ def status(bind: Bind = None, *, seeds: SeedsSpec = None,
 
 
 def check(bind: Bind = None, *, seeds: SeedsSpec = None,
-          contexts: Iterable[str] | None = None) -> StatusResult:
+          contexts: Iterable[str] | None = None, bind_key: str | None = None) -> StatusResult:
     """:func:`status`, for asking whether the database is done: ``result.ok`` is False
-    when a unit is pending, drifted or blocked (``seedguard check`` exits 3 then)."""
-    return status(bind, seeds=seeds, contexts=contexts)
+    when a unit is pending, drifted or blocked (``seedguard check`` exits 3 then); inside
+    a Flask app context every bind's database is asked (``bind_key`` picks one)."""
+    return status(bind, seeds=seeds, contexts=contexts, bind_key=bind_key)
 
 
 def _states(planned: Plan) -> dict[str, tuple[UnitState, str | None]]:

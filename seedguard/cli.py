@@ -339,6 +339,21 @@ _GLOBAL_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
 ]
 
 
+def _bind_option(f: F) -> F:
+    """``--bind KEY``: one Flask-SQLAlchemy bind's units and database (default: every bind)."""
+    return click.option(
+        "--bind", "bind_key", metavar="KEY",
+        help="Only the units of this Flask-SQLAlchemy bind (seed(bind=KEY)), on its "
+        "database (under `flask seedguard` the app's bind; else --url's database). "
+        "Default: every bind of the Flask app, each with its own ledger.")(f)
+
+
+def _no_bind_with_fleet(bind_key: str | None) -> None:
+    if bind_key is not None:
+        raise ConfigError("--bind reads one Flask-SQLAlchemy bind's database; a fleet's "
+                          "targets are read as the units of their default database")
+
+
 def _group_options(f: F) -> F:
     for args, kwargs in reversed(_GLOBAL_OPTIONS):
         f = click.option(*args, **kwargs)(f)
@@ -672,13 +687,15 @@ def _describe_preview(preview: Any) -> str:
               help="Apply only what this reviewed plan (`seedguard plan --out`) lists; "
               "exit 2 if it no longer matches.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@_bind_option
 @cli_fleet.fleet_options
 @_command_options
 @pass_options
 @click.pass_context
 def upgrade(ctx: click.Context, opts: Options, target: str | None, dry_run: bool, strict: bool,
-            schema: bool, plan_file: str | None, as_json: bool, schemas: str | None,
-            urls_file: str | None, workers: int, shard: str | None) -> None:
+            schema: bool, plan_file: str | None, as_json: bool, bind_key: str | None,
+            schemas: str | None, urls_file: str | None, workers: int,
+            shard: str | None) -> None:
     """Apply every pending unit (or TARGET and what it depends on), to one database or
     to each target of a fleet (--schemas, --urls-file)."""
     _start(opts, "upgrade", as_json=as_json)
@@ -690,7 +707,7 @@ def upgrade(ctx: click.Context, opts: Options, target: str | None, dry_run: bool
                               "go with --schemas or --urls-file (plan and upgrade each target "
                               "on its own)")
         cli_fleet.upgrade(ctx, opts, fleet, _fleet_output(), target=target, dry_run=dry_run,
-                          strict=strict, schema=schema, as_json=as_json)
+                          strict=strict, schema=schema, as_json=as_json, bind_key=bind_key)
         return
     settings = opts.settings()
     _require_database(settings)
@@ -714,7 +731,7 @@ def upgrade(ctx: click.Context, opts: Options, target: str | None, dry_run: bool
     unsubscribe = subscribe(listener)
     try:
         result = _run_apply(opts, target=target, dry_run=dry_run, strict=strict,
-                            schema=schema, plan=plan_file)
+                            schema=schema, plan=plan_file, bind_key=bind_key)
     except BaseException:
         if progress is not None:
             progress.close()
@@ -907,19 +924,22 @@ def _read_settings(opts: Options, *, units: bool = True) -> _config.Settings:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@_bind_option
 @cli_fleet.fleet_options
 @_command_options
 @pass_options
 @click.pass_context
-def status(ctx: click.Context, opts: Options, as_json: bool, schemas: str | None,
-           urls_file: str | None, workers: int, shard: str | None) -> None:
+def status(ctx: click.Context, opts: Options, as_json: bool, bind_key: str | None,
+           schemas: str | None, urls_file: str | None, workers: int,
+           shard: str | None) -> None:
     """Show every unit's state and who holds the lock now."""
     _start(opts, "status", as_json=as_json)
     fleet = cli_fleet.Fleet(schemas, urls_file, workers, shard)
     if fleet.given:
+        _no_bind_with_fleet(bind_key)
         cli_fleet.check(ctx, opts, fleet, _fleet_output(), as_json=as_json, full=True)
         return
-    result = api.status(_read_settings(opts))
+    result = api.status(_read_settings(opts), bind_key=bind_key)
     if as_json:
         _emit_json({"ok": True, "command": "status", **result.as_dict()})
     else:
@@ -932,19 +952,22 @@ _PROBLEMS = ("pending", "waiting", "drifted", "blocked")
 @cli.command()
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON document (status's, with `ok` the answer).")
+@_bind_option
 @cli_fleet.fleet_options
 @_command_options
 @pass_options
 @click.pass_context
-def check(ctx: click.Context, opts: Options, as_json: bool, schemas: str | None,
-          urls_file: str | None, workers: int, shard: str | None) -> None:
+def check(ctx: click.Context, opts: Options, as_json: bool, bind_key: str | None,
+          schemas: str | None, urls_file: str | None, workers: int,
+          shard: str | None) -> None:
     """Exit 0 when nothing is pending, waiting, drifted or blocked; else exit 3 and say what."""
     _start(opts, "check", as_json=as_json)
     fleet = cli_fleet.Fleet(schemas, urls_file, workers, shard)
     if fleet.given:
+        _no_bind_with_fleet(bind_key)
         cli_fleet.check(ctx, opts, fleet, _fleet_output(), as_json=as_json)
         return
-    result = api.check(_read_settings(opts))
+    result = api.check(_read_settings(opts), bind_key=bind_key)
     if as_json:
         _emit_json({"ok": result.ok, "command": "check", **result.as_dict(),
                     "exit_code": EXIT_OK if result.ok else EXIT_CHECK})

@@ -176,7 +176,7 @@ def _one_line(message: str) -> str:
 
 def upgrade(ctx: click.Context, opts: Options, fleet: Fleet, out: Output, *,
             target: str | None, dry_run: bool, strict: bool, schema: bool,
-            as_json: bool) -> None:
+            as_json: bool, bind_key: str | None = None) -> None:
     """``seedguard upgrade`` over a fleet: exit 1 if any target failed."""
     from seedguard.fleet import apply_each
 
@@ -195,7 +195,7 @@ def upgrade(ctx: click.Context, opts: Options, fleet: Fleet, out: Output, *,
     try:
         result = apply_each(targets, workers=fleet.workers, on_target=on_target,
                             target=target, dry_run=dry_run, strict=strict, schema=schema,
-                            **options)
+                            bind_key=bind_key, **options)
     finally:
         bar.close()
     code = EXIT_OK if result.ok else EXIT_UNIT_FAILED

@@ -74,6 +74,7 @@ def data_seed(
     encoding: str = "utf-8-sig",
     description: str | None = None,
     dialects: Iterable[str] | None = None,
+    bind: str | None = None,
 ) -> SeedUnit:
     """Declare (and register) a unit that upserts ``rows`` or the file at ``path`` by ``key``.
 
@@ -109,12 +110,21 @@ def data_seed(
         table and key.
     :param dialects: the databases the unit applies to, as for
         :func:`seedguard.seed`; None: every database.
+    :param bind: the Flask-SQLAlchemy bind key of the database the unit runs
+        on, as for :func:`seedguard.seed`; None: the bind of ``table`` when it
+        is a Flask-SQLAlchemy model or table of a bind, else the default one.
     """
     frame = sys._getframe(1)
     return _declare(frame, name, table=table, key=key, rows=rows, path=path, refs=refs,
                     version=version, prune=prune, contexts=contexts, after=after,
                     update=update, encoding=encoding, description=description,
-                    dialects=dialects)
+                    dialects=dialects, bind=bind)
+
+
+def _table_bind_key(table: TableLike) -> str | None:
+    from seedguard.binds import table_bind_key
+
+    return table_bind_key(table)
 
 
 def _declare(
@@ -135,6 +145,7 @@ def _declare(
     description: str | None,
     reads: Iterable[str] = (),
     dialects: Iterable[str] | None = None,
+    bind: str | None = None,
 ) -> SeedUnit:
     """data_seed's body, for a caller's ``frame`` (data_dir declares on its caller's behalf)."""
     caller = frame.f_code.co_filename
@@ -173,6 +184,7 @@ def _declare(
         fills=frozenset({spec.table_name}),
         reads=frozenset({ref.target_name for ref in spec.refs} | set(reads)) - {spec.table_name},
         dialects=dialects,
+        bind=bind if bind is not None else _table_bind_key(table),
     )
     from seedguard.registry import default_registry
 

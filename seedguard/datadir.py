@@ -25,6 +25,7 @@ def data_dir(
     metadata: Any = None,
     encoding: str = "utf-8-sig",
     dialects: Iterable[str] | None = None,
+    bind: str | None = None,
 ) -> list[SeedUnit]:
     """Declare one data seed per ``<table>.csv|json|yaml|yml`` file in ``path``.
 
@@ -46,6 +47,8 @@ def data_dir(
     table is a DefinitionError here. Without it the tables are reflected
     when the seeds run and only ``refs`` order them. ``encoding``: of the files.
     ``dialects``: as for ``@seed``, for every seed (None: every database).
+    ``bind``: the Flask-SQLAlchemy bind key of the database every seed runs
+    on, as for ``@seed`` (None: each table's bind, else the default database).
     """
     frame = sys._getframe(1)
     folder = _resolve_path(path, frame.f_code.co_filename)
@@ -93,6 +96,7 @@ def data_dir(
             frame, table, table=target, key=key, rows=None, path=file, refs=refs.get(table),
             version=None, prune=prune, contexts=contexts, after=after, update=True,
             encoding=encoding, description=None, reads=reads, dialects=dialects,
+            bind=bind,
         ))
     return units
 

@@ -221,6 +221,15 @@ def ending(scope: _Scope) -> Iterator[None]:
         scope.ending = False
 
 
+def refuse(message: str) -> UnitEscape:
+    """A refusal of something the running unit tried (``message`` says what); kept on the
+    unit's scope, so the unit fails with it even if its code catches it."""
+    scope = _scope.get()
+    if scope is None:
+        return UnitEscape(message)
+    return scope.refuse(message)
+
+
 def current_unit() -> SeedUnit | None:
     """The unit running in this context, if any (for refusing a re-entrant apply())."""
     scope = _scope.get()

@@ -106,6 +106,7 @@ def seed(
     requires_revision: str | None = None,
     description: str | None = None,
     dialects: Iterable[str] | None = None,
+    bind: str | None = None,
 ) -> Callable[[SeedFunction], SeedUnit]:
     """Declare a seed unit and register it in the default registry.
 
@@ -131,6 +132,10 @@ def seed(
         ``"postgresql"``, ``"mysql"`` (MySQL and MariaDB), ``"mariadb"``; a
         string is one name); None: every database. Elsewhere the unit is not
         applicable: ``status`` says so and the units after it run without it.
+    :param bind: a Flask-SQLAlchemy bind key (a key of ``SQLALCHEMY_BINDS``):
+        the unit runs on that bind's database, is recorded in that database's
+        own ledger under its locks, and ``db.session`` inside it routes as
+        Flask-SQLAlchemy routes; None: the default database.
     """
     if isinstance(after, str):
         after = [after]
@@ -153,6 +158,7 @@ def seed(
             origin=origin,
             identity=identity,
             dialects=dialects,
+            bind=bind,
         )
         default_registry.add(unit)
         return unit

@@ -80,6 +80,9 @@ class StatusResult:
     # The database lock's holder as its lease records it: host, pid, since,
     # heartbeat (UTC, ISO 8601); None when the lock is free.
     holder: dict[str, object] | None = None
+    # Inside a Flask app with binds: each other bind's own status, by bind key
+    # (its units are in ``units`` too).
+    binds: dict[str, StatusResult] = field(default_factory=dict)
 
     def by_state(self, state: UnitState) -> list[UnitStatus]:
         return [u for u in self.units if u.state == state]
@@ -104,6 +107,9 @@ class StatusResult:
                 "database": {"holder": self.database_lock_holder},
             },
             "holder": self.holder,
+            **({"binds": {key: {name: value for name, value in result.as_dict().items()
+                                if name not in ("units", "counts")}
+                          for key, result in self.binds.items()}} if self.binds else {}),
         }
 
 

@@ -33,9 +33,20 @@ def unit_session(conn: Connection, registries: Sequence[scoped_session[Any]], *,
     """
     from sqlalchemy.orm import Session
 
+    from seedguard.binds import ROUTING, routed, routing_for
+    from seedguard.guard import current_unit
+
     cls = session_class or Session
+    # In a Flask app with binds, the session routes as Flask-SQLAlchemy's does
+    # (seedguard.binds): a plain Session(bind=conn) would write another bind's
+    # models into the unit's database.
+    routing = routing_for(current_unit())
+    if routing is not None:
+        cls = routed(cls)
     session = (cls(bind=conn, join_transaction_mode="create_savepoint") if transactional
                else cls(bind=conn))
+    if routing is not None:
+        session.info[ROUTING] = routing
     with contextlib.ExitStack() as stack:
         stack.callback(session.close)
         for registry in _unique(registries):

@@ -18,6 +18,7 @@ def sql_dir(
     contexts: Iterable[str] | None = None,
     after: Iterable[str] = (),
     dialects: Iterable[str] | None = None,
+    bind: str | None = None,
 ) -> list[SeedUnit]:
     """Declare one unit per ``<name>.sql`` file (and its ``<name>.<dialect>.sql`` variants).
 
@@ -31,6 +32,8 @@ def sql_dir(
     :param after: names of units that must be applied before every one of these.
     :param dialects: the dialects the units are for (``"postgresql"``,
         ``"mysql"``, ``"mariadb"``, ``"sqlite"``); None: any that has a file.
+    :param bind: the Flask-SQLAlchemy bind key of the database the units run
+        on, as for :func:`seedguard.seed`; None: the default database.
     """
     from seedguard.registry import default_registry
 
@@ -45,4 +48,4 @@ def sql_dir(
     module = str(frame.f_globals.get("__name__", ""))
     return declare(folder, default_registry, module=module,
                    origin=f"{caller}:{frame.f_lineno}",
-                   contexts=contexts, after=after, dialects=dialects)
+                   contexts=contexts, after=after, dialects=dialects, bind=bind)

@@ -383,7 +383,8 @@ def scan(folder: Path) -> dict[str, dict[str | None, Path]]:
 
 def declare(folder: Path, registry: _Registry, *, module: str, origin: str,
             contexts: Iterable[str] | None = None, after: Iterable[str] = (),
-            dialects: Iterable[str] | None = None) -> list[SeedUnit]:
+            dialects: Iterable[str] | None = None,
+            bind: str | None = None) -> list[SeedUnit]:
     """Declare (register in ``registry``) one unit per SQL file stem in ``folder``.
 
     Every file is parsed first, so a bad one is a DefinitionError before any
@@ -422,6 +423,7 @@ def declare(folder: Path, registry: _Registry, *, module: str, origin: str,
             identity=f"{folder}:sql:{name}",
             checksum_fn=spec.checksum,
             dialects=limited,
+            bind=bind,
         )
         existing = registry.get(name)
         if existing is not None and existing.identity == unit.identity \

@@ -49,7 +49,9 @@ class SeedUnit:
     ``fills`` and ``reads`` are a data seed's table and the tables its refs
     read: a unit that reads a table another selected unit fills runs after it.
     ``dialects`` limits the unit to some databases (None: every one); elsewhere
-    it is not applicable (:mod:`seedguard.dialects`).
+    it is not applicable (:mod:`seedguard.dialects`). ``bind`` is the
+    Flask-SQLAlchemy bind key of the database the unit runs on (None: the
+    default one; :mod:`seedguard.binds`).
     """
 
     name: str
@@ -69,6 +71,7 @@ class SeedUnit:
     fills: frozenset[str]
     reads: frozenset[str]
     dialects: frozenset[str] | None
+    bind: str | None
 
     def __init__(
         self,
@@ -89,6 +92,7 @@ class SeedUnit:
         fills: frozenset[str] = frozenset(),
         reads: frozenset[str] = frozenset(),
         dialects: Iterable[str] | None = None,
+        bind: str | None = None,
     ) -> None:
         # Written by hand: a frozen dataclass's own __init__ sets each field
         # through object.__setattr__, which made building the units a fifth of
@@ -100,9 +104,10 @@ class SeedUnit:
             on_change=on_change, transactional=transactional,
             requires_revision=requires_revision, description=description, module=module,
             origin=origin, identity=identity, checksum_fn=checksum_fn, preview=preview,
-            fills=fills, reads=reads, dialects=parse_dialects(name, dialects),
+            fills=fills, reads=reads, dialects=parse_dialects(name, dialects), bind=bind,
         )
         validate_name(name)
+        validate_bind(name, bind)
         validate_version(name, version)
         check_function(name, fn)
         if on_change not in _ON_CHANGE:
@@ -157,6 +162,14 @@ def validate_name(name: object, *, what: str = "unit name") -> None:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise DefinitionError(
             f"invalid {what} {name!r}: use 1-255 characters of letters, digits and _ . : -"
+        )
+
+
+def validate_bind(name: str, bind: object) -> None:
+    if bind is not None and (not isinstance(bind, str) or not bind):
+        raise DefinitionError(
+            f"unit {name!r}: bind must be a Flask-SQLAlchemy bind key (a key of "
+            f"SQLALCHEMY_BINDS) or None for the default database, not {bind!r}"
         )
 
 
