@@ -84,7 +84,10 @@ def seeds_module(folder: Path, count: int) -> None:
 
 
 def run(args: list[str], cwd: Path) -> tuple[float, str, str]:
-    env = dict(os.environ, PYTHONPATH=str(cwd))
+    # The caller's PYTHONPATH after the seeds' folder: a worktree's seedguard
+    # (PYTHONPATH=. python bench/fleet.py) is the one measured.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        filter(None, [str(cwd), os.environ.get("PYTHONPATH")])))
     started = time.perf_counter()
     done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     elapsed = time.perf_counter() - started

@@ -172,7 +172,7 @@ def test_apply_each_one_failing_target_never_stops_the_others(fleet: Fleet) -> N
     assert list(again.results) == fleet.names  # reported in the caller's order
 
 
-def test_apply_each_up_to_date_fleet_costs_one_statement_per_target(fleet: Fleet) -> None:
+def test_apply_each_up_to_date_fleet_costs_one_statement_per_server(fleet: Fleet) -> None:
     effect_unit()
     engine = fleet.db.engine()
     targets = [seedguard.Schema(engine, name) for name in fleet.names]
@@ -184,8 +184,36 @@ def test_apply_each_up_to_date_fleet_costs_one_statement_per_target(fleet: Fleet
     sa.event.listen(engine.pool, "checkout", lambda *args: checkouts.append(args[0]))
     result = seedguard.apply_each(targets, workers=1)
     assert result.ok and all(not r.applied for r in result.results.values())
-    assert len(statements) == len(fleet.names), statements
+    assert len(statements) == 1, statements  # every schema's ledger in one statement
     assert len(checkouts) == 1  # one connection for the whole look
+
+
+def test_check_each_batched_look_tells_each_schema_apart(fleet: Fleet) -> None:
+    """Up to date, pending and ledger-less schemas of one server, read together: a schema
+    without a ledger fails the batch's statement, and each is then looked at alone."""
+    effect_unit()
+    engine = fleet.db.engine()
+    done, behind, fresh = fleet.names
+    assert seedguard.apply_each([seedguard.Schema(engine, done),
+                                 seedguard.Schema(engine, behind)]).ok
+
+    @seedguard.seed("more")
+    def more(session: Any) -> None:
+        pass
+
+    assert seedguard.apply(seedguard.Schema(engine, done)).applied
+    from seedguard.fleet import check_each
+
+    targets = [seedguard.Schema(engine, name) for name in fleet.names]
+    found = check_each(targets, workers=1)
+    assert found.up_to_date == [done]
+    assert sorted(found.pending) == sorted([behind, fresh])
+    # Without the ledger-less schema the batch answers in one statement.
+    statements: list[str] = []
+    sa.event.listen(engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    found = check_each(targets[:2], workers=1)
+    assert found.up_to_date == [done] and found.pending == [behind]
+    assert sum("UNION ALL" in statement for statement in statements) == 1
 
 
 def test_apply_each_urls_and_engines(server_db: TestDatabase, tmp_path: Path) -> None:

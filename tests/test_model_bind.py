@@ -111,6 +111,7 @@ def test_a_bind_unit_runs_on_its_database_and_is_recorded_in_its_ledger(
         result = seedguard.apply()
     assert [u.name for u in result.applied] == ["roles", "audit-start"]
     assert bound.rows(bound.audit, "entry") == 1
+    assert bound.rows(bound.main, "mark") == 1
     assert bound.rows(bound.main, "entry") == 0
     assert bound.main.ledger() == [("roles", 1)]
     assert bound.audit.ledger() == [("audit-start", 1)]
@@ -251,6 +252,11 @@ class Entry(db.Model):
     what = db.Column(db.String(64))
 
 
+class Mark(db.Model):
+    id = db.Column(db.Integer, primary_key=True)
+    v = db.Column(db.Integer)
+
+
 def create_app():
     app = Flask(__name__)
     app.config["SQLALCHEMY_DATABASE_URI"] = {main!r}
@@ -264,22 +270,17 @@ def create_app():
 
 SEEDS = '''
 import seedguard
-from bound_app import db, Entry
+from bound_app import db, Entry, Mark
 
 
 @seedguard.seed("roles")
-def roles(session):
-    session.execute(seedguard_text("CREATE TABLE IF NOT EXISTS marks (v INTEGER)"))
+def roles():
+    db.session.add(Mark(v=1))
 
 
 @seedguard.seed("audit-start", bind="audit")
 def audit_start():
     db.session.add(Entry(what="cli"))
-
-
-def seedguard_text(sql):
-    import sqlalchemy
-    return sqlalchemy.text(sql)
 '''
 
 
@@ -316,3 +317,4 @@ def test_flask_cli_upgrade_status_check_cover_every_bind(bound: BoundApp,
     assert bound.audit.ledger() == [("audit-start", 1)]
     assert bound.main.ledger() == [("roles", 1)]
     assert bound.rows(bound.audit, "entry") == 1
+    assert bound.rows(bound.main, "mark") == 1
