@@ -34,7 +34,7 @@ from seedguard.unit import SeedUnit
 from seedguard.upsert import UpsertResult, upsert
 
 if TYPE_CHECKING:
-    from seedguard.aio import apply_async
+    from seedguard.aio import apply_async, apply_each_async
     from seedguard.data import data_seed
     from seedguard.datadir import data_dir
     from seedguard.fleet import FleetResult, apply_each
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 # (tests/test_imports.py; every start-up pays its imports: bench/targets.py).
 _LAZY = {
     "apply_async": "seedguard.aio",
+    "apply_each_async": "seedguard.aio",
     "data_seed": "seedguard.data",
     "data_dir": "seedguard.datadir",
     "FleetResult": "seedguard.fleet",
@@ -92,6 +93,7 @@ __all__ = [
     "apply",
     "apply_async",
     "apply_each",
+    "apply_each_async",
     "data_dir",
     "data_seed",
     "plan",

@@ -21,7 +21,7 @@ until an async call needs it: ``import seedguard`` stays light.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from seedguard.errors import ConfigError
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     from seedguard.events import Listener
+    from seedguard.fleet import FleetResult
     from seedguard.registry import SeedsSpec
     from seedguard.result import ApplyResult
 
@@ -56,6 +57,7 @@ async def apply_async(
     scoped_sessions: Iterable[Any] = (),
     session_class: type[Any] | None = None,
     lease: float | None = None,
+    bind_key: str | None = None,
 ) -> ApplyResult:
     """Apply every pending selected unit, exactly once across processes and hosts, from async code.
 
@@ -103,6 +105,7 @@ async def apply_async(
         keeps other appliers waiting, as in :func:`seedguard.apply`. With an
         async driver the keepalives bound it on PostgreSQL; there is no
         heartbeat thread (the connection belongs to the event loop).
+    :param bind_key: one Flask-SQLAlchemy bind's units, as in :func:`seedguard.apply`.
     """
     import asyncio
 
@@ -115,7 +118,7 @@ async def apply_async(
         "on_event": on_event, "lock_mode": lock_mode, "schema": schema,
         "alembic_config": alembic_config, "scoped_sessions": tuple(scoped_sessions),
         "session_class": session_class,
-        "lease": lease,
+        "lease": lease, "bind_key": bind_key,
     }
     if is_async_engine(bind):
         return await run_in_greenlet(api.apply, bind.sync_engine, **options)  # type: ignore[union-attr]
@@ -141,6 +144,85 @@ async def apply_async(
         return await run_in_greenlet(api.apply, engine.sync_engine, **options)
     finally:
         await engine.dispose()
+
+
+async def apply_each_async(
+    targets: Iterable[AsyncEngine | Engine | str],
+    *,
+    on_target: Callable[[str, ApplyResult | BaseException], None] | None = None,
+    **options: Any,
+) -> FleetResult:
+    """:func:`seedguard.apply_each` from async code: every target applied independently,
+    one after the other, on the running event loop (other tasks keep running).
+
+    Each target is one :func:`apply_async` (its own ledger, locks and
+    failure); a failing target never stops another. As in ``apply_each``,
+    a target whose lock another runner holds is left for a final pass that
+    waits up to ``lock_timeout``, so many runners can share one fleet.
+
+    One target at a time: two runs interleaved on one event loop share one
+    thread, and a process-wide lock of seedguard's (the ledger's alembic
+    upgrade holds a ``threading.Lock``) taken by one run while it awaits the
+    database would block the other, and with it the loop, for good. Use
+    :func:`seedguard.apply_each` (threads) to work on several targets at once.
+
+    :param targets: ``AsyncEngine`` objects and URLs (async drivers run on the
+        loop; a sync ``Engine`` or driver runs in a worker thread, as in
+        :func:`apply_async`). Tenants' schemas (:class:`seedguard.Schema`) are
+        for :func:`seedguard.apply_each`.
+    :param on_target: called as each target finishes with its label and its
+        ``ApplyResult`` or exception.
+    :param options: :func:`apply_async`'s keywords, for every target (not
+        ``lock_path``: every target has its own file lock).
+    :returns: a :class:`seedguard.FleetResult`.
+    :raises ConfigError: a bad option, duplicate labels or a ``Schema`` target.
+    """
+    import inspect
+
+    from seedguard.errors import LockTimeout
+    from seedguard.fleet import FleetResult, labelled_targets
+    from seedguard.schema import Schema
+
+    known = frozenset(name for name, parameter in inspect.signature(apply_async).parameters.items()
+                      if parameter.kind is parameter.KEYWORD_ONLY) - {"lock_path"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigError(f"apply_each_async() got unknown option(s) {unknown}; it takes "
+                          f"apply_async()'s keywords but lock_path: {sorted(known)}")
+    # An AsyncEngine is labelled by its URL, as an Engine is.
+    labelled = labelled_targets(cast("Iterable[Any]", targets))
+    if any(isinstance(target, Schema) for _, target in labelled):
+        raise ConfigError("apply_each_async() applies to whole databases (AsyncEngines, "
+                          "URLs); for tenants' schemas use seedguard.apply_each()")
+    result = FleetResult()
+
+    async def attempt(label: str, target: Any, with_options: dict[str, Any],
+                      defer_locked: bool) -> bool:
+        """Apply one target; True when it was locked and left for the final pass."""
+        try:
+            outcome: ApplyResult | BaseException = await apply_async(target, **with_options)
+        except LockTimeout as err:
+            if defer_locked:
+                return True
+            outcome = err
+        except Exception as err:
+            outcome = err
+        if isinstance(outcome, BaseException):
+            result.failed[label] = outcome
+        else:
+            result.results[label] = outcome
+        if on_target is not None:
+            on_target(label, outcome)
+        return False
+
+    later = [(label, target) for label, target in labelled
+             if await attempt(label, target, {**options, "lock_timeout": 0}, True)]
+    for label, target in later:
+        await attempt(label, target, options, False)
+    order = {label: index for index, (label, _) in enumerate(labelled)}
+    result.results = dict(sorted(result.results.items(), key=lambda item: order[item[0]]))
+    result.failed = dict(sorted(result.failed.items(), key=lambda item: order[item[0]]))
+    return result
 
 
 def create_async(url_text: str) -> AsyncEngine | None:

@@ -97,7 +97,7 @@ def apply_each(
         be loaded; nothing was applied then. Errors of a single target go to
         ``FleetResult.failed`` instead.
     """
-    _check_workers(workers)
+    check_workers(workers)
     if options.get("lock_path") is not None:
         raise ConfigError(
             "apply_each() gives every target a file lock of its own; lock_path would make "
@@ -193,7 +193,7 @@ def status_each(targets: Iterable[Target], *, workers: int = 4, seeds: Any = Non
 def _read_each(targets: Iterable[Target], *, workers: int, seeds: Any,
                contexts: Iterable[str] | None, on_target: TargetCallback | None,
                full: bool) -> FleetCheck:
-    _check_workers(workers)
+    check_workers(workers)
     labelled = labelled_targets(targets)
     found = FleetCheck()
     guard = threading.Lock()
@@ -247,7 +247,7 @@ def _status(target: Target, options: dict[str, Any]) -> StatusResult:
     return api.status(target, seeds=options["seeds"], contexts=options["contexts"])
 
 
-def _check_workers(workers: int) -> None:
+def check_workers(workers: int) -> None:
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ConfigError(f"workers must be a whole number >= 1, not {workers!r}")
 
