@@ -399,6 +399,7 @@ def _lease(value: Any, lock_timeout: float | None, sources: Mapping[str, str]) -
             f"lease = {lease:g} s ({sources.get('lease', 'argument')}) is longer than "
             f"lock_timeout = {lock_timeout:g} s ({sources.get('lock_timeout', 'argument')}): "
             "a waiter would give up before it could take over from a holder that vanished; "
-            "raise lock_timeout or lower lease"
+            "raise {lock_timeout} or lower {lease}",
+            settings=("lock_timeout", "lease"),
         )
     return lease

@@ -250,7 +250,7 @@ FIELDS: tuple[Field, ...] = (
     Field("lease", "float", DEFAULT_LEASE, _parse_lease, apply="lease", metavar="SECONDS",
           number="float",
           summary="how long a lock holder whose host vanished keeps other appliers waiting",
-          help="How long a lock holder whose host vanished keeps other appliers waiting "
+          help="How long a lock holder whose host vanished keeps others waiting "
                "(default 30)."),
     Field("lock_mode", "str", "session", _parse_lock_mode, apply="lock_mode",
           summary="'session', or 'transaction' (PgBouncer transaction pooling)",
