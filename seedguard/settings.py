@@ -22,6 +22,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from seedguard.errors import keyword
+
 DEFAULT_LEDGER_TABLE = "seedguard_ledger"
 LockMode = Literal["session", "transaction"]
 """``session``: one database lock for the whole run; ``transaction``: one per
@@ -216,7 +218,7 @@ class Field:
     @property
     def keyword(self) -> str:
         """How ``apply()`` and the other library calls spell it: ``lock_timeout=``."""
-        return f"{self.name}="
+        return keyword(self.name)
 
 
 FIELDS: tuple[Field, ...] = (
@@ -273,20 +275,19 @@ def field(name: str) -> Field:
 # -- how each front end spells a setting (seedguard.errors.SeedguardError.spelled) -----------
 
 
-def as_keyword(name: str) -> str:
-    """The library's words: ``lock_timeout=``."""
-    return BY_NAME[name].keyword if name in BY_NAME else f"{name}="
+as_keyword = keyword
+"""The library's words: ``lock_timeout=`` (what ``str(err)`` says)."""
 
 
 def as_option(name: str) -> str:
     """The command line's words: ``--lock-timeout``, else the environment variable."""
     known = BY_NAME.get(name)
     if known is None:
-        return f"{name}="
+        return keyword(name)
     return known.option or known.env
 
 
 def as_flask_key(name: str) -> str:
     """A Flask app config's words: ``SEEDGUARD_LOCK_TIMEOUT``."""
     known = BY_NAME.get(name)
-    return known.flask_key if known is not None else f"{name}="
+    return known.flask_key if known is not None else keyword(name)
