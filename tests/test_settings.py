@@ -122,3 +122,11 @@ def test_the_configuration_reference_lists_every_field() -> None:
             assert f"`{f.option} {f.metavar}" in row, f.name
         if f.apply not in (None, "bind"):
             assert f"| `{f.apply}` |" in row, f.name
+
+
+def test_the_command_line_reference_names_every_global_option() -> None:
+    page = (ROOT / "docs" / "reference" / "cli.md").read_text(encoding="utf-8")
+    section = page.split("## Global options", 1)[1].split("\n## ", 1)[0]
+    for f in FIELDS:
+        if f.option is not None:
+            assert f"`{f.option}" in section, f.option

@@ -7,8 +7,10 @@ JSON documents.
 
 - here: the group, which runs every command and turns its errors into one
   line (or a JSON document) and an exit code;
-- :mod:`~seedguard.cli.options`: the global options, derived from the
-  settings' field list (:mod:`seedguard.settings`);
+- :mod:`~seedguard.cli.common`: the global options, derived from the
+  settings' field list (:mod:`seedguard.settings`), and what a command needs
+  before it runs; :mod:`~seedguard.cli.options`: the :class:`Options` every
+  command shares;
 - :mod:`~seedguard.cli.apply` (``upgrade``, ``plan``),
   :mod:`~seedguard.cli.inspect` (``status``, ``check``, ``wait``,
   ``history``, ``diff``), :mod:`~seedguard.cli.admin` (``stamp``,
@@ -31,8 +33,9 @@ import click
 
 from seedguard import config as _config
 from seedguard.cli import admin, apply, inspect, render, scaffold
+from seedguard.cli.common import group_options
 from seedguard.cli.logs import configure_logging
-from seedguard.cli.options import Options, group_options
+from seedguard.cli.options import Options
 from seedguard.cli.render import exit_code
 from seedguard.errors import ConfigError
 

@@ -8,7 +8,8 @@ import click
 
 from seedguard import api
 from seedguard.cli import render
-from seedguard.cli.options import Declined, Options, command_options, pass_options, read_settings
+from seedguard.cli.common import command_options, read_settings
+from seedguard.cli.options import Declined, Options, pass_options
 
 
 def _confirm(yes: bool, question: str) -> None:

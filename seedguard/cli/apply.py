@@ -11,14 +11,13 @@ import click
 from seedguard import api
 from seedguard.cli import fleet as _fleet
 from seedguard.cli import render
-from seedguard.cli.options import (
-    Options,
+from seedguard.cli.common import (
     command_options,
-    pass_options,
     require_database,
     require_units,
     warn_unknown_contexts,
 )
+from seedguard.cli.options import Options, pass_options
 from seedguard.errors import ConfigError
 from seedguard.events import Event, UnitFinished, subscribe
 from seedguard.exits import EXIT_UNIT_FAILED

@@ -7,7 +7,8 @@ import click
 from seedguard import api
 from seedguard.cli import fleet as _fleet
 from seedguard.cli import render
-from seedguard.cli.options import Options, command_options, pass_options, read_settings
+from seedguard.cli.common import command_options, read_settings
+from seedguard.cli.options import Options, pass_options
 from seedguard.exits import EXIT_CHECK
 
 

@@ -9,7 +9,8 @@ import click
 
 from seedguard import api
 from seedguard.cli import render
-from seedguard.cli.options import Options, command_options, pass_options, read_settings
+from seedguard.cli.common import command_options, read_settings
+from seedguard.cli.options import Options, pass_options
 
 
 @click.command()
