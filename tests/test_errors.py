@@ -13,7 +13,7 @@ import pickle
 from typing import Any
 
 import pytest
-from _support import unit
+from _support import file_lock_held, unit
 
 import seedguard
 from seedguard import errors
@@ -98,28 +98,12 @@ def test_an_error_naming_a_setting_pickles_with_it() -> None:
 
 
 def test_a_lock_timeout_names_the_setting_in_each_front_ends_words(tmp_path: Any) -> None:
-    import subprocess
-    import sys
-
     from seedguard.settings import as_flask_key, as_option
 
     lock = tmp_path / "held.lock"
-    # Another process holds the file lock: a real holder, as in production.
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time, filelock\n"
-         "with filelock.FileLock(sys.argv[1]):\n    print('held', flush=True)\n"
-         "    time.sleep(60)\n", str(lock)],
-        stdout=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        with pytest.raises(errors.LockTimeout) as info:
-            seedguard.apply(f"sqlite:///{tmp_path / 'a.db'}", seeds=[unit("held-roles")],
-                            lock_path=str(lock), lock_timeout=0.2)
-    finally:
-        holder.kill()
-        holder.wait(timeout=10)
-        if holder.stdout is not None:
-            holder.stdout.close()
+    with file_lock_held(lock), pytest.raises(errors.LockTimeout) as info:
+        seedguard.apply(f"sqlite:///{tmp_path / 'a.db'}", seeds=[unit("held-roles")],
+                        lock_path=str(lock), lock_timeout=0.2)
     err = info.value
     assert err.settings == ("lock_timeout",)
     assert str(err).endswith("wait for it to finish or raise lock_timeout=")
