@@ -402,9 +402,21 @@ def session_setting(err: BaseException) -> str | None:
     if code is None and getattr(orig, "args", None):
         code = orig.args[0]
     setting = _ENDED_BY.get(code)
+    if setting == "statement_timeout" and "user request" in str(orig):
+        return None  # pg_cancel_backend, Ctrl-C in psql: the same SQLSTATE, no setting
     if setting is None and "idle-session timeout" in str(orig).lower():
         setting = "idle_session_timeout"
     return setting
+
+
+def limit_hint(err: BaseException) -> str:
+    """For a unit's failure: which server setting ended its statement or session, when
+    the driver's own message does not name it (PostgreSQL says "statement timeout")."""
+    setting = session_setting(err)
+    if setting is None or setting in str(getattr(err, "orig", None) or err):
+        return ""
+    return (f" (the server's {setting}, set for the role, the database or the server, "
+            "ended it)")
 
 
 def translate_session_errors(fn: F) -> F:
