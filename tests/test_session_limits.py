@@ -204,12 +204,11 @@ STATEMENT_LIMITS = [(kind, setting, value) for kind, setting, value in LIMITS
                          ids=[setting for _, setting, _ in STATEMENT_LIMITS])
 def test_a_units_statement_past_the_limit_fails_naming_the_setting(
         kind: str, setting: str, value: str, tmp_path: Path) -> None:
+    def too_long(session: sa.orm.Session) -> None:
+        postgresql = session.get_bind().dialect.name == "postgresql"
+        session.execute(sa.text("SELECT pg_sleep(2)" if postgresql else "SELECT SLEEP(2)"))
+
     for limited in _limited(kind, setting, value, tmp_path):
-        sleep = "SELECT pg_sleep(2)" if kind == "postgresql" else "SELECT SLEEP(2)"
-
-        def too_long(session: sa.orm.Session) -> None:
-            session.execute(sa.text(sleep))
-
         limited.create_effects_table()
         engine = limited.engine()
         with pytest.raises(SeedFailed) as info:
