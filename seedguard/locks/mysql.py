@@ -61,6 +61,7 @@ class MySQLLock(DatabaseLock):
     utc_now_sql = "UTC_TIMESTAMP(6)"
     _lock_name: str | None = None
     _session: int | None = None
+    _saved_wait_timeout: int | None = None
 
     @property
     def lock_name(self) -> str:
@@ -104,8 +105,6 @@ class MySQLLock(DatabaseLock):
                f"AS sg_name FROM (SELECT {key_sql} AS sg_key) t) k")
         return sql, {**params, "sg_timeout": seconds}
 
-    _saved_wait_timeout: int | None = None
-
     def _open_session(self, conn: Connection) -> None:
         from sqlalchemy import text
 
@@ -133,7 +132,8 @@ class MySQLLock(DatabaseLock):
         return bool(got == 1)
 
     def _cancelled(self, err: Exception) -> bool:
-        return getattr(getattr(err, "orig", None), "args", (None,))[0] in _CANCELLED
+        args = getattr(getattr(err, "orig", None), "args", None) or (None,)
+        return args[0] in _CANCELLED
 
     def _locked(self, conn: Connection) -> int:
         assert self._session is not None
