@@ -73,6 +73,7 @@ from seedguard.unit import SeedUnit
 from seedguard.verify import (
     Canary,
     check_outcome,
+    limit_hint,
     restore_session,
     seedguard_code,
     translate_session_errors,
@@ -800,7 +801,7 @@ def _failed(unit: SeedUnit, err: BaseException, *, partial: bool = False,
         detail = f"SystemExit({err.code!r}): the unit called sys.exit()"
     else:
         detail = _root_error(err)
-    hint = ""
+    hint = limit_hint(err)
     if "database is locked" in detail:
         hint = ("; most likely another connection holds SQLite's write lock: a session or "
                 "engine other than the unit's in this process (write through "
