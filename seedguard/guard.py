@@ -31,8 +31,7 @@ import re
 import threading
 from collections.abc import Iterator
 from contextvars import ContextVar
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from seedguard.errors import UnitEscape
 
@@ -57,15 +56,22 @@ OTHER_CONNECTION_FIX = (
 )
 
 
-@dataclass
 class _Scope:
-    unit: SeedUnit
-    conn: Connection
-    dbapi_connection: Any
-    transactional: bool
-    # Set while seedguard itself ends the transaction (its commit or rollback).
-    ending: bool = False
-    refused: UnitEscape | None = None
+    """The unit running in this context, on which connection, and what was refused."""
+
+    # A plain class, not a dataclass: generating a dataclass's methods is
+    # import work that every process importing the run path would pay.
+    __slots__ = ("conn", "dbapi_connection", "ending", "refused", "transactional", "unit")
+
+    def __init__(self, unit: SeedUnit, conn: Connection, dbapi_connection: Any,
+                 transactional: bool) -> None:
+        self.unit = unit
+        self.conn = conn
+        self.dbapi_connection = dbapi_connection
+        self.transactional = transactional
+        # Set while seedguard itself ends the transaction (its commit or rollback).
+        self.ending = False
+        self.refused: UnitEscape | None = None
 
     def refuse(self, message: str) -> UnitEscape:
         err = UnitEscape(f"unit {self.unit.name!r} v{self.unit.version}: {message}")
@@ -247,7 +253,12 @@ _MYSQL_IMPLICIT_COMMIT = (
 )
 
 
-class _Patterns(NamedTuple):
+class _Patterns:
+    """The reader's patterns, compiled together on first use."""
+
+    def __init__(self, **patterns: re.Pattern[str]) -> None:
+        vars(self).update(patterns)
+
     comments: re.Pattern[str]
     quoted: re.Pattern[str]
     ends_transaction: re.Pattern[str]
