@@ -8,12 +8,15 @@ At each size N (units applied; the alembic reference has N revisions):
 1. CLI no-op: ``seedguard upgrade`` with nothing to do, the whole process,
    against ``python -c "import sqlalchemy; one SELECT of the ledger"``:
    <= 1.3x.
-2. First in-process ``apply()`` in a fresh process, after the libraries are
-   imported in both children (SQLAlchemy, the URL's dialect and DBAPI driver,
-   seedguard or alembic), so the seeds module's import, the checksums, the
-   engine's first connection and the ledger read count, against alembic's
+2. First in-process ``apply()`` in a fresh process against alembic's
    in-process no-op ``command.upgrade(cfg, "head")`` (which loads its N
-   revision scripts and connects the same way): >= 10x faster.
+   revision scripts and connects the same way): >= 10x faster, both ways:
+   (a) after the libraries are imported in both children (SQLAlchemy, the
+   URL's dialect and DBAPI driver, seedguard's runner or alembic's runtime),
+   so the seeds module's import, the checksums, the engine's first connection
+   and the ledger read count; (b) with only ``import seedguard`` (alembic:
+   ``command`` and ``Config``) and the driver imported, so the call also pays
+   for importing its run path, as an app's first request does.
 3. Warm no-op ``apply()`` (the same process, again) against the bare ledger
    SELECT on the same engine: <= 1.5x.
 4. 16 processes released together, one pending unit among the N applied:
