@@ -64,7 +64,6 @@ from seedguard.ledger import (
     PlannedRow,
     RowState,
 )
-from seedguard.locks import DatabaseLock, Deadline, both_locks, ledger_locks
 from seedguard.notify import notify_applied
 from seedguard.result import Applied, ApplyResult, Drift, Waiting
 from seedguard.sessionclass import UnitClasses, classes_for
@@ -88,6 +87,7 @@ if TYPE_CHECKING:
 
     from seedguard.config import Settings
     from seedguard.guard import _Scope
+    from seedguard.locks import DatabaseLock
     from seedguard.review import Plan as ReviewedPlan
 
 log = logging.getLogger(__name__)
@@ -314,6 +314,9 @@ def _run(engine: Engine, units: Sequence[SeedUnit], settings: Settings, emit: Ru
     # bench/contention.py). The no-op path above never pays it.
     import sqlalchemy.orm  # noqa: F401
 
+    # The locks too: a start-up with nothing to do never imports them.
+    from seedguard.locks import Deadline, both_locks, ledger_locks
+
     file_lock, db_lock, deadline = ledger_locks(engine, settings)
     settled: list[Plan] = []
 
@@ -447,6 +450,8 @@ def _fixed_expectation(units: tuple[SeedUnit, ...]) -> _Fixed:
 def _upgrade_schema(settings: Settings, engine: Engine, conn: Connection,
                     db_lock: DatabaseLock) -> list[str]:
     """The user's ``alembic upgrade head``, under the locks already held."""
+    from seedguard.locks import Deadline  # imported by now: the locks are held
+
     if db_lock.per_transaction:
         # No session lock: hold the transaction-level lock for the whole
         # upgrade by running it in one transaction (alembic leaves a
@@ -578,6 +583,8 @@ def _apply_one(conn: Connection, ledger: Ledger, unit: SeedUnit, current: Plan,
     Its events start once its ledger row is claimed: a unit that another
     applier won is not one that ran here.
     """
+    from seedguard.locks import Deadline  # imported by now: the locks are held
+
     checksum = current.checksums[unit.name]
     replaces = current.replaces.get(unit.name)
     # Before anything runs: an annotation that cannot work is a DefinitionError.
@@ -670,6 +677,8 @@ def _apply_non_transactional(conn: Connection, ledger: Ledger, unit: SeedUnit, c
     If the process dies in between, the "running" row stays and blocks the unit
     until an operator resolves it: the work may be half done.
     """
+    from seedguard.locks import Deadline  # imported by now: the locks are held
+
     with conn.begin():
         # Transaction lock mode: the "running" row is what other appliers
         # see while the work runs, unlocked, outside any transaction.

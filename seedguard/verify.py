@@ -47,6 +47,7 @@ import logging
 import os
 import secrets
 import threading
+import types
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypeVar
@@ -340,9 +341,19 @@ def restore_session(conn: Connection) -> None:
 # -- a unit's work must be a unit's work ---------------------------------------------------
 
 
+_GENERATOR_FLAGS = inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR
+
+
 def check_function(name: str, fn: Any) -> None:
     """Refuse at declaration a function whose call does no work: a generator function."""
-    if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+    # Asked once per declared unit at every start: a plain function's code
+    # flags answer directly (what inspect.isgeneratorfunction reads after
+    # unwrapping partials and methods, which only other callables need).
+    if type(fn) is types.FunctionType:
+        generator = bool(fn.__code__.co_flags & _GENERATOR_FLAGS)
+    else:
+        generator = inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
+    if generator:
         raise DefinitionError(
             f"unit {name!r}: {getattr(fn, '__qualname__', fn)!r} is a generator function "
             "(it contains `yield`), so calling it runs none of its body; remove the "
