@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from seedguard import config as _config
-from seedguard.api import Bind, _settings
+from seedguard.admin import Bind, _settings
 from seedguard.api import select as select_units
 from seedguard.connect import engine_for
 from seedguard.errors import ConfigError, WaitTimeout
