@@ -18,7 +18,6 @@ work outside units (the ledger's own schema, the user's ``alembic upgrade``,
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -44,8 +43,6 @@ if TYPE_CHECKING:
     from seedguard.planning import Plan
     from seedguard.result import Applied
     from seedguard.unit import SeedUnit
-
-log = logging.getLogger(__name__)
 
 
 class UnitStep:
