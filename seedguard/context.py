@@ -18,6 +18,7 @@ work outside units (the ledger's own schema, the user's ``alembic upgrade``,
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -147,10 +148,16 @@ class RunContext:
         self.session_class = session_class
         self.bind_key = bind_key
         self.ledger = Ledger.named(settings.ledger_table, settings.ledger_schema)
-        self.registries: list[scoped_session[Any]] = [*scoped_sessions, *app_sessions(engine)]
+        self.scoped_sessions = list(scoped_sessions)
         self._locks: tuple[FileLock, DatabaseLock, Deadline] | None = None
         self._conn: Connection | None = None
         self._guard: EngineGuard | None = None
+
+    @functools.cached_property
+    def registries(self) -> list[scoped_session[Any]]:
+        """What returns the unit's session while it runs: the user's ``scoped_session``
+        objects and the Flask app's ``db.session`` (looked up once, when a unit runs)."""
+        return [*self.scoped_sessions, *app_sessions(self.engine)]
 
     # -- identity and locks --------------------------------------------------------------
 

@@ -99,9 +99,10 @@ def run(
         if not emit.quiet:
             emit(RunStarted(emit.id, len(units), dry_run))
         try:
-            result = _run(engine, units, settings, emit, dry_run=dry_run, strict=strict,
-                          schema=schema, scoped_sessions=scoped_sessions, reviewed=reviewed,
-                          session_class=session_class)
+            ctx = RunContext(engine, settings, APPLYING, emit=emit,
+                             scoped_sessions=scoped_sessions, session_class=session_class)
+            result = _run(ctx, units, dry_run=dry_run, strict=strict, schema=schema,
+                          reviewed=reviewed)
         except BaseException as err:
             if not emit.quiet:
                 emit(RunFinished(emit.id, emit.elapsed_ms(), error=err))
@@ -111,50 +112,28 @@ def run(
         return result
 
 
-def _run(engine: Engine, units: Sequence[SeedUnit], settings: Settings, emit: Run, *,
-         dry_run: bool, strict: bool, schema: bool,
-         scoped_sessions: Sequence[scoped_session[Any]],
-         reviewed: ReviewedPlan | None,
-         session_class: type[Any] | None = None) -> ApplyResult:
-    running_unit = current_unit()
-    if running_unit is not None:
-        # Its own file lock is held by this very process: waiting would never end.
-        raise SeedguardError(
-            f"seedguard.apply() was called inside unit {running_unit.name!r}, which is "
-            "itself being applied; apply() is not re-entrant: do the work in the unit "
-            "with its session, or declare it as a unit of its own (after=...)"
-        )
+def _run(ctx: RunContext, units: Sequence[SeedUnit], *, dry_run: bool, strict: bool,
+         schema: bool, reviewed: ReviewedPlan | None) -> ApplyResult:
+    _not_reentrant(ctx.engine)
     # A unit limited to other databases is not applicable here: left out, and
     # the units after it run without it (seedguard.dialects).
-    units = applicable(units, engine)
-    ledger = Ledger.named(settings.ledger_table, settings.ledger_schema)
-    checksums, rows = expected(units)
-    now = look(engine, ledger, rows)
+    planner = _Planner(ctx, applicable(units, ctx.engine), strict=strict)
+    now = planner.look()
     # A reviewed plan is checked under the locks: "nothing pending" is an
     # answer to check against it too (applied by someone else since?).
-    fast = not schema and reviewed is None
-    if now is not None and now.all_applied and fast:
-        return ApplyResult(skipped=list(units), dry_run=dry_run)
-    # Reads the user's alembic graph only if a would-be-pending unit declares
-    # requires_revision: the no-op start-up stays one query.
-    gate = RevisionGate(settings, engine)
-
-    def planned(seen: Comparison | None) -> Plan:
-        if seen is not None and seen.all_applied:
-            return Plan(skipped=list(units), checksums=dict(checksums))
-        state = seen.state if seen is not None else LedgerState()
-        return plan(units, state, checksums, strict=strict, revisions=gate)
-
-    first = planned(now)
+    planner.fast = not schema and reviewed is None
+    if now is not None and now.all_applied and planner.fast:
+        return ApplyResult(skipped=list(planner.units), dry_run=dry_run)
+    first = planner.planned(now)
     if dry_run:
         result = first.result(dry_run=True)
-        _preview(engine, first.pending, result)
+        _preview(ctx.engine, first.pending, result)
         return result
     # schema=True always takes the locks: the user's schema may be behind. A
     # "running" row is no reason to fail without them: its owner is most
     # likely still at work (a gunicorn worker that started a moment earlier),
     # and the locks make this applier wait for it and look again.
-    if now is not None and not first.pending and not first.blocked and fast:
+    if now is not None and not first.pending and not first.blocked and planner.fast:
         return first.result()
 
     # Work to do: import what the units need now, not while holding the locks
@@ -162,25 +141,7 @@ def _run(engine: Engine, units: Sequence[SeedUnit], settings: Settings, emit: Ru
     # bench/contention.py). The no-op path above never pays it.
     import sqlalchemy.orm  # noqa: F401
 
-    ctx = RunContext(engine, settings, APPLYING, emit=emit, scoped_sessions=scoped_sessions,
-                     session_class=session_class)
-    settled: list[Plan] = []
-
-    def already_done() -> bool:
-        # Once the file lock is had (or, after a wait, just after it): the
-        # applier this one waited for, or one that finished a moment before,
-        # has usually done everything. One look ends it then, as safely as
-        # the lock-free fast path does, without the database lock, the ledger
-        # check and the full re-read (bench/contention.py).
-        if not fast:
-            return False
-        seen = look(engine, ledger, rows)
-        if seen is None:
-            return False
-        settled.append(planned(seen))
-        return not settled[0].pending and not settled[0].blocked
-
-    elsewhere = unit_running_on(engine)
+    elsewhere = unit_running_on(ctx.engine)
     if elsewhere is not None:
         # This process holds the locks for that unit: waiting would never end.
         raise SeedguardError(
@@ -189,30 +150,11 @@ def _run(engine: Engine, units: Sequence[SeedUnit], settings: Settings, emit: Ru
             "apply() is not re-entrant: do the work in the unit with its session, or "
             "declare it as a unit of its own (after=...)"
         )
-    with ctx.held(skip_if=already_done) as held:
+    with ctx.held(skip_if=planner.already_done) as held:
         if not held:
-            return settled[0].result()
-        conn = ctx.connection
-        migrated: list[str] = []
-        if schema:
-            with ctx.locked() as commit:
-                migrated = upgrade_head(settings, engine, conn, commit=commit)
-        with ctx.locked() as commit:
-            ledger.ensure(conn, commit=commit)
-        # Heads re-read under the locks: another applier (or our own
-        # schema upgrade) may have moved them since the fast path.
-        state = ledger.read_current(conn)
-        current = plan(units, state, checksums, strict=strict,
-                       revisions=gate.with_connection(conn))
-        conn.commit()
-        if reviewed is not None:
-            from seedguard.review import check_reviewed, ledger_rows
-
-            check_reviewed(reviewed, [(unit.name, unit.version, checksums[unit.name])
-                                      for unit in current.pending],
-                           settings.contexts, ledger_rows(state, units))
-        result = current.result()
-        result.migrated = migrated
+            assert planner.settled is not None
+            return planner.settled.result()
+        current, result = _under_locks(ctx, planner, schema=schema, reviewed=reviewed)
         for unit, applied in ctx.run_units(list(current.pending), current):
             if applied is None:
                 result.skipped.append(unit)
@@ -221,6 +163,90 @@ def _run(engine: Engine, units: Sequence[SeedUnit], settings: Settings, emit: Ru
             result.pending.remove(unit)
     _raise_blocked(current)
     return result
+
+
+def _not_reentrant(engine: Engine) -> None:
+    running_unit = current_unit()
+    if running_unit is not None:
+        # Its own file lock is held by this very process: waiting would never end.
+        raise SeedguardError(
+            f"seedguard.apply() was called inside unit {running_unit.name!r}, which is "
+            "itself being applied; apply() is not re-entrant: do the work in the unit "
+            "with its session, or declare it as a unit of its own (after=...)"
+        )
+
+
+class _Planner:
+    """What one apply() call plans from: its units, their checksums, the ledger's rows.
+
+    The fast path, the look just after the file lock and the re-read under
+    both locks all plan by the one rule (:func:`seedguard.planning.plan`).
+    """
+
+    def __init__(self, ctx: RunContext, units: Sequence[SeedUnit], *, strict: bool) -> None:
+        self.ctx = ctx
+        self.units = units
+        self.strict = strict
+        self.fast = True
+        self.checksums, self.rows = expected(units)
+        # Reads the user's alembic graph only if a would-be-pending unit declares
+        # requires_revision: the no-op start-up stays one query.
+        self.gate = RevisionGate(ctx.settings, ctx.engine)
+        # What the look after the file lock found, when it found nothing to do.
+        self.settled: Plan | None = None
+
+    def look(self) -> Comparison | None:
+        return look(self.ctx.engine, self.ctx.ledger, self.rows)
+
+    def planned(self, seen: Comparison | None) -> Plan:
+        if seen is not None and seen.all_applied:
+            return Plan(skipped=list(self.units), checksums=dict(self.checksums))
+        state = seen.state if seen is not None else LedgerState()
+        return plan(self.units, state, self.checksums, strict=self.strict, revisions=self.gate)
+
+    def already_done(self) -> bool:
+        """Once the file lock is had (or, after a wait, just after it): the
+        applier this one waited for, or one that finished a moment before,
+        has usually done everything. One look ends it then, as safely as
+        the lock-free fast path does, without the database lock, the ledger
+        check and the full re-read (bench/contention.py)."""
+        if not self.fast:
+            return False
+        seen = self.look()
+        if seen is None:
+            return False
+        settled = self.planned(seen)
+        if settled.pending or settled.blocked:
+            return False
+        self.settled = settled
+        return True
+
+
+def _under_locks(ctx: RunContext, planner: _Planner, *, schema: bool,
+                 reviewed: ReviewedPlan | None) -> tuple[Plan, ApplyResult]:
+    """The user's schema, then the ledger's, then the plan from the ledger re-read."""
+    conn, ledger, units, checksums = ctx.connection, ctx.ledger, planner.units, planner.checksums
+    migrated: list[str] = []
+    if schema:
+        with ctx.locked() as commit:
+            migrated = upgrade_head(ctx.settings, ctx.engine, conn, commit=commit)
+    with ctx.locked() as commit:
+        ledger.ensure(conn, commit=commit)
+    # Heads re-read under the locks: another applier (or our own
+    # schema upgrade) may have moved them since the fast path.
+    state = ledger.read_current(conn)
+    current = plan(units, state, checksums, strict=planner.strict,
+                   revisions=planner.gate.with_connection(conn))
+    conn.commit()
+    if reviewed is not None:
+        from seedguard.review import check_reviewed, ledger_rows
+
+        check_reviewed(reviewed, [(unit.name, unit.version, checksums[unit.name])
+                                  for unit in current.pending],
+                       ctx.settings.contexts, ledger_rows(state, units))
+    result = current.result()
+    result.migrated = migrated
+    return current, result
 
 
 # -- the apply mode: one step class per kind of unit -----------------------------------------
