@@ -43,7 +43,7 @@ from seedguard.events import (
     UnitFinished,
 )
 from seedguard.guard import current_unit, ending
-from seedguard.ledger import Comparison, Ledger, LedgerRow, LedgerState
+from seedguard.ledger import Comparison, LedgerState
 from seedguard.notify import notify_applied
 from seedguard.planning import Plan, expected, look, plan
 from seedguard.result import Applied, ApplyResult
@@ -276,8 +276,7 @@ class _Claiming(UnitStep):
         log.info("applying %s v%d", self.unit.name, self.unit.version)
         # Transaction lock mode: the lock first, then the claim re-checks under it.
         self.ctx.db_lock.lock_unit(self.conn, self.ctx.unit_deadline())
-        self.claimed = _claim(self.conn, self.ctx.ledger, self.unit, self.checksum,
-                              self.replaces, self.scope)
+        self.claimed = self._claim_row()
         return self.claimed
 
     def record(self) -> None:
@@ -294,6 +293,86 @@ class _Claiming(UnitStep):
 
     def done(self) -> Applied:
         return _finished(self.unit, self.duration_ms, self.ctx.emit)
+
+    def _claim_row(self) -> bool:
+        """Claim the unit's ledger row in the open transaction; False if another applier won.
+
+        A failed claim is a lost race only when a re-read shows that another
+        applier's row is there; anything else (a trigger or CHECK on the ledger,
+        an extra NOT NULL column, names that one collation calls equal) fails
+        the run, so no unit is ever skipped on a misread error.
+        """
+        from sqlalchemy.exc import IntegrityError
+
+        conn, ledger, unit, scope = self.conn, self.ctx.ledger, self.unit, self.scope
+        checksum, replaces = self.checksum, self.replaces
+
+        refusal: Exception | None = None
+        try:
+            if ledger.claim(conn, unit.name, unit.version, checksum, replaces=replaces,
+                            description=unit.description):
+                return True
+        except IntegrityError as err:
+            refusal = err
+        with ending(scope):
+            conn.rollback()
+            row = ledger.row(conn, unit.name, unit.version)
+            conn.rollback()
+        if row is not None and row.status == "dirty":
+            raise UnitBlocked(_blocked_message(unit, "dirty"), unit=unit)
+        if row is not None and row.status == "running":
+            raise UnitBlocked(
+                f"unit {unit.name!r} v{unit.version} is being applied by another process, or "
+                "was interrupted mid-way; run again once it has finished, or if it was "
+                f"interrupted run `seedguard resolve {unit.name} --applied` or `--retry`",
+                unit=unit,
+            )
+        if row is not None and (replaces is None or row.checksum == checksum):
+            log.info("unit %s v%d was applied concurrently by another process; skipped",
+                     unit.name, unit.version)
+            return False
+        if refusal is not None:
+            raise SeedFailed(
+                f"unit {unit.name!r} v{unit.version}: recording it in the ledger failed "
+                f"({root_error(refusal)}) and no other applier's row explains it; check the "
+                f"ledger table {ledger.qualified_name} for triggers, constraints or columns "
+                "seedguard did not create. Nothing of the unit ran",
+                unit=unit,
+            ) from refusal
+        raise SeedFailed(
+            f"unit {unit.name!r} v{unit.version}: its ledger row changed while this run was "
+            "about to re-apply it (another applier with other code or data?); nothing of the "
+            "unit ran: run again",
+            unit=unit,
+        )
+
+    def claim_committed(self) -> bool:
+        """Whether the unit's "running" claim is committed (True also when it cannot be read)."""
+        try:
+            with ending(self.scope):
+                row = self.ctx.ledger.row(self.conn, self.unit.name, self.unit.version)
+                self.conn.rollback()
+        except Exception as err:
+            log.debug("cannot read the ledger row after a lost connection: %s", root_error(err))
+            return True
+        return row is not None and row.status == "running"
+
+    def mark_dirty(self) -> bool:
+        """Record that a failed unit's transaction was ended mid-way: part of it may be
+        committed, its "running" row among it. Whether the row now says "dirty"."""
+        conn, unit, scope = self.conn, self.unit, self.scope
+        try:
+            with ending(scope), conn.begin():
+                self.ctx.ledger.finish(conn, unit.name, unit.version, checksum=self.checksum,
+                                       duration_ms=self.elapsed_ms(), status="dirty")
+        except Exception as err:
+            log.warning("unit %s v%d: could not mark its ledger row dirty (%s); it stays "
+                        "'running', which blocks it the same way", unit.name, unit.version,
+                        root_error(err))
+            with contextlib.suppress(Exception), ending(scope):
+                conn.rollback()
+            return False
+        return True
 
 
 class _Atomic(_Claiming):
@@ -331,11 +410,11 @@ class _Atomic(_Claiming):
                 # discarded the open transaction. Only a commit mid-way
                 # can have kept anything, and it would have kept the
                 # "running" claim too: read it on the new connection.
-                intact = not _claim_committed(conn, self.ctx.ledger, unit, scope)
+                intact = not self.claim_committed()
             canary.back_home_after_rollback()
         dirty = rolled_back and not intact
         if dirty:
-            _mark_dirty(conn, self.ctx.ledger, unit, self.checksum, self.elapsed_ms(), scope)
+            self.mark_dirty()
         if isinstance(err, Exception) and scope.refused is not None:
             # What the guard refused is the cause; the unit's own error
             # may only be a consequence of it.
@@ -388,57 +467,6 @@ class _Stepwise(_Claiming):
         """Nothing to undo: its work ran outside any transaction of seedguard's."""
 
 
-def _claim(conn: Connection, ledger: Ledger, unit: SeedUnit, checksum: str,
-           replaces: LedgerRow | None, scope: _Scope) -> bool:
-    """Claim the unit's ledger row in the open transaction; False if another applier won.
-
-    A failed claim is a lost race only when a re-read shows that another
-    applier's row is there; anything else (a trigger or CHECK on the ledger,
-    an extra NOT NULL column, names that one collation calls equal) fails
-    the run, so no unit is ever skipped on a misread error.
-    """
-    from sqlalchemy.exc import IntegrityError
-
-    refusal: Exception | None = None
-    try:
-        if ledger.claim(conn, unit.name, unit.version, checksum, replaces=replaces,
-                        description=unit.description):
-            return True
-    except IntegrityError as err:
-        refusal = err
-    with ending(scope):
-        conn.rollback()
-        row = ledger.row(conn, unit.name, unit.version)
-        conn.rollback()
-    if row is not None and row.status == "dirty":
-        raise UnitBlocked(_blocked_message(unit, "dirty"), unit=unit)
-    if row is not None and row.status == "running":
-        raise UnitBlocked(
-            f"unit {unit.name!r} v{unit.version} is being applied by another process, or "
-            "was interrupted mid-way; run again once it has finished, or if it was "
-            f"interrupted run `seedguard resolve {unit.name} --applied` or `--retry`",
-            unit=unit,
-        )
-    if row is not None and (replaces is None or row.checksum == checksum):
-        log.info("unit %s v%d was applied concurrently by another process; skipped",
-                 unit.name, unit.version)
-        return False
-    if refusal is not None:
-        raise SeedFailed(
-            f"unit {unit.name!r} v{unit.version}: recording it in the ledger failed "
-            f"({root_error(refusal)}) and no other applier's row explains it; check the "
-            f"ledger table {ledger.qualified_name} for triggers, constraints or columns "
-            "seedguard did not create. Nothing of the unit ran",
-            unit=unit,
-        ) from refusal
-    raise SeedFailed(
-        f"unit {unit.name!r} v{unit.version}: its ledger row changed while this run was "
-        "about to re-apply it (another applier with other code or data?); nothing of the "
-        "unit ran: run again",
-        unit=unit,
-    )
-
-
 def _abort(conn: Connection, scope: _Scope) -> bool:
     """Roll the unit's transaction back; whether that is known to have happened.
 
@@ -463,36 +491,6 @@ def _abort(conn: Connection, scope: _Scope) -> bool:
             # discards the open transaction then, but this process cannot know.
             log.debug("rollback failed (connection lost?): %s", type(err).__name__)
             return False
-    return True
-
-
-def _claim_committed(conn: Connection, ledger: Ledger, unit: SeedUnit, scope: _Scope) -> bool:
-    """Whether the unit's "running" claim is committed (True also when it cannot be read)."""
-    try:
-        with ending(scope):
-            row = ledger.row(conn, unit.name, unit.version)
-            conn.rollback()
-    except Exception as err:
-        log.debug("cannot read the ledger row after a lost connection: %s", root_error(err))
-        return True
-    return row is not None and row.status == "running"
-
-
-def _mark_dirty(conn: Connection, ledger: Ledger, unit: SeedUnit, checksum: str,
-                duration_ms: int, scope: _Scope) -> bool:
-    """Record that a failed unit's transaction was ended mid-way: part of it may be
-    committed, its "running" row among it. Whether the row now says "dirty"."""
-    try:
-        with ending(scope), conn.begin():
-            ledger.finish(conn, unit.name, unit.version, checksum=checksum,
-                          duration_ms=duration_ms, status="dirty")
-    except Exception as err:
-        log.warning("unit %s v%d: could not mark its ledger row dirty (%s); it stays "
-                    "'running', which blocks it the same way", unit.name, unit.version,
-                    root_error(err))
-        with contextlib.suppress(Exception), ending(scope):
-            conn.rollback()
-        return False
     return True
 
 
