@@ -21,6 +21,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from seedguard.context import Mode, RunContext, UnitStep
+from seedguard.errors import resolve_advice
 from seedguard.review import (
     Plan,
     RehearsedUnit,
@@ -96,7 +97,7 @@ def rehearse(engine: Engine, units: Sequence[SeedUnit], settings: Settings, *,
                      for name, version, checksum in pending]
         rehearsed += [RehearsedUnit(unit.name, unit.version, checksums[unit.name],
                                     not_rehearsed="blocked: it was interrupted mid-way; "
-                                    f"resolve it first (`seedguard resolve {unit.name}`)")
+                                    f"settle it first with {resolve_advice(unit.name)}")
                       for unit in current.blocked]
         mode.entries = {entry.name: entry for entry in rehearsed[:len(pending)]}
         try:
