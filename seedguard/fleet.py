@@ -321,14 +321,14 @@ def _up_to_date(targets: Sequence[Labelled], workers: int, options: dict[str, An
         return list(targets)  # the user's alembic upgrade runs under the locks
     from seedguard import config as _config
     from seedguard.api import select
-    from seedguard.runner import _expected
+    from seedguard.planning import expected
 
     settings = _config.resolve(seeds=options.get("seeds"), contexts=options.get("contexts"))
     bind_key = options.get("bind_key")
     units = [unit for unit in select(settings, target=options.get("target"))
              if unit.bind == bind_key]
-    expected = _expected(units).rows
-    if not expected:
+    rows = expected(units).rows
+    if not rows:
         return list(targets)
     from seedguard.connect import sqlite_file
     from seedguard.ledger import Ledger
@@ -349,7 +349,7 @@ def _up_to_date(targets: Sequence[Labelled], workers: int, options: dict[str, An
         ledger = Ledger.named(settings.ledger_table, schema)
         try:
             conn = connections.get(engine)
-            compared = ledger.read_against(conn, expected)
+            compared = ledger.read_against(conn, rows)
         except Exception as err:  # left to apply(), which reports it in its own words
             log.debug("look at %s failed (%s); applying it instead", label, type(err).__name__)
             connections.drop(engine)
@@ -364,7 +364,7 @@ def _up_to_date(targets: Sequence[Labelled], workers: int, options: dict[str, An
         engine, _ = _where(batch[0][1], None)
         try:
             found = _look_batch(connections.get(engine), batch, settings.ledger_table,
-                                expected)
+                                rows)
         except Exception as err:
             # One schema without a ledger (new, being created) fails the whole
             # statement: each is looked at alone, as the others are.
