@@ -115,20 +115,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept
     config.stash[_LEFT_OUT] = left_out
-    # Longest first (a stable sort: the rest keep their order), so that with
-    # scripts/test's `--maxschedchunk 1` the two workers end together instead of
-    # one running a long trial alone at the end. Every worker sorts the same way.
-    items.sort(key=_runs_long, reverse=True)
-
-
-# Modules whose tests boot servers or run a document's commands one after another.
-_LONG_MODULES = frozenset({"test_readme.py", "test_reloader.py", "test_asgi.py",
-                           "test_examples.py", "test_pytest_plugin.py"})
-
-
-def _runs_long(item: pytest.Item) -> bool:
-    """Trials marked ``slow`` (many processes, kills) and the server boots."""
-    return item.get_closest_marker("slow") is not None or item.path.name in _LONG_MODULES
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
