@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Union
 from seedguard import config as _config
 from seedguard.connect import engine_for, read_only_engine
 from seedguard.dialects import applicable
-from seedguard.errors import ConfigError
+from seedguard.errors import ConfigError, resolve_advice
 from seedguard.events import Listener
 from seedguard.registry import (
     SeedsSpec,
@@ -472,7 +472,7 @@ def record_stamp(conn: Connection, ledger: Ledger, row: LedgerRow | None, name: 
     if row.status in BLOCKING_STATUSES:
         raise ConfigError(
             f"unit {name!r} v{version} may be partly applied ({row.status}); settle it with "
-            f"`seedguard resolve {name} --applied` or `--retry`, not stamp"
+            f"{resolve_advice(name)}, not stamp"
         )
     if checksum is None or row.checksum == checksum:
         return "unchanged"

@@ -164,6 +164,15 @@ class UnitBlocked(SeedFailed):
     """
 
 
+def resolve_advice(name: str) -> str:
+    """How to settle unit ``name`` whose work may be partly done: the one spelling of it.
+
+    Every message about a blocked unit (the runner's refusal and failure, the
+    CLI's status line, stamp's and stamp --all's refusals) names it this way.
+    """
+    return f"`seedguard resolve {name} --applied` or `seedguard resolve {name} --retry`"
+
+
 class UnitEscape(SeedguardError):
     """A unit tried to end its transaction early or to write around it.
 
