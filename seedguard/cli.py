@@ -28,6 +28,7 @@ from seedguard import config as _config
 from seedguard.errors import (
     ConfigError,
     DefinitionError,
+    DowngradeRefused,
     LockTimeout,
     PlanStale,
     SeedFailed,
@@ -61,6 +62,8 @@ def exit_code(err: BaseException) -> int:
         return EXIT_USAGE
     if isinstance(err, KeyboardInterrupt):
         return EXIT_INTERRUPTED
+    if isinstance(err, DowngradeRefused):
+        return EXIT_CHECK  # rows changed since, as `diff` reports them
     return EXIT_UNIT_FAILED
 
 
@@ -276,6 +279,9 @@ def _fail(ctx: click.Context, err: BaseException) -> None:
         if isinstance(err, LockTimeout):
             error["lock"] = err.lock
             error["holder"] = err.holder
+        if isinstance(err, DowngradeRefused):
+            error["unit"] = err.unit
+            error["rows"] = [row.as_dict() for row in err.rows]
         _emit_json({"ok": False, "command": opts.command, **opts.partial, "error": error})
     else:
         click.echo(opts.redact(f"error: {message}"), err=True)
@@ -1201,6 +1207,34 @@ def resolve(opts: Options, name: str, outcome: str | None, yes: bool, as_json: b
     versions = ", ".join(f"v{v}" for v in change.versions)
     _info(opts, f"{name} {versions} " + ("recorded as applied" if outcome == "applied"
                                           else "will run again on the next upgrade"))
+
+
+# -- downgrade -------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("name")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@_command_options
+@pass_options
+def downgrade(opts: Options, name: str, yes: bool, as_json: bool) -> None:
+    """Undo data seed NAME's last application exactly (exit 3 if its rows changed since)."""
+    from seedguard.downgrade import downgrade as _downgrade
+
+    _start(opts, "downgrade", as_json=as_json)
+    settings = _read_settings(opts, units=False)
+    _confirm(yes, f"Undo the rows {name} wrote? It will be pending again.")
+    result = _downgrade(settings, name)
+    if as_json:
+        _emit_json({"ok": True, "command": "downgrade", **result.as_dict()})
+    elif result.action == "unchanged":
+        _info(opts, f"{name} is not applied; nothing changed")
+    else:
+        how = (f"its ledger row is back at the data before ({result.checksum})"
+               if result.ledger == "reverted" else "it is pending again")
+        _info(opts, f"downgraded {name} v{result.version}: deleted {result.deleted}, "
+              f"restored {result.restored}, re-inserted {result.reinserted} row(s); {how}")
 
 
 # -- new, init -------------------------------------------------------------------------------

@@ -142,6 +142,22 @@ class PlanStale(SeedguardError):
         return (_rebuild, (type(self), self.args, {"changes": self.changes}))
 
 
+class DowngradeRefused(SeedguardError):
+    """``seedguard downgrade`` found rows the data seed wrote changed since: it changed nothing.
+
+    ``unit`` is the unit's name; ``rows`` lists the rows, each a
+    :class:`seedguard.downgrade.ChangedRow` (table, key, what changed).
+    """
+
+    def __init__(self, message: str, *, unit: str = "", rows: Any = ()) -> None:
+        super().__init__(message)
+        self.unit = unit
+        self.rows = list(rows)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.args, {"unit": self.unit, "rows": self.rows}))
+
+
 def _rebuild(cls: type[SeedguardError], args: tuple[Any, ...], attrs: dict[str, Any]) -> Any:
     """Unpickle an error whose ``__init__`` takes keyword-only attributes."""
     err = cls(*args, **attrs)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from seedguard import journal
 from seedguard.alembic import RevisionGate, upgrade_head
 from seedguard.checksum import code_checksums, same_algorithm, same_kind
 from seedguard.connect import connect
@@ -596,7 +597,7 @@ def _apply_one(conn: Connection, ledger: Ledger, unit: SeedUnit, current: Plan,
             emit(UnitStarted(unit, emit.id))
             in_work = claimed = True
             with unit_session(conn, registries, session_class=classes.sync) as session, \
-                    running(unit, emit):
+                    running(unit, emit), journal.recording(ledger, unit, checksum):
                 with user_code():
                     check_outcome(unit, call_unit(unit, session,
                                                   async_class=classes.asynchronous))

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
     from sqlalchemy.orm import Session
 
+    from seedguard.journal import Journal
+
 TableLike = Union["sa.Table", str, Any]
 """A Core ``Table``, an ORM model (anything with ``__table__``) or a table name."""
 
@@ -218,8 +220,12 @@ class Upserter:
     def __init__(self, conn: Connection, table: sa.Table, key: str | Sequence[str],
                  update: bool | Sequence[str] = True, *, dry_run: bool = False,
                  expected: int | None = None,
-                 differences: list[Difference] | None = None) -> None:
+                 differences: list[Difference] | None = None,
+                 journal: Journal | None = None) -> None:
         self.conn = conn
+        # A data seed being applied: what each batch inserts and updates is
+        # journaled (seedguard.journal), for `seedguard downgrade`.
+        self.journal = None if dry_run else journal
         # Dry run: each row that would be inserted or updated, with the columns that differ.
         self.differences = differences
         self.table = table
@@ -271,7 +277,9 @@ class Upserter:
                 # Emptiness again, under the lock: a row may have come in between.
                 writer.direct = self._table_is_empty()
         if (not self._empty and not self.dry_run and self._overlay is None
-                and self._snapshot is None and len(set(keys)) == len(keys)):
+                and self._snapshot is None and len(set(keys)) == len(keys)
+                and self.journal is None):
+            # (The journal needs the rows' values before: the core reads them.)
             counts = writer.merge_compared(batch, self._compare)
             if counts is not None:  # the database compared and wrote what differs
                 inserted, updated = counts
@@ -318,6 +326,10 @@ class Upserter:
                 # batch would have written, with values no longer known.
                 overlay = {**self._guesses(keys, overlay), **overlay}
             changed = self._compare_in_order(batch, keys, existing, overlay or {})
+        if self.journal is not None and changed:
+            # Before the snapshot takes this batch's values: ``existing`` holds
+            # the rows as they are in the table now.
+            self._journal(changed, existing)
         if self._snapshot is not None and not self._empty:
             # The snapshot was read once: what this batch writes, later ones must see.
             for row in changed:
@@ -338,6 +350,27 @@ class Upserter:
             writer.write(changed, all_new=not existing)
             if direct and not writer.direct:
                 self._empty = False  # a key it did not expect: look up from here on
+
+    def _journal(self, changed: list[Row], existing: Mapping[Any, Any]) -> None:
+        """Hand the journal the rows about to be written, as inserts or updates."""
+        journal = self.journal
+        assert journal is not None
+        key_of, n, compare = self._key_of, len(self.key), self._compare
+        others = [c for c in self._columns or () if c not in self.key]
+        inserts: list[list[Any]] = []
+        updates: list[list[Any]] = []
+        get = existing.get
+        for row in changed:
+            k = key_of(row)
+            keys = list(k) if n > 1 else [k]
+            old = get(k, _MISSING)
+            if old is _MISSING:
+                inserts.append([*keys, *[row[c] for c in others]])
+            elif compare:
+                olds = old if len(compare) > 1 else (old,)
+                updates.append([*keys, *olds, *[row[c] for c in compare]])
+        journal.inserted(self.conn, self.table, self.key, others, inserts)
+        journal.updated(self.conn, self.table, self.key, compare, updates)
 
     def _compare_in_order(self, batch: Sequence[Row], keys: list[Any], existing: dict[Any, Any],
                           overlay: dict[Any, Any]) -> list[Row]:
