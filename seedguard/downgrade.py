@@ -222,9 +222,17 @@ class _TableUndo:
     def _converter(self, column: str) -> Any:
         convert = self._convert.get(column)
         if convert is None:
-            from seedguard.data import _converter
+            import sqlalchemy as sa
 
-            convert = self._convert[column] = _converter(self.table.c[column], text=False)
+            from seedguard.data import _converter, _to_bytes
+
+            kind = self.table.c[column].type
+            # MySQL/MariaDB reflect BINARY/VARBINARY as binary types that are not
+            # LargeBinary, which the data seeds' converter knows; the journal
+            # holds every binary value as hex.
+            binary = isinstance(kind, sa.types._Binary) and not isinstance(kind, sa.LargeBinary)
+            convert = self._convert[column] = _to_bytes if binary else _converter(
+                self.table.c[column], text=False)
         return convert
 
     def add(self, action: str, payload: dict[str, Any]) -> None:
