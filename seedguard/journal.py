@@ -147,8 +147,10 @@ def current() -> Journal | None:
 
 def _plain(value: Any) -> Any:
     # The text data seeds read back to the column's type (seedguard.data._converter).
-    # Imported here: the runner imports this module for every start-up, and
-    # only a data seed with such values needs them.
+    # By exact type first: the encoder calls this once per such value.
+    plain = _by_type().get(type(value))
+    if plain is not None:
+        return plain(value)
     import datetime as dt
     import decimal
     import enum
@@ -163,6 +165,20 @@ def _plain(value: Any) -> Any:
     if isinstance(value, enum.Enum):
         return value.name  # what SQLAlchemy's Enum stores
     raise TypeError(f"{type(value).__name__} values cannot be journaled")
+
+
+@functools.cache
+def _by_type() -> dict[type[Any], Any]:
+    # Imported here: the runner imports this module for every start-up, and
+    # only a data seed with such values needs them. str() of a date, time,
+    # datetime (with a space, which fromisoformat reads), Decimal or UUID is
+    # what the converters read back.
+    import datetime as dt
+    import decimal
+    import uuid
+
+    return {decimal.Decimal: str, dt.date: str, dt.datetime: str, dt.time: str,
+            uuid.UUID: str, bytes: bytes.hex}
 
 
 @functools.cache
