@@ -386,10 +386,15 @@ def _prune(conn: Connection, table: sa.Table, key: Sequence[str], keep: set[tupl
             else:
                 where = sa.tuple_(*cols).in_(chunk)
             if journal is not None:
+                from seedguard.journal import DELETE
+
                 others = [c for c in table.c if c.name not in key]
                 rows = conn.execute(sa.select(*cols, *others).where(where)).all()
-                journal.deleted(conn, table, key, [c.name for c in others],
-                                [list(row) for row in rows])
+                n = len(cols)
+                journal.record(conn, table, DELETE, key, [c.name for c in others],
+                               [r[0] if n == 1 else tuple(r[:n]) for r in rows],
+                               before=[r[n] if len(others) == 1 else tuple(r[n:])
+                                       for r in rows])
             conn.execute(table.delete().where(where))
     return len(doomed)
 

@@ -240,25 +240,32 @@ class _TableUndo:
 
         key, columns = tuple(payload["key"]), list(payload["columns"])
         self.key = key
-        n, m = len(key), len(columns)
+        if action not in (INSERT, UPDATE, DELETE):
+            raise SeedguardError(f"journal of {self.table.fullname}: unknown action "
+                                 f"{action!r} (written by a newer seedguard?)")
         key_of = [self._converter(c) for c in key]
         value_of = [self._converter(c) for c in columns]
-        for values in payload["rows"]:
-            k = tuple(convert(v) for convert, v in zip(key_of, values[:n], strict=True))
-            converted = [convert(v) for convert, v in
-                         zip(value_of * (2 if action == UPDATE else 1), values[n:], strict=True)]
+
+        keys = payload["keys"]
+
+        def values(items: list[Any] | None) -> list[dict[str, Any]]:
+            # One column is recorded as its value, several as a list (the getters'
+            # shapes); none (a table of key columns only) as nothing.
+            if items is None:
+                return [{} for _ in keys]
+            if len(columns) == 1:
+                items = [[item] for item in items]
+            return [{c: convert(v) for c, convert, v in zip(columns, value_of, item,
+                                                            strict=True)}
+                    for item in items]
+
+        nothing: list[dict[str, Any] | None] = [None] * len(keys)
+        befores = nothing if action == INSERT else values(payload.get("before"))
+        afters = nothing if action == DELETE else values(payload.get("after"))
+        for raw, before, after in zip(keys, befores, afters, strict=True):
+            parts = [raw] if len(key) == 1 else raw
+            k = tuple(convert(v) for convert, v in zip(key_of, parts, strict=True))
             seen = self.rows.get(k)
-            if action == INSERT:
-                after = dict(zip(columns, converted, strict=True))
-                before = None
-            elif action == UPDATE:
-                before = dict(zip(columns, converted[:m], strict=True))
-                after = dict(zip(columns, converted[m:], strict=True))
-            elif action == DELETE:
-                before, after = dict(zip(columns, converted, strict=True)), None
-            else:
-                raise SeedguardError(f"journal of {self.table.fullname}: unknown action "
-                                     f"{action!r} (written by a newer seedguard?)")
             if seen is None:
                 self.rows[k] = [action, before, after]
             elif after is None or seen[2] is None:

@@ -251,3 +251,33 @@ def test_values_of_every_data_type_round_trip(db: TestDatabase, tmp_path: Path) 
         back = [dict(r._mapping) for r in conn.execute(sa.select(typed).order_by("code"))]
     assert [{**r, "flag": bool(r["flag"]), "blob": bytes(r["blob"])} for r in back] == [
         old, {**old, "code": "gone"}]
+
+
+def test_composite_keys_and_keys_repeated_across_batches(db: TestDatabase,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # A key written by two batches keeps its first "before" and its last "after".
+    import seedguard.data
+
+    monkeypatch.setattr(seedguard.data, "BATCH_SIZE", 2)
+    metadata = sa.MetaData()
+    pairs = sa.Table("pairs", metadata, sa.Column("a", sa.String(5), primary_key=True),
+                     sa.Column("b", sa.Integer, primary_key=True),
+                     sa.Column("v", sa.String(5)), sa.Column("w", sa.Integer))
+    metadata.create_all(db.engine())
+    with db.engine().begin() as conn:
+        conn.execute(pairs.insert(), [{"a": "x", "b": 1, "v": "old", "w": 0},
+                                      {"a": "x", "b": 9, "v": "gone", "w": 9}])
+    seedguard.data_seed("pairs", table=pairs, key=["a", "b"], prune=True, rows=[
+        {"a": "x", "b": 1, "v": "one", "w": 1}, {"a": "y", "b": 2, "v": "two", "w": 2},
+        {"a": "x", "b": 1, "v": "uno", "w": 11}, {"a": "y", "b": 2, "v": "dos", "w": 22}])
+
+    seedguard.apply(db.url)
+    with db.engine().connect() as conn:
+        assert conn.execute(sa.select(pairs).order_by("a", "b")).all() == [
+            ("x", 1, "uno", 11), ("y", 2, "dos", 22)]
+    result = downgrade(db.url, "pairs")
+
+    assert (result.deleted, result.restored, result.reinserted) == (1, 1, 1)
+    with db.engine().connect() as conn:
+        assert conn.execute(sa.select(pairs).order_by("a", "b")).all() == [
+            ("x", 1, "old", 0), ("x", 9, "gone", 9)]

@@ -6,8 +6,8 @@ Create Date: 2026-12-07
 
 ``<ledger>_journal`` holds, per application of a data seed (its name,
 version and checksum), one row per written batch and kind of change
-(``insert``, ``update``, ``delete``): the table, the columns and, as JSON,
-the rows' keys with their values before and after. ``seedguard downgrade``
+(``insert``, ``update``, ``delete``): the table, the columns and, as
+zlib-compressed JSON, the rows' keys with their values before and after. ``seedguard downgrade``
 reads it to restore exactly those rows. It is written in the unit's own
 transaction, so it commits with the work and the ledger row.
 """
@@ -33,9 +33,9 @@ def upgrade() -> None:
     bind = op.get_bind()
     if sa.inspect(bind).has_table(f"{table}_journal", schema=schema):
         return
-    # A batch's rows as JSON can pass TEXT's 64 KB on MySQL/MariaDB; the unit
-    # name compares byte for byte there, as the ledger's does (sg0003).
-    payload = sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
+    # A batch's rows can pass BLOB's 64 KB on MySQL/MariaDB; the unit name
+    # compares byte for byte there, as the ledger's does (sg0003).
+    payload = sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
     name = sa.String(255).with_variant(sa.String(255, collation="utf8mb4_bin"),
                                        "mysql", "mariadb")
     op.create_table(
