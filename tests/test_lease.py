@@ -1,6 +1,6 @@
 """The lease: a database lock whose holder vanished is taken over, a healthy one never is.
 
-The real network cut is in ``test_lease_faults.py`` (slow: private servers in
+The real network cut is in ``test_lease_takeover.py`` (slow: private servers in
 network namespaces). Here a frozen holder (SIGSTOP) stands in for a vanished
 host: its kernel still answers TCP, so only the heartbeat can tell (what
 MySQL/MariaDB depend on, and what PostgreSQL's keepalives cannot see).

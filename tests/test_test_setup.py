@@ -24,7 +24,7 @@ def test_unreachable_servers_are_one_line_each(workers: list[str]) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-c", str(TESTS.parent / "pyproject.toml"),
          "--rootdir", str(TESTS.parent), "-p", "no:cacheprovider", "-q", *workers,
-         "test_first_hour.py", "-k", "reprs or dependency_left_out"],
+         "test_messages.py", "-k", "reprs or dependency_left_out"],
         cwd=TESTS, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()

@@ -16,7 +16,7 @@ servers are removed in ``finally`` blocks.
 
 Trials per database: ``SEEDGUARD_LEASE_TRIALS``; unset, the module is skipped,
 so the README's test command stays short: CI's fault stage runs it on its own
-with 20 (``SEEDGUARD_LEASE_TRIALS=20 scripts/test tests/test_lease_faults.py``).
+with 20 (``SEEDGUARD_LEASE_TRIALS=20 scripts/test tests/test_lease_takeover.py``).
 Needs root, ``ip``, ``iptables``, ``runuser``,
 ``/usr/lib/postgresql/15/bin`` and ``mariadbd``; without them the test skips
 (fails under ``SEEDGUARD_TEST_REQUIRE_SERVERS=1``).
@@ -50,7 +50,7 @@ pytestmark = pytest.mark.slow
 
 if not os.environ.get("SEEDGUARD_LEASE_TRIALS"):
     pytest.skip("the network-cut trials run on their own, as CI's lease stage does: "
-                "SEEDGUARD_LEASE_TRIALS=20 scripts/test tests/test_lease_faults.py",
+                "SEEDGUARD_LEASE_TRIALS=20 scripts/test tests/test_lease_takeover.py",
                 allow_module_level=True)
 TRIALS = int(os.environ["SEEDGUARD_LEASE_TRIALS"])
 LEASE = 5.0

@@ -1,7 +1,7 @@
 """What a new user meets first, in the library: reprs, driver hints, contexts, configuration
 relative to the pyproject, and a dry run before the tables exist.
 
-The CLI side of the same first hour is in ``test_cli_first_hour.py``.
+The CLI side of the same first hour is in ``test_cli_messages.py``.
 """
 
 from __future__ import annotations
