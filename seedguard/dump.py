@@ -301,7 +301,9 @@ def _write(conn: Connection, plan: _Plan, path: Path, format: str,
            progress: Progress | None) -> int:
     import sqlalchemy as sa
 
-    total = conn.execute(sa.select(sa.func.count()).select_from(plan.query.subquery())).scalar()
+    # The total is for progress only; counting is a scan of its own.
+    total = conn.execute(sa.select(sa.func.count()).select_from(plan.query.subquery())
+                         ).scalar() if progress is not None else None
     part = path.with_name(path.name + ".part")
     done = 0
     try:

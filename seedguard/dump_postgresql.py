@@ -80,32 +80,48 @@ def _copy_sql(conn: Connection, plan: _Plan) -> str | None:
 
 
 def _records(conn: Connection, sql: str) -> Iterator[list[str]]:
-    """The JSON objects of the COPY's lines, about BATCH at a time."""
+    """The JSON objects of the COPY's lines, BATCH at a time.
+
+    The server sends a message per row: each is only appended here, and the
+    lines are decoded, split and unescaped a megabyte at a time, so the
+    Python work per row is what reading the COPY costs anyway.
+    """
     # psycopg's own connection (the driver was checked): its COPY API and encoding.
     dbapi: Any = conn.connection.dbapi_connection
     encoding = dbapi.info.encoding
     batch = dump.BATCH
+    pending: list[str] = []
+    blocks: list[Any] = []
+    size = 0
+
+    def lines() -> list[str]:
+        data = b"".join(blocks)
+        blocks.clear()
+        text = data.decode(encoding)
+        # Split before unescaping: a newline inside a value is sent as "\\n".
+        found = text.split("\n")
+        if found and found[-1] == "":
+            found.pop()
+        if "\\" in text:
+            found = [_ESCAPED.sub(_unescape, line) if "\\" in line else line
+                     for line in found]
+        return found
+
     with dbapi.cursor() as cursor, cursor.copy(sql) as copy:
-        rest = b""
-        pending: list[str] = []
         for block in copy:
-            data = rest + bytes(block)
-            end = data.rfind(b"\n")
-            if end < 0:
-                rest = data
+            # "Messages sent from the backend will always correspond to single data
+            # rows" (PostgreSQL protocol, COPY): a chunk of them is whole lines.
+            blocks.append(block)
+            size += len(block)
+            if size < 1 << 20:
                 continue
-            rest = data[end + 1:]
-            text = data[:end].decode(encoding)
-            lines = text.split("\n")  # before unescaping: a value's newline is "\\n"
-            if "\\" in text:
-                lines = [_ESCAPED.sub(_unescape, line) if "\\" in line else line
-                         for line in lines]
-            pending.extend(lines)
+            size = 0
+            pending.extend(lines())
             while len(pending) >= batch:  # partitions of BATCH rows, as when streamed
                 yield pending[:batch]
                 del pending[:batch]
-        if rest:
-            text = rest.decode(encoding)
-            pending.append(_ESCAPED.sub(_unescape, text) if "\\" in text else text)
-        if pending:
-            yield pending
+        if blocks:
+            pending.extend(lines())
+        while pending:
+            yield pending[:batch]
+            del pending[:batch]
