@@ -280,7 +280,7 @@ def _fail(ctx: click.Context, err: BaseException) -> None:
             error["lock"] = err.lock
             error["holder"] = err.holder
         if isinstance(err, DowngradeRefused):
-            error["unit"] = err.unit
+            error["unit"] = err.name
             error["rows"] = [row.as_dict() for row in err.rows]
         _emit_json({"ok": False, "command": opts.command, **opts.partial, "error": error})
     else:

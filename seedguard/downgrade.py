@@ -158,7 +158,7 @@ def _undo(conn: Connection, ledger: Ledger, row: LedgerRow) -> DowngradeResult:
         raise DowngradeRefused(
             f"unit {row.name!r} v{row.version}: {len(changed)} row(s) it wrote changed since "
             f"({shown}{more}); nothing was changed. Put them back as seeded, or leave the "
-            "seed applied", unit=row.name, rows=changed)
+            "seed applied", name=row.name, rows=changed)
     result = DowngradeResult(row.name, "downgraded", row.version)
     for undo in tables.values():
         deleted, restored, reinserted = undo.restore()

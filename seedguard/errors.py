@@ -145,17 +145,17 @@ class PlanStale(SeedguardError):
 class DowngradeRefused(SeedguardError):
     """``seedguard downgrade`` found rows the data seed wrote changed since: it changed nothing.
 
-    ``unit`` is the unit's name; ``rows`` lists the rows, each a
+    ``name`` is the unit's name; ``rows`` lists the rows, each a
     :class:`seedguard.downgrade.ChangedRow` (table, key, what changed).
     """
 
-    def __init__(self, message: str, *, unit: str = "", rows: Any = ()) -> None:
+    def __init__(self, message: str, *, name: str = "", rows: Any = ()) -> None:
         super().__init__(message)
-        self.unit = unit
+        self.name = name
         self.rows = list(rows)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (type(self), self.args, {"unit": self.unit, "rows": self.rows}))
+        return (_rebuild, (type(self), self.args, {"name": self.name, "rows": self.rows}))
 
 
 def _rebuild(cls: type[SeedguardError], args: tuple[Any, ...], attrs: dict[str, Any]) -> Any:
