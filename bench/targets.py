@@ -136,7 +136,7 @@ def _interleaved(*measures: Callable[[], float], rounds: int) -> list[float]:
     return [statistics.median(found) for found in times]
 
 
-# The rows the lock-free look compares (Ledger._compare_rows), read through
+# The rows the lock-free look compares (LedgerReader._compare_rows), read through
 # the driver with nothing around it: what no implementation of the look can
 # go below. Printed beside targets 2 and 3, without a verdict.
 _LOOK_ROWS = ("SELECT version_num, NULL, NULL, NULL FROM seedguard_ledger_version UNION ALL "

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from seedguard.api import Bind, _ledger_locked, _settings, record_stamp
-from seedguard.errors import ConfigError
+from seedguard.errors import ConfigError, resolve_advice
 from seedguard.registry import SeedsSpec, active, discover, order
 from seedguard.reports import LedgerChange
 
@@ -41,8 +41,8 @@ def stamp_all(bind: Bind = None, *, seeds: SeedsSpec = None,
         if planned.blocked:
             names = ", ".join(unit.name for unit in planned.blocked)
             raise ConfigError(
-                f"unit(s) {names} were interrupted mid-way; settle each with `seedguard "
-                "resolve NAME --applied` or `--retry` first; nothing was stamped")
+                f"unit(s) {names} were interrupted mid-way; settle each with "
+                f"{resolve_advice('NAME')} first; nothing was stamped")
         for unit in planned.pending:
             row = state.get(unit.key)
             action = record_stamp(conn, ledger, row, unit.name, unit.version,

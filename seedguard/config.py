@@ -19,16 +19,22 @@ exported ``SEEDGUARD_URL`` or a project-wide ``url``.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
+from seedguard import settings as _fields
 from seedguard.errors import ConfigError
+from seedguard.settings import DEFAULT_LEASE as DEFAULT_LEASE
+from seedguard.settings import DEFAULT_LEDGER_TABLE as DEFAULT_LEDGER_TABLE
+from seedguard.settings import MAX_LEASE as MAX_LEASE
+from seedguard.settings import MIN_LEASE as MIN_LEASE
+from seedguard.settings import Invalid
+from seedguard.settings import LockMode as LockMode
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -40,19 +46,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-DEFAULT_LEDGER_TABLE = "seedguard_ledger"
-LockMode = Literal["session", "transaction"]
-"""``session``: one database lock for the whole run; ``transaction``: one per
-unit's transaction (PostgreSQL behind a transaction-pooling PgBouncer)."""
-_LOCK_MODES: dict[str, LockMode] = {"session": "session", "transaction": "transaction"}
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
-_KEYS = ("url", "seeds", "contexts", "lock_path", "lock_timeout", "alembic_config",
-         "ledger_table", "ledger_schema", "lock_mode", "lease",
-         "engine")
-DEFAULT_LEASE = 30.0
-"""Seconds: how long a holder whose host vanished keeps other appliers waiting."""
-MIN_LEASE = 5.0
-MAX_LEASE = 86400.0
 
 
 @dataclass(frozen=True)
@@ -145,7 +138,7 @@ def resolve(
         if engine is None and "url" not in values and layer.get("engine") not in (None, ""):
             engine = _app_engine(source, layer, layer_engine)
             sources["url"] = f"{source} (engine {layer['engine']})"
-        for key in _KEYS:
+        for key in _fields.NAMES:
             if key == "engine":
                 continue  # chosen above, as the database
             if key == "url" and engine is not None:
@@ -237,9 +230,9 @@ def _flask_layer() -> tuple[Mapping[str, Any] | None, Engine | None]:
         return None, None
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     layer = _checked({
-        key: app.config.get(f"SEEDGUARD_{key.upper()}")
-        for key in _KEYS
-    }, "in the Flask app config", _env_name, loose=True)
+        item.name: app.config.get(item.flask_key)
+        for item in _fields.FIELDS
+    }, "in the Flask app config", _flask_key, loose=True)
     ext = app.extensions.get("seedguard")
     if ext is not None and layer.get("seeds") is None:
         layer["seeds"] = getattr(ext, "seeds", None)
@@ -252,8 +245,8 @@ def _flask_layer() -> tuple[Mapping[str, Any] | None, Engine | None]:
 
 def _environment_layer() -> dict[str, Any]:
     env = os.environ
-    return _checked({key: env.get(_env_name(key)) for key in _KEYS}, "in the environment",
-                    _env_name)
+    return _checked({item.name: env.get(item.env) for item in _fields.FIELDS},
+                    "in the environment", _env_name)
 
 
 def _pyproject_layer(cwd: Path) -> tuple[str, Mapping[str, Any]]:
@@ -266,11 +259,11 @@ def _pyproject_layer(cwd: Path) -> tuple[str, Mapping[str, Any]]:
     section = data.get("tool", {}).get("seedguard", {})
     if not isinstance(section, dict):
         raise ConfigError(f"{path}: [tool.seedguard] must be a table")
-    unknown = sorted(set(section) - set(_KEYS))
+    unknown = sorted(set(section) - set(_fields.NAMES))
     if unknown:
         raise ConfigError(
             f"{path}: unknown key(s) in [tool.seedguard]: {', '.join(unknown)}; "
-            f"known keys: {', '.join(_KEYS)}"
+            f"known keys: {', '.join(_fields.NAMES)}"
         )
     layer = _checked(section, f"in {path} [tool.seedguard]", str)
     # Paths in pyproject are relative to the file, not to wherever the command runs.
@@ -333,11 +326,11 @@ def _read_toml(path: Path) -> dict[str, Any] | None:
 
 
 def _env_name(key: str) -> str:
-    return f"SEEDGUARD_{key.upper()}"
+    return _fields.field(key).env
 
 
-class _Invalid(ValueError):
-    """A value of the wrong type or range; ``args[0]`` says what was expected."""
+def _flask_key(key: str) -> str:
+    return _fields.field(key).flask_key
 
 
 def _checked(layer: Mapping[str, Any], where: str, name: Callable[[str], str], *,
@@ -350,171 +343,43 @@ def _checked(layer: Mapping[str, Any], where: str, name: Callable[[str], str], *
     and paths may be ``os.PathLike``.
     """
     for key, value in layer.items():
-        parse = _PARSERS.get(key)
-        if parse is None or value is None or value == "":
+        known = _fields.BY_NAME.get(key)
+        if known is None or value is None or value == "":
             continue
         try:
-            parse(value, loose)
-        except _Invalid as err:
+            known.parse(value, loose)
+        except Invalid as err:
             raise ConfigError(
                 f"{name(key)} = {value!r} {where}: expected {key} to be {err}") from None
     return dict(layer)
 
 
-def _argument(key: str, parse: Callable[[Any, bool], Any], value: Any) -> Any:
-    """``value`` parsed, for the final settings (arguments included)."""
+def _argument(key: str, value: Any) -> Any:
+    """``value`` parsed by ``key``'s field, for the final settings (arguments included)."""
     if value is None:
         return None
     try:
-        return parse(value, True)
-    except _Invalid as err:
+        return _fields.field(key).parse(value, True)
+    except Invalid as err:
         raise ConfigError(f"{key} = {value!r}: expected {err}") from None
-
-
-def _parse_url(value: Any, loose: bool) -> str:
-    if not isinstance(value, str):
-        raise _Invalid("a database URL (a string)")
-    return value
-
-
-def _parse_engine(value: Any, loose: bool) -> str:
-    if not isinstance(value, str) or value.count(":") != 1 or not all(
-            part.strip() for part in value.split(":")):
-        raise _Invalid("MODULE:ATTR, the app's engine (e.g. app.core.db:engine)")
-    return value
-
-
-def _parse_path(value: Any, loose: bool) -> Any:
-    if isinstance(value, str) or (loose and isinstance(value, os.PathLike)):
-        return value
-    raise _Invalid("a path (a string)")
-
-
-def _parse_seeds(value: Any, loose: bool) -> Any:
-    if isinstance(value, str):
-        return value
-    if loose and not isinstance(value, (bool, int, float, bytes, Mapping)):
-        return value  # a module, a Registry or units: discover() says if it is none of them
-    raise _Invalid("a dotted module path (a string)")
-
-
-def _parse_contexts(value: Any, loose: bool) -> tuple[str, ...]:
-    if isinstance(value, str):
-        items = value.split(",")
-    elif isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value):
-        items = list(value)
-    else:
-        raise _Invalid("a list of context names (strings), or one comma-separated string")
-    return tuple(item.strip() for item in items if item.strip())
-
-
-_TIMEOUT = "a number of seconds (>= 0, or inf for no limit)"
-
-
-def _parse_timeout(value: Any, loose: bool) -> float | None:
-    """Seconds, or None for no limit (``inf``); booleans, NaN and negatives are refused."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise _Invalid(_TIMEOUT)
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise _Invalid(_TIMEOUT) from None
-    if math.isnan(seconds):
-        raise _Invalid(_TIMEOUT)
-    if seconds < 0:
-        raise _Invalid(f"{_TIMEOUT}: a wait must be >= 0")
-    return None if math.isinf(seconds) else seconds
-
-
-# The longest name seedguard derives from ledger_table is its version table,
-# "<name>_version", and it must fit in PostgreSQL's 63-character identifiers
-# (MySQL allows 64). The history index, "ix_<name>_applied_at", is cut to 63
-# by the sg0002 revision, so it never fails.
-_LONGEST_LEDGER_TABLE = 63 - len("_version")
-_PLAIN = "a plain SQL identifier (letters, digits, _; at most 63)"
-
-
-def _parse_schema(value: Any, loose: bool) -> str:
-    # Table and schema names end up in DDL and lock keys: accept only plain
-    # identifiers rather than quoting arbitrary strings.
-    if not isinstance(value, str) or not _IDENTIFIER.fullmatch(value):
-        raise _Invalid(_PLAIN)
-    return value
-
-
-def _parse_table(value: Any, loose: bool) -> str:
-    _parse_schema(value, loose)
-    if len(value) > _LONGEST_LEDGER_TABLE:
-        raise _Invalid(
-            f"a plain SQL identifier of at most {_LONGEST_LEDGER_TABLE} characters, not "
-            f"{len(value)}: its version table {value}_version must fit in 63"
-        )
-    return str(value)
-
-
-def _parse_lock_mode(value: Any, loose: bool) -> LockMode:
-    mode = _LOCK_MODES.get(value) if isinstance(value, str) else None
-    if mode is None:
-        raise _Invalid("'session' or 'transaction' (for PgBouncer transaction pooling)")
-    return mode
-
-
-_LEASE = (f"a number of seconds from {MIN_LEASE:g} to {MAX_LEASE:g}: how long a holder "
-          "whose host vanished keeps other appliers waiting")
-
-
-def _parse_lease(value: Any, loose: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise _Invalid(_LEASE)
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise _Invalid(_LEASE) from None
-    if math.isnan(seconds) or math.isinf(seconds):
-        raise _Invalid(_LEASE)
-    if seconds < MIN_LEASE:
-        # Detection takes whole seconds of TCP keepalive probes and heartbeats
-        # a fifth of the lease apart: below this, a busy but healthy holder
-        # (a scheduler stall, a slow commit) would be taken for a vanished one.
-        raise _Invalid(f"{_LEASE}; a shorter lease would end healthy holders that are "
-                       "merely slow to renew it")
-    if seconds > MAX_LEASE:
-        raise _Invalid(f"{_LEASE}; a longer lease would leave appliers waiting on a "
-                       "vanished holder for more than a day")
-    return seconds
-
-
-_PARSERS: dict[str, Callable[[Any, bool], Any]] = {
-    "url": _parse_url,
-    "seeds": _parse_seeds,
-    "contexts": _parse_contexts,
-    "lock_path": _parse_path,
-    "lock_timeout": _parse_timeout,
-    "alembic_config": _parse_path,
-    "ledger_table": _parse_table,
-    "ledger_schema": _parse_schema,
-    "lock_mode": _parse_lock_mode,
-    "engine": _parse_engine,
-    "lease": _parse_lease,
-}
 
 
 # What resolve() applies to the merged values, arguments included.
 
 def _contexts(value: Any) -> tuple[str, ...]:
-    return _argument("contexts", _parse_contexts, value) or ()
+    return _argument("contexts", value) or ()
 
 
 def _timeout(value: Any) -> float | None:
-    return _argument("lock_timeout", _parse_timeout, value)  # type: ignore[no-any-return]
+    return _argument("lock_timeout", value)  # type: ignore[no-any-return]
 
 
 def _identifier(value: Any, what: str) -> Any:
-    return _argument(what, _parse_table if what == "ledger_table" else _parse_schema, value)
+    return _argument(what, value)
 
 
 def _lock_mode(value: Any) -> LockMode:
-    mode: LockMode = _argument("lock_mode", _parse_lock_mode, value)
+    mode: LockMode = _argument("lock_mode", value)
     return mode
 
 
@@ -526,7 +391,7 @@ def _lease(value: Any, lock_timeout: float | None, sources: Mapping[str, str]) -
     promise that waiters can take over, and one longer than the wait cannot
     be kept.
     """
-    lease: float | None = _argument("lease", _parse_lease, value)
+    lease: float | None = _argument("lease", value)
     if lease is None:
         return DEFAULT_LEASE
     if lock_timeout is not None and lease > lock_timeout:
@@ -534,6 +399,7 @@ def _lease(value: Any, lock_timeout: float | None, sources: Mapping[str, str]) -
             f"lease = {lease:g} s ({sources.get('lease', 'argument')}) is longer than "
             f"lock_timeout = {lock_timeout:g} s ({sources.get('lock_timeout', 'argument')}): "
             "a waiter would give up before it could take over from a holder that vanished; "
-            "raise lock_timeout or lower lease"
+            "raise {lock_timeout} or lower {lease}",
+            settings=("lock_timeout", "lease"),
         )
     return lease

@@ -8,9 +8,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from seedguard.data import DATA_SUFFIXES, _declare, _resolve_path, natural_key
+from seedguard.data import DATA_SUFFIXES, DataSeed, declare, natural_key, resolve_path
+from seedguard.data.sources import FileSource
 from seedguard.errors import DefinitionError
-from seedguard.refs import RefSpec
+from seedguard.refs import RefSpec, parse_refs
 from seedguard.unit import SeedUnit
 
 
@@ -48,7 +49,7 @@ def data_dir(
     ``dialects``: as for ``@seed``, for every seed (None: every database).
     """
     frame = sys._getframe(1)
-    folder = _resolve_path(path, frame.f_code.co_filename)
+    folder = resolve_path(path, frame.f_code.co_filename)
     if not folder.is_dir():
         raise DefinitionError(f"data_dir: {folder} is not a directory")
     files = sorted(p for p in folder.iterdir()
@@ -89,11 +90,10 @@ def data_dir(
             if key is None:
                 key = natural_key(target)
             reads = {fk.target_fullname.rpartition(".")[0] for fk in target.foreign_keys}
-        units.append(_declare(
-            frame, table, table=target, key=key, rows=None, path=file, refs=refs.get(table),
-            version=None, prune=prune, contexts=contexts, after=after, update=True,
-            encoding=encoding, description=None, reads=reads, dialects=dialects,
-        ))
+        spec = DataSeed(table, target, key, FileSource(file, encoding), update=True,
+                        prune=prune, refs=parse_refs(table, refs.get(table)))
+        units.append(declare(frame, spec, version=None, contexts=contexts, after=after,
+                             description=None, reads=reads, dialects=dialects))
     return units
 
 

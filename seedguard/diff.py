@@ -73,17 +73,17 @@ def diff(bind: Bind = None, *, name: str | None = None, seeds: SeedsSpec = None,
     """
     from seedguard.api import _no_such_unit, _settings
     from seedguard.connect import connect, read_only_engine
-    from seedguard.data import _DataSeed
+    from seedguard.data import DataSeed
     from seedguard.ledger import Ledger
 
     settings = _settings(bind, seeds=seeds, contexts=contexts)
     units = active(order(discover(settings.seeds)), settings.contexts)
-    specs: list[tuple[SeedUnit, _DataSeed]] = []
+    specs: list[tuple[SeedUnit, DataSeed]] = []
     for unit in units:
         spec = getattr(unit.preview, "__self__", None)
         if name is not None and unit.name != name:
             continue
-        if isinstance(spec, _DataSeed):
+        if isinstance(spec, DataSeed):
             specs.append((unit, spec))
         elif name is not None:
             raise ConfigError(

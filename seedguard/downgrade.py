@@ -98,11 +98,11 @@ def downgrade(bind: Bind, name: str, *, seeds: SeedsSpec = None) -> DowngradeRes
     stamped), and :class:`~seedguard.LockTimeout` as ``upgrade`` does.
     """
     from seedguard.api import _declared, _ledger_locked, _no_such_unit, _settings
-    from seedguard.data import _DataSeed
+    from seedguard.data import DataSeed
 
     settings = _settings(bind, seeds=seeds)
     unit = _declared(settings, name)
-    if unit is not None and not isinstance(getattr(unit.preview, "__self__", None), _DataSeed):
+    if unit is not None and not isinstance(getattr(unit.preview, "__self__", None), DataSeed):
         raise ConfigError(
             f"{name!r} is a code unit: seedguard does not know which rows it wrote, so it "
             "cannot downgrade it (a data seed can be); undo its work yourself, then run "
@@ -172,7 +172,7 @@ def _undo(conn: Connection, ledger: Ledger, row: LedgerRow) -> DowngradeResult:
 
 def _unrecord(conn: Connection, ledger: Ledger, row: LedgerRow) -> tuple[str, str | None]:
     """Undo ``row``: back to the checksum it replaced, else removed; exactly one row."""
-    from seedguard.ledger import _same
+    from seedguard.ledger.recorder import _same
 
     table = ledger.table
     match = (table.c.name == row.name, table.c.version == row.version,
@@ -224,14 +224,14 @@ class _TableUndo:
         if convert is None:
             import sqlalchemy as sa
 
-            from seedguard.data import _converter, _to_bytes
+            from seedguard.data.convert import _to_bytes, converter
 
             kind = self.table.c[column].type
             # MySQL/MariaDB reflect BINARY/VARBINARY as binary types that are not
             # LargeBinary, which the data seeds' converter knows; the journal
             # holds every binary value as hex.
             binary = isinstance(kind, sa.types._Binary) and not isinstance(kind, sa.LargeBinary)
-            convert = self._convert[column] = _to_bytes if binary else _converter(
+            convert = self._convert[column] = _to_bytes if binary else converter(
                 self.table.c[column], text=False)
         return convert
 

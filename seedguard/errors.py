@@ -8,11 +8,55 @@ translated where they cross into seedguard, with the original as ``__cause__``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any
 
 
+def keyword(setting: str) -> str:
+    """How the library spells a setting: ``lock_timeout=`` (as :func:`seedguard.apply` takes it)."""
+    return f"{setting}="
+
+
 class SeedguardError(Exception):
-    """Root of every error seedguard raises."""
+    """Root of every error seedguard raises.
+
+    An error that tells the reader to change a setting carries the setting:
+    ``settings`` names it (``("lock_timeout",)``), and the message, given as
+    a template with ``{lock_timeout}`` where the setting is named, reads in
+    the library's words (``raise lock_timeout=``). Each front end spells it
+    in its own with :meth:`spelled`: the command line's ``--lock-timeout``,
+    a Flask app's ``SEEDGUARD_LOCK_TIMEOUT``.
+
+    :param args: the message (a template when ``settings`` is given), as for
+        any exception.
+    :param settings: the settings the message names, by their names in
+        :mod:`seedguard.settings`.
+    """
+
+    template: str = ""
+    settings: tuple[str, ...] = ()
+
+    def __init__(self, *args: Any, settings: Iterable[str] = ()) -> None:
+        names = tuple(settings)
+        if names and args:
+            # Instance attributes, so that pickling (which restores __dict__) keeps them.
+            self.template, self.settings = str(args[0]), names
+            args = (_spelled(self.template, names, keyword), *args[1:])
+        super().__init__(*args)
+
+    def spelled(self, spell: Callable[[str], str]) -> str:
+        """The message with each setting it names as ``spell(name)`` spells it."""
+        if not self.settings:
+            return str(self)
+        return _spelled(self.template, self.settings, spell)
+
+
+def _spelled(template: str, settings: tuple[str, ...], spell: Callable[[str], str]) -> str:
+    # Plain replacement, not str.format: a message may hold braces of its own
+    # (a repr, a JSON value) that are no placeholders.
+    for name in settings:
+        template = template.replace("{" + name + "}", spell(name))
+    return template
 
 
 class ConfigError(SeedguardError):
@@ -30,13 +74,15 @@ class LockTimeout(SeedguardError, TimeoutError):
     describes who held it (pid, host, since when) as far as it could be read.
     """
 
-    def __init__(self, message: str, *, lock: str = "", holder: str = "") -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, lock: str = "", holder: str = "",
+                 settings: Iterable[str] = ()) -> None:
+        super().__init__(message, settings=settings)
         self.lock = lock
         self.holder = holder
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (type(self), self.args, {"lock": self.lock, "holder": self.holder}))
+        return (_rebuild, (type(self), self.args, {"lock": self.lock, "holder": self.holder}),
+                self.__dict__)
 
 
 class WaitTimeout(SeedguardError, TimeoutError):
@@ -116,6 +162,15 @@ class UnitBlocked(SeedFailed):
     with ``seedguard resolve NAME --applied`` (its work is complete) or
     ``--retry`` (run it again).
     """
+
+
+def resolve_advice(name: str) -> str:
+    """How to settle unit ``name`` whose work may be partly done: the one spelling of it.
+
+    Every message about a blocked unit (the runner's refusal and failure, the
+    CLI's status line, stamp's and stamp --all's refusals) names it this way.
+    """
+    return f"`seedguard resolve {name} --applied` or `seedguard resolve {name} --retry`"
 
 
 class UnitEscape(SeedguardError):

@@ -16,12 +16,13 @@ to the locks), while ``flask seedguard ...``, ``flask db ...`` and every other
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from seedguard.errors import ConfigError
+from seedguard.errors import ConfigError, SeedguardError
 from seedguard.registry import SeedsSpec
 
 if TYPE_CHECKING:
@@ -147,7 +148,7 @@ class SeedGuard:
         from seedguard import config as _config
         from seedguard.registry import default_registry
 
-        with app.app_context():
+        with app.app_context(), _in_config_words():
             settings = _config.resolve(seeds=options.get("seeds"))
             if settings.seeds is None and len(default_registry) == 0:
                 raise ConfigError(
@@ -161,6 +162,24 @@ class SeedGuard:
         # After the context's teardown, which returns db.session's connection to the pool.
         _release_pool(engines)
         logger.info("applied %d seed unit(s) at start-up of %r", len(result.applied), app.name)
+
+
+@contextlib.contextmanager
+def _in_config_words() -> Iterator[None]:
+    """An error that leaves the start-up names a setting as the app's config key.
+
+    The app configures seedguard through ``app.config``, so "raise
+    SEEDGUARD_LOCK_TIMEOUT" is the next step there, not ``lock_timeout=``
+    (see :meth:`seedguard.errors.SeedguardError.spelled`).
+    """
+    try:
+        yield
+    except SeedguardError as err:
+        if err.settings:
+            from seedguard.settings import as_flask_key
+
+            err.args = (err.spelled(as_flask_key), *err.args[1:])
+        raise
 
 
 def _flask_command() -> str | None:

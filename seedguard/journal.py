@@ -9,7 +9,7 @@ the rows it pruned (whole, as they were). Each batch becomes one row of
 journal commits with the work and the ledger row, or not at all.
 
 Values are stored as JSON: what JSON lacks (dates, decimals, UUIDs, bytes)
-as text that :func:`seedguard.data._converter` reads back to the column's
+as text that :func:`seedguard.data.convert.converter` reads back to the column's
 type, the same way a data seed reads a JSON file. Not pickle: a database
 row is no place to take code from. A value that has no such form (a
 column type seedguard does not know) makes that application opaque: the
@@ -151,7 +151,7 @@ def current() -> Journal | None:
 
 
 def _plain(value: Any) -> Any:
-    # The text data seeds read back to the column's type (seedguard.data._converter).
+    # The text data seeds read back to the column's type (seedguard.data.convert.converter).
     # By exact type first: the encoder calls this once per such value.
     plain = _by_type().get(type(value))
     if plain is not None:

@@ -56,27 +56,32 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
+    # The settings the plugin offers come from seedguard's field list: the
+    # option is the command's with a `seedguard-` prefix, the ini key the
+    # setting's name with a `seedguard_` one (seedguard.settings).
+    from seedguard.settings import FIELDS
+
     group = parser.getgroup("seedguard", "seedguard: a seeded test database")
-    group.addoption(
-        "--seedguard-url", dest="seedguard_url", metavar="URL", default=None,
-        help="Database the seedguard fixtures seed and use (default: ini seedguard_url, "
-             "then SEEDGUARD_URL, then [tool.seedguard] url).")
-    group.addoption(
-        "--seedguard-seeds", dest="seedguard_seeds", metavar="MODULE", default=None,
-        help="Dotted path of the seeds module or package (default: ini seedguard_seeds, "
-             "then SEEDGUARD_SEEDS, then [tool.seedguard] seeds).")
-    group.addoption(
-        "--seedguard-context", dest="seedguard_contexts", metavar="NAME", action="append",
-        default=None,
-        help="Activate a seed context; repeatable (default: ini seedguard_contexts, then "
-             "SEEDGUARD_CONTEXTS, then [tool.seedguard] contexts).")
+    for setting in FIELDS:
+        if not setting.pytest or setting.option is None:
+            continue
+        ini = f"seedguard_{setting.name}"
+        group.addoption(
+            "--seedguard-" + setting.option.removeprefix("--"), dest=ini,
+            metavar=setting.metavar, default=None,
+            action="append" if setting.multiple else "store",
+            help=f"For the seedguard fixtures: {setting.summary}"
+                 f"{'; repeatable' if setting.multiple else ''} (default: ini {ini}, then "
+                 f"{setting.env}, then [tool.seedguard] {setting.name}).")
+        text = f"seedguard: {setting.summary} for the seedguard fixtures."
+        if setting.multiple:
+            parser.addini(ini, text, type="args")
+        else:
+            parser.addini(ini, text)
     group.addoption(
         "--seedguard-clone", dest="seedguard_clone", action="store_true", default=None,
         help="PostgreSQL: run each worker's tests on its own database cloned from the "
              "seeded one (CREATE DATABASE ... TEMPLATE), dropped afterwards.")
-    parser.addini("seedguard_url", "seedguard: database URL for the seedguard fixtures.")
-    parser.addini("seedguard_seeds", "seedguard: dotted path of the seeds module.")
-    parser.addini("seedguard_contexts", "seedguard: seed contexts to activate.", type="args")
     parser.addini("seedguard_clone", "seedguard: clone a database per worker (PostgreSQL).",
                   type="bool", default=False)
 
@@ -363,13 +368,13 @@ def _settings(config: pytest.Config) -> Settings:
     """Command line beats the ini file, which beats SEEDGUARD_* and [tool.seedguard]."""
     from seedguard import config as sg_config
     from seedguard.errors import ConfigError
+    from seedguard.settings import FIELDS
 
-    contexts = _option(config, "seedguard_contexts")
-    settings = sg_config.resolve(
-        _option(config, "seedguard_url"),
-        seeds=_option(config, "seedguard_seeds"),
-        contexts=[part for item in contexts for part in item.split(",")] if contexts else None,
-    )
+    given = {setting.name: _option(config, f"seedguard_{setting.name}")
+             for setting in FIELDS if setting.pytest}
+    if given.get("contexts"):
+        given["contexts"] = [part for item in given["contexts"] for part in item.split(",")]
+    settings = sg_config.resolve(given.pop("url", None), **given)
     if settings.url is None and settings.engine is None:
         raise ConfigError(
             "no database for the seedguard fixtures: pass --seedguard-url, set seedguard_url in "

@@ -21,6 +21,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from seedguard.errors import resolve_advice
 from seedguard.review import (
     Plan,
     RehearsedUnit,
@@ -96,7 +97,7 @@ def rehearse(engine: Engine, units: Sequence[SeedUnit], settings: Settings, *,
                      for name, version, checksum in pending]
         rehearsed += [RehearsedUnit(unit.name, unit.version, checksums[unit.name],
                                     not_rehearsed="blocked: it was interrupted mid-way; "
-                                    f"resolve it first (`seedguard resolve {unit.name}`)")
+                                    f"settle it first with {resolve_advice(unit.name)}")
                       for unit in current.blocked]
         with _unit_transactions(conn):
             _run_all(conn, engine, current.pending, rehearsed,

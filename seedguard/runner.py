@@ -34,7 +34,13 @@ from seedguard.alembic import RevisionGate, upgrade_head
 from seedguard.checksum import code_checksums, same_algorithm, same_kind
 from seedguard.connect import connect
 from seedguard.dialects import applicable
-from seedguard.errors import DriftError, SeedFailed, SeedguardError, UnitBlocked
+from seedguard.errors import (
+    DriftError,
+    SeedFailed,
+    SeedguardError,
+    UnitBlocked,
+    resolve_advice,
+)
 from seedguard.eventloop import call_unit, is_async_unit
 from seedguard.events import (
     Listener,
@@ -540,7 +546,7 @@ def _claim(conn: Connection, ledger: Ledger, unit: SeedUnit, checksum: str,
         raise UnitBlocked(
             f"unit {unit.name!r} v{unit.version} is being applied by another process, or "
             "was interrupted mid-way; run again once it has finished, or if it was "
-            f"interrupted run `seedguard resolve {unit.name} --applied` or `--retry`",
+            f"interrupted run {resolve_advice(unit.name)}",
             unit=unit,
         )
     if row is not None and (replaces is None or row.checksum == checksum):
@@ -780,10 +786,10 @@ def _failed(unit: SeedUnit, err: BaseException, *, partial: bool = False,
                 "DB-API commit that seedguard could not refuse), so PART OF ITS WORK MAY "
                 "ALREADY BE COMMITTED; what was not committed was rolled back. The ledger "
                 f"marks {unit.name!r} dirty and later runs refuse it: check its work, then "
-                f"run `seedguard resolve {unit.name} --applied` or `--retry`")
+                f"run {resolve_advice(unit.name)}")
     elif partial:
         what = ("it is non-transactional and may be half done; inspect it, then run "
-                f"`seedguard resolve {unit.name} --applied` or `--retry`")
+                f"{resolve_advice(unit.name)}")
     elif rolled_back:
         what = ("its work and ledger row were rolled back; units before it stay applied. "
                 "Fix it and run again")
@@ -850,8 +856,7 @@ def _blocked_message(unit: SeedUnit, status: str) -> str:
         why = ("has a ledger row left 'running': its transaction was committed early, so "
                "its work may be partly done")
     return (f"unit {unit.name!r} v{unit.version} {why} and blocks the units that depend on "
-            f"it; check its work, then run `seedguard resolve {unit.name} --applied` or "
-            f"`seedguard resolve {unit.name} --retry`")
+            f"it; check its work, then run {resolve_advice(unit.name)}")
 
 
 def _elapsed_ms(started: float) -> int:

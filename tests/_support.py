@@ -8,12 +8,14 @@ reaped, even when a test fails.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import subprocess
 import sys
 import textwrap
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -240,3 +242,22 @@ def async_url(db: TestDatabase) -> str:
     """``db``'s URL with the async driver of its kind (aiosqlite, asyncpg, aiomysql)."""
     url = sa.engine.make_url(db.url).set(drivername=ASYNC_DRIVERS[db.kind])
     return url.render_as_string(hide_password=False)
+
+
+@contextlib.contextmanager
+def file_lock_held(path: Path) -> Iterator[subprocess.Popen[str]]:
+    """Another process holds the file lock at ``path`` while the block runs (a real holder,
+    as an applier on the same host would be); it is killed and reaped afterwards."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time, filelock\n"
+         "with filelock.FileLock(sys.argv[1]):\n    print('held', flush=True)\n"
+         "    time.sleep(60)\n", str(path)],
+        stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+        if holder.stdout is not None:
+            holder.stdout.close()

@@ -20,7 +20,7 @@ from _support import TestDatabase, write_module
 from click.testing import CliRunner, Result
 
 from seedguard import cli as sgcli
-from seedguard.cli import cli
+from seedguard.cli import cli, render
 from seedguard.events import UnitFinished, UnitProgress, UnitStarted
 from seedguard.registry import default_registry
 from seedguard.unit import SeedUnit
@@ -464,7 +464,7 @@ def _events(progress: Callable[[Any], None], unit: SeedUnit, pause: float) -> No
 def test_progress_on_a_terminal_ticks() -> None:
     unit = SeedUnit(name="big", fn=lambda session: None, version=2)
     out = io.StringIO()
-    progress = sgcli._Progress(out, tty=True)
+    progress = render.Progress(out, tty=True)
     progress.TICK_SECONDS = 0.05
     _events(progress, unit, 0.3)
     text = out.getvalue()
@@ -473,7 +473,7 @@ def test_progress_on_a_terminal_ticks() -> None:
     assert text.endswith("\r\x1b[Kapplying big v2 ... done 1234 ms\n")
 
     plain = io.StringIO()
-    _events(sgcli._Progress(plain, tty=False), unit, 0.1)
+    _events(render.Progress(plain, tty=False), unit, 0.1)
     assert plain.getvalue() == "applying big v2 ... done 1234 ms\n"  # a log gets one line
 
 

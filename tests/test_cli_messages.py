@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from _support import TestDatabase, child_env, write_module
+from _support import TestDatabase, child_env, file_lock_held, write_module
 from test_cli_process import on_terminal
 
 SCRIPT = str(Path(sys.executable).with_name("seedguard"))
@@ -405,20 +405,9 @@ def test_lock_timeout_message_names_the_option(tmp_path: Path) -> None:
     write_module(tmp_path, "quick", "import seedguard\n\n@seedguard.seed('roles')\n"
                  "def roles(session):\n    pass\n")
     lock = tmp_path / "held.lock"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time, filelock\n"
-         "with filelock.FileLock(sys.argv[1]):\n    print('held', flush=True)\n"
-         "    time.sleep(60)\n", str(lock)],
-        stdout=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    with file_lock_held(lock):
         done = run(["--url", f"sqlite:///{tmp_path / 'a.db'}", "--seeds", "quick",
                     "--lock-path", str(lock), "--lock-timeout", "0.2", "upgrade"], tmp_path)
-    finally:
-        holder.kill()
-        holder.wait(timeout=10)
-        if holder.stdout is not None:
-            holder.stdout.close()
     assert done.returncode == 4, done.stderr
     assert "--lock-timeout" in done.stderr and "raise lock_timeout" not in done.stderr
 

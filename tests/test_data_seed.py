@@ -17,8 +17,9 @@ import sqlalchemy as sa
 from _support import TestDatabase, write_module
 
 import seedguard
-import seedguard.data as data_module
 from seedguard import DataError, UpsertResult
+from seedguard.data import convert, sources, spec
+from seedguard.data.iso310 import ISO_310
 from seedguard.events import Event, UnitProgress
 
 metadata = sa.MetaData()
@@ -261,7 +262,7 @@ def test_missing_file_and_both_sources_are_reported(db: TestDatabase) -> None:
 def test_progress_events_reach_the_listener(db: TestDatabase, engine: sa.Engine,
                                             monkeypatch: pytest.MonkeyPatch,
                                             caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setattr(data_module, "BATCH_SIZE", 2)
+    monkeypatch.setattr(spec, "BATCH_SIZE", 2)
     monkeypatch.setattr("seedguard.events.PROGRESS_LOG_SECONDS", 0.0)
     path = write(db.tmp_path / "countries.csv", CSV)
     unit = seedguard.data_seed("countries", table=countries, key="code", path=path)
@@ -279,15 +280,15 @@ def test_json_stream_decoder_across_small_blocks(tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     items = [{"i": i, "s": "x" * (i % 7), "n": [1, 2.5, None], "f": 1.25e3} for i in range(50)]
     path = write(tmp_path / "items.json", json.dumps(items, indent=2))
-    monkeypatch.setattr(data_module, "_BLOCK", 7)
+    monkeypatch.setattr(sources, "_BLOCK", 7)
 
-    decoded = list(data_module._json_items(path, "utf-8"))
+    decoded = list(sources.json_items(path, "utf-8"))
 
     assert [item for _, item in decoded] == items
     lines = path.read_text().splitlines()
     assert all(lines[line - 1].strip() == "{" for line, _ in decoded)
     write(tmp_path / "empty.json", " [ ] ")
-    assert list(data_module._json_items(tmp_path / "empty.json", "utf-8")) == []
+    assert list(sources.json_items(tmp_path / "empty.json", "utf-8")) == []
 
 
 def test_relative_path_and_redeclaration_from_a_seeds_module(db: TestDatabase,
@@ -350,7 +351,8 @@ def test_iso_dates_and_times_read_the_same_on_every_python(kind: type[Any], text
                                                            expected: Any) -> None:
     # Python 3.11 widened fromisoformat to most of ISO 8601; 3.10 reads only
     # its own isoformat() output, so these fail there unless seedguard parses them.
-    assert data_module._iso(kind)(text) == expected
+    assert convert._iso(kind)(text) == expected
+    assert ISO_310[kind](text) == expected  # what 3.10 runs, on whatever runs this
 
 
 @pytest.mark.parametrize(("kind", "text"), [
@@ -360,7 +362,9 @@ def test_iso_dates_and_times_read_the_same_on_every_python(kind: type[Any], text
 ])
 def test_malformed_iso_values_fail_on_every_python(kind: type[Any], text: str) -> None:
     with pytest.raises(ValueError):
-        data_module._iso(kind)(text)
+        convert._iso(kind)(text)
+    with pytest.raises(ValueError):
+        ISO_310[kind](text)
 
 
 def test_basic_format_dates_in_a_csv(db: TestDatabase, engine: sa.Engine) -> None:

@@ -13,7 +13,7 @@ import pickle
 from typing import Any
 
 import pytest
-from _support import unit
+from _support import file_lock_held, unit
 
 import seedguard
 from seedguard import errors
@@ -79,3 +79,68 @@ def test_error_pickles_with_its_attributes(name: str) -> None:
         assert isinstance(clone, TimeoutError)
     if name == "DataError":
         assert isinstance(clone, ValueError)
+
+
+# -- an error that names a setting: each front end spells it ---------------------------------
+
+
+def test_an_error_naming_a_setting_pickles_with_it() -> None:
+    from seedguard.settings import as_flask_key, as_option
+
+    err = errors.LockTimeout("gave up; raise {lock_timeout}", lock="k", holder="h",
+                             settings=["lock_timeout"])
+    clone = pickle.loads(pickle.dumps(err))
+    assert str(clone) == str(err) == "gave up; raise lock_timeout="
+    assert clone.settings == ("lock_timeout",) and (clone.lock, clone.holder) == ("k", "h")
+    assert clone.spelled(as_option) == "gave up; raise --lock-timeout"
+    assert clone.spelled(as_flask_key) == "gave up; raise SEEDGUARD_LOCK_TIMEOUT"
+    plain = pickle.loads(pickle.dumps(errors.ConfigError("set {lock_path}",
+                                                         settings=["lock_path"])))
+    assert plain.spelled(as_option) == "set --lock-path" and str(plain) == "set lock_path="
+    # A message without settings is left as it is, braces included.
+    assert errors.ConfigError("got {'a': 1}").spelled(as_option) == "got {'a': 1}"
+
+
+def test_a_lock_timeout_names_the_setting_in_each_front_ends_words(tmp_path: Any) -> None:
+    from seedguard.settings import as_flask_key, as_option
+
+    lock = tmp_path / "held.lock"
+    with file_lock_held(lock), pytest.raises(errors.LockTimeout) as info:
+        seedguard.apply(f"sqlite:///{tmp_path / 'a.db'}", seeds=[unit("held-roles")],
+                        lock_path=str(lock), lock_timeout=0.2)
+    err = info.value
+    assert err.settings == ("lock_timeout",)
+    assert str(err).endswith("wait for it to finish or raise lock_timeout=")
+    assert err.spelled(as_option).endswith("raise --lock-timeout")
+    assert err.spelled(as_flask_key).endswith("raise SEEDGUARD_LOCK_TIMEOUT")
+    assert pickle.loads(pickle.dumps(err)).spelled(as_option) == err.spelled(as_option)
+
+
+def test_a_lease_longer_than_the_wait_names_both_settings(tmp_path: Any) -> None:
+    from seedguard.config import resolve
+    from seedguard.settings import as_flask_key, as_option
+
+    with pytest.raises(errors.ConfigError) as info:
+        resolve("sqlite://", lease=60, lock_timeout=30, cwd=tmp_path)
+    err = info.value
+    assert err.settings == ("lock_timeout", "lease")
+    assert str(err).endswith("raise lock_timeout= or lower lease=")
+    assert err.spelled(as_option).endswith("raise --lock-timeout or lower --lease")
+    assert err.spelled(as_flask_key).endswith(
+        "raise SEEDGUARD_LOCK_TIMEOUT or lower SEEDGUARD_LEASE")
+
+
+def test_a_flask_app_is_told_its_config_keys(tmp_path: Any,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    flask = pytest.importorskip("flask")
+    from seedguard.flask import SeedGuard
+
+    monkeypatch.chdir(tmp_path)
+    app = flask.Flask("lease_app")
+    app.config.update(SEEDGUARD_URL=f"sqlite:///{tmp_path / 'app.db'}",
+                      SEEDGUARD_LEASE=60, SEEDGUARD_LOCK_TIMEOUT=10)
+    with pytest.raises(errors.ConfigError) as info:
+        SeedGuard(app, seeds=[unit("flask-roles")], apply_on_start=True)
+    message = str(info.value)
+    assert "raise SEEDGUARD_LOCK_TIMEOUT or lower SEEDGUARD_LEASE" in message, message
+    assert "lock_timeout=" not in message

@@ -19,7 +19,7 @@ from _support import TestDatabase, unit
 
 import seedguard
 from seedguard import LockTimeout, SeedguardError
-from seedguard.ledger import HEAD_REVISION, KNOWN_REVISIONS, Ledger, migrations_path
+from seedguard.ledger import HEAD_REVISION, KNOWN_REVISIONS, Ledger, LedgerRow, migrations_path
 from seedguard.locks import Deadline, FileLock, database_lock, lock_key
 
 LEDGER = "seedguard_ledger"
@@ -180,3 +180,56 @@ def test_older_seedguard_refuses_a_newer_ledger(db: TestDatabase, rows: bool) ->
     assert db.ledger() == before
     assert db.effects() == (["roles"] if rows else [])
     assert ledger_revision(db) == "sg9999"
+
+
+def test_every_ledger_write_is_checked_by_the_rows_it_matched(db: TestDatabase) -> None:
+    db.create_effects_table()
+    seedguard.apply(db.url, seeds=[unit("roles")])
+    ledger = Ledger(LEDGER)
+    engine = db.engine()
+    with engine.connect() as conn:
+        # Finishing a row that is not running would overwrite another applier's outcome.
+        with pytest.raises(SeedguardError, match=r"ledger seedguard_ledger: expected to update "
+                                                 r"one row for 'roles' v1, matched 0"):
+            ledger.finish(conn, "roles", 1, checksum="x", duration_ms=1)
+        conn.rollback()
+        row = ledger.row(conn, "roles", 1)
+        assert row is not None and row.status == "applied"
+        # A claim that lost the race (the row's checksum changed since it was read) is False.
+        stale = dt.datetime.now(dt.timezone.utc)
+        assert not ledger.claim(conn, "roles", 1, "new", replaces=LedgerRow(
+            "roles", 1, "not-its-checksum", "applied", stale, None, None))
+        assert ledger.claim(conn, "roles", 1, "new", replaces=row)
+        ledger.finish(conn, "roles", 1, checksum="new", duration_ms=1)
+        assert ledger.delete(conn, "roles", 2) == 0
+        assert ledger.delete(conn, "roles", 1) == 1
+        conn.rollback()
+    assert db.ledger() == [("roles", 1)]
+
+
+def test_a_missing_ledger_schema_names_the_statement_that_creates_it(
+        server_db: TestDatabase) -> None:
+    ledger = Ledger(LEDGER, "sg_no_such_schema")
+    create = ("CREATE SCHEMA sg_no_such_schema" if server_db.kind == "postgresql"
+              else "CREATE DATABASE sg_no_such_schema")
+    with server_db.engine().connect() as conn, pytest.raises(
+            seedguard.ConfigError,
+            match=rf"schema 'sg_no_such_schema' does not exist; create it \({create}\) or set "
+                  r"ledger_schema \(SEEDGUARD_LEDGER_SCHEMA\)"):
+        ledger.ensure(conn)
+
+
+def test_ledger_quirks_are_classes_keyed_by_dialect() -> None:
+    from seedguard.ledger.quirks import LedgerQuirks, quirks_for
+
+    # Only on SQLite does comparing in the database beat reading the rows: sqlite3
+    # keeps a connection's statements prepared (bench/targets.py).
+    assert [name for name in ("sqlite", "postgresql", "mysql", "mariadb", "oracle")
+            if quirks_for(name).compares_in_database] == ["sqlite"]
+    assert type(quirks_for("mariadb")) is type(quirks_for("mysql"))
+    assert quirks_for("mariadb").grant("app", "deploy@%") == (
+        "GRANT CREATE, ALTER, INDEX, SELECT, INSERT, UPDATE, DELETE ON app.* TO 'deploy'@'%'")
+    assert quirks_for("postgresql").grant("app", "deploy") == "GRANT CREATE ON SCHEMA app TO deploy"
+    # A database with no class of its own explains nothing rather than guessing.
+    assert type(quirks_for("oracle")) is LedgerQuirks
+    assert quirks_for("oracle").whoami is None

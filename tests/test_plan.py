@@ -111,6 +111,19 @@ def test_non_transactional_units_are_listed_not_run(items: TestDatabase) -> None
     assert _item_rows(items) == []
 
 
+def test_an_interrupted_unit_is_listed_with_the_command_that_settles_it(
+        items: TestDatabase) -> None:
+    units = [unit("insert", fn=insert_items, transactional=False)]
+    seedguard.apply(items.url, seeds=[])  # the ledger, empty
+    # What a non-transactional unit killed mid-way leaves: its row, running.
+    items.execute("INSERT INTO seedguard_ledger (name, version, checksum, status, applied_at) "
+                  "VALUES ('insert', 1, 'x', 'running', CURRENT_TIMESTAMP)")
+    planned = seedguard.plan(items.url, seeds=units)
+    reason = planned.units[0].not_rehearsed or ""
+    # `seedguard resolve NAME` alone is a usage error: the advice names both outcomes.
+    assert "`seedguard resolve insert --applied` or `seedguard resolve insert --retry`" in reason
+
+
 @pytest.mark.parametrize("change", ["applied-since", "new-unit", "changed-code", "contexts"])
 def test_a_stale_plan_applies_nothing(items: TestDatabase, change: str) -> None:
     units = _units()

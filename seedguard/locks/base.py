@@ -316,11 +316,11 @@ class DatabaseLock:
             why = ("the server cancelled the wait (a statement time limit or an "
                    "administrator); wait for the holder to finish, or lift that limit")
         else:
-            why = "wait for it to finish or raise lock_timeout"
+            why = "wait for it to finish or raise {lock_timeout}"
         return LockTimeout(
             f"timed out after {deadline.elapsed():.1f} s ({deadline.describe()}) waiting for "
-            f"the database lock {self.key!r}, held by {holder}; {why}",
-            lock=self.key, holder=holder,
+            f"the database lock {self.key!r}, held by {holder}; " + why,
+            lock=self.key, holder=holder, settings=() if cancelled else ("lock_timeout",),
         )
 
 

@@ -170,13 +170,14 @@ class FileLock:
             raise LockTimeout(
                 f"timed out after {deadline.elapsed():.1f} s ({deadline.describe()}) waiting "
                 f"for the file lock {self.path}, held by {holder}; wait for it to finish or "
-                "raise lock_timeout",
-                lock=str(self.path), holder=holder,
+                "raise {lock_timeout}",
+                lock=str(self.path), holder=holder, settings=("lock_timeout",),
             ) from err
         except OSError as err:
             raise ConfigError(
                 f"cannot create the lock file {self.path}: {err.strerror or err}; make its "
-                "directory writable or set SEEDGUARD_LOCK_PATH / lock_path= elsewhere"
+                "directory writable or set SEEDGUARD_LOCK_PATH / {lock_path} elsewhere",
+                settings=("lock_path",),
             ) from err
         self._lock = lock
         self._write_holder()

@@ -5,16 +5,14 @@ The fleet is every schema (PostgreSQL) or database (MySQL/MariaDB) of the
 ``--url`` server whose name is ``LIKE`` the pattern, plus every URL of the
 file; ``--shard I/N`` keeps this runner's share of it. The work is
 :func:`seedguard.fleet.apply_each` / ``check_each`` / ``status_each``; this
-module only finds the targets and renders the outcome: a progress bar on a
-terminal, one line per failed target, or with ``--json`` one document listing
-every target.
+module only finds the targets and hands the outcome to
+:mod:`seedguard.cli.render`: a progress bar on a terminal, one line per failed
+target, or with ``--json`` one document listing every target.
 """
 
 from __future__ import annotations
 
 import re
-import sys
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +20,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from seedguard.cli import render
+from seedguard.cli.options import Options
 from seedguard.errors import ConfigError
 from seedguard.exits import EXIT_CHECK, EXIT_OK, EXIT_UNIT_FAILED
 
 if TYPE_CHECKING:
-    from seedguard.cli import Options
-    from seedguard.fleet import FleetCheck, FleetResult, Target
-    from seedguard.result import ApplyResult
+    from seedguard.fleet import Target
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -44,18 +42,6 @@ FLEET_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
                     "help": "With a fleet: only this runner's share, I of N (I from 0, as "
                     "JOB_COMPLETION_INDEX), split by a stable hash of each target's name."}),
 ]
-
-
-@dataclass(frozen=True)
-class Output:
-    """What ``seedguard.cli`` lends these commands: its renderers (this module never
-    imports ``seedguard.cli``, which imports it)."""
-
-    emit_json: Callable[[dict[str, Any]], None]
-    info: Callable[[Options, str], None]
-    message: Callable[[BaseException], str]
-    exit_code: Callable[[BaseException], int]
-    apply_document: Callable[[ApplyResult], dict[str, Any]]
 
 
 def fleet_options(f: F) -> F:
@@ -138,56 +124,19 @@ def parse_shard(text: str) -> tuple[int, int]:
                           "N-1)") from None
 
 
-class _Bar:
-    """Targets done / total and failures, on a terminal only; thread-safe."""
-
-    def __init__(self, total: int, *, show: bool, what: str) -> None:
-        self._lock = threading.Lock()
-        self._failed = 0
-        self._bar: Any = None
-        if show and total:
-            self._bar = click.progressbar(length=total, label=what, show_pos=True,
-                                          file=sys.stderr, item_show_func=self._failures)
-            self._bar.__enter__()
-
-    def _failures(self, _item: object) -> str | None:
-        return f"{self._failed} failed" if self._failed else None
-
-    def step(self, failed: bool) -> None:
-        with self._lock:
-            self._failed += failed
-            if self._bar is not None:
-                self._bar.update(1, current_item=object())
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(None, None, None)
-            self._bar = None
-
-
-def _error(out: Output, err: BaseException) -> dict[str, Any]:
-    return {"type": type(err).__name__, "message": out.message(err),
-            "exit_code": out.exit_code(err)}
-
-
-def _one_line(message: str) -> str:
-    return message.strip().splitlines()[0] if message.strip() else message
-
-
-def upgrade(ctx: click.Context, opts: Options, fleet: Fleet, out: Output, *,
-            target: str | None, dry_run: bool, strict: bool, schema: bool,
-            as_json: bool) -> None:
+def upgrade(ctx: click.Context, opts: Options, fleet: Fleet, *, target: str | None,
+            dry_run: bool, strict: bool, schema: bool, as_json: bool) -> None:
     """``seedguard upgrade`` over a fleet: exit 1 if any target failed."""
     from seedguard.fleet import apply_each
 
     targets = fleet.targets(opts)
-    bar = _Bar(len(targets), show=_show_bar(opts, as_json), what="targets")
+    bar = render.Bar(len(targets), show=render.show_bar(opts, as_json), what="targets")
     failures: list[str] = []
 
     def on_target(label: str, outcome: Any) -> None:
         failed = isinstance(outcome, BaseException)
         if failed and not as_json:
-            failures.append(f"failed: {label}: {_one_line(out.message(outcome))}")
+            failures.append(f"failed: {label}: {render.one_line(outcome)}")
         bar.step(failed)
 
     options = opts.apply_arguments()
@@ -200,36 +149,16 @@ def upgrade(ctx: click.Context, opts: Options, fleet: Fleet, out: Output, *,
         bar.close()
     code = EXIT_OK if result.ok else EXIT_UNIT_FAILED
     if as_json:
-        out.emit_json({"ok": result.ok, "command": "upgrade",
-                       "targets": _apply_targets(out, result), "exit_code": code})
+        render.emit_json({"ok": result.ok, "command": "upgrade",
+                          "targets": render.fleet_apply_targets(result), "exit_code": code})
     else:
-        for line in failures:
-            click.echo(line, err=True)
-        applied = sum(len(r.applied) for r in result.results.values())
-        changed = sum(1 for r in result.results.values() if r.applied)
-        pending = sum(len(r.pending) for r in result.results.values())
-        what = (f"would apply {pending} unit(s)" if dry_run
-                else f"applied {applied} unit(s) to {changed} target(s)")
-        out.info(opts, f"{len(targets)} target(s): {what}; "
-              f"{len(result.results) - changed if not dry_run else len(result.results)} "
-              f"{'up to date' if not dry_run else 'read'}; {len(result.failed)} failed")
+        render.fleet_applied(opts, result, targets=len(targets), dry_run=dry_run,
+                             failures=failures)
     if code:
         ctx.exit(code)
 
 
-def _apply_targets(out: Output, result: FleetResult) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    for label, applied in result.results.items():
-        document = out.apply_document(applied)
-        del document["ok"], document["command"]
-        rows.append({"target": label, "outcome": "applied" if applied.applied else "up-to-date",
-                     **document})
-    for label, err in result.failed.items():
-        rows.append({"target": label, "outcome": "failed", "error": _error(out, err)})
-    return rows
-
-
-def check(ctx: click.Context, opts: Options, fleet: Fleet, out: Output, *, as_json: bool,
+def check(ctx: click.Context, opts: Options, fleet: Fleet, *, as_json: bool,
           full: bool = False) -> None:
     """``seedguard check`` (``full``: ``status``) over a fleet.
 
@@ -239,7 +168,7 @@ def check(ctx: click.Context, opts: Options, fleet: Fleet, out: Output, *, as_js
     from seedguard.fleet import check_each, status_each
 
     targets = fleet.targets(opts)
-    bar = _Bar(len(targets), show=_show_bar(opts, as_json), what="targets")
+    bar = render.Bar(len(targets), show=render.show_bar(opts, as_json), what="targets")
 
     def on_target(label: str, outcome: Any) -> None:
         bar.step(isinstance(outcome, BaseException))
@@ -258,39 +187,9 @@ def check(ctx: click.Context, opts: Options, fleet: Fleet, out: Output, *, as_js
     else:
         code = EXIT_OK
     if as_json:
-        out.emit_json({"ok": found.ok if not full else not found.failed, "command": command,
-                       "targets": _check_targets(out, found), "exit_code": code})
+        render.emit_json({"ok": found.ok if not full else not found.failed, "command": command,
+                          "targets": render.fleet_check_targets(found), "exit_code": code})
     else:
-        for label, err in found.failed.items():
-            click.echo(f"failed: {label}: {_one_line(out.message(err))}", err=True)
-        for label, status in found.results.items():
-            if full:
-                counts: dict[str, int] = {}
-                for unit in status.units:
-                    counts[unit.state] = counts.get(unit.state, 0) + 1
-                out.info(opts, f"{label}: " + (", ".join(f"{n} {state}" for state, n
-                                                       in counts.items()) or "no units"))
-            elif not status.ok:
-                states = [f"{unit.state} {unit.name}" for unit in status.units
-                          if unit.state in ("pending", "waiting", "drifted", "blocked")]
-                click.echo(f"{label}: {', '.join(states)}")
-        up_to_date = len(found.up_to_date) + len(found.results) - len(found.pending)
-        out.info(opts, f"{len(targets)} target(s): {up_to_date} up to date, "
-              f"{len(found.pending)} not, {len(found.failed)} failed")
+        render.fleet_checked(opts, found, targets=len(targets), full=full)
     if code:
         ctx.exit(code)
-
-
-def _check_targets(out: Output, found: FleetCheck) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = [{"target": label, "outcome": "up-to-date"}
-                                  for label in found.up_to_date]
-    for label, status in found.results.items():
-        rows.append({"target": label, "outcome": "up-to-date" if status.ok else "pending",
-                     **status.as_dict()})
-    for label, err in found.failed.items():
-        rows.append({"target": label, "outcome": "failed", "error": _error(out, err)})
-    return rows
-
-
-def _show_bar(opts: Options, as_json: bool) -> bool:
-    return not as_json and not opts.quiet and sys.stderr.isatty()
