@@ -256,9 +256,9 @@ def test_values_of_every_data_type_round_trip(db: TestDatabase, tmp_path: Path) 
 def test_composite_keys_and_keys_repeated_across_batches(db: TestDatabase,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     # A key written by two batches keeps its first "before" and its last "after".
-    import seedguard.data
+    import seedguard.data.spec
 
-    monkeypatch.setattr(seedguard.data, "BATCH_SIZE", 2)
+    monkeypatch.setattr(seedguard.data.spec, "BATCH_SIZE", 2)
     metadata = sa.MetaData()
     pairs = sa.Table("pairs", metadata, sa.Column("a", sa.String(5), primary_key=True),
                      sa.Column("b", sa.Integer, primary_key=True),
