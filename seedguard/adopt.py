@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from seedguard.api import Bind, _ledger_locked, _settings, record_stamp
+from seedguard.admin import Bind, _ledger_locked, _settings, record_stamp
 from seedguard.errors import ConfigError, resolve_advice
 from seedguard.registry import SeedsSpec, active, discover, order
 from seedguard.reports import LedgerChange
@@ -28,7 +28,7 @@ def stamp_all(bind: Bind = None, *, seeds: SeedsSpec = None,
         only when one of them is active.
     """
     from seedguard.alembic import RevisionGate
-    from seedguard.runner import plan
+    from seedguard.planning import plan
 
     settings = _settings(bind, seeds=seeds, contexts=contexts)
     units = active(order(discover(settings.seeds)), settings.contexts)

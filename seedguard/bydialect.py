@@ -68,8 +68,18 @@ class Registry(Generic[T]):
         """Every dialect with a class, registered or lazy, sorted."""
         return sorted(set(self._classes) | set(self._lazy))
 
+    def __getitem__(self, dialect: str) -> type[T]:
+        """The class for ``dialect``, as a dict would give it (KeyError if none)."""
+        found = self.get(dialect)
+        if found is None:
+            raise KeyError(dialect)
+        return found
+
     def __contains__(self, dialect: object) -> bool:
         return dialect in self._classes or dialect in self._lazy
+
+    def __len__(self) -> int:
+        return len(self.names())
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())

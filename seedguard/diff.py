@@ -18,7 +18,7 @@ from seedguard.errors import ConfigError
 from seedguard.registry import SeedsSpec, active, discover, order
 
 if TYPE_CHECKING:
-    from seedguard.api import Bind
+    from seedguard.admin import Bind
     from seedguard.unit import SeedUnit
 
 
@@ -71,7 +71,7 @@ def diff(bind: Bind = None, *, name: str | None = None, seeds: SeedsSpec = None,
     :param seeds: the seeds to select from, as for :func:`seedguard.apply`.
     :param contexts: the active contexts, as for :func:`seedguard.apply`.
     """
-    from seedguard.api import _no_such_unit, _settings
+    from seedguard.admin import _no_such_unit, _settings
     from seedguard.connect import connect, read_only_engine
     from seedguard.data import DataSeed
     from seedguard.ledger import Ledger

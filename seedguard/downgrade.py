@@ -97,7 +97,7 @@ def downgrade(bind: Bind, name: str, *, seeds: SeedsSpec = None) -> DowngradeRes
     application without a journal (applied before seedguard kept one, or
     stamped), and :class:`~seedguard.LockTimeout` as ``upgrade`` does.
     """
-    from seedguard.api import _declared, _ledger_locked, _no_such_unit, _settings
+    from seedguard.admin import _declared, _ledger_locked, _no_such_unit, _settings
     from seedguard.data import DataSeed
 
     settings = _settings(bind, seeds=seeds)

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     import sqlalchemy as sa
     from sqlalchemy.engine import Connection
 
-    from seedguard.api import Bind
+    from seedguard.admin import Bind
 
 BATCH = 10_000
 FORMATS = ("json", "csv", "yaml")
@@ -119,7 +119,7 @@ def dump(
         ``"tenant_id = 7"`` (the operator's own SQL, used as it is).
     :param progress: called after each partition of rows (see :data:`Progress`).
     """
-    from seedguard.api import _settings
+    from seedguard.admin import _settings
     from seedguard.connect import connect, read_only_engine
 
     if format not in FORMATS:

@@ -317,12 +317,12 @@ def _up_to_date(targets: Sequence[Labelled], workers: int, options: dict[str, An
         return list(targets)  # the user's alembic upgrade runs under the locks
     from seedguard import config as _config
     from seedguard.api import select
-    from seedguard.runner import _expected
+    from seedguard.planning import expected
 
     settings = _config.resolve(seeds=options.get("seeds"), contexts=options.get("contexts"))
     units = select(settings, target=options.get("target"))
-    expected = _expected(units).rows
-    if not expected:
+    rows = expected(units).rows
+    if not rows:
         return list(targets)
     from seedguard.connect import sqlite_file
     from seedguard.ledger import Ledger
@@ -343,7 +343,7 @@ def _up_to_date(targets: Sequence[Labelled], workers: int, options: dict[str, An
         ledger = Ledger.named(settings.ledger_table, schema)
         try:
             conn = connections.get(engine)
-            compared = ledger.read_against(conn, expected)
+            compared = ledger.read_against(conn, rows)
         except Exception as err:  # left to apply(), which reports it in its own words
             log.debug("look at %s failed (%s); applying it instead", label, type(err).__name__)
             connections.drop(engine)

@@ -26,11 +26,11 @@ threads and tasks using the same engine are not affected.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import threading
 from collections.abc import Iterator
 from contextvars import ContextVar
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from seedguard.errors import UnitEscape
@@ -56,15 +56,22 @@ OTHER_CONNECTION_FIX = (
 )
 
 
-@dataclass
 class _Scope:
-    unit: SeedUnit
-    conn: Connection
-    dbapi_connection: Any
-    transactional: bool
-    # Set while seedguard itself ends the transaction (its commit or rollback).
-    ending: bool = False
-    refused: UnitEscape | None = None
+    """The unit running in this context, on which connection, and what was refused."""
+
+    # A plain class, not a dataclass: generating a dataclass's methods is
+    # import work that every process importing the run path would pay.
+    __slots__ = ("conn", "dbapi_connection", "ending", "refused", "transactional", "unit")
+
+    def __init__(self, unit: SeedUnit, conn: Connection, dbapi_connection: Any,
+                 transactional: bool) -> None:
+        self.unit = unit
+        self.conn = conn
+        self.dbapi_connection = dbapi_connection
+        self.transactional = transactional
+        # Set while seedguard itself ends the transaction (its commit or rollback).
+        self.ending = False
+        self.refused: UnitEscape | None = None
 
     def refuse(self, message: str) -> UnitEscape:
         err = UnitEscape(f"unit {self.unit.name!r} v{self.unit.version}: {message}")
@@ -228,67 +235,173 @@ def current_unit() -> SeedUnit | None:
 
 
 # -- statement classification ------------------------------------------------------
+#
+# Reading the SQL text is only the early, friendly refusal: the canary in
+# seedguard.verify is what the guarantee rests on. The patterns are compiled on
+# first use, not at import: compiling them is most of what importing the run
+# path would otherwise cost a process that never runs a unit.
 
-_COMMENTS = re.compile(r"/\*.*?\*/|--[^\n]*|#[^\n]*", re.S)
-_QUOTED = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|`[^`]*`|\$(\w*)\$.*?\$\1\$", re.S)
-
-_ENDS_TRANSACTION = re.compile(
-    r"(COMMIT|END|ABORT|BEGIN|START\s+TRANSACTION|PREPARE\s+TRANSACTION|XA"
-    r"|ROLLBACK(?!\s+(WORK\s+)?TO\b))\b"
-)
 # MySQL/MariaDB commit the current transaction implicitly before (and after)
 # these ("Statements That Cause an Implicit Commit" in the MySQL manual).
 # CREATE/DROP TEMPORARY TABLE do not.
-_MYSQL_IMPLICIT_COMMIT = re.compile(
+_MYSQL_IMPLICIT_COMMIT = (
     r"((CREATE|ALTER|DROP|RENAME|TRUNCATE|GRANT|REVOKE|INSTALL|UNINSTALL|ANALYZE|OPTIMIZE"
     r"|REPAIR|CHECK|CACHE|FLUSH|RESET|PURGE|CHANGE)\b"
     r"|(LOCK|UNLOCK)\s+TABLES?\b|LOAD\s+INDEX\b|SET\s+PASSWORD\b"
     r"|SET\s+(SESSION\s+|LOCAL\s+|@@(SESSION\.|LOCAL\.)?)?AUTOCOMMIT\s*(=|:=|TO)\s*(1|ON|TRUE)\b"
     r"|(START|STOP)\s+(SLAVE|REPLICA)\b)"
 )
-_MYSQL_TEMPORARY = re.compile(
-    r"(CREATE\s+(OR\s+REPLACE\s+)?TEMPORARY|DROP\s+TEMPORARY)\s+TABLE\b"
-)
-_WRITE = re.compile(
-    r"(INSERT|UPDATE|DELETE|MERGE|REPLACE|UPSERT|CREATE|ALTER|DROP|RENAME|TRUNCATE|GRANT"
-    r"|REVOKE|COMMENT|COPY|LOCK|VACUUM|REINDEX|CLUSTER|REFRESH|IMPORT|LOAD)\b"
-)
-_DML_ANYWHERE = re.compile(r"\b(INSERT|UPDATE|DELETE|MERGE)\b")
+
+
+class _Patterns:
+    """The reader's patterns, compiled together on first use."""
+
+    def __init__(self, **patterns: re.Pattern[str]) -> None:
+        vars(self).update(patterns)
+
+    comments: re.Pattern[str]
+    quoted: re.Pattern[str]
+    ends_transaction: re.Pattern[str]
+    mysql_implicit_commit: re.Pattern[str]
+    mysql_temporary: re.Pattern[str]
+    write: re.Pattern[str]
+    dml_anywhere: re.Pattern[str]
+    body_opens: re.Pattern[str]
+    mysql_block_opens: re.Pattern[str]
+    inner_start: re.Pattern[str]
+    block_begins: re.Pattern[str]
+    block_ends: re.Pattern[str]
+    compound_ends: re.Pattern[str]
+
+
+@functools.cache
+def _patterns() -> _Patterns:
+    return _Patterns(
+        comments=re.compile(r"/\*.*?\*/|--[^\n]*|#[^\n]*", re.S),
+        quoted=re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|`[^`]*`|\$(\w*)\$.*?\$\1\$",
+                          re.S),
+        ends_transaction=re.compile(
+            r"(COMMIT|END|ABORT|BEGIN|START\s+TRANSACTION|PREPARE\s+TRANSACTION|XA"
+            r"|ROLLBACK(?!\s+(WORK\s+)?TO\b))\b"),
+        mysql_implicit_commit=re.compile(_MYSQL_IMPLICIT_COMMIT),
+        mysql_temporary=re.compile(
+            r"(CREATE\s+(OR\s+REPLACE\s+)?TEMPORARY|DROP\s+TEMPORARY)\s+TABLE\b"),
+        write=re.compile(
+            r"(INSERT|UPDATE|DELETE|MERGE|REPLACE|UPSERT|CREATE|ALTER|DROP|RENAME|TRUNCATE"
+            r"|GRANT|REVOKE|COMMENT|COPY|LOCK|VACUUM|REINDEX|CLUSTER|REFRESH|IMPORT|LOAD)\b"),
+        dml_anywhere=re.compile(r"\b(INSERT|UPDATE|DELETE|MERGE)\b"),
+        # A statement whose body is a BEGIN ... END block with ';' inside: a
+        # SQLite (or MySQL) trigger, PostgreSQL's SQL-standard function body
+        # (BEGIN ATOMIC). Its BEGIN and END delimit the body, not a transaction.
+        body_opens=re.compile(
+            r"CREATE\s+(OR\s+REPLACE\s+)?(TEMP(ORARY)?\s+)?TRIGGER\b.*?\bBEGIN\b"
+            r"|CREATE\s+(OR\s+REPLACE\s+)?(FUNCTION|PROCEDURE)\b.*?\bBEGIN\s+ATOMIC\b", re.S),
+        # MariaDB's anonymous compound statement, optionally labelled.
+        mysql_block_opens=re.compile(r"(\w+\s*:\s*)?BEGIN\s+NOT\s+ATOMIC\b"),
+        # Inside a block a statement also starts after these (IF ... THEN, a
+        # loop's body, a label), so a COMMIT there is found at its start.
+        inner_start=re.compile(r"\b(?:THEN|ELSE|DO|LOOP|REPEAT)\b|^\s*\w+\s*:(?!=)"),
+        # Inside a stored program BEGIN [WORK] always opens a nested block
+        # (MariaDB's "BEGIN END" page), and END closes one unless it ends an
+        # IF, CASE or loop.
+        block_begins=re.compile(r"(\w+\s*:\s*)?BEGIN(\s+NOT\s+ATOMIC|\s+WORK)?\b"),
+        block_ends=re.compile(r"END(?!\s+(IF|CASE|LOOP|WHILE|REPEAT|FOR)\b)\b"),
+        compound_ends=re.compile(r"END\s+(IF|CASE|LOOP|WHILE|REPEAT|FOR)\b"),
+    )
 
 
 def _statements(sql: str) -> list[str]:
     """The statements of ``sql``, upper-cased, without comments or quoted text."""
-    text = _QUOTED.sub("''", _COMMENTS.sub(" ", sql))
+    patterns = _patterns()
+    text = patterns.quoted.sub("''", patterns.comments.sub(" ", sql))
     return [part.strip().upper() for part in text.split(";") if part.strip()]
 
 
+def _ender(statement: str, dialect: str) -> str | None:
+    """Why one statement (its start) would end the transaction on ``dialect``, or None."""
+    patterns = _patterns()
+    if patterns.ends_transaction.match(statement):
+        return (f"ran {_first_words(statement)!r}, which would end the unit's transaction "
+                "before its ledger row is written; use session.commit() (it ends a "
+                "savepoint), or make the unit transactional=False if it must commit")
+    if dialect in ("mysql", "mariadb") and patterns.mysql_implicit_commit.match(statement) \
+            and not patterns.mysql_temporary.match(statement):
+        return (f"ran {_first_words(statement)!r}, which MySQL/MariaDB commit implicitly, "
+                "ending the unit's transaction half done; move the DDL into an alembic "
+                "migration (see `seedguard upgrade --schema`), or make the unit "
+                "transactional=False")
+    return None
+
+
+def _inside_block(statement: str, depth: int, dialect: str) -> tuple[int, str | None]:
+    """One ';'-separated part inside a BEGIN ... END block: the new depth, and a refusal.
+
+    The block's own BEGIN and END (nested ones too) pass; every statement
+    inside is read as at the top, so a COMMIT (or DDL on MySQL) in a block
+    is still refused.
+    """
+    patterns = _patterns()
+    for part in patterns.inner_start.split(statement):
+        part = part.strip().lstrip("(")
+        if not part:
+            continue
+        opened = patterns.block_begins.match(part)
+        if opened:
+            depth += 1
+            part = part[opened.end():].strip()
+            if not part:
+                continue
+        if patterns.block_ends.match(part):
+            depth -= 1
+            if depth == 0:
+                return 0, None
+            continue
+        if patterns.compound_ends.match(part):  # END IF, END LOOP, ...
+            continue
+        reason = _ender(part, dialect)
+        if reason is not None:
+            return depth, reason
+    return depth, None
+
+
 def transaction_ender(sql: str, dialect: str) -> str | None:
-    """Why ``sql`` would end the current transaction on ``dialect``, or None."""
+    """Why ``sql`` would end the current transaction on ``dialect``, or None.
+
+    A block's BEGIN ... END (a trigger's body, MariaDB's ``BEGIN NOT ATOMIC``,
+    PostgreSQL's ``BEGIN ATOMIC``) is not transaction control; a COMMIT inside
+    or after one is.
+    """
+    patterns = _patterns()
+    mysql = dialect in ("mysql", "mariadb")
+    depth = 0
     for statement in _statements(sql):
         statement = statement.lstrip("(")
-        if _ENDS_TRANSACTION.match(statement):
-            return (f"ran {_first_words(statement)!r}, which would end the unit's transaction "
-                    "before its ledger row is written; use session.commit() (it ends a "
-                    "savepoint), or make the unit transactional=False if it must commit")
-        if dialect in ("mysql", "mariadb") and _MYSQL_IMPLICIT_COMMIT.match(statement) \
-                and not _MYSQL_TEMPORARY.match(statement):
-            return (f"ran {_first_words(statement)!r}, which MySQL/MariaDB commit implicitly, "
-                    "ending the unit's transaction half done; move the DDL into an alembic "
-                    "migration (see `seedguard upgrade --schema`), or make the unit "
-                    "transactional=False")
+        if depth:
+            depth, reason = _inside_block(statement, depth, dialect)
+        else:
+            reason = _ender(statement, dialect) if not (
+                mysql and patterns.mysql_block_opens.match(statement)) else None
+            if reason is None:
+                opened = patterns.body_opens.match(statement) or (
+                    patterns.mysql_block_opens.match(statement) if mysql else None)
+                if opened:
+                    depth, reason = _inside_block(statement[opened.end():], 1, dialect)
+        if reason is not None:
+            return reason
     return None
 
 
 def is_write(sql: str) -> bool:
     """Whether ``sql`` may write (DML, DDL, locks); plain reads are False."""
+    patterns = _patterns()
     for statement in _statements(sql):
         statement = statement.lstrip("(")
-        if _WRITE.match(statement):
+        if patterns.write.match(statement):
             return True
-        if statement.startswith("WITH") and _DML_ANYWHERE.search(statement):
+        if statement.startswith("WITH") and patterns.dml_anywhere.search(statement):
             return True
     return False
 
 
 def _first_words(statement: str, count: int = 3) -> str:
-    return " ".join(_COMMENTS.sub(" ", statement).split()[:count])
+    return " ".join(_patterns().comments.sub(" ", statement).split()[:count])

@@ -15,25 +15,23 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING, ClassVar
 
+from seedguard.bydialect import ByDialect, Registry
+
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
     from seedguard.ledger import Ledger
 
 
-NOTIFIERS: dict[str, type[Notifier]] = {}
+NOTIFIERS: Registry[Notifier] = Registry("change notifier")
+"""The :class:`Notifier` of each dialect with a channel; others poll (the base class)."""
 
 
-class Notifier:
+class Notifier(ByDialect):
     """No channel: waiters on this dialect poll."""
 
-    dialects: ClassVar[tuple[str, ...]] = ()
+    registry = NOTIFIERS
     can_listen: ClassVar[bool] = False
-
-    def __init_subclass__(cls, **kwargs: object) -> None:
-        super().__init_subclass__(**kwargs)
-        for dialect in cls.dialects:
-            NOTIFIERS[dialect] = cls
 
     @staticmethod
     def notify(conn: Connection, channel: str) -> None:
@@ -66,7 +64,8 @@ def channel(ledger: Ledger) -> str:
 
 
 def notifier(dialect: str) -> type[Notifier]:
-    return NOTIFIERS.get(dialect, Notifier)
+    """The notifier of ``dialect``: the base class (waiters poll) when it has no channel."""
+    return NOTIFIERS.get(dialect) or Notifier
 
 
 def notify_applied(conn: Connection, ledger: Ledger) -> None:

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from seedguard import config as _config
-from seedguard.api import Bind, _settings
+from seedguard.admin import Bind, _settings
 from seedguard.api import select as select_units
 from seedguard.connect import engine_for
 from seedguard.errors import ConfigError, WaitTimeout
@@ -85,22 +85,22 @@ def _wait(engine: Engine, units: Sequence[SeedUnit], settings: _config.Settings,
           timeout: float | None) -> ApplyResult:
     from seedguard.alembic import RevisionGate
     from seedguard.ledger import Ledger
-    from seedguard.runner import _expected, _look, plan
+    from seedguard.planning import expected, look, plan
 
     ledger = Ledger.named(settings.ledger_table, settings.ledger_schema)
-    checksums, expected = _expected(units)
+    checksums, rows = expected(units)
     gate = RevisionGate(settings, engine)
     started = time.monotonic()
     deadline = None if timeout is None else started + timeout
 
     def outstanding() -> list[str]:
         """The selected units not applied yet (pending, running, waiting); [] when ready."""
-        look = _look(engine, ledger, expected)
-        if look is None:  # no ledger yet, or one an applier has still to upgrade
+        seen = look(engine, ledger, rows)
+        if seen is None:  # no ledger yet, or one an applier has still to upgrade
             return [unit.name for unit in units]
-        if look.all_applied:
+        if seen.all_applied:
             return []
-        planned = plan(units, look.state, checksums, revisions=gate, report=True)
+        planned = plan(units, seen.state, checksums, revisions=gate, report=True)
         return [*(u.name for u in planned.pending), *(u.name for u in planned.blocked),
                 *(w.name for w in planned.waiting), *(u.name for u in planned.stopped)]
 

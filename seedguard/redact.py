@@ -22,6 +22,7 @@ one rule covers every spelling of a secret:
 
 from __future__ import annotations
 
+import functools
 import re
 import urllib.parse
 from collections.abc import Iterable
@@ -44,13 +45,23 @@ _MIN_SEARCHED = 4
 
 # password=..., sslpassword = '...', 'passwd': '...' in DSNs, conninfo strings,
 # reprs of keyword arguments and JSON ("using password: YES" stays readable).
-_KEY_VALUE = re.compile(
+_KEY_VALUE = (
     r"""(?P<key>\b(?:ssl_?|ssl_key_)?(?:password|passwd|passphrase|pwd)(?:\s*=|['"]\s*:)\s*)"""
-    r"""(?P<value>'[^']*'|"[^"]*"|[^\s&;,)'"]+)""",
-    re.IGNORECASE,
+    r"""(?P<value>'[^']*'|"[^"]*"|[^\s&;,)'"]+)"""
 )
 # scheme://user:secret@host: the secret runs to the last "@" of the URL.
-_USERINFO = re.compile(r"(?P<head>[A-Za-z][\w+.-]*://[^:/@\s]*:)(?P<secret>[^\s]*)@")
+_USERINFO = r"(?P<head>[A-Za-z][\w+.-]*://[^:/@\s]*:)(?P<secret>[^\s]*)@"
+
+
+@functools.cache
+def _key_value() -> re.Pattern[str]:
+    # Compiled on first use: most processes never print a URL or an error.
+    return re.compile(_KEY_VALUE, re.IGNORECASE)
+
+
+@functools.cache
+def _userinfo() -> re.Pattern[str]:
+    return re.compile(_USERINFO)
 
 
 def is_secret_key(key: str) -> bool:
@@ -111,11 +122,11 @@ def _spellings(value: str) -> set[str]:
 
 def _text_secrets(text: str) -> list[str]:
     """Secrets in a URL that cannot be parsed: user info and secret query values."""
-    values = [m.group("secret") for m in _USERINFO.finditer(text)]
+    values = [m.group("secret") for m in _userinfo().finditer(text)]
     userinfo = text.partition("://")[2 if "://" in text else 0].rpartition("@")[0]
     if ":" in userinfo:
         values.append(userinfo.split(":", 1)[1])
-    for match in _KEY_VALUE.finditer(text):
+    for match in _key_value().finditer(text):
         values.append(match.group("value").strip("'\""))
     return [urllib.parse.unquote(v) for v in values] + values
 
@@ -177,8 +188,8 @@ def redact(text: str, *urls: URL | str | None, extra: Iterable[str] = ()) -> str
     for secret in [*secrets(*urls), *extra]:
         if secret:
             text = text.replace(secret, MASK)
-    text = _USERINFO.sub(lambda m: f"{m.group('head')}{MASK}@", text)
-    return _KEY_VALUE.sub(lambda m: f"{m.group('key')}{MASK}", text)
+    text = _userinfo().sub(lambda m: f"{m.group('head')}{MASK}@", text)
+    return _key_value().sub(lambda m: f"{m.group('key')}{MASK}", text)
 
 
 __all__ = ["MASK", "has_secrets", "is_secret_key", "redact", "redact_url", "secrets",

@@ -16,11 +16,11 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import re
-import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from seedguard.context import Mode, RunContext, UnitStep
 from seedguard.errors import resolve_advice
 from seedguard.review import (
     Plan,
@@ -59,19 +59,20 @@ def rehearse(engine: Engine, units: Sequence[SeedUnit], settings: Settings, *,
     """Run the pending ``units`` in a transaction that is always rolled back; see the module."""
     from seedguard.alembic import RevisionGate
     from seedguard.connect import connect, safe_url
+    from seedguard.context import RunContext
     from seedguard.dialects import applicable
-    from seedguard.ledger import Ledger, LedgerState
-    from seedguard.locks import both_locks, ledger_locks
-    from seedguard.runner import _expected, _unit_transactions, _work_connection, plan
-    from seedguard.verify import seedguard_code
+    from seedguard.ledger import LedgerState
+    from seedguard.planning import expected, plan
 
     # As apply() does: a unit limited to other databases is left out here.
     units = applicable(units, engine)
-    ledger = Ledger.named(settings.ledger_table, settings.ledger_schema)
-    checksums = _expected(units).checksums
+    checksums = expected(units).checksums
     contexts = list(settings.contexts)
     created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     database = safe_url(engine.url)
+    mode = _Rehearsing()
+    ctx = RunContext(engine, settings, mode, scoped_sessions=scoped_sessions)
+    ledger = ctx.ledger
     with connect(engine) as conn:
         state, _ = ledger.read_any(conn)
     first = plan(units, state or LedgerState(), checksums, strict=strict)
@@ -83,9 +84,8 @@ def rehearse(engine: Engine, units: Sequence[SeedUnit], settings: Settings, *,
 
     import sqlalchemy.orm  # noqa: F401  (what units need, imported before the locks)
 
-    file_lock, db_lock, deadline = ledger_locks(engine, settings)
-    with seedguard_code(), both_locks(file_lock, db_lock, deadline), \
-            _work_connection(engine, db_lock) as conn:
+    with ctx.held():
+        conn = ctx.connection
         state, _ = ledger.read_any(conn)
         conn.rollback()
         gate = RevisionGate(settings, engine).with_connection(conn)
@@ -99,61 +99,64 @@ def rehearse(engine: Engine, units: Sequence[SeedUnit], settings: Settings, *,
                                     not_rehearsed="blocked: it was interrupted mid-way; "
                                     f"settle it first with {resolve_advice(unit.name)}")
                       for unit in current.blocked]
-        with _unit_transactions(conn):
-            _run_all(conn, engine, current.pending, rehearsed,
-                     [*scoped_sessions, *_app_sessions(engine)])
+        mode.entries = {entry.name: entry for entry in rehearsed[:len(pending)]}
+        try:
+            for unit, _ in ctx.run_units(current.pending, current):
+                if mode.entries[unit.name].failed:
+                    mode.not_run[unit.name] = "failed"
+        except _Escaped as escaped:
+            entry = mode.entries[escaped.unit.name]
+            entry.error = f"{entry.error}; {escaped}" if entry.error else str(escaped)
+            for later in rehearsed[rehearsed.index(entry) + 1:]:
+                if later.not_rehearsed is None:
+                    later.not_rehearsed = (f"the rehearsal stopped at {escaped.unit.name!r}, "
+                                           "which ended its transaction")
     return Plan(rehearsed, contexts, plan_digest(pending, contexts, rows), database, created)
 
 
-def _app_sessions(engine: Engine) -> list[scoped_session[Any]]:
-    from seedguard.sessions import app_sessions
+class _Rehearsing(Mode):
+    """The rehearsal as a mode of the apply loop: each unit in a SAVEPOINT of one outer
+    transaction, which is then rolled back; no ledger row, no events."""
 
-    return app_sessions(engine)
+    def __init__(self) -> None:
+        self.entries: dict[str, RehearsedUnit] = {}
+        # Units not run, and why: the units after them are not run either.
+        self.not_run: dict[str, str] = {}
 
+    def step_for(self, unit: SeedUnit) -> type[UnitStep]:
+        return _Rehearsed
 
-def _run_all(conn: Connection, engine: Engine, pending: Sequence[SeedUnit],
-             rehearsed: list[RehearsedUnit], registries: Sequence[scoped_session[Any]]) -> None:
-    """Each unit in a SAVEPOINT of one outer transaction, which is then rolled back."""
-    from seedguard.guard import EngineGuard
+    def runs(self, ctx: RunContext, unit: SeedUnit) -> bool:
+        why = _why_not(unit, self.not_run)
+        if why is None:
+            return True
+        self.entries[unit.name].not_rehearsed = why
+        self.not_run[unit.name] = why
+        return False
 
-    outer = conn.begin()
-    dbapi_connection: Any = conn.connection.dbapi_connection
-    if getattr(dbapi_connection, "in_transaction", None) is False:
-        # sqlite3's legacy transaction control opens a transaction only before
-        # a DML statement: the first unit's SAVEPOINT would then be the
-        # outermost transaction, and its RELEASE a COMMIT. Open it ourselves,
-        # taking the write lock as apply()'s first ledger write does.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-    try:
-        with EngineGuard(engine) as guard:
-            not_run: dict[str, str] = {}
-            for unit, entry in zip(pending, rehearsed, strict=False):
-                why = _why_not(unit, not_run)
-                if why is not None:
-                    entry.not_rehearsed = why
-                    not_run[unit.name] = why
-                    continue
-                try:
-                    _run_one(conn, guard, unit, entry, registries)
-                except _Escaped as escaped:
-                    entry.error = f"{entry.error}; {escaped}" if entry.error else str(escaped)
-                    for later in rehearsed[rehearsed.index(entry) + 1:]:
-                        if later.not_rehearsed is None:
-                            later.not_rehearsed = (f"the rehearsal stopped at {unit.name!r}, "
-                                                   "which ended its transaction")
-                    break
-                if entry.failed:
-                    not_run[unit.name] = "failed"
-    finally:
-        # Always, also on Ctrl-C: nothing of a rehearsal is ever committed. The
-        # DB-API rollback is the one that counts; SQLAlchemy's only clears its
-        # own state, which a unit that ended the transaction has confused.
-        with contextlib.suppress(Exception):
-            conn.connection.dbapi_connection.rollback()  # type: ignore[union-attr]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "nested transaction already deassociated"
+    @contextlib.contextmanager
+    def units(self, ctx: RunContext) -> Iterator[None]:
+        conn = ctx.connection
+        outer = conn.begin()
+        dbapi_connection: Any = conn.connection.dbapi_connection
+        if getattr(dbapi_connection, "in_transaction", None) is False:
+            # sqlite3's legacy transaction control opens a transaction only before
+            # a DML statement: the first unit's SAVEPOINT would then be the
+            # outermost transaction, and its RELEASE a COMMIT. Open it ourselves,
+            # taking the write lock as apply()'s first ledger write does.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            # Always, also on Ctrl-C: nothing of a rehearsal is ever committed. The
+            # DB-API rollback is the one that counts; SQLAlchemy's only clears its
+            # own state, which a unit that ended the transaction has confused.
             with contextlib.suppress(Exception):
-                outer.rollback()
+                dbapi_connection.rollback()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "nested transaction already deassociated"
+                with contextlib.suppress(Exception):
+                    outer.rollback()
 
 
 def _why_not(unit: SeedUnit, not_run: Mapping[str, str]) -> str | None:
@@ -171,58 +174,63 @@ def _why_not(unit: SeedUnit, not_run: Mapping[str, str]) -> str | None:
 class _Escaped(Exception):
     """A unit ended the rehearsal's transaction: nothing after it can be rehearsed."""
 
-
-def _run_one(conn: Connection, guard: Any, unit: SeedUnit, entry: RehearsedUnit,
-             registries: Sequence[scoped_session[Any]]) -> None:
-    from seedguard.eventloop import call_unit, is_async_unit
-    from seedguard.events import running
-    from seedguard.guard import ending
-    from seedguard.runner import _root_error
-    from seedguard.sessionclass import classes_for
-    from seedguard.sessions import unit_session
-    from seedguard.verify import Canary, check_outcome, restore_session, user_code, watch
-
-    started = time.perf_counter()
-    savepoint = conn.begin_nested()
-    # The same verification as a real apply (seedguard.verify): if the unit
-    # ends the rehearsal's transaction, what it did so far may be committed,
-    # and the rehearsal stops there and says so.
-    canary = Canary(conn)
-    canary.plant()
-    try:
-        with _Recorder(conn, entry), guard.unit(conn, unit, transactional=True) as scope, \
-                watch(scope):
-            try:
-                # The session class the unit's annotation names (sqlmodel.Session), as in a run.
-                classes = classes_for(unit.fn, is_async_unit(unit))
-                with unit_session(conn, registries, session_class=classes.sync) as session, \
-                        running(unit, None):
-                    with user_code():
-                        outcome = call_unit(unit, session, async_class=classes.asynchronous)
-                        check_outcome(unit, outcome)
-                    session.commit()
-                if scope.refused is not None:
-                    raise scope.refused
-            except Exception as err:
-                entry.error = _root_error(scope.refused or err)
-                intact = canary.rolled_back()
-                if intact:  # else its savepoint went with the transaction the unit ended
-                    with ending(scope):
-                        savepoint.rollback()
-            else:
-                _exact_counts(unit, outcome, entry)
-                intact = canary.intact()
-                if intact:
-                    with ending(scope):
-                        savepoint.commit()  # RELEASE: later units see this one's rows
-    finally:
-        restore_session(conn)
-    entry.duration_ms = int((time.perf_counter() - started) * 1000)
-    if not intact:
-        raise _Escaped(
+    def __init__(self, unit: SeedUnit) -> None:
+        super().__init__(
             "it ended the rehearsal's transaction mid-way (a COMMIT, an implicit commit or a "
             "raw DB-API commit), so PART OF ITS WORK MAY HAVE BEEN COMMITTED by this "
             "rehearsal: check the database; the rehearsal stopped here")
+        self.unit = unit
+
+
+class _Rehearsed(UnitStep):
+    """One unit in a SAVEPOINT: released when it succeeds (later units see its rows),
+    rolled back when it fails; its statements and row counts recorded."""
+
+    def __init__(self, ctx: RunContext, unit: SeedUnit, current: Any, scope: Any,
+                 started: float) -> None:
+        super().__init__(ctx, unit, current, scope, started)
+        assert isinstance(ctx.mode, _Rehearsing)
+        self.entry = ctx.mode.entries[unit.name]
+
+    def recording(self) -> _Recorder:
+        return _Recorder(self.conn, self.entry)
+
+    def begin(self) -> bool:
+        from seedguard.verify import Canary
+
+        self.savepoint = self.conn.begin_nested()
+        # The same verification as a real apply (seedguard.verify): if the unit
+        # ends the rehearsal's transaction, what it did so far may be committed,
+        # and the rehearsal stops there and says so.
+        self.canary = Canary(self.conn)
+        self.canary.plant()
+        return True
+
+    def finish(self, outcome: Any) -> None:
+        from seedguard.guard import ending
+
+        _exact_counts(self.unit, outcome, self.entry)
+        if not self.canary.intact():
+            raise _Escaped(self.unit)
+        with ending(self.scope):
+            self.savepoint.commit()  # RELEASE: later units see this one's rows
+
+    def fail(self, err: BaseException, *, in_work: bool) -> BaseException | None:
+        from seedguard.context import root_error
+        from seedguard.guard import ending
+
+        if not in_work or not isinstance(err, Exception):
+            return err  # Ctrl-C, or the rehearsal's own steps: the outer rollback follows
+        self.entry.error = root_error(self.scope.refused or err)
+        if not self.canary.rolled_back():
+            return _Escaped(self.unit)  # its savepoint went with the transaction it ended
+        with ending(self.scope):
+            self.savepoint.rollback()
+        return None  # recorded; the units after it are not run (_why_not)
+
+    def close(self) -> None:
+        super().close()
+        self.entry.duration_ms = self.elapsed_ms()
 
 
 def _exact_counts(unit: SeedUnit, outcome: Any, entry: RehearsedUnit) -> None:

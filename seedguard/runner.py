@@ -15,72 +15,40 @@
    transaction. Nothing may end that transaction early or write around it
    (:mod:`seedguard.guard`). A failure rolls back the unit's work and its row
    together.
+
+The loop itself is :meth:`seedguard.context.RunContext.run_units`; this
+module is the apply mode of it (:class:`Applying`: :class:`_Atomic` for a
+unit in one transaction, :class:`_Stepwise` for ``transactional=False``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import sys
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-from seedguard import journal
 from seedguard.alembic import RevisionGate, upgrade_head
-from seedguard.checksum import code_checksums, same_algorithm, same_kind
 from seedguard.connect import connect
+from seedguard.context import Mode, RunContext, UnitStep, root_error
 from seedguard.dialects import applicable
-from seedguard.errors import (
-    DriftError,
-    SeedFailed,
-    SeedguardError,
-    UnitBlocked,
-    resolve_advice,
-)
-from seedguard.eventloop import call_unit, is_async_unit
+from seedguard.errors import SeedFailed, SeedguardError, UnitBlocked, resolve_advice
 from seedguard.events import (
     Listener,
-    LockAcquired,
-    LockWaiting,
     Run,
     RunFinished,
     RunStarted,
     UnitFailed,
     UnitFinished,
-    UnitStarted,
-    running,
-    unit_context,
 )
-from seedguard.guard import EngineGuard, current_unit, ending
-from seedguard.ledger import (
-    BLOCKING_STATUSES,
-    Comparison,
-    Ledger,
-    LedgerRow,
-    LedgerState,
-    PlannedRow,
-    RowState,
-)
-from seedguard.locks import DatabaseLock, Deadline, both_locks, ledger_locks
+from seedguard.guard import current_unit, ending
+from seedguard.ledger import Comparison, LedgerState
 from seedguard.notify import notify_applied
-from seedguard.result import Applied, ApplyResult, Drift, Waiting
-from seedguard.sessionclass import UnitClasses, classes_for
-from seedguard.sessions import app_sessions, unit_session
+from seedguard.planning import Plan, expected, look, plan
+from seedguard.result import Applied, ApplyResult
 from seedguard.unit import SeedUnit
-from seedguard.verify import (
-    Canary,
-    check_outcome,
-    restore_session,
-    seedguard_code,
-    translate_session_errors,
-    unit_running_on,
-    user_code,
-    watch,
-)
+from seedguard.verify import Canary, limit_hint, translate_session_errors, unit_running_on
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -90,129 +58,9 @@ if TYPE_CHECKING:
     from seedguard.guard import _Scope
     from seedguard.review import Plan as ReviewedPlan
 
+__all__ = ["Plan", "plan", "run"]  # Plan and plan: seedguard.planning's, imported from here too
+
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Plan:
-    """What to do with each selected unit, given the ledger."""
-
-    pending: list[SeedUnit] = field(default_factory=list)
-    skipped: list[SeedUnit] = field(default_factory=list)
-    drifted: list[Drift] = field(default_factory=list)
-    ahead: list[SeedUnit] = field(default_factory=list)
-    blocked: list[SeedUnit] = field(default_factory=list)
-    # Units whose requires_revision is not in the user's alembic history yet.
-    waiting: list[Waiting] = field(default_factory=list)
-    # Units after a blocked one: they wait until it is resolved.
-    stopped: list[SeedUnit] = field(default_factory=list)
-    # Units whose (name, version) row exists and is re-applied: the row each replaces.
-    replaces: dict[str, LedgerRow] = field(default_factory=dict)
-    # Units in ``ahead`` because the ledger holds newer data than theirs.
-    newer_data: set[str] = field(default_factory=set)
-    checksums: dict[str, str] = field(default_factory=dict)
-    # The ledger status of each blocked unit ("running" or "dirty").
-    statuses: dict[str, str] = field(default_factory=dict)
-
-    def result(self, *, dry_run: bool = False) -> ApplyResult:
-        return ApplyResult(skipped=list(self.skipped), pending=list(self.pending),
-                           drifted=list(self.drifted), ahead=list(self.ahead),
-                           waiting=list(self.waiting), dry_run=dry_run)
-
-
-def plan(units: Sequence[SeedUnit], state: RowState[PlannedRow], checksums: Mapping[str, str], *,
-         strict: bool = False, revisions: Callable[[SeedUnit], bool] | None = None,
-         report: bool = False) -> Plan:
-    """Sort ``units`` (already in run order) into pending, skipped, drifted, ahead, blocked.
-
-    The one rule for a unit's state: ``apply()`` acts on it, ``status`` and
-    ``check`` report it (``report=True``: drift is listed, never raised).
-
-    ``checksums`` holds each unit's current checksum, taken once per run: a
-    run plans up to three times, and a data seed's checksum hashes its file.
-
-    ``revisions`` (a :class:`seedguard.alembic.RevisionGate`) says whether a
-    unit's ``requires_revision`` is applied; it is only asked about units that
-    would otherwise be pending, so the graph is read only when one declares a
-    requirement. Without it, requirements are not checked.
-    """
-    result = Plan()
-    stopped: set[str] = set()
-    waiting: dict[str, Waiting] = {}
-    result.checksums = dict(checksums)
-    for unit in units:
-        checksum = checksums[unit.name]
-        row = state.get((unit.name, unit.version))
-        if row is not None and row.checksum == checksum and row.status == "applied" \
-                and not (stopped and unit.after and any(dep in stopped for dep in unit.after)):
-            # The common case, first: applied, unchanged, nothing before it stopped.
-            result.skipped.append(unit)
-            continue
-        if unit.after and any(dep in stopped for dep in unit.after):
-            stopped.add(unit.name)
-            result.stopped.append(unit)
-            continue
-        behind = (next((waiting[dep] for dep in unit.after if dep in waiting), None)
-                  if unit.after and waiting else None)
-        if behind is not None and row is None:
-            # A unit after one that waits for its schema waits too
-            # (rather than failing on tables that do not exist yet).
-            waiting[unit.name] = Waiting(unit.name, unit.version, behind.revision, unit,
-                                         via=behind.via or behind.name)
-            result.waiting.append(waiting[unit.name])
-            continue
-        if row is not None and row.status in BLOCKING_STATUSES:
-            # A non-transactional unit was interrupted mid-way, or a
-            # transactional one failed after its transaction was ended early
-            # ("dirty"): its work may be half done, so neither it nor anything
-            # after it may run until an operator says which (`seedguard resolve`).
-            result.blocked.append(unit)
-            result.statuses[unit.name] = row.status
-            stopped.add(unit.name)
-            continue
-        if row is None:
-            latest = state.latest(unit.name)
-            if latest is not None and latest.version > unit.version:
-                result.ahead.append(unit)
-            elif unit.requires_revision and revisions is not None and not revisions(unit):
-                # Its schema is not there yet; report it, do not fail.
-                waiting[unit.name] = Waiting(unit.name, unit.version, unit.requires_revision,
-                                             unit)
-                result.waiting.append(waiting[unit.name])
-            else:
-                result.pending.append(unit)
-            continue
-        if row.checksum and not same_kind(row.checksum, checksum):
-            # Code replaced by data under one name, or the other way round:
-            # the recorded work is not this unit's work at all.
-            result.pending.append(unit)
-            result.replaces[unit.name] = row
-            continue
-        if row.checksum and same_algorithm(row.checksum, checksum) and row.checksum != checksum:
-            if unit.on_change == "rerun":
-                if getattr(row, "superseded", None) and row.supersedes(checksum):
-                    # This data was applied once and then replaced by newer
-                    # data (an old replica during a rolling deploy): never go
-                    # back to it; `seedguard forget` is the explicit way back.
-                    result.ahead.append(unit)
-                    result.newer_data.add(unit.name)
-                    continue
-                # Re-applying on change is this unit's policy (data seeds by
-                # default): pending work, not drift to warn about.
-                result.pending.append(unit)
-                result.replaces[unit.name] = row
-                continue
-            drift = Drift(unit.name, unit.version, row.checksum, checksum, unit)
-            result.drifted.append(drift)
-            if unit.on_change == "error" and not report:
-                raise DriftError(drift.message(), drifted=[drift])
-        result.skipped.append(unit)
-    if strict and result.drifted and not report:
-        raise DriftError(
-            "; ".join(d.message() for d in result.drifted) + " (strict mode refuses drift)",
-            drifted=result.drifted,
-        )
-    return result
 
 
 @translate_session_errors
@@ -251,9 +99,10 @@ def run(
         if not emit.quiet:
             emit(RunStarted(emit.id, len(units), dry_run))
         try:
-            result = _run(engine, units, settings, emit, dry_run=dry_run, strict=strict,
-                          schema=schema, scoped_sessions=scoped_sessions, reviewed=reviewed,
-                          session_class=session_class)
+            ctx = RunContext(engine, settings, APPLYING, emit=emit,
+                             scoped_sessions=scoped_sessions, session_class=session_class)
+            result = _run(ctx, units, dry_run=dry_run, strict=strict, schema=schema,
+                          reviewed=reviewed)
         except BaseException as err:
             if not emit.quiet:
                 emit(RunFinished(emit.id, emit.elapsed_ms(), error=err))
@@ -263,50 +112,28 @@ def run(
         return result
 
 
-def _run(engine: Engine, units: Sequence[SeedUnit], settings: Settings, emit: Run, *,
-         dry_run: bool, strict: bool, schema: bool,
-         scoped_sessions: Sequence[scoped_session[Any]],
-         reviewed: ReviewedPlan | None,
-         session_class: type[Any] | None = None) -> ApplyResult:
-    running_unit = current_unit()
-    if running_unit is not None:
-        # Its own file lock is held by this very process: waiting would never end.
-        raise SeedguardError(
-            f"seedguard.apply() was called inside unit {running_unit.name!r}, which is "
-            "itself being applied; apply() is not re-entrant: do the work in the unit "
-            "with its session, or declare it as a unit of its own (after=...)"
-        )
+def _run(ctx: RunContext, units: Sequence[SeedUnit], *, dry_run: bool, strict: bool,
+         schema: bool, reviewed: ReviewedPlan | None) -> ApplyResult:
+    _not_reentrant(ctx.engine)
     # A unit limited to other databases is not applicable here: left out, and
     # the units after it run without it (seedguard.dialects).
-    units = applicable(units, engine)
-    ledger = Ledger.named(settings.ledger_table, settings.ledger_schema)
-    checksums, expected = _expected(units)
-    now = _look(engine, ledger, expected)
+    planner = _Planner(ctx, applicable(units, ctx.engine), strict=strict)
+    now = planner.look()
     # A reviewed plan is checked under the locks: "nothing pending" is an
     # answer to check against it too (applied by someone else since?).
-    fast = not schema and reviewed is None
-    if now is not None and now.all_applied and fast:
-        return ApplyResult(skipped=list(units), dry_run=dry_run)
-    # Reads the user's alembic graph only if a would-be-pending unit declares
-    # requires_revision: the no-op start-up stays one query.
-    gate = RevisionGate(settings, engine)
-
-    def planned(look: Comparison | None) -> Plan:
-        if look is not None and look.all_applied:
-            return Plan(skipped=list(units), checksums=dict(checksums))
-        state = look.state if look is not None else LedgerState()
-        return plan(units, state, checksums, strict=strict, revisions=gate)
-
-    first = planned(now)
+    planner.fast = not schema and reviewed is None
+    if now is not None and now.all_applied and planner.fast:
+        return ApplyResult(skipped=list(planner.units), dry_run=dry_run)
+    first = planner.planned(now)
     if dry_run:
         result = first.result(dry_run=True)
-        _preview(engine, first.pending, result)
+        _preview(ctx.engine, first.pending, result)
         return result
     # schema=True always takes the locks: the user's schema may be behind. A
     # "running" row is no reason to fail without them: its owner is most
     # likely still at work (a gunicorn worker that started a moment earlier),
     # and the locks make this applier wait for it and look again.
-    if now is not None and not first.pending and not first.blocked and fast:
+    if now is not None and not first.pending and not first.blocked and planner.fast:
         return first.result()
 
     # Work to do: import what the units need now, not while holding the locks
@@ -314,25 +141,7 @@ def _run(engine: Engine, units: Sequence[SeedUnit], settings: Settings, emit: Ru
     # bench/contention.py). The no-op path above never pays it.
     import sqlalchemy.orm  # noqa: F401
 
-    file_lock, db_lock, deadline = ledger_locks(engine, settings)
-    settled: list[Plan] = []
-
-    def already_done() -> bool:
-        # Once the file lock is had (or, after a wait, just after it): the
-        # applier this one waited for, or one that finished a moment before,
-        # has usually done everything. One look ends it then, as safely as
-        # the lock-free fast path does, without the database lock, the ledger
-        # check and the full re-read (bench/contention.py).
-        if not fast:
-            return False
-        look = _look(engine, ledger, expected)
-        if look is None:
-            return False
-        settled.append(planned(look))
-        return not settled[0].pending and not settled[0].blocked
-
-    registries = [*scoped_sessions, *app_sessions(engine)]
-    elsewhere = unit_running_on(engine)
+    elsewhere = unit_running_on(ctx.engine)
     if elsewhere is not None:
         # This process holds the locks for that unit: waiting would never end.
         raise SeedguardError(
@@ -341,361 +150,325 @@ def _run(engine: Engine, units: Sequence[SeedUnit], settings: Settings, emit: Ru
             "apply() is not re-entrant: do the work in the unit with its session, or "
             "declare it as a unit of its own (after=...)"
         )
-    if not emit.quiet:
-        emit(LockWaiting(emit.id, str(file_lock.path), settings.lock_timeout))
-    waiting_since = time.perf_counter()
-    with seedguard_code(), both_locks(file_lock, db_lock, deadline,
-                                      skip_if=already_done) as held:
-        if not emit.quiet:
-            emit(LockAcquired(emit.id, time.perf_counter() - waiting_since))
+    with ctx.held(skip_if=planner.already_done) as held:
         if not held:
-            return settled[0].result()
-        with _work_connection(engine, db_lock) as conn, EngineGuard(engine) as guard:
-            migrated = _upgrade_schema(settings, engine, conn, db_lock) if schema else []
-            if db_lock.per_transaction:
-                # No session lock behind a transaction pooler: create the ledger in
-                # one transaction that holds the transaction-level lock.
-                with conn.begin():
-                    db_lock.lock_unit(conn, Deadline(settings.lock_timeout))
-                    ledger.ensure(conn, commit=False)
+            assert planner.settled is not None
+            return planner.settled.result()
+        current, result = _under_locks(ctx, planner, schema=schema, reviewed=reviewed)
+        for unit, applied in ctx.run_units(list(current.pending), current):
+            if applied is None:
+                result.skipped.append(unit)
             else:
-                ledger.ensure(conn)
-            # Heads re-read under the locks: another applier (or our own
-            # schema upgrade) may have moved them since the fast path.
-            rows = ledger.read_current(conn)
-            current = plan(units, rows, checksums, strict=strict,
-                           revisions=gate.with_connection(conn))
-            conn.commit()
-            if reviewed is not None:
-                from seedguard.review import check_reviewed, ledger_rows
-
-                check_reviewed(reviewed, [(unit.name, unit.version, checksums[unit.name])
-                                          for unit in current.pending],
-                               settings.contexts, ledger_rows(rows, units))
-            result = current.result()
-            result.migrated = migrated
-            with _unit_transactions(conn):
-                for unit in current.pending:
-                    db_lock.verify()
-                    with unit_context(unit):
-                        applied = _apply_one(conn, ledger, unit, current, emit, db_lock,
-                                             settings.lock_timeout, guard, registries,
-                                             session_class)
-                    if applied is None:
-                        result.skipped.append(unit)
-                    else:
-                        result.applied.append(applied)
-                    result.pending.remove(unit)
+                result.applied.append(applied)
+            result.pending.remove(unit)
     _raise_blocked(current)
     return result
 
 
-def _look(engine: Engine, ledger: Ledger, expected: tuple[tuple[str, int, str], ...]
-          ) -> Comparison | None:
-    """One read of the ledger, without a lock: compared with the units as a whole
-    where that answers, else its rows; None when it is missing or behind."""
-    with connect(engine) as conn:
-        compared = ledger.read_against(conn, expected)
-        if compared is not None:
-            return compared
-        state = ledger.read(conn, full=False)
-    return None if state is None else Comparison(False, state)
+def _not_reentrant(engine: Engine) -> None:
+    running_unit = current_unit()
+    if running_unit is not None:
+        # Its own file lock is held by this very process: waiting would never end.
+        raise SeedguardError(
+            f"seedguard.apply() was called inside unit {running_unit.name!r}, which is "
+            "itself being applied; apply() is not re-entrant: do the work in the unit "
+            "with its session, or declare it as a unit of its own (after=...)"
+        )
 
 
-class _Expected(NamedTuple):
-    checksums: Mapping[str, str]
-    """Each unit's current checksum, by name."""
-    rows: tuple[tuple[str, int, str], ...]
-    """``(name, version, checksum)`` of each unit: its ledger row once applied."""
+class _Planner:
+    """What one apply() call plans from: its units, their checksums, the ledger's rows.
 
-
-def _expected(units: Sequence[SeedUnit]) -> _Expected:
-    """What the ledger holds once every unit of ``units`` is applied.
-
-    A code unit's checksum cannot change while its function is loaded, so a
-    selection's code checksums are gathered once per process (a warm no-op at
-    1,000 units spent a third of its time here: bench/targets.py); a data
-    seed's checksum hashes its file, which may change, on every run.
+    The fast path, the look just after the file lock and the re-read under
+    both locks all plan by the one rule (:func:`seedguard.planning.plan`).
     """
-    fixed = _fixed_expectation(tuple(units))
-    data = [unit for unit in units if unit.checksum_fn is not None] if fixed.has_data else ()
-    if not data:
-        return fixed.expected
-    checksums = dict(fixed.expected.checksums)
-    checksums.update((unit.name, unit.checksum()) for unit in data)
-    return _Expected(checksums, tuple((unit.name, unit.version, checksums[unit.name])
-                                      for unit in units))
+
+    def __init__(self, ctx: RunContext, units: Sequence[SeedUnit], *, strict: bool) -> None:
+        self.ctx = ctx
+        self.units = units
+        self.strict = strict
+        self.fast = True
+        self.checksums, self.rows = expected(units)
+        # Reads the user's alembic graph only if a would-be-pending unit declares
+        # requires_revision: the no-op start-up stays one query.
+        self.gate = RevisionGate(ctx.settings, ctx.engine)
+        # What the look after the file lock found, when it found nothing to do.
+        self.settled: Plan | None = None
+
+    def look(self) -> Comparison | None:
+        return look(self.ctx.engine, self.ctx.ledger, self.rows)
+
+    def planned(self, seen: Comparison | None) -> Plan:
+        if seen is not None and seen.all_applied:
+            return Plan(skipped=list(self.units), checksums=dict(self.checksums))
+        state = seen.state if seen is not None else LedgerState()
+        return plan(self.units, state, self.checksums, strict=self.strict, revisions=self.gate)
+
+    def already_done(self) -> bool:
+        """Once the file lock is had (or, after a wait, just after it): the
+        applier this one waited for, or one that finished a moment before,
+        has usually done everything. One look ends it then, as safely as
+        the lock-free fast path does, without the database lock, the ledger
+        check and the full re-read (bench/contention.py)."""
+        if not self.fast:
+            return False
+        seen = self.look()
+        if seen is None:
+            return False
+        settled = self.planned(seen)
+        if settled.pending or settled.blocked:
+            return False
+        self.settled = settled
+        return True
 
 
-class _Fixed(NamedTuple):
-    expected: _Expected
-    has_data: bool
+def _under_locks(ctx: RunContext, planner: _Planner, *, schema: bool,
+                 reviewed: ReviewedPlan | None) -> tuple[Plan, ApplyResult]:
+    """The user's schema, then the ledger's, then the plan from the ledger re-read."""
+    conn, ledger, units, checksums = ctx.connection, ctx.ledger, planner.units, planner.checksums
+    migrated: list[str] = []
+    if schema:
+        with ctx.locked() as commit:
+            migrated = upgrade_head(ctx.settings, ctx.engine, conn, commit=commit)
+    with ctx.locked() as commit:
+        ledger.ensure(conn, commit=commit)
+    # Heads re-read under the locks: another applier (or our own
+    # schema upgrade) may have moved them since the fast path.
+    state = ledger.read_current(conn)
+    current = plan(units, state, checksums, strict=planner.strict,
+                   revisions=planner.gate.with_connection(conn))
+    conn.commit()
+    if reviewed is not None:
+        from seedguard.review import check_reviewed, ledger_rows
+
+        check_reviewed(reviewed, [(unit.name, unit.version, checksums[unit.name])
+                                  for unit in current.pending],
+                       ctx.settings.contexts, ledger_rows(state, units))
+    result = current.result()
+    result.migrated = migrated
+    return current, result
 
 
-@functools.lru_cache(maxsize=16)
-def _fixed_expectation(units: tuple[SeedUnit, ...]) -> _Fixed:
-    code_units = [unit for unit in units if unit.checksum_fn is None]
-    has_data = len(code_units) < len(units)
-    checksums = dict(zip([unit.name for unit in code_units],
-                         code_checksums([unit.fn for unit in code_units]), strict=True))
-    if has_data:  # placeholders; _expected() fills in the data seeds' current ones
-        checksums.update((unit.name, "") for unit in units if unit.checksum_fn is not None)
-    rows = tuple((unit.name, unit.version, checksums[unit.name]) for unit in units)
-    return _Fixed(_Expected(MappingProxyType(checksums), rows), has_data)
+# -- the apply mode: one step class per kind of unit -----------------------------------------
 
 
-def _upgrade_schema(settings: Settings, engine: Engine, conn: Connection,
-                    db_lock: DatabaseLock) -> list[str]:
-    """The user's ``alembic upgrade head``, under the locks already held."""
-    if db_lock.per_transaction:
-        # No session lock: hold the transaction-level lock for the whole
-        # upgrade by running it in one transaction (alembic leaves a
-        # transaction it did not begin to its caller).
-        with conn.begin():
-            db_lock.lock_unit(conn, Deadline(settings.lock_timeout))
-            return upgrade_head(settings, engine, conn, commit=False)
-    return upgrade_head(settings, engine, conn)
+class Applying(Mode):
+    """Apply each unit: in one transaction, or step by step when ``transactional=False``."""
+
+    def step_for(self, unit: SeedUnit) -> type[UnitStep]:
+        return _Atomic if unit.transactional else _Stepwise
+
+    def runs(self, ctx: RunContext, unit: SeedUnit) -> bool:
+        # Never a unit without the lock: a lost lease stops the run here.
+        ctx.db_lock.verify()
+        return True
 
 
-@contextlib.contextmanager
-def _work_connection(engine: Engine, db_lock: DatabaseLock) -> Iterator[Connection]:
-    """The connection units run on: the lock's own session when it has one.
-
-    One connection per applier, not two (64 appliers against
-    PostgreSQL's max_connections = 100). The lock survives the units' commits
-    because it is session-level; the lock object closes the connection.
-    """
-    if db_lock.work_connection is not None:
-        yield db_lock.work_connection
-        return
-    with connect(engine) as conn:
-        yield conn
+APPLYING = Applying()
 
 
-@contextlib.contextmanager
-def _unit_transactions(conn: Connection) -> Iterator[None]:
-    """Make each transaction on ``conn`` a real one that starts by taking the write lock.
+class _Claiming(UnitStep):
+    """A unit that is applied: its ledger row claimed first, under the unit's lock."""
 
-    ``create_engine(isolation_level="AUTOCOMMIT")`` (also through
-    Flask-SQLAlchemy's ``SQLALCHEMY_ENGINE_OPTIONS``) would commit each of a
-    unit's statements on its own, its ledger row included; the connection
-    gets its own isolation level back instead (SQLAlchemy restores the
-    engine's when the connection returns to the pool).
+    journaled = True  # applied in one transaction: a data seed journals its writes
 
-    On SQLite the database itself is the guard behind the file lock (which a
-    deleted lock file or another spelling of the path would split): sqlite3
-    then opens each unit's transaction, at its first write (the ledger
-    claim), with ``BEGIN IMMEDIATE``, so a second applier waits for the
-    write lock before it reads the row it claims. A deferred transaction
-    would read first and then fail to promote its lock ("database is locked")
-    instead of waiting.
-    """
-    dbapi_connection: Any = conn.connection.dbapi_connection
-    if _autocommit(dbapi_connection):
-        conn.execution_options(isolation_level=conn.get_isolation_level())
-    if conn.dialect.name != "sqlite" or not hasattr(dbapi_connection, "isolation_level"):
-        yield
-        return
-    saved = dbapi_connection.isolation_level
-    dbapi_connection.isolation_level = "IMMEDIATE"
-    try:
-        yield
-    finally:
-        dbapi_connection.isolation_level = saved
+    duration_ms = 0
 
+    def claim(self) -> bool:
+        log.info("applying %s v%d", self.unit.name, self.unit.version)
+        # Transaction lock mode: the lock first, then the claim re-checks under it.
+        self.ctx.db_lock.lock_unit(self.conn, self.ctx.unit_deadline())
+        self.claimed = self._claim_row()
+        return self.claimed
 
-def _autocommit(dbapi_connection: Any) -> bool:
-    # Asked of the driver: Connection.get_isolation_level() reports the
-    # underlying level ("READ COMMITTED") even while autocommit is on.
-    flag = getattr(dbapi_connection, "autocommit", None)
-    if isinstance(flag, bool):  # psycopg, psycopg2, sqlite3 on Python 3.12+ when set
-        return flag
-    get = getattr(dbapi_connection, "get_autocommit", None)
-    if callable(get):  # PyMySQL, mysqlclient
-        return bool(get())
-    # sqlite3 in its legacy transaction control: None means autocommit.
-    return hasattr(dbapi_connection, "isolation_level") and \
-        dbapi_connection.isolation_level is None
+    def record(self) -> None:
+        """The unit's row, "applied" with its duration; committed with the unit, a
+        waiter LISTENing (seedguard.readiness) hears it when the unit's work
+        becomes visible, not before."""
+        self.ctx.ledger.finish(self.conn, self.unit.name, self.unit.version,
+                               checksum=self.checksum, duration_ms=self.duration_ms)
+        notify_applied(self.conn, self.ctx.ledger)
 
+    def failed(self, outcome: BaseException) -> None:
+        if self.ctx.emit is not None:
+            self.ctx.emit(UnitFailed(self.unit, self.elapsed_ms(), outcome, self.ctx.emit.id))
 
-def _claim(conn: Connection, ledger: Ledger, unit: SeedUnit, checksum: str,
-           replaces: LedgerRow | None, scope: _Scope) -> bool:
-    """Claim the unit's ledger row in the open transaction; False if another applier won.
+    def done(self) -> Applied:
+        return _finished(self.unit, self.duration_ms, self.ctx.emit)
 
-    A failed claim is a lost race only when a re-read shows that another
-    applier's row is there; anything else (a trigger or CHECK on the ledger,
-    an extra NOT NULL column, names that one collation calls equal) fails
-    the run, so no unit is ever skipped on a misread error.
-    """
-    from sqlalchemy.exc import IntegrityError
+    def _claim_row(self) -> bool:
+        """Claim the unit's ledger row in the open transaction; False if another applier won.
 
-    refusal: Exception | None = None
-    try:
-        if ledger.claim(conn, unit.name, unit.version, checksum, replaces=replaces,
-                        description=unit.description):
-            return True
-    except IntegrityError as err:
-        refusal = err
-    with ending(scope):
-        conn.rollback()
-        row = ledger.row(conn, unit.name, unit.version)
-        conn.rollback()
-    if row is not None and row.status == "dirty":
-        raise UnitBlocked(_blocked_message(unit, "dirty"), unit=unit)
-    if row is not None and row.status == "running":
-        raise UnitBlocked(
-            f"unit {unit.name!r} v{unit.version} is being applied by another process, or "
-            "was interrupted mid-way; run again once it has finished, or if it was "
-            f"interrupted run {resolve_advice(unit.name)}",
+        A failed claim is a lost race only when a re-read shows that another
+        applier's row is there; anything else (a trigger or CHECK on the ledger,
+        an extra NOT NULL column, names that one collation calls equal) fails
+        the run, so no unit is ever skipped on a misread error.
+        """
+        from sqlalchemy.exc import IntegrityError
+
+        conn, ledger, unit, scope = self.conn, self.ctx.ledger, self.unit, self.scope
+        checksum, replaces = self.checksum, self.replaces
+
+        refusal: Exception | None = None
+        try:
+            if ledger.claim(conn, unit.name, unit.version, checksum, replaces=replaces,
+                            description=unit.description):
+                return True
+        except IntegrityError as err:
+            refusal = err
+        with ending(scope):
+            conn.rollback()
+            row = ledger.row(conn, unit.name, unit.version)
+            conn.rollback()
+        if row is not None and row.status == "dirty":
+            raise UnitBlocked(_blocked_message(unit, "dirty"), unit=unit)
+        if row is not None and row.status == "running":
+            raise UnitBlocked(
+                f"unit {unit.name!r} v{unit.version} is being applied by another process, or "
+                "was interrupted mid-way; run again once it has finished, or if it was "
+                f"interrupted run {resolve_advice(unit.name)}",
+                unit=unit,
+            )
+        if row is not None and (replaces is None or row.checksum == checksum):
+            log.info("unit %s v%d was applied concurrently by another process; skipped",
+                     unit.name, unit.version)
+            return False
+        if refusal is not None:
+            raise SeedFailed(
+                f"unit {unit.name!r} v{unit.version}: recording it in the ledger failed "
+                f"({root_error(refusal)}) and no other applier's row explains it; check the "
+                f"ledger table {ledger.qualified_name} for triggers, constraints or columns "
+                "seedguard did not create. Nothing of the unit ran",
+                unit=unit,
+            ) from refusal
+        raise SeedFailed(
+            f"unit {unit.name!r} v{unit.version}: its ledger row changed while this run was "
+            "about to re-apply it (another applier with other code or data?); nothing of the "
+            "unit ran: run again",
             unit=unit,
         )
-    if row is not None and (replaces is None or row.checksum == checksum):
-        log.info("unit %s v%d was applied concurrently by another process; skipped",
-                 unit.name, unit.version)
-        return False
-    if refusal is not None:
-        raise SeedFailed(
-            f"unit {unit.name!r} v{unit.version}: recording it in the ledger failed "
-            f"({_root_error(refusal)}) and no other applier's row explains it; check the "
-            f"ledger table {ledger.qualified_name} for triggers, constraints or columns "
-            "seedguard did not create. Nothing of the unit ran",
-            unit=unit,
-        ) from refusal
-    raise SeedFailed(
-        f"unit {unit.name!r} v{unit.version}: its ledger row changed while this run was "
-        "about to re-apply it (another applier with other code or data?); nothing of the "
-        "unit ran: run again",
-        unit=unit,
-    )
 
-
-def _apply_one(conn: Connection, ledger: Ledger, unit: SeedUnit, current: Plan,
-               emit: Run, db_lock: DatabaseLock, lock_timeout: float | None,
-               guard: EngineGuard, registries: Sequence[scoped_session[Any]],
-               session_class: type[Any] | None = None) -> Applied | None:
-    """Apply one unit in its own transaction; None if another applier beat us to it.
-
-    Its events start once its ledger row is claimed: a unit that another
-    applier won is not one that ran here.
-    """
-    checksum = current.checksums[unit.name]
-    replaces = current.replaces.get(unit.name)
-    # Before anything runs: an annotation that cannot work is a DefinitionError.
-    classes = classes_for(unit.fn, is_async_unit(unit), session_class)
-    log.info("applying %s v%d", unit.name, unit.version)
-    started = time.perf_counter()
-    transactional = unit.transactional
-    with guard.unit(conn, unit, transactional=transactional) as scope, watch(scope):
-        if not transactional:
-            return _apply_non_transactional(conn, ledger, unit, checksum, replaces, emit,
-                                            started, db_lock, lock_timeout, scope, registries,
-                                            classes)
-        trans = conn.begin()
-        in_work = claimed = False
-        canary: Canary | None = None
+    def claim_committed(self) -> bool:
+        """Whether the unit's "running" claim is committed (True also when it cannot be read)."""
         try:
-            # Transaction lock mode: the lock first, then the claim re-checks under it.
-            db_lock.lock_unit(conn, Deadline(lock_timeout))
-            if not _claim(conn, ledger, unit, checksum, replaces, scope):
-                return None
-            canary = Canary(conn)
-            canary.plant()
-            emit(UnitStarted(unit, emit.id))
-            in_work = claimed = True
-            with unit_session(conn, registries, session_class=classes.sync) as session, \
-                    running(unit, emit), journal.recording(ledger, unit, checksum):
-                with user_code():
-                    check_outcome(unit, call_unit(unit, session,
-                                                  async_class=classes.asynchronous))
-                # Flush what the unit left pending: its writes, not a commit of the unit.
-                session.commit()
-            if scope.refused is not None:
-                raise scope.refused  # the unit caught the refusal and went on
-            in_work = False
-            atomic = canary.intact()
-            canary.back_home()
-            duration_ms = _elapsed_ms(started)
-            ledger.finish(conn, unit.name, unit.version, checksum=checksum,
-                          duration_ms=duration_ms)
-            # Committed with the unit: a waiter LISTENing (seedguard.readiness)
-            # hears it when the unit's work becomes visible, not before.
-            notify_applied(conn, ledger)
-            with ending(scope):
-                trans.commit()
-        except BaseException as err:
-            # Verified before the rollback: was the work still in the one
-            # transaction the unit began (then the rollback leaves nothing)?
-            intact = canary is None or canary.rolled_back()
-            rolled_back = _abort(conn, scope)
-            if canary is not None and rolled_back:
-                if not intact and canary.lost(conn):
-                    # The connection died, and the canary with it: the server
-                    # discarded the open transaction. Only a commit mid-way
-                    # can have kept anything, and it would have kept the
-                    # "running" claim too: read it on the new connection.
-                    intact = not _claim_committed(conn, ledger, unit, scope)
-                canary.back_home_after_rollback()
-            dirty = rolled_back and not intact
-            if dirty:
-                _mark_dirty(conn, ledger, unit, checksum, started, scope)
-            if isinstance(err, Exception) and scope.refused is not None:
-                # What the guard refused is the cause; the unit's own error
-                # may only be a consequence of it.
-                err = scope.refused
-            outcome = _outcome(unit, err, in_work=in_work or not intact,
-                               rolled_back=rolled_back and intact, dirty=dirty)
-            if claimed:
-                emit(UnitFailed(unit, _elapsed_ms(started), outcome, emit.id))
-            if outcome is err:
-                raise
-            raise outcome from err
-        finally:
-            restore_session(conn)
-    if not atomic:
-        log.warning("unit %s v%d was not atomic: it ended its own transaction mid-way (a "
-                    "COMMIT, an implicit commit or a raw DB-API commit), so its work was "
-                    "committed in parts; it succeeded and is recorded applied. Use "
-                    "session.commit() (a savepoint) instead, or declare it "
-                    "transactional=False", unit.name, unit.version)
-    return _finished(unit, duration_ms, emit)
+            with ending(self.scope):
+                row = self.ctx.ledger.row(self.conn, self.unit.name, self.unit.version)
+                self.conn.rollback()
+        except Exception as err:
+            log.debug("cannot read the ledger row after a lost connection: %s", root_error(err))
+            return True
+        return row is not None and row.status == "running"
+
+    def mark_dirty(self) -> bool:
+        """Record that a failed unit's transaction was ended mid-way: part of it may be
+        committed, its "running" row among it. Whether the row now says "dirty"."""
+        conn, unit, scope = self.conn, self.unit, self.scope
+        try:
+            with ending(scope), conn.begin():
+                self.ctx.ledger.finish(conn, unit.name, unit.version, checksum=self.checksum,
+                                       duration_ms=self.elapsed_ms(), status="dirty")
+        except Exception as err:
+            log.warning("unit %s v%d: could not mark its ledger row dirty (%s); it stays "
+                        "'running', which blocks it the same way", unit.name, unit.version,
+                        root_error(err))
+            with contextlib.suppress(Exception), ending(scope):
+                conn.rollback()
+            return False
+        return True
 
 
-def _apply_non_transactional(conn: Connection, ledger: Ledger, unit: SeedUnit, checksum: str,
-                             replaces: LedgerRow | None, emit: Run,
-                             started: float, db_lock: DatabaseLock, lock_timeout: float | None,
-                             scope: _Scope, registries: Sequence[scoped_session[Any]],
-                             classes: UnitClasses) -> Applied | None:
+class _Atomic(_Claiming):
+    """The unit's work and its ledger row in one transaction, verified whole."""
+
+    canary: Canary | None = None
+    atomic = True
+
+    def begin(self) -> bool:
+        self.trans = self.conn.begin()
+        if not self.claim():
+            return False
+        self.canary = Canary(self.conn)
+        self.canary.plant()
+        return True
+
+    def finish(self, outcome: Any) -> None:
+        assert self.canary is not None
+        self.atomic = self.canary.intact()
+        self.canary.back_home()
+        self.duration_ms = self.elapsed_ms()
+        self.record()
+        with ending(self.scope):
+            self.trans.commit()
+
+    def fail(self, err: BaseException, *, in_work: bool) -> BaseException:
+        conn, unit, scope, canary = self.conn, self.unit, self.scope, self.canary
+        # Verified before the rollback: was the work still in the one
+        # transaction the unit began (then the rollback leaves nothing)?
+        intact = canary is None or canary.rolled_back()
+        rolled_back = _abort(conn, scope)
+        if canary is not None and rolled_back:
+            if not intact and canary.lost(conn):
+                # The connection died, and the canary with it: the server
+                # discarded the open transaction. Only a commit mid-way
+                # can have kept anything, and it would have kept the
+                # "running" claim too: read it on the new connection.
+                intact = not self.claim_committed()
+            canary.back_home_after_rollback()
+        dirty = rolled_back and not intact
+        if dirty:
+            self.mark_dirty()
+        if isinstance(err, Exception) and scope.refused is not None:
+            # What the guard refused is the cause; the unit's own error
+            # may only be a consequence of it.
+            err = scope.refused
+        outcome = _outcome(unit, err, in_work=in_work or not intact,
+                           rolled_back=rolled_back and intact, dirty=dirty)
+        if self.claimed:
+            self.failed(outcome)
+        return outcome
+
+    def done(self) -> Applied:
+        if not self.atomic:
+            log.warning("unit %s v%d was not atomic: it ended its own transaction mid-way (a "
+                        "COMMIT, an implicit commit or a raw DB-API commit), so its work was "
+                        "committed in parts; it succeeded and is recorded applied. Use "
+                        "session.commit() (a savepoint) instead, or declare it "
+                        "transactional=False", self.unit.name, self.unit.version)
+        return super().done()
+
+
+class _Stepwise(_Claiming):
     """Record "running", commit, do the work, then record "applied".
 
     If the process dies in between, the "running" row stays and blocks the unit
     until an operator resolves it: the work may be half done.
     """
-    with conn.begin():
+
+    journaled = False  # no one transaction for the journal to commit with
+
+    transactional = False
+
+    def begin(self) -> bool:
         # Transaction lock mode: the "running" row is what other appliers
         # see while the work runs, unlocked, outside any transaction.
-        db_lock.lock_unit(conn, Deadline(lock_timeout))
-        if not _claim(conn, ledger, unit, checksum, replaces, scope):
-            return None
-    emit(UnitStarted(unit, emit.id))
-    try:
-        with unit_session(conn, registries, transactional=False,
-                          session_class=classes.sync) as session, running(unit, emit):
-            with user_code():
-                check_outcome(unit, call_unit(unit, session,
-                                              async_class=classes.asynchronous))
-            session.commit()
-    except BaseException as err:
-        _abort(conn, scope)
-        outcome = _outcome(unit, err, in_work=True, rolled_back=False, partial=True)
-        emit(UnitFailed(unit, _elapsed_ms(started), outcome, emit.id))
-        if outcome is err:
-            raise
-        raise outcome from err
-    with conn.begin():
-        ledger.finish(conn, unit.name, unit.version, checksum=checksum,
-                      duration_ms=_elapsed_ms(started))
-        notify_applied(conn, ledger)
-    return _finished(unit, _elapsed_ms(started), emit)
+        with self.conn.begin():
+            return self.claim()
+
+    def finish(self, outcome: Any) -> None:
+        with self.conn.begin():
+            self.duration_ms = self.elapsed_ms()
+            self.record()
+
+    def fail(self, err: BaseException, *, in_work: bool) -> BaseException:
+        if not in_work:
+            return err  # the claim or the record: seedguard's own, as it was raised
+        _abort(self.conn, self.scope)
+        outcome = _outcome(self.unit, err, in_work=True, rolled_back=False, partial=True)
+        self.failed(outcome)
+        return outcome
+
+    def close(self) -> None:
+        """Nothing to undo: its work ran outside any transaction of seedguard's."""
 
 
 def _abort(conn: Connection, scope: _Scope) -> bool:
@@ -725,36 +498,6 @@ def _abort(conn: Connection, scope: _Scope) -> bool:
     return True
 
 
-def _claim_committed(conn: Connection, ledger: Ledger, unit: SeedUnit, scope: _Scope) -> bool:
-    """Whether the unit's "running" claim is committed (True also when it cannot be read)."""
-    try:
-        with ending(scope):
-            row = ledger.row(conn, unit.name, unit.version)
-            conn.rollback()
-    except Exception as err:
-        log.debug("cannot read the ledger row after a lost connection: %s", _root_error(err))
-        return True
-    return row is not None and row.status == "running"
-
-
-def _mark_dirty(conn: Connection, ledger: Ledger, unit: SeedUnit, checksum: str,
-                started: float, scope: _Scope) -> bool:
-    """Record that a failed unit's transaction was ended mid-way: part of it may be
-    committed, its "running" row among it. Whether the row now says "dirty"."""
-    try:
-        with ending(scope), conn.begin():
-            ledger.finish(conn, unit.name, unit.version, checksum=checksum,
-                          duration_ms=_elapsed_ms(started), status="dirty")
-    except Exception as err:
-        log.warning("unit %s v%d: could not mark its ledger row dirty (%s); it stays "
-                    "'running', which blocks it the same way", unit.name, unit.version,
-                    _root_error(err))
-        with contextlib.suppress(Exception), ending(scope):
-            conn.rollback()
-        return False
-    return True
-
-
 def _outcome(unit: SeedUnit, err: BaseException, *, in_work: bool, rolled_back: bool,
              partial: bool = False, dirty: bool = False) -> BaseException:
     """What a failure inside a unit's transaction is raised as.
@@ -773,9 +516,10 @@ def _outcome(unit: SeedUnit, err: BaseException, *, in_work: bool, rolled_back: 
     return err
 
 
-def _finished(unit: SeedUnit, duration_ms: int, emit: Run) -> Applied:
+def _finished(unit: SeedUnit, duration_ms: int, emit: Run | None) -> Applied:
     log.info("applied %s v%d in %d ms", unit.name, unit.version, duration_ms)
-    emit(UnitFinished(unit, duration_ms, emit.id))
+    if emit is not None:
+        emit(UnitFinished(unit, duration_ms, emit.id))
     return Applied(unit.name, unit.version, duration_ms, unit)
 
 
@@ -800,8 +544,8 @@ def _failed(unit: SeedUnit, err: BaseException, *, partial: bool = False,
     if isinstance(err, SystemExit):
         detail = f"SystemExit({err.code!r}): the unit called sys.exit()"
     else:
-        detail = _root_error(err)
-    hint = ""
+        detail = root_error(err)
+    hint = limit_hint(err)
     if "database is locked" in detail:
         hint = ("; most likely another connection holds SQLite's write lock: a session or "
                 "engine other than the unit's in this process (write through "
@@ -811,17 +555,6 @@ def _failed(unit: SeedUnit, err: BaseException, *, partial: bool = False,
         f"unit {unit.name!r} v{unit.version} failed: {detail}{hint}; {what}",
         unit=unit, rolled_back=rolled_back and not partial and not dirty,
     )
-
-
-def _root_error(err: BaseException) -> str:
-    """``Type: first line`` of the driver's own error where there is one.
-
-    SQLAlchemy's wrapper puts its own notes first (for example "raised as a
-    result of Query-invoked autoflush"), which hide the cause.
-    """
-    root = getattr(err, "orig", None) or err
-    lines = str(root).strip().splitlines()
-    return f"{type(root).__name__}: {lines[0]}" if lines else type(root).__name__
 
 
 def _preview(engine: Engine, pending: Sequence[SeedUnit], result: ApplyResult) -> None:
@@ -857,7 +590,3 @@ def _blocked_message(unit: SeedUnit, status: str) -> str:
                "its work may be partly done")
     return (f"unit {unit.name!r} v{unit.version} {why} and blocks the units that depend on "
             f"it; check its work, then run {resolve_advice(unit.name)}")
-
-
-def _elapsed_ms(started: float) -> int:
-    return int((time.perf_counter() - started) * 1000)

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from seedguard.bydialect import ByDialect, Registry
 from seedguard.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -85,7 +86,11 @@ class Schema:
             base.dispose()
 
 
-class SchemaScope:
+SCOPES: Registry[SchemaScope] = Registry("schema target")
+"""The :class:`SchemaScope` class of each dialect that has schemas to target."""
+
+
+class SchemaScope(ByDialect):
     """How one dialect points a session at a schema and back; one subclass per dialect.
 
     Each method runs on the DB-API connection itself, outside SQLAlchemy's
@@ -93,12 +98,7 @@ class SchemaScope:
     connection) and at check-in (after the pool's reset).
     """
 
-    dialects: ClassVar[tuple[str, ...]] = ()
-
-    def __init_subclass__(cls, **kwargs: object) -> None:
-        super().__init_subclass__(**kwargs)
-        for dialect in cls.dialects:
-            SCOPES[dialect] = cls
+    registry = SCOPES
 
     def enter(self, dbapi_connection: Any, quoted: str) -> Any:
         """Point the session at ``quoted`` (the schema, quoted); return the setting it had."""
@@ -110,10 +110,6 @@ class SchemaScope:
 
     # The schemas a LIKE pattern selects: the server's own ones left out.
     list_sql: ClassVar[str] = ""
-
-
-SCOPES: dict[str, type[SchemaScope]] = {}
-"""The :class:`SchemaScope` class of each dialect that has schemas to target."""
 
 
 class PostgresScope(SchemaScope):

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
     from sqlalchemy.orm import Session
 
-_DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
+_DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"  # compiled when first asked
 _ASYNCIO = "sqlalchemy.ext.asyncio"
 
 
@@ -152,7 +152,7 @@ def _resolve(annotation: object, namespace: dict[str, Any]) -> type[Any] | None:
     # "Session | None" (an optional session): the one class named in it.
     names = [part.strip() for part in annotation.strip("'\" ").split("|")]
     names = [name for name in names if name != "None"]
-    if len(names) != 1 or not _DOTTED.fullmatch(names[0]):
+    if len(names) != 1 or not re.fullmatch(_DOTTED, names[0]):
         return None
     first, *rest = names[0].split(".")
     obj = namespace.get(first)

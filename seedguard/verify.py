@@ -47,10 +47,12 @@ import logging
 import os
 import secrets
 import threading
+import types
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypeVar
 
+from seedguard.bydialect import ByDialect, Registry
 from seedguard.errors import DefinitionError
 
 if TYPE_CHECKING:
@@ -88,13 +90,31 @@ def user_code() -> Iterator[None]:
 # -- per-database probes ------------------------------------------------------------------
 
 
-class Probe:
-    """What seedguard needs to know and set on one kind of DB-API connection."""
+PROBES: Registry[Probe] = Registry("transaction probe")
+"""The :class:`Probe` class of each dialect."""
 
-    dialects: ClassVar[tuple[str, ...]] = ()
+_BY_DRIVER: Registry[Probe] = Registry("transaction probe")
+"""The same classes by DB-API driver package: the pool's listeners see a DB-API
+connection, not a dialect (``psycopg``, ``pymysql``, ``sqlite3``)."""
+
+
+class Probe(ByDialect):
+    """What seedguard needs to know and set on one kind of DB-API connection.
+
+    A subclass lists its ``dialects`` and the ``drivers`` (top-level package
+    of the DB-API connection's class) it knows; the base class knows nothing.
+    """
+
+    registry = PROBES
     drivers: ClassVar[tuple[str, ...]] = ()
     # Whether a rollback also undoes what :meth:`where` reports (PostgreSQL's SET).
     where_rolls_back: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "drivers" in cls.__dict__:
+            for driver in cls.drivers:
+                _BY_DRIVER.add(driver, cls)
 
     def identity(self, dbapi_connection: Any) -> tuple[Any, ...] | None:
         """Which database ``dbapi_connection`` is on; None when that cannot be told."""
@@ -198,18 +218,18 @@ class MySQLProbe(Probe):
             _execute(dbapi_connection, "USE `{}`".format(str(where).replace("`", "``")))
 
 
-PROBES: dict[str, Probe] = {}
-_BY_DRIVER: dict[str, Probe] = {}
-for _probe in (SQLiteProbe(), PostgresProbe(), MySQLProbe()):
-    PROBES.update(dict.fromkeys(_probe.dialects, _probe))
-    _BY_DRIVER.update(dict.fromkeys(_probe.drivers, _probe))
-_NO_PROBE = Probe()
+# Probes are stateless: one instance per class serves every connection.
+_INSTANCES: dict[type[Probe], Probe] = {}
 
 
 def probe_for(dbapi_connection: Any) -> Probe:
     """The probe for ``dbapi_connection``'s driver (one that knows nothing if unknown)."""
     package = type(dbapi_connection).__module__.partition(".")[0]
-    return _BY_DRIVER.get(package, _NO_PROBE)
+    cls = _BY_DRIVER.get(package) or Probe
+    found = _INSTANCES.get(cls)
+    if found is None:
+        found = _INSTANCES.setdefault(cls, cls())
+    return found
 
 
 def identity(dbapi_connection: Any, info: dict[Any, Any] | None = None) -> tuple[Any, ...] | None:
@@ -321,9 +341,19 @@ def restore_session(conn: Connection) -> None:
 # -- a unit's work must be a unit's work ---------------------------------------------------
 
 
+_GENERATOR_FLAGS = inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR
+
+
 def check_function(name: str, fn: Any) -> None:
     """Refuse at declaration a function whose call does no work: a generator function."""
-    if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+    # Asked once per declared unit at every start: a plain function's code
+    # flags answer directly (what inspect.isgeneratorfunction reads after
+    # unwrapping partials and methods, which only other callables need).
+    if type(fn) is types.FunctionType:
+        generator = bool(fn.__code__.co_flags & _GENERATOR_FLAGS)
+    else:
+        generator = inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
+    if generator:
         raise DefinitionError(
             f"unit {name!r}: {getattr(fn, '__qualname__', fn)!r} is a generator function "
             "(it contains `yield`), so calling it runs none of its body; remove the "
@@ -383,9 +413,21 @@ def session_setting(err: BaseException) -> str | None:
     if code is None and getattr(orig, "args", None):
         code = orig.args[0]
     setting = _ENDED_BY.get(code)
+    if setting == "statement_timeout" and "user request" in str(orig):
+        return None  # pg_cancel_backend, Ctrl-C in psql: the same SQLSTATE, no setting
     if setting is None and "idle-session timeout" in str(orig).lower():
         setting = "idle_session_timeout"
     return setting
+
+
+def limit_hint(err: BaseException) -> str:
+    """For a unit's failure: which server setting ended its statement or session, when
+    the driver's own message does not name it (PostgreSQL says "statement timeout")."""
+    setting = session_setting(err)
+    if setting is None or setting in str(getattr(err, "orig", None) or err):
+        return ""
+    return (f" (the server's {setting}, set for the role, the database or the server, "
+            "ended it)")
 
 
 def translate_session_errors(fn: F) -> F:

@@ -19,7 +19,7 @@ from _support import TestDatabase, apply_module, run_processes, unit, write_modu
 
 import seedguard
 from seedguard import ConfigError
-from seedguard.locks import Deadline, MySQLLock, database_lock, lock_key
+from seedguard.locks import MySQLLock, lock_key
 
 PG_ADVISORY_LOCKS = (
     "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
@@ -96,29 +96,6 @@ def test_no_create_privilege_says_what_to_grant(pg: TestDatabase, no_create_role
     finally:
         role_engine.dispose()
         engine.dispose()
-
-
-SESSION_ID = {"postgresql": "SELECT pg_backend_pid()", "mariadb": "SELECT CONNECTION_ID()"}
-UNLOCK_ALL = {"postgresql": "SELECT pg_advisory_unlock_all()",
-              "mariadb": "SELECT RELEASE_ALL_LOCKS()"}
-
-
-@pytest.mark.parametrize("lost", [False, True])
-def test_only_a_confirmed_unlock_returns_the_session_to_the_pool(server_db: TestDatabase,
-                                                                 lost: bool) -> None:
-    """An unlock the server does not confirm ends the session instead of pooling it."""
-    engine = server_db.engine(pool_size=1, max_overflow=0)
-    lock = database_lock(engine, lock_key(engine, "seedguard_ledger", None))
-    lock.acquire(Deadline(5))
-    assert lock.conn is not None
-    session = lock.conn.execute(sa.text(SESSION_ID[server_db.kind])).scalar()
-    if lost:  # e.g. a unit that ran DISCARD ALL or RELEASE_ALL_LOCKS() on the lock's session
-        lock.conn.execute(sa.text(UNLOCK_ALL[server_db.kind]))
-    lock.release()
-    with engine.connect() as conn:  # the pool's one connection
-        again = conn.execute(sa.text(SESSION_ID[server_db.kind])).scalar()
-    assert (again != session) is lost
-    engine.dispose()
 
 
 @pytest.fixture

@@ -1,9 +1,10 @@
-"""seedguard.upsert on each database: insert, update in place, update=False/[cols],
-unchanged rows left alone, composite keys, key checks, the COPY path, sequence repair."""
+"""seedguard.upsert on each database, beyond what every writer proves in the shared suite
+(tests/backends/writer_suite.py: insert, update by key, insert-only, rows inserted
+concurrently, values round-trip): update=[cols], unchanged rows left alone, composite
+keys, key checks, the COPY path, sequence repair."""
 
 from __future__ import annotations
 
-import datetime as dt
 import decimal
 import enum
 import uuid
@@ -13,44 +14,15 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from _support import TestDatabase
+
+# The tables and helpers the shared bulk-writer suite and these tests have in common.
+from backends.writer_suite import content, items, metadata, prices, rows_of, run
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import seedguard
 from seedguard import DataError, UpsertResult
 from seedguard.upsert import PG_COPY_THRESHOLD, Upserter, batches, resolve_table
 from seedguard.upsert import core as upsert_core
-
-metadata = sa.MetaData()
-items = sa.Table(
-    "items", metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("code", sa.String(40), nullable=False, unique=True),
-    sa.Column("name", sa.String(200)),
-    sa.Column("qty", sa.Integer),
-)
-prices = sa.Table(
-    "prices", metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("region", sa.String(10), nullable=False),
-    sa.Column("sku", sa.String(20), nullable=False),
-    sa.Column("amount", sa.Numeric(10, 2)),
-    sa.UniqueConstraint("region", "sku"),
-)
-refs = sa.Table(
-    "refs", metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("item_id", sa.Integer, sa.ForeignKey("items.id"), nullable=False),
-)
-typed = sa.Table(
-    "typed", metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("label", sa.String(100)),
-    sa.Column("price", sa.Numeric(12, 3)),
-    sa.Column("day", sa.Date),
-    sa.Column("at", sa.DateTime),
-    sa.Column("flag", sa.Boolean),
-    sa.Column("ratio", sa.Float),
-)
 
 
 class Base(DeclarativeBase):
@@ -70,57 +42,6 @@ def engine(db: TestDatabase) -> Iterator[sa.Engine]:
     metadata.create_all(engine)
     Base.metadata.create_all(engine)
     yield engine
-
-
-def run(engine: sa.Engine, table: Any, rows: list[dict[str, Any]], **kwargs: Any) -> UpsertResult:
-    with engine.begin() as conn:
-        return seedguard.upsert(conn, table, rows, **kwargs)
-
-
-def content(engine: sa.Engine, table: sa.Table, *cols: str) -> list[tuple[Any, ...]]:
-    with engine.connect() as conn:
-        order = [table.c[c] for c in cols]
-        return [tuple(r) for r in conn.execute(sa.select(*order).order_by(*order))]
-
-
-def rows_of(n: int, **extra: Any) -> list[dict[str, Any]]:
-    return [{"code": f"c{i:05d}", "name": f"item {i}", "qty": i, **extra} for i in range(n)]
-
-
-def test_inserts_then_rerun_changes_nothing(engine: sa.Engine) -> None:
-    first = run(engine, items, rows_of(10), key="code")
-    again = run(engine, items, rows_of(10), key="code")
-
-    assert (first.inserted, first.updated, first.unchanged) == (10, 0, 0)
-    assert (again.inserted, again.updated, again.unchanged) == (0, 0, 10)
-    assert content(engine, items, "code", "qty") == [(f"c{i:05d}", i) for i in range(10)]
-
-
-def test_update_in_place_keeps_primary_keys_and_references(engine: sa.Engine) -> None:
-    run(engine, items, rows_of(3), key="code")
-    ids_before = content(engine, items, "code", "id")
-    with engine.begin() as conn:
-        conn.execute(refs.insert(), [{"item_id": i} for _, i in ids_before])
-    changed = rows_of(3)
-    changed[1]["name"] = "renamed"
-
-    result = run(engine, items, [*changed, {"code": "new", "name": "n", "qty": 9}], key="code")
-
-    assert (result.inserted, result.updated, result.unchanged) == (1, 1, 2)
-    assert content(engine, items, "code", "id")[:3] == ids_before
-    assert ("c00001", "renamed") in content(engine, items, "code", "name")
-    assert len(content(engine, refs, "item_id")) == 3
-
-
-def test_update_false_only_inserts_missing(engine: sa.Engine) -> None:
-    run(engine, items, rows_of(2), key="code")
-    changed = rows_of(3, name="other")
-
-    result = run(engine, items, changed, key="code", update=False)
-
-    assert (result.inserted, result.updated, result.unchanged) == (1, 0, 2)
-    assert content(engine, items, "code", "name") == [
-        ("c00000", "item 0"), ("c00001", "item 1"), ("c00002", "other")]
 
 
 def test_update_columns_updates_only_those(engine: sa.Engine) -> None:
@@ -237,30 +158,6 @@ def test_rollback_takes_the_upsert_with_it(engine: sa.Engine) -> None:
         seedguard.upsert(conn, items, rows_of(3), key="code")
         conn.rollback()
     assert content(engine, items, "code") == []
-
-
-def _typed_rows(n: int) -> list[dict[str, Any]]:
-    awkward = ["plain", "tab\there", "new\nline", "back\\slash", "", None, "quote \"'", "é ü"]
-    return [{"id": i, "label": awkward[i % len(awkward)],
-             "price": decimal.Decimal(i) / 8,
-             "day": dt.date(2024, 1, 1) + dt.timedelta(days=i % 300),
-             "at": dt.datetime(2024, 1, 1, 12, 30, 15) + dt.timedelta(minutes=i),
-             "flag": [True, False, None][i % 3], "ratio": i / 4}
-            for i in range(n)]
-
-
-@pytest.mark.parametrize("size", [10, 2500])  # 2500: above the COPY threshold on PostgreSQL
-def test_values_round_trip(engine: sa.Engine, size: int) -> None:
-    rows = _typed_rows(size)
-    cols = ("id", "label", "price", "day", "at", "flag", "ratio")
-
-    first = run(engine, typed, rows, key="id")
-    again = run(engine, typed, rows, key="id")
-
-    assert first.inserted == size
-    assert again.unchanged == size  # every value compared equal after the round trip
-    expected = [tuple(r[c] for c in cols) for r in rows]
-    assert content(engine, typed, *cols) == expected
 
 
 @pytest.mark.parametrize("driver", ["psycopg", "psycopg2"])

@@ -28,6 +28,7 @@ from seedguard.errors import (
     SeedFailed,
     SeedguardError,
     WaitTimeout,
+    resolve_advice,
 )
 from seedguard.events import Event, UnitFinished, UnitProgress, UnitStarted
 from seedguard.exits import (
@@ -388,7 +389,7 @@ def describe(unit: UnitStatus) -> str:
         return f"the ledger has v{unit.recorded_version} (applied {when}), above the code"
     if unit.state == "blocked":
         return (f"interrupted mid-way (started {when}{by}); check its work, then "
-                f"`seedguard resolve {unit.name} --applied` or `--retry`")
+                f"{resolve_advice(unit.name)}")
     if unit.state == "inapplicable":
         return (f"applies only to {', '.join(unit.dialects or ())}, not to this database; "
                 "the units after it run without it")

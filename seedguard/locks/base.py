@@ -1,10 +1,18 @@
-"""What every database lock does, and the registry that picks one class per dialect.
+"""What every database lock does, and the registries that pick one class per dialect.
 
 A database lock guards one ledger, and its key is the ledger as the server
 knows it (database, schema, table), read on the lock's own connection when
 the lock is taken: two appliers configured with different spellings of one
 ledger (an explicit schema on one host and the default on another, a database
 named in the URL or implied by the user name) meet on the same lock.
+
+:class:`DatabaseLock` owns the procedure, as filelock's ``acquire`` owns
+timeout and bookkeeping around a backend's ``_acquire``: the dedicated
+connection, the wait in stretches under one :class:`Deadline`, the take-over
+of a holder whose lease ran out, the timeout that names the holder, and never
+a locked session left in the pool. A backend (``postgresql``, ``mysql``)
+supplies its SQL: one attempt (:meth:`DatabaseLock._try_acquire`), the
+unlock, and its session's settings.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, overload
 
+from seedguard.bydialect import ByDialect, Registry
 from seedguard.config import DEFAULT_LEASE
 from seedguard.errors import ConfigError, LockTimeout, SeedguardError
 from seedguard.locks.deadline import Deadline
@@ -42,23 +51,26 @@ LockKey = str | LedgerKey
 """A lock's key: a LedgerKey the lock resolves on the server, or a key string used as is."""
 
 
-DATABASE_LOCKS: dict[str, type[DatabaseLock]] = {}
+# Each backend module registers its class by defining it; seedguard.locks
+# imports them all.
+DATABASE_LOCKS: Registry[DatabaseLock] = Registry("database lock")
 """The session-level lock class of each dialect (``lock_mode="session"``, the default)."""
 
-TRANSACTION_LOCKS: dict[str, type[DatabaseLock]] = {}
+TRANSACTION_LOCKS: Registry[DatabaseLock] = Registry("transaction-level database lock")
 """``lock_mode="transaction"``: only PostgreSQL has transaction-scoped advisory locks."""
 
 
-class DatabaseLock:
+class DatabaseLock(ByDialect):
     """A lock held by one database session, chosen by dialect from ``DATABASE_LOCKS``.
 
     ``acquire`` opens a dedicated connection and takes the lock there; the
     server drops it if this process dies. ``verify`` is called before each
     unit so a lost lock connection stops the run instead of leaving it
-    unprotected.
+    unprotected. A subclass that sets ``registry = TRANSACTION_LOCKS`` is a
+    ``lock_mode="transaction"`` lock.
     """
 
-    dialects: ClassVar[tuple[str, ...]] = ()
+    registry = DATABASE_LOCKS
     # True for a lock taken per unit transaction (lock_unit) rather than per run.
     per_transaction: ClassVar[bool] = False
     # Whether the dialect's lock has a lease (a heartbeat, keepalives): not SQLite.
@@ -68,14 +80,6 @@ class DatabaseLock:
     utc_now_sql: ClassVar[str] = "CURRENT_TIMESTAMP"
     # The connect argument each driver takes for a connect timeout in seconds.
     connect_timeout_args: ClassVar[dict[str, str]] = {}
-
-    def __init_subclass__(cls, **kwargs: object) -> None:
-        # Each backend module registers its class by defining it: the registry
-        # is the list of dialects, not an if-chain over them.
-        super().__init_subclass__(**kwargs)
-        registry = TRANSACTION_LOCKS if cls.per_transaction else DATABASE_LOCKS
-        for dialect in cls.dialects:
-            registry[dialect] = cls
 
     def __init__(self, engine: Engine, key: LockKey, *, lease: float = DEFAULT_LEASE) -> None:
         self.engine = engine
@@ -114,7 +118,107 @@ class DatabaseLock:
         return f".{ledger.schema or ''}.{ledger.table}"
 
     def acquire(self, deadline: Deadline) -> None:
+        """Take the lock on a connection of its own, waiting at most ``deadline``.
+
+        The wait goes in stretches of :meth:`_try_acquire` (:meth:`_slice`):
+        between two, a holder whose lease ran out has its session ended
+        (:mod:`seedguard.locks.lease`), and the next stretch takes the lock.
+        Ends in :class:`LockTimeout` naming the holder when the deadline
+        passes or the server cancels the wait. Whatever fails on the way, a
+        session that got the lock is unlocked (or ended), never pooled.
+        """
+        from sqlalchemy.exc import DBAPIError
+
+        from seedguard.connect import connection_errors
+
+        with connection_errors(self.engine):
+            conn = self.engine.connect()
+        locked = False
+        try:
+            try:
+                self._open_session(conn)
+            except DBAPIError as err:
+                # A server or proxy that refuses a setting: the wait works
+                # without it, the session is then only as long-lived as the
+                # role's limits let it be.
+                log.info("could not prepare the database lock's session (%s); waiting "
+                         "without it", str(err.orig).strip().splitlines()[0] if str(err.orig)
+                         else type(err.orig).__name__)
+                conn.rollback()
+            while not locked:
+                try:
+                    locked = self._try_acquire(conn, self._slice(deadline))
+                except DBAPIError as err:
+                    if self._cancelled(err):
+                        raise self._timeout(deadline, cancelled=True) from err
+                    raise
+                if not locked and self._waited_out(conn, deadline):
+                    raise self._timeout(deadline)
+            self.conn = conn
+            session = self._locked(conn)
+            self.verify()
+            self._hold(conn, session)
+        except BaseException:
+            self.conn = None
+            if locked:
+                self.conn = conn
+                self.release()  # confirmed, or the session is ended
+            else:
+                self._close_unlocked(conn)
+            raise
+
+    # -- what a backend supplies: its SQL, one attempt at a time ----------------
+
+    def _open_session(self, conn: Connection) -> None:
+        """Once, before the wait: prepare the lock's session (label it, lift the
+        server's limits on idle sessions: :meth:`lift_session_limits`), committed."""
+        self.lift_session_limits(conn)
+
+    def lift_session_limits(self, conn: Connection) -> None:
+        """Per dialect: keep the server from ending this session of seedguard's while
+        it idles (between a unit's statements, between heartbeats), committed.
+
+        The lock's and the heartbeat's sessions must outlive a role's or a
+        database's idle limits for as long as the lock is held; a statement's
+        own time limit is left to the application (units run under it).
+        """
+
+    def _try_acquire(self, conn: Connection, stretch: Deadline) -> bool:
+        """One attempt: take the lock on ``conn``, waiting at most ``stretch``.
+
+        True once held; False when the stretch ran out (the connection ready
+        for the next attempt). A server that cancels the wait raises, and
+        :meth:`_cancelled` tells that from other errors.
+        """
         raise NotImplementedError
+
+    def _cancelled(self, err: Exception) -> bool:
+        """Whether ``err`` is the server ending the wait (a statement limit, an admin)."""
+        return False
+
+    def _locked(self, conn: Connection) -> int:
+        """Once the lock is had: put back what was set for the wait only; the server's
+        id of the session holding it."""
+        return self.session_id(conn)
+
+    def _restore_session(self, conn: Connection) -> None:
+        """Per dialect: the session as the application had it, before it goes back to
+        its pool (labels, limits, keepalives seedguard set on it)."""
+
+    def _close_unlocked(self, conn: Connection) -> None:
+        """Close a lock connection whose lock was never granted, its settings put back.
+
+        A session that cannot be cleaned is ended rather than pooled.
+        """
+        try:
+            conn.rollback()
+            self._restore_session(conn)
+            conn.commit()
+        except Exception:
+            with contextlib.suppress(Exception):
+                conn.invalidate()
+        finally:
+            conn.close()
 
     def release(self) -> None:
         """Unlock on the lock's own session, and never hand a locked session to the pool.
@@ -145,7 +249,12 @@ class DatabaseLock:
             # ledger's creation, a unit) leaves PostgreSQL's transaction aborted,
             # and it refuses every statement until then, the unlock included.
             conn.rollback()
-            released = self._release(conn)
+            if self._release(conn):
+                # The connection goes back to the caller's pool: no seedguard
+                # label or limits on it (a failure here ends the session instead).
+                self._restore_session(conn)
+                conn.commit()
+                released = True
         except Exception as err:  # reported, and the session is ended below
             log.warning("could not release the database lock %r (%s: %s); closing its "
                         "connection so the server releases it", self._key, type(err).__name__,
@@ -336,19 +445,17 @@ def database_lock(engine: Engine, key: LockKey, mode: str = "session", *,
     :param lease: seconds; how long a holder whose host vanished keeps other
         appliers waiting (see :mod:`seedguard.locks.lease`).
     """
-    locks = TRANSACTION_LOCKS if mode == "transaction" else DATABASE_LOCKS
-    cls = locks.get(engine.dialect.name)
-    if cls is None:
-        if mode == "transaction":
+    dialect = engine.dialect.name
+    if mode == "transaction":
+        cls = TRANSACTION_LOCKS.get(dialect)
+        if cls is None:
             raise ConfigError(
                 f"lock_mode=\"transaction\" is for PostgreSQL behind a transaction-pooling "
-                f"proxy such as PgBouncer; {engine.dialect.name!r} has no transaction-level "
+                f"proxy such as PgBouncer; {dialect!r} has no transaction-level "
                 "lock: use the default lock_mode=\"session\""
             )
-        raise ConfigError(
-            f"seedguard has no database lock for {engine.dialect.name!r}; supported: "
-            f"{', '.join(sorted(DATABASE_LOCKS))}"
-        )
+    else:
+        cls = DATABASE_LOCKS.require(dialect, ConfigError)
     return cls(engine, key, lease=lease)
 
 

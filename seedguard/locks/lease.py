@@ -368,6 +368,15 @@ class Heartbeat:
             engine.dispose()
             return
         try:
+            # Between two beats this session idles for a fifth of the lease: a
+            # role's or database's idle limit (idle_session_timeout,
+            # wait_timeout) would end it, and the lease with it.
+            try:
+                self.lock.lift_session_limits(conn)
+            except DBAPIError as err:
+                log.info("could not lift the server's idle limits on the heartbeat's "
+                         "session: %s", type(err.orig).__name__)
+                conn.rollback()
             # Its own socket gives up sooner than the lock's: the heartbeat must
             # notice a cut before any waiter may end the lock's session.
             tune_socket(conn.connection.dbapi_connection, idle=timings.interval,

@@ -10,7 +10,10 @@ Waits are bounded by ``lock_timeout`` alone: GET_LOCK runs with the server's
 statement time limit lifted for that one statement (MariaDB ``SET STATEMENT
 max_statement_time = 0 FOR``, MySQL's ``MAX_EXECUTION_TIME`` hint), so a
 shorter per-user or per-session limit does not cut the wait short, and no
-session setting needs putting back afterwards.
+session setting needs putting back afterwards. ``wait_timeout``, which ends a
+session idle between two statements (a unit's Python running on the lock's
+session, a heartbeat between beats), is raised on seedguard's sessions while
+the lock is held and put back at release.
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ _YEAR = 365 * 24 * 3600
 # ER_STATEMENT_TIMEOUT (MariaDB max_statement_time), ER_QUERY_TIMEOUT (MySQL
 # max_execution_time), ER_QUERY_INTERRUPTED (KILL QUERY): the server ended the wait.
 _CANCELLED = frozenset({1969, 3024, 1317})
+# wait_timeout's largest value on every platform (seconds): the lock's session
+# is watched by the lease instead (a vanished holder's session is KILLed).
+_LONGEST_WAIT_TIMEOUT = 31536000
 
 
 def _name_of(key: str) -> str:
@@ -55,6 +61,7 @@ class MySQLLock(DatabaseLock):
     utc_now_sql = "UTC_TIMESTAMP(6)"
     _lock_name: str | None = None
     _session: int | None = None
+    _saved_wait_timeout: int | None = None
 
     @property
     def lock_name(self) -> str:
@@ -98,54 +105,52 @@ class MySQLLock(DatabaseLock):
                f"AS sg_name FROM (SELECT {key_sql} AS sg_key) t) k")
         return sql, {**params, "sg_timeout": seconds}
 
-    def acquire(self, deadline: Deadline) -> None:
+    def _open_session(self, conn: Connection) -> None:
         from sqlalchemy import text
-        from sqlalchemy.exc import DBAPIError
 
-        from seedguard.connect import connection_errors
+        # The application's own value (its init_command, the server's default),
+        # put back by _restore_session before the session returns to its pool.
+        self._saved_wait_timeout = int(conn.execute(
+            text("SELECT @@session.wait_timeout")).scalar_one())
+        self.lift_session_limits(conn)
 
-        with connection_errors(self.engine):
-            conn = self.engine.connect()
-        locked = False
-        try:
-            while True:
-                # The wait goes in stretches: between two, a holder whose lease
-                # ran out has its session ended (lease.take_over_if_vanished).
-                remaining = self._slice(deadline).remaining()
-                seconds = _YEAR if remaining is None else min(_YEAR, max(0, math.ceil(remaining)))
-                sql, params = self._lock_statement(conn, seconds)
-                try:
-                    key, name, got, session = conn.execute(text(sql), params).one()
-                except DBAPIError as err:
-                    code = getattr(err.orig, "args", (None,))[0]
-                    if code in _CANCELLED:
-                        raise self._timeout(deadline, cancelled=True) from err
-                    raise
-                self._key, self._lock_name = str(key), str(name)
-                locked = got == 1
-                conn.commit()
-                if locked:
-                    break
-                if self._waited_out(conn, deadline):
-                    raise self._timeout(deadline)
-            self._session = int(session)
-            self.conn = conn
-            self._hold(conn, self._session)
-        except BaseException:
-            self.conn = None
-            if locked:
-                self.conn = conn
-                self.release()  # confirmed, or the session is ended
-            else:
-                conn.close()
-            raise
+    def lift_session_limits(self, conn: Connection) -> None:
+        from sqlalchemy import text
+
+        conn.execute(text(f"SET SESSION wait_timeout = {_LONGEST_WAIT_TIMEOUT}"))
+        conn.commit()
+
+    def _try_acquire(self, conn: Connection, stretch: Deadline) -> bool:
+        from sqlalchemy import text
+
+        remaining = stretch.remaining()
+        seconds = _YEAR if remaining is None else min(_YEAR, max(0, math.ceil(remaining)))
+        sql, params = self._lock_statement(conn, seconds)
+        key, name, got, session = conn.execute(text(sql), params).one()
+        conn.commit()
+        self._key, self._lock_name, self._session = str(key), str(name), int(session)
+        return bool(got == 1)
+
+    def _cancelled(self, err: Exception) -> bool:
+        args = getattr(getattr(err, "orig", None), "args", None) or (None,)
+        return args[0] in _CANCELLED
+
+    def _locked(self, conn: Connection) -> int:
+        assert self._session is not None
+        return self._session
+
+    def _restore_session(self, conn: Connection) -> None:
+        from sqlalchemy import text
+
+        saved, self._saved_wait_timeout = self._saved_wait_timeout, None
+        if saved is not None:
+            conn.execute(text(f"SET SESSION wait_timeout = {int(saved)}"))
 
     def _release(self, conn: Connection) -> bool:
         from sqlalchemy import text
 
         released = conn.execute(text("SELECT RELEASE_LOCK(:name)"),
                                 {"name": self.lock_name}).scalar()
-        conn.commit()
         if released != 1:  # 0: held by another session; NULL: not held at all
             log.warning("the database lock %r was not held by its session at release (%s)",
                         self.key, released)

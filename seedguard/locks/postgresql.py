@@ -9,7 +9,11 @@ session, so it costs no extra round trip.
 Waits are bounded by ``lock_timeout`` alone: the lock statement runs with
 seedguard's own ``lock_timeout`` and a ``statement_timeout`` just above it, so
 a shorter ``statement_timeout`` set on the database, the role or the session
-does not cancel the wait; both go back to the session's own values after it.
+does not cancel the wait; both go back to the session's own values after it,
+so units, which run on the lock's session, keep the application's limits.
+The server's limits on idle sessions (``idle_session_timeout``,
+``idle_in_transaction_session_timeout``) are lifted on the lock's and the
+heartbeat's sessions while the lock is held, and put back at release.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import socket
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from seedguard.errors import ConfigError
-from seedguard.locks.base import DatabaseLock, LedgerKey
+from seedguard.locks.base import TRANSACTION_LOCKS, DatabaseLock, LedgerKey
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -51,28 +55,34 @@ _SCHEMA_OF_LEDGER = (
     "WHERE n.nspname = s.name AND c.relname = :sg_table) ORDER BY s.pos LIMIT 1), "
     "current_schema(), '')"
 )
-# Back to the values RESET would give (connection options, ALTER ROLE/DATABASE
-# ... SET, postgresql.conf): the application's settings, not seedguard's.
-_RESTORE_TIMEOUTS = (
-    "(SELECT set_config('lock_timeout', reset_val, {local}) FROM pg_catalog.pg_settings "
-    "WHERE name = 'lock_timeout'), "
-    "(SELECT set_config('statement_timeout', reset_val, {local}) FROM pg_catalog.pg_settings "
-    "WHERE name = 'statement_timeout')"
-)
-
-
+# The settings the wait sets on the lock's session, and puts back afterwards.
+_WAIT_SETTINGS = ("lock_timeout", "statement_timeout")
 # The server settings the lease sets on the lock's session, and the release
 # puts back; each exists since the version given (server_version_info).
 _KEEPALIVES = ("tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count",
                "tcp_user_timeout", "client_connection_check_interval")
-_SINCE = {"tcp_user_timeout": (12,), "client_connection_check_interval": (14,)}
+# The server's limits on idle sessions (set by ALTER ROLE/DATABASE ... SET or
+# postgresql.conf): a lock session idles inside a unit's transaction while the
+# unit's Python runs, a heartbeat's between two beats; either ended by the
+# server would lose the lock, so both are off on seedguard's sessions.
+_IDLE_LIMITS = ("idle_session_timeout", "idle_in_transaction_session_timeout")
+_SINCE = {"tcp_user_timeout": (12,), "client_connection_check_interval": (14,),
+          "idle_session_timeout": (14,)}
 
 
 def _restore(names: tuple[str, ...], *, local: str) -> str:
-    """Select-list items putting each setting back to its RESET value (absent ones are skipped)."""
+    """Select-list items putting each setting back to its RESET value (absent ones are
+    skipped): the values of connection options, ALTER ROLE/DATABASE ... SET and
+    postgresql.conf, the application's settings rather than seedguard's."""
     return ", ".join(
         f"(SELECT set_config(name, reset_val, {local}) FROM pg_catalog.pg_settings "
         f"WHERE name = '{name}')" for name in names)
+
+
+def _available(conn: Connection, names: tuple[str, ...]) -> list[str]:
+    """Those of ``names`` the server behind ``conn`` has (by its version)."""
+    version = conn.dialect.server_version_info or (0,)
+    return [name for name in names if version >= _SINCE.get(name, (0,))]
 
 
 def _wait_settings(deadline: Deadline) -> dict[str, str]:
@@ -137,65 +147,74 @@ class PostgresSessionLock(DatabaseLock):
         if self._key is None and self.ledger is not None:
             self._key = self._key_of(row[0], row[1], self.ledger)
 
-    def acquire(self, deadline: Deadline) -> None:
+    def _open_session(self, conn: Connection) -> None:
+        from sqlalchemy import text
+
+        host = socket.gethostname()[:30]
+        names = _available(conn, _IDLE_LIMITS)
+        # Session-level settings (is_local false), committed: the rollback that
+        # ends a stretch of the wait would undo them otherwise.
+        conn.execute(text(
+            "SELECT set_config('application_name', :sg_name, false)"
+            + "".join(f", set_config('{name}', '0', false)" for name in names)),
+            {"sg_name": f"seedguard pid={os.getpid()} host={host}"})
+        conn.commit()
+
+    def lift_session_limits(self, conn: Connection) -> None:
+        from sqlalchemy import text
+
+        names = _available(conn, _IDLE_LIMITS)
+        conn.execute(text("SELECT " + ", ".join(
+            f"set_config('{name}', '0', false)" for name in names)))
+        conn.commit()
+
+    def _try_acquire(self, conn: Connection, stretch: Deadline) -> bool:
         from sqlalchemy import text
         from sqlalchemy.exc import DBAPIError
 
-        from seedguard.connect import connection_errors
-
-        with connection_errors(self.engine):
-            conn = self.engine.connect()
-        locked = False
+        columns, params = self._identity(self.ledger)
+        # Session-level (is_local false): they hold for the lock statement whether
+        # or not the engine runs in AUTOCOMMIT, and _locked puts them back.
+        row = conn.execute(text(
+            f"SELECT {columns}, set_config('lock_timeout', :sg_lock_ms, false), "
+            "set_config('statement_timeout', :sg_statement_ms, false)"),
+            {**params, **_wait_settings(stretch)}).one()
+        self._take_key(row)
         try:
-            host = socket.gethostname()[:30]
-            name = f"seedguard pid={os.getpid()} host={host}"
-            while True:
-                # The wait goes in stretches: between two, a holder whose lease
-                # ran out has its session ended (lease.take_over_if_vanished).
-                stretch = self._slice(deadline)
-                columns, params = self._identity(self.ledger)
-                # Session-level settings (is_local false): they hold whether or not
-                # the engine runs in AUTOCOMMIT, and are put back right after the lock.
-                row = conn.execute(text(
-                    f"SELECT {columns}, set_config('application_name', :sg_name, false), "
-                    "set_config('lock_timeout', :sg_lock_ms, false), "
-                    "set_config('statement_timeout', :sg_statement_ms, false)"),
-                    {**params, **_wait_settings(stretch), "sg_name": name}).one()
-                self._take_key(row)
-                try:
-                    conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": self.number})
-                    break
-                except DBAPIError as err:
-                    state = _sqlstate(err)
-                    if state == _LOCK_NOT_AVAILABLE and not self._waited_out(conn, deadline):
-                        continue  # the stretch is over, not the wait
-                    if state in (_LOCK_NOT_AVAILABLE, _QUERY_CANCELED):
-                        raise self._timeout(deadline,
-                                            cancelled=state == _QUERY_CANCELED) from err
-                    raise
-            locked, self._unlocked = True, False
-            # Units run on this session next: the application's own timeouts,
-            # not seedguard's wait settings.
-            self.backend_pid = conn.execute(text(
-                f"SELECT pg_backend_pid(), {_RESTORE_TIMEOUTS.format(local='false')}")).scalar()
-            conn.commit()
-            self.conn = conn
-            # Behind a transaction-pooling proxy (PgBouncer pool_mode=transaction)
-            # the next transaction may run on another server session, without
-            # the lock, and the lock's session may be handed to a second
-            # applier, which then "takes" it again (advisory locks are
-            # re-entrant). Check now, before any work, and before every unit.
-            self.verify()
-            assert self.backend_pid is not None
-            self._hold(conn, self.backend_pid)
-        except BaseException:
-            self.conn = None
-            if locked:
-                self.conn = conn
-                self.release()  # confirmed, or the session is ended
-            else:
-                _close_without_lock(conn)
-            raise
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": self.number})
+        except DBAPIError as err:
+            if _sqlstate(err) != _LOCK_NOT_AVAILABLE:
+                raise
+            conn.rollback()  # the stretch is over, not the wait
+            return False
+        self._unlocked = False
+        return True
+
+    def _cancelled(self, err: Exception) -> bool:
+        return _sqlstate(err) == _QUERY_CANCELED
+
+    def _locked(self, conn: Connection) -> int:
+        from sqlalchemy import text
+
+        # Units run on this session next: the application's own timeouts,
+        # not seedguard's wait settings.
+        self.backend_pid = int(conn.execute(text(
+            f"SELECT pg_backend_pid(), {_restore(_WAIT_SETTINGS, local='false')}")).scalar_one())
+        conn.commit()
+        # Behind a transaction-pooling proxy (PgBouncer pool_mode=transaction)
+        # the next transaction may run on another server session, without
+        # the lock, and the lock's session may be handed to a second
+        # applier, which then "takes" it again (advisory locks are
+        # re-entrant): verify() compares this pid before any work, and
+        # before every unit.
+        return self.backend_pid
+
+    def _restore_session(self, conn: Connection) -> None:
+        from sqlalchemy import text
+
+        conn.execute(text("SELECT " + _restore(
+            ("application_name", *_WAIT_SETTINGS, *_KEEPALIVES, *_IDLE_LIMITS),
+            local="false")))
 
     def _release(self, conn: Connection) -> bool:
         from sqlalchemy import text
@@ -212,11 +231,6 @@ class PostgresSessionLock(DatabaseLock):
             if self.backend_pid is None or pid == self.backend_pid:
                 unlocked = conn.execute(text("SELECT pg_advisory_unlock(:key)"),
                                         {"key": self.number}).scalar()
-                # The connection goes back to the caller's pool: no seedguard label
-                # on it, and the application's own keepalive settings.
-                conn.execute(text("RESET application_name"))
-                conn.execute(text(f"SELECT {_restore(_KEEPALIVES, local='false')}"))
-                conn.commit()
                 if not unlocked:  # the server says this session did not hold it
                     log.warning("the database lock %r was not held by its session at release",
                                 self.key)
@@ -307,8 +321,7 @@ class PostgresSessionLock(DatabaseLock):
                   "tcp_keepalives_count": timings.count,
                   "tcp_user_timeout": timings.user_timeout_ms,
                   "client_connection_check_interval": timings.check_interval_ms}
-        version = conn.dialect.server_version_info or (0,)
-        names = [name for name in values if version >= _SINCE.get(name, (0,))]
+        names = _available(conn, tuple(values))
         conn.execute(text("SELECT " + ", ".join(
             f"set_config('{name}', :{name}, false)" for name in names)),
             {name: str(values[name]) for name in names})
@@ -339,27 +352,6 @@ class PostgresSessionLock(DatabaseLock):
                 f"client {row.client_addr or 'local'}) since {since}")
 
 
-def _close_without_lock(conn: Connection) -> None:
-    """Close a lock connection whose lock was never granted, with its settings put back.
-
-    After a rollback the settings made in the transaction are undone; in
-    AUTOCOMMIT they were not in one, so put them back explicitly. A session
-    that cannot be cleaned is ended rather than pooled.
-    """
-    from sqlalchemy import text
-
-    try:
-        conn.rollback()
-        conn.execute(text(f"SELECT {_RESTORE_TIMEOUTS.format(local='false')}"))
-        conn.execute(text("RESET application_name"))
-        conn.commit()
-    except Exception:
-        with contextlib.suppress(Exception):
-            conn.invalidate()
-    finally:
-        conn.close()
-
-
 class PostgresTransactionLock(PostgresSessionLock):
     """``pg_advisory_xact_lock`` inside each unit's transaction (``lock_mode="transaction"``).
 
@@ -374,6 +366,7 @@ class PostgresTransactionLock(PostgresSessionLock):
     statements).
     """
 
+    registry = TRANSACTION_LOCKS
     dialects = ("postgresql",)
     per_transaction = True
 
@@ -408,4 +401,4 @@ class PostgresTransactionLock(PostgresSessionLock):
             raise
         # The session's own values for the rest of the unit's transaction, so
         # the unit runs with the timeouts the application configured, not ours.
-        conn.execute(text(f"SELECT {_RESTORE_TIMEOUTS.format(local='true')}"))
+        conn.execute(text(f"SELECT {_restore(_WAIT_SETTINGS, local='true')}"))
