@@ -166,32 +166,8 @@ def _undo(conn: Connection, ledger: Ledger, row: LedgerRow) -> DowngradeResult:
         result.restored += restored
         result.reinserted += reinserted
     conn.execute(journal.delete().where(*where))
-    result.ledger, result.checksum = _unrecord(conn, ledger, row)
+    result.ledger, result.checksum = ledger.recorder.unrecord(conn, row)
     return result
-
-
-def _unrecord(conn: Connection, ledger: Ledger, row: LedgerRow) -> tuple[str, str | None]:
-    """Undo ``row``: back to the checksum it replaced, else removed; exactly one row."""
-    from seedguard.ledger.recorder import _same
-
-    table = ledger.table
-    match = (table.c.name == row.name, table.c.version == row.version,
-             table.c.status == "applied", _same(table.c.checksum, row.checksum))
-    earlier = (row.superseded or "").split()
-    if earlier:
-        # The table holds the data of the application before again: its row says so.
-        previous = earlier.pop()
-        count = conn.execute(table.update().where(*match).values(
-            checksum=previous, superseded=" ".join(earlier) or None)).rowcount
-        outcome: tuple[str, str | None] = ("reverted", previous)
-    else:
-        count = conn.execute(table.delete().where(*match)).rowcount
-        outcome = ("removed", None)
-    if count != 1:
-        raise SeedguardError(
-            f"ledger {ledger.qualified_name}: expected to {outcome[0][:-1]} one row for "
-            f"{row.name!r} v{row.version}, matched {count}")
-    return outcome
 
 
 def _describe(item: ChangedRow) -> str:
