@@ -22,7 +22,7 @@ from _common import Report
 import seedguard
 
 SECTIONS = ("targets", "noop", "async", "bulk", "mysqlbulk", "refs", "threshold", "contention",
-            "memory", "plan", "dump", "cli")
+            "memory", "plan", "dump", "journal", "cli")
 KINDS = ("sqlite", "postgresql", "mariadb")
 
 
@@ -96,6 +96,11 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"dump, {args.dump_rows:,}-row table", flush=True)
         dump.run(report, args.dump_rows, tuple(kinds))
+    if "journal" in only:
+        import journal
+
+        print(f"journal, {args.rows:,} rows", flush=True)
+        journal.run(report, kinds, args.rows)
     if "plan" in only:
         import plan
 

@@ -47,8 +47,10 @@ _WHERE = ("set alembic_config under [tool.seedguard] in pyproject.toml, SEEDGUAR
 
 
 def ledger_tables(ledger_table: str = DEFAULT_LEDGER_TABLE) -> frozenset[str]:
-    """The tables seedguard owns: the ledger, its version table and its lock holder's."""
-    return frozenset({ledger_table, f"{ledger_table}_version", f"{ledger_table}_holder"})
+    """The tables seedguard owns: the ledger, its version table, its lock holder's and its
+    data seeds' journal."""
+    return frozenset({ledger_table, f"{ledger_table}_version", f"{ledger_table}_holder",
+                      f"{ledger_table}_journal"})
 
 
 def ignore_ledger(ledger_table: str = DEFAULT_LEDGER_TABLE, *,

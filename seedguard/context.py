@@ -56,6 +56,10 @@ class UnitStep:
     transactional: ClassVar[bool] = True
     """Whether the unit's work runs in one transaction that the guard keeps whole."""
 
+    journaled: ClassVar[bool] = False
+    """Whether a data seed's writes are journaled (for ``seedguard downgrade``): only
+    when applied in one transaction, which the journal then commits with."""
+
     def __init__(self, ctx: RunContext, unit: SeedUnit, current: Plan | None,
                  scope: _Scope, started: float) -> None:
         self.ctx = ctx
@@ -271,7 +275,8 @@ class RunContext:
                     if self.emit is not None:
                         self.emit(UnitStarted(unit, self.emit.id))
                     in_work = True
-                    outcome = self._work(unit, scope, classes, step.transactional)
+                    outcome = self._work(unit, scope, classes, step.transactional,
+                                         step.checksum if step.journaled else None)
                     in_work = False
                     step.finish(outcome)
                 except BaseException as err:
@@ -286,10 +291,17 @@ class RunContext:
         return step.done()
 
     def _work(self, unit: SeedUnit, scope: _Scope, classes: UnitClasses,
-              transactional: bool) -> Any:
-        """The unit's own function, on a session of the unit's connection."""
+              transactional: bool, journal_checksum: str | None = None) -> Any:
+        """The unit's own function, on a session of the unit's connection; with
+        ``journal_checksum``, a data seed journals its writes under it."""
+        from seedguard import journal
+
+        recording: AbstractContextManager[Any] = contextlib.nullcontext() \
+            if journal_checksum is None else journal.recording(self.ledger, unit,
+                                                               journal_checksum)
         with unit_session(self.connection, self.registries, transactional=transactional,
-                          session_class=classes.sync) as session, running(unit, self.emit):
+                          session_class=classes.sync) as session, running(unit, self.emit), \
+                recording:
             with user_code():
                 outcome = call_unit(unit, session, async_class=classes.asynchronous)
                 check_outcome(unit, outcome)

@@ -23,11 +23,12 @@ import decimal
 import json
 import os
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from seedguard.bydialect import ByDialect, Registry
 from seedguard.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -38,6 +39,10 @@ if TYPE_CHECKING:
 
 BATCH = 10_000
 FORMATS = ("json", "csv", "yaml")
+EXPORTERS: Registry[Exporter] = Registry("dump exporter", lazy={
+    # Imported on a PostgreSQL dump's first use (it needs psycopg's COPY).
+    "postgresql": "seedguard.dump_postgresql",
+})
 Progress = Callable[[str, int, "int | None"], None]
 """Called as ``progress(table, rows written so far, rows in total)`` after each partition."""
 
@@ -271,48 +276,89 @@ def _check_refs_used(plans: Iterable[_Plan], refs: Mapping[str, tuple[str, str]]
                 f"dump: --refs {spec}: no dumped table has column {spec.rpartition('.')[2]!r}")
 
 
+class Exporter(ByDialect):
+    """How a database hands a table's rows to :func:`dump`: one class per dialect.
+
+    The base streams rows through the driver and converts them in Python; a
+    dialect whose server can write the JSON records itself overrides
+    :meth:`json_records`.
+    """
+
+    registry = EXPORTERS
+
+    def json_records(self, conn: Connection, plan: _Plan) -> Iterator[list[str]] | None:
+        """The rows of ``plan`` as JSON objects in text, in partitions, in key order;
+        None when this database cannot produce them for this plan (the rows are then
+        streamed and converted in Python)."""
+        return None
+
+
+def _exporter(conn: Connection) -> Exporter:
+    return (EXPORTERS.get(conn.dialect.name) or Exporter)()
+
+
 def _write(conn: Connection, plan: _Plan, path: Path, format: str,
            progress: Progress | None) -> int:
     import sqlalchemy as sa
 
-    total = conn.execute(sa.select(sa.func.count()).select_from(plan.query.subquery())).scalar()
+    # The total is for progress only; counting is a scan of its own.
+    total = conn.execute(sa.select(sa.func.count()).select_from(plan.query.subquery())
+                         ).scalar() if progress is not None else None
     part = path.with_name(path.name + ".part")
     done = 0
     try:
         with part.open("w", encoding="utf-8", newline="") as handle:
             writer = _WRITERS[format](handle, plan)
-            streamed = conn.execution_options(stream_results=True, yield_per=BATCH)
-            result = streamed.execute(plan.query)
-            try:
-                columns = result.keys()
-                names = [str(name) for name in columns]  # not quoted_name: YAML wants str
-                # One converter per column, chosen by its type once (a value
-                # at a time through _plain's tests was most of a dump's time).
-                convert = [(name, fn) for name, fn in zip(
-                    names, map(_converter_for, plan.query.selected_columns), strict=True)
-                    if fn is not None]
-                for rows in result.partitions():
-                    records = []
-                    for row in rows:
-                        record = dict(zip(names, row, strict=True))
-                        for name, fn in convert:
-                            value = record[name]
-                            if value is not None:
-                                record[name] = fn(value)
-                        records.append(record)
-                    writer.rows(records)
-                    done += len(rows)
+            records = _exporter(conn).json_records(conn, plan) if format == "json" else None
+            if records is not None:
+                assert isinstance(writer, _Json)
+                for texts in records:
+                    writer.texts(texts)
+                    done += len(texts)
                     if progress is not None:
                         progress(plan.stem, done, total)
-            finally:
-                result.close()  # a server-side cursor left open on an error
-            writer.close()
+                writer.close()
+            else:
+                done = _stream(conn, plan, writer, progress, total)
         os.replace(part, path)
     except BaseException:
         part.unlink(missing_ok=True)
         raise
     if progress is not None and done == 0:
         progress(plan.stem, 0, total)
+    return done
+
+
+def _stream(conn: Connection, plan: _Plan, writer: _Writer, progress: Progress | None,
+            total: int | None) -> int:
+    """Rows streamed through the driver, converted in Python, written by ``writer``."""
+    done = 0
+    streamed = conn.execution_options(stream_results=True, yield_per=BATCH)
+    result = streamed.execute(plan.query)
+    try:
+        columns = result.keys()
+        names = [str(name) for name in columns]  # not quoted_name: YAML wants str
+        # One converter per column, chosen by its type once (a value
+        # at a time through _plain's tests was most of a dump's time).
+        convert = [(name, fn) for name, fn in zip(
+            names, map(_converter_for, plan.query.selected_columns), strict=True)
+            if fn is not None]
+        for rows in result.partitions():
+            records = []
+            for row in rows:
+                record = dict(zip(names, row, strict=True))
+                for name, fn in convert:
+                    value = record[name]
+                    if value is not None:
+                        record[name] = fn(value)
+                records.append(record)
+            writer.rows(records)
+            done += len(rows)
+            if progress is not None:
+                progress(plan.stem, done, total)
+    finally:
+        result.close()  # a server-side cursor left open on an error
+    writer.close()
     return done
 
 
@@ -379,6 +425,14 @@ class _Json(_Writer):
         self.handle.write("\n  " if self.first else ",\n  ")
         self.first = False
         self.handle.write(",\n  ".join(map(self.encode, rows)))
+
+    def texts(self, records: list[str]) -> None:
+        """Records already written as JSON objects (by the database)."""
+        if not records:
+            return
+        self.handle.write("\n  " if self.first else ",\n  ")
+        self.first = False
+        self.handle.write(",\n  ".join(records))
 
     def close(self) -> None:
         self.handle.write("]\n" if self.first else "\n]\n")

@@ -197,6 +197,22 @@ class PlanStale(SeedguardError):
         return (_rebuild, (type(self), self.args, {"changes": self.changes}))
 
 
+class DowngradeRefused(SeedguardError):
+    """``seedguard downgrade`` found rows the data seed wrote changed since: it changed nothing.
+
+    ``name`` is the unit's name; ``rows`` lists the rows, each a
+    :class:`seedguard.downgrade.ChangedRow` (table, key, what changed).
+    """
+
+    def __init__(self, message: str, *, name: str = "", rows: Any = ()) -> None:
+        super().__init__(message)
+        self.name = name
+        self.rows = list(rows)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.args, {"name": self.name, "rows": self.rows}))
+
+
 def _rebuild(cls: type[SeedguardError], args: tuple[Any, ...], attrs: dict[str, Any]) -> Any:
     """Unpickle an error whose ``__init__`` takes keyword-only attributes."""
     err = cls(*args, **attrs)

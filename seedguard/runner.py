@@ -274,6 +274,8 @@ APPLYING = Applying()
 class _Claiming(UnitStep):
     """A unit that is applied: its ledger row claimed first, under the unit's lock."""
 
+    journaled = True  # applied in one transaction: a data seed journals its writes
+
     duration_ms = 0
 
     def claim(self) -> bool:
@@ -445,6 +447,8 @@ class _Stepwise(_Claiming):
     If the process dies in between, the "running" row stays and blocks the unit
     until an operator resolves it: the work may be half done.
     """
+
+    journaled = False  # no one transaction for the journal to commit with
 
     transactional = False
 

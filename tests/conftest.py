@@ -13,9 +13,12 @@ its tests instead.
 
 from __future__ import annotations
 
+import collections
 import os
+import sys
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +190,127 @@ def _drop_server_database(kind: str, name: str) -> None:
         admin.dispose()
 
 
+class _Lane:
+    """Jobs run in order on a thread that exists only while there is work."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._lock = threading.Lock()
+        self._jobs: collections.deque[Callable[[], None]] = collections.deque()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            self._jobs.append(job)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if not self._jobs:
+                    self._thread = None
+                    return
+                job = self._jobs.popleft()
+            job()
+
+    def wait(self) -> None:
+        """Return once every job is done and the thread has exited."""
+        while True:
+            with self._lock:
+                thread = self._thread
+            if thread is None:
+                return
+            thread.join(timeout=300)
+            if thread.is_alive():
+                return  # a hung server: let the caller go on (and fail) rather than hang
+
+
+class _ServerDatabases:
+    """Fresh server databases made before a test asks and dropped after it, off its clock.
+
+    PostgreSQL 15's DROP DATABASE waits for an immediate checkpoint and its
+    CREATE DATABASE writes the template through the WAL; MariaDB's create and
+    drop fsync files. Done inline that cost a second or more per server-backed
+    test on a loaded machine, before and after its own work. Background
+    threads keep one spare database of each kind ready and drop the used ones
+    (two lanes, so a slow drop never delays the next spare); every test still
+    gets a database nobody else has touched.
+
+    The threads exist only while there is work, and ``os.fork()`` waits until
+    they have finished and exited: a forked child (the fault trials fork
+    appliers) must not inherit a lock such a thread held, and Python 3.12+
+    warns about forking a process with threads.
+    """
+
+    def __init__(self) -> None:
+        self._creates = _Lane("sg-create-databases")
+        self._drops = _Lane("sg-drop-databases")
+        self._spares: dict[str, _Spare] = {}
+        os.register_at_fork(before=self.wait)
+
+    def wait(self) -> None:
+        self._creates.wait()
+        self._drops.wait()
+
+    def take(self, kind: str) -> tuple[str, str]:
+        """A fresh database of ``kind`` (url, name); the next one is made in the background."""
+        spare = self._spares.pop(kind, None)
+        made = spare.result() if spare is not None else None
+        if made is None:
+            made = _create_server_database(kind)  # its error, if any, reaches the test
+        spare = self._spares[kind] = _Spare()
+        self._creates.submit(lambda: spare.make(kind))
+        return made
+
+    def give_back(self, kind: str, name: str) -> None:
+        self._drops.submit(lambda: _drop_quietly(kind, name))
+
+    def close(self) -> None:
+        """Drop the spares and wait for every drop (the end of the session)."""
+        for kind, spare in self._spares.items():
+            made = spare.result()
+            if made is not None:
+                self.give_back(kind, made[1])
+        self._spares.clear()
+        self.wait()
+
+
+class _Spare:
+    """A database being made in the background; ``result()`` waits for it (None if it failed)."""
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self._made: tuple[str, str] | None = None
+
+    def make(self, kind: str) -> None:
+        try:
+            self._made = _create_server_database(kind)
+        except Exception:
+            self._made = None
+        finally:
+            self._done.set()
+
+    def result(self) -> tuple[str, str] | None:
+        self._done.wait(timeout=300)
+        return self._made
+
+
+def _drop_quietly(kind: str, name: str) -> None:
+    try:
+        _drop_server_database(kind, name)
+    except Exception as err:  # a leftover database; the test itself is over
+        print(f"seedguard tests: could not drop {kind} database {name}: {err}", file=sys.stderr)
+
+
+_server_databases = _ServerDatabases()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    _server_databases.close()
+
+
 @pytest.fixture(params=ALL_DATABASES)
 def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TestDatabase]:
     """A fresh, empty database of each kind; see the module docstring."""
@@ -204,13 +328,13 @@ def make_database(kind: str, tmp_path: Path) -> Iterator[TestDatabase]:
         database.dispose()
         return
     need_server(kind)
-    url, name = _create_server_database(kind)
+    url, name = _server_databases.take(kind)
     database = TestDatabase(kind, url, tmp_path)
     try:
         yield database
     finally:
         database.dispose()
-        _drop_server_database(kind, name)
+        _server_databases.give_back(kind, name)
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The first hour with the CLI, as a new user meets it: the real console script in a
+"""What the CLI tells its user, and that it tells the truth: the real console script in a
 subprocess, with a cwd in tmp and the installed seedguard.
 
 No crash on a dry run before the tables exist, hints that fix the problem, read-only

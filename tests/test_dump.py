@@ -236,3 +236,60 @@ def test_cli_dump(db: TestDatabase, engine: sa.Engine) -> None:
         {"table": "roles", "path": str(out / "j" / "roles.json"), "rows": 3}]
     assert bad.exit_code == 2 and "has no column 'nope'" in bad.stderr
     assert not (out / "bad").exists()
+
+
+def test_postgresql_dumps_through_copy_with_values_as_the_stream_writes_them(
+        pg: TestDatabase, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The COPY path writes what the streamed path writes, value for value: text with
+    # every character COPY escapes, a json column as typed (raw newlines), numbers.
+    odd = sa.Table(
+        "odd", sa.MetaData(),
+        sa.Column("code", sa.String(20), primary_key=True),
+        sa.Column("note", sa.Text), sa.Column("doc", sa.JSON),
+        sa.Column("price", sa.Numeric(10, 3)), sa.Column("ratio", sa.Float),
+        sa.Column("at", sa.DateTime(timezone=True)), sa.Column("raw", sa.LargeBinary))
+    engine = pg.engine()
+    odd.create(engine)
+    with engine.begin() as conn:
+        conn.execute(odd.insert(), [
+            {"code": "a", "note": "back\\slash\ttab\nnew\rcr\b\f\v \"q\" ünï",
+             "doc": {"k": [1, "x\\y"]}, "price": decimal.Decimal("1.500"), "ratio": 0.1,
+             "at": dt.datetime(2020, 1, 2, 3, 4, 5, 6, tzinfo=dt.timezone.utc),
+             "raw": b"\x00\\"},
+            {"code": "b", "note": None, "doc": None, "price": None, "ratio": None,
+             "at": None, "raw": None}])
+        conn.execute(sa.text("UPDATE odd SET doc = CAST(:d AS json) WHERE code = 'b'"),
+                     {"d": '{\n  "spaced":\t"out"\n}'})
+    via_copy = pg.tmp_path / "copy"
+    streamed = pg.tmp_path / "streamed"
+
+    dump(pg.url, ["odd"], key="code", out=via_copy)
+    monkeypatch.setattr(dump_module.Exporter, "json_records", lambda self, conn, plan: None)
+    dump(pg.url, ["odd"], key="code", out=streamed)
+
+    text = (via_copy / "odd.json").read_text(encoding="utf-8")
+    assert '{"code":"a",' in text  # the server's row_to_json wrote it
+    copied = json.loads(text)
+    assert copied == json.loads((streamed / "odd.json").read_text(encoding="utf-8"))
+    assert copied[0]["note"] == "back\\slash\ttab\nnew\rcr\b\f\v \"q\" ünï"
+    assert copied[0]["price"] == "1.500" and copied[1]["doc"] == {"spaced": "out"}
+
+
+def test_postgresql_copy_leaves_unknown_types_to_the_stream(pg: TestDatabase) -> None:
+    from sqlalchemy.dialects import postgresql
+
+    from seedguard.dump_postgresql import PostgresExporter
+
+    tags = sa.Table("tags", sa.MetaData(), sa.Column("code", sa.String(5), primary_key=True),
+                    sa.Column("words", postgresql.ARRAY(sa.Text)))
+    engine = pg.engine()
+    tags.create(engine)
+    with engine.begin() as conn:
+        conn.execute(tags.insert(), [{"code": "a", "words": ["x", "y"]}])
+
+    with engine.connect() as conn:
+        plan = dump_module._Plan.make(conn, "tags", "code", {}, None)
+        assert PostgresExporter().json_records(conn, plan) is None
+    dump(pg.url, ["tags"], key="code", out=pg.tmp_path / "out")
+    assert json.loads((pg.tmp_path / "out" / "tags.json").read_text()) == [
+        {"code": "a", "words": ["x", "y"]}]

@@ -17,6 +17,7 @@ from _support import file_lock_held, unit
 
 import seedguard
 from seedguard import errors
+from seedguard.downgrade import ChangedRow
 from seedguard.result import Drift
 
 UNIT = unit("roles", version=2)
@@ -36,6 +37,9 @@ CASES: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {
     "DataError": (("bad value",), {"path": "roles.csv", "line": 3, "column": "name"}),
     "WaitTimeout": (("still pending after 5 s",), {"pending": ["roles"], "timeout": 5.0}),
     "PlanStale": (("the plan no longer matches",), {"changes": ["roles: checksum changed"]}),
+    "DowngradeRefused": (("1 row(s) it wrote changed since",),
+                         {"name": "colors", "rows": [ChangedRow("colors", "red", "changed",
+                                                                {"hex": ("#f00", "#e00")})]}),
 }
 
 

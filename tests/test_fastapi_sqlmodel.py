@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from _sqlmodel_app import write_app
 from _support import TestDatabase
 from test_reloader import WAIT, Site
@@ -60,3 +61,40 @@ def test_fastapi_run_with_four_workers_seeds_once(site: Site) -> None:
     assert "Application startup failed" not in server.output
     assert len(site.seed_runs()) == 1, site.seed_runs()
     assert site.db.ledger() == [("first-superuser", 1), ("tables", 1)]
+
+
+def _edit(path: Path, n: int) -> None:
+    """A real edit of the app: a new route, written as an editor saves the file."""
+    path.write_text(path.read_text() + (
+        f"\n\n@app.get('/edit{n}')\n"
+        f"def edit{n}() -> dict[str, Any]:\n"
+        f"    return {{'edit': {n}, 'pid': os.getpid()}}\n"))
+
+
+@pytest.mark.parametrize("db", KINDS, indirect=True)
+def test_fastapi_dev_with_edits_seeds_once(site: Site) -> None:
+    # `fastapi dev` runs uvicorn with its reloader: each edit of the app starts a new
+    # server process whose lifespan applies again, and must find nothing to do.
+    server = site.start([FASTAPI, "dev", "app/main.py", "--host", "127.0.0.1",
+                         "--port", "{port}"])
+    first = server.get()
+    assert first["users"] == ["admin@example.com"]
+    assert len(site.seed_runs()) == 1, site.seed_runs()
+    pids = {first["pid"]}
+
+    for n in (1, 2):
+        _edit(site.folder / "app" / "main.py", n)
+        # The new route answers only from the process that loaded the edit.
+        edited = server.get(f"/edit{n}")
+        assert edited["edit"] == n and edited["pid"] not in pids, (edited, server.output)
+        pids.add(edited["pid"])
+        assert server.get()["users"] == ["admin@example.com"]
+
+    assert server.output.count("Reloading...") >= 2, server.output
+    assert "Application startup failed" not in server.output
+    assert server.output.count(STARTED) >= 3, server.output
+    assert len(site.seed_runs()) == 1, site.seed_runs()
+    assert site.db.ledger() == [("first-superuser", 1), ("tables", 1)]
+    with site.db.engine().connect() as conn:  # "user": quoted as each database quotes it
+        users = conn.execute(sa.select(sa.func.count()).select_from(sa.table("user")))
+        assert users.scalar() == 1

@@ -1,7 +1,8 @@
-"""What a new user meets first, in the library: reprs, driver hints, contexts, configuration
-relative to the pyproject, and a dry run before the tables exist.
+"""What the library tells a new user, and that it holds before setup is done: reprs that
+name units, driver hints that name the fix, contexts that refuse a left-out dependency,
+configuration relative to the pyproject, and a dry run before the tables exist.
 
-The CLI side of the same first hour is in ``test_cli_messages.py``.
+The CLI's side of the same contract is in ``test_cli_messages.py``.
 """
 
 from __future__ import annotations

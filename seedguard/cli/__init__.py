@@ -200,7 +200,7 @@ def _flask_app_context(ctx: click.Context) -> None:
 
 for _command in (apply.upgrade, apply.plan_command, inspect.status, inspect.check, inspect.wait,
                  inspect.history, inspect.diff, admin.stamp, admin.forget, admin.resolve,
-                 scaffold.new, scaffold.init, scaffold.dump):
+                 admin.downgrade, scaffold.new, scaffold.init, scaffold.dump):
     cli.add_command(_command)
 
 

@@ -1,4 +1,5 @@
-"""The commands that change the ledger by hand: ``stamp``, ``forget``, ``resolve``."""
+"""The commands that change the ledger by hand: ``stamp``, ``forget``, ``resolve``, and
+``downgrade``, which undoes a data seed's rows too."""
 
 from __future__ import annotations
 
@@ -131,3 +132,28 @@ def resolve(opts: Options, name: str, outcome: str | None, yes: bool, as_json: b
         return
     render.info(opts, f"{name} {render.versions(change)} " + (
         "recorded as applied" if outcome == "applied" else "will run again on the next upgrade"))
+
+
+@click.command()
+@click.argument("name")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@command_options
+@pass_options
+def downgrade(opts: Options, name: str, yes: bool, as_json: bool) -> None:
+    """Undo data seed NAME's last application exactly (exit 3 if its rows changed since)."""
+    from seedguard.downgrade import downgrade as _downgrade
+
+    opts.start("downgrade", as_json=as_json)
+    settings = read_settings(opts, units=False)
+    _confirm(yes, f"Undo the rows {name} wrote? It will be pending again.")
+    result = _downgrade(settings, name)
+    if as_json:
+        render.emit_json({"ok": True, "command": "downgrade", **result.as_dict()})
+    elif result.action == "unchanged":
+        render.info(opts, f"{name} is not applied; nothing changed")
+    else:
+        how = (f"its ledger row is back at the data before ({result.checksum})"
+               if result.ledger == "reverted" else "it is pending again")
+        render.info(opts, f"downgraded {name} v{result.version}: deleted {result.deleted}, "
+                    f"restored {result.restored}, re-inserted {result.reinserted} row(s); {how}")

@@ -22,6 +22,7 @@ from seedguard.cli.options import Declined, Options
 from seedguard.errors import (
     ConfigError,
     DefinitionError,
+    DowngradeRefused,
     LockTimeout,
     PlanStale,
     SeedFailed,
@@ -57,6 +58,8 @@ def exit_code(err: BaseException) -> int:
         return EXIT_USAGE
     if isinstance(err, KeyboardInterrupt):
         return EXIT_INTERRUPTED
+    if isinstance(err, DowngradeRefused):
+        return EXIT_CHECK  # rows changed since, as `diff` reports them
     return EXIT_UNIT_FAILED
 
 
@@ -86,6 +89,9 @@ def error_document(err: BaseException) -> dict[str, Any]:
     if isinstance(err, LockTimeout):
         error["lock"] = err.lock
         error["holder"] = err.holder
+    if isinstance(err, DowngradeRefused):
+        error["unit"] = err.name
+        error["rows"] = [row.as_dict() for row in err.rows]
     return error
 
 

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
     from seedguard.data.sources import Source
+    from seedguard.journal import Journal
     from seedguard.upsert.core import Difference
 
 
@@ -84,8 +85,14 @@ class DataSeed:
         table = resolve_table(conn, self.table)
         key = self.key if self.key is not None else natural_key(table)
         total = self.source.total()
+        from seedguard.journal import current
+
+        # Applied by the runner (not a dry run, a diff or a rehearsal): journaled.
+        journal = None if dry_run else current()
+        if journal is not None:
+            journal.begin(conn, table)
         writer = Upserter(conn, table, key, self.update, dry_run=dry_run, expected=total,
-                          differences=differences)
+                          differences=differences, journal=journal)
         text = self.source.text
         resolver = Resolver(conn, table, self.refs, lambda c: converter(c, text=text),
                             where_path=self.source.where_path, collect=dry_run,
@@ -106,7 +113,8 @@ class DataSeed:
         writer.finish()
         if keep is not None and not writer.result.table_missing:
             # (A dry run against a table that does not exist yet has nothing to prune.)
-            writer.result.deleted = _prune(conn, table, writer.key, keep, dry_run=dry_run)
+            writer.result.deleted = _prune(conn, table, writer.key, keep, dry_run=dry_run,
+                                           journal=journal)
         if resolver is not None and resolver.unresolved_count:
             writer.result.unresolved = list(resolver.unresolved)
             if resolver.unresolved_count > len(resolver.unresolved):
@@ -203,8 +211,8 @@ def natural_key(table: sa.Table, keys: Mapping[str, str | Sequence[str]] | None 
 
 
 def _prune(conn: Connection, table: sa.Table, key: Sequence[str], keep: set[tuple[Any, ...]],
-           *, dry_run: bool) -> int:
-    """Delete (or count) the rows whose key is not in ``keep``."""
+           *, dry_run: bool, journal: Journal | None = None) -> int:
+    """Delete (or count) the rows whose key is not in ``keep``; ``journal`` gets them whole."""
     import sqlalchemy as sa
     cols = [table.c[c] for c in key]
     kept = 0
@@ -231,6 +239,16 @@ def _prune(conn: Connection, table: sa.Table, key: Sequence[str], keep: set[tupl
                 where = cols[0].in_([k[0] for k in chunk])
             else:
                 where = sa.tuple_(*cols).in_(chunk)
+            if journal is not None:
+                from seedguard.journal import DELETE
+
+                others = [c for c in table.c if c.name not in key]
+                rows = conn.execute(sa.select(*cols, *others).where(where)).all()
+                n = len(cols)
+                journal.record(conn, table, DELETE, key, [c.name for c in others],
+                               [r[0] if n == 1 else tuple(r[:n]) for r in rows],
+                               before=[r[n] if len(others) == 1 else tuple(r[n:])
+                                       for r in rows])
             conn.execute(table.delete().where(where))
     return len(doomed)
 

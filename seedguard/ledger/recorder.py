@@ -100,6 +100,27 @@ class Recorder:
             return result.rowcount
         return self._matched(result, name, version, low=0, high=1, verb="delete")
 
+    def unrecord(self, conn: Connection, row: LedgerRow) -> tuple[str, str | None]:
+        """Undo the application ``row`` records (a downgrade); exactly one row must match.
+
+        A row that replaced earlier data goes back to the checksum it
+        superseded (``("reverted", checksum)``); a first application is
+        removed (``("removed", None)``). Either way the unit is pending again.
+        """
+        table = self.tables.table
+        match = (table.c.name == row.name, table.c.version == row.version,
+                 table.c.status == "applied", _same(table.c.checksum, row.checksum))
+        earlier = (row.superseded or "").split()
+        if earlier:
+            previous = earlier.pop()
+            result = conn.execute(table.update().where(*match).values(
+                checksum=previous, superseded=" ".join(earlier) or None))
+            self._matched(result, row.name, row.version, low=1, high=1)
+            return "reverted", previous
+        result = conn.execute(table.delete().where(*match))
+        self._matched(result, row.name, row.version, low=1, high=1, verb="delete")
+        return "removed", None
+
     def _matched(self, result: CursorResult[Any], name: str, version: int, *,
                  low: int, high: int, verb: str = "update") -> int:
         """The rows ``result`` matched; raises unless ``low`` <= matched <= ``high`` (<= 1)."""

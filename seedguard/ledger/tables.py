@@ -17,13 +17,13 @@ from seedguard.errors import SeedguardError
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
-HEAD_REVISION = "sg0004"
+HEAD_REVISION = "sg0005"
 """The newest revision in ``migrations/versions``; raise it with each new revision."""
 
 ADDED_AFTER_SG0001 = frozenset({"description", "superseded"})
 """Ledger columns added by revisions after sg0001 (an interrupted sg0001 lacks them)."""
 
-KNOWN_REVISIONS = frozenset({"sg0001", "sg0002", "sg0003", "sg0004"})
+KNOWN_REVISIONS = frozenset({"sg0001", "sg0002", "sg0003", "sg0004", "sg0005"})
 """Every revision this seedguard knows; a ledger at any other one is from a newer release."""
 
 

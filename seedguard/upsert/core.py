@@ -20,6 +20,7 @@ import itertools
 import operator
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import compress, repeat
 from typing import TYPE_CHECKING, Any, TypeVar, Union
 
 from seedguard.errors import DataError
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     import sqlalchemy as sa
     from sqlalchemy.engine import Connection
     from sqlalchemy.orm import Session
+
+    from seedguard.journal import Journal
 
 TableLike = Union["sa.Table", str, Any]
 """A Core ``Table``, an ORM model (anything with ``__table__``) or a table name."""
@@ -216,8 +219,12 @@ class Upserter:
     def __init__(self, conn: Connection, table: sa.Table, key: str | Sequence[str],
                  update: bool | Sequence[str] = True, *, dry_run: bool = False,
                  expected: int | None = None,
-                 differences: list[Difference] | None = None) -> None:
+                 differences: list[Difference] | None = None,
+                 journal: Journal | None = None) -> None:
         self.conn = conn
+        # A data seed being applied: what each batch inserts and updates is
+        # journaled (seedguard.journal), for `seedguard downgrade`.
+        self.journal = None if dry_run else journal
         # Dry run: each row that would be inserted or updated, with the columns that differ.
         self.differences = differences
         self.table = table
@@ -271,7 +278,9 @@ class Upserter:
                 # Emptiness again, under the lock: a row may have come in between.
                 writer.direct = self._table_is_empty()
         if (not self._empty and not self.dry_run and self._overlay is None
-                and self._snapshot is None and len(set(keys)) == len(keys)):
+                and self._snapshot is None and len(set(keys)) == len(keys)
+                and self.journal is None):
+            # (The journal needs the rows' values before: the core reads them.)
             counts = writer.merge_compared(batch, self._compare)
             if counts is not None:  # the database compared and wrote what differs
                 inserted, updated = counts
@@ -318,6 +327,10 @@ class Upserter:
                 # batch would have written, with values no longer known.
                 overlay = {**self._guesses(keys, overlay), **overlay}
             changed = self._compare_in_order(batch, keys, existing, overlay or {})
+        if self.journal is not None and changed:
+            # Before the snapshot takes this batch's values: ``existing`` holds
+            # the rows as they are in the table now.
+            self._journal(changed, existing)
         if self._snapshot is not None and not self._empty:
             # The snapshot was read once: what this batch writes, later ones must see.
             for row in changed:
@@ -338,6 +351,39 @@ class Upserter:
             writer.write(changed, all_new=not existing)
             if direct and not writer.direct:
                 self._empty = False  # a key it did not expect: look up from here on
+
+    def _journal(self, changed: list[Row], existing: Mapping[Any, Any]) -> None:
+        """Hand the journal the rows about to be written, as inserts or updates.
+
+        Built by ``map`` over the getters (in C): this runs for every row a data
+        seed writes, and the journal's cost is held to a fraction of the write's.
+        """
+        from seedguard.journal import INSERT, UPDATE
+
+        journal = self.journal
+        assert journal is not None
+        key, compare = self.key, self._compare
+        others = [c for c in self._columns or () if c not in key]
+        keys = list(map(self._key_of, changed))
+        olds = list(map(existing.get, keys, repeat(_MISSING))) if existing else []
+        new = [old is _MISSING for old in olds]
+        if not existing or all(new):
+            inserted, new_keys = changed, keys
+            updated: list[Row] = []
+            old_keys: list[Any] = []
+        elif not any(new):
+            inserted, new_keys, updated, old_keys = [], [], changed, keys
+        else:
+            kept = [not n for n in new]
+            inserted, new_keys = list(compress(changed, new)), list(compress(keys, new))
+            updated, old_keys = list(compress(changed, kept)), list(compress(keys, kept))
+            olds = list(compress(olds, kept))
+        if inserted:
+            after = list(map(operator.itemgetter(*others), inserted)) if others else None
+            journal.record(self.conn, self.table, INSERT, key, others, new_keys, after=after)
+        if updated and self._values_of is not None:
+            journal.record(self.conn, self.table, UPDATE, key, compare, old_keys, before=olds,
+                           after=list(map(self._values_of, updated)))
 
     def _compare_in_order(self, batch: Sequence[Row], keys: list[Any], existing: dict[Any, Any],
                           overlay: dict[Any, Any]) -> list[Row]:
