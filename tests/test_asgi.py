@@ -73,7 +73,7 @@ def test_uvicorn_reload_seeds_once_across_restarts(asgi_site: AsgiSite) -> None:
     assert first["roles"] == ["admin", "user"]
     again = _restart(asgi_site, server, first["pid"])
     assert again["roles"] == ["admin", "user"]
-    assert server.output.count(STARTED) == 2, server.output
+    assert server.expect(STARTED, count=2).count(STARTED) == 2, server.output
     runs = asgi_site.seed_runs()
     assert runs == [str(first["pid"])], runs
     assert asgi_site.roles() == ["admin", "user"]

@@ -141,12 +141,14 @@ class Server:
                                      f"{self.output}")
             time.sleep(0.1)
 
-    def expect(self, text: str, timeout: float = WAIT) -> str:
-        """The output once it holds ``text`` (output is read on another thread)."""
+    def expect(self, text: str, timeout: float = WAIT, *, count: int = 1) -> str:
+        """The output once it holds ``text`` ``count`` times (it is read on another thread,
+        so a line the server wrote before answering a request may not be read yet)."""
         deadline = time.monotonic() + timeout
-        while text not in self.output:
+        while self.output.count(text) < count:
             if time.monotonic() > deadline:
-                raise AssertionError(f"{text!r} not in the output in {timeout} s:\n{self.output}")
+                raise AssertionError(f"{text!r} not {count} time(s) in the output in "
+                                     f"{timeout} s:\n{self.output}")
             time.sleep(0.05)
         return self.output
 
