@@ -207,10 +207,7 @@ async def apply_each_async(
             outcome = err
         except Exception as err:
             outcome = err
-        if isinstance(outcome, BaseException):
-            result.failed[label] = outcome
-        else:
-            result.results[label] = outcome
+        result.record(label, outcome)
         if on_target is not None:
             on_target(label, outcome)
         return False
@@ -219,9 +216,7 @@ async def apply_each_async(
              if await attempt(label, target, {**options, "lock_timeout": 0}, True)]
     for label, target in later:
         await attempt(label, target, options, False)
-    order = {label: index for index, (label, _) in enumerate(labelled)}
-    result.results = dict(sorted(result.results.items(), key=lambda item: order[item[0]]))
-    result.failed = dict(sorted(result.failed.items(), key=lambda item: order[item[0]]))
+    result.in_order([label for label, _ in labelled])
     return result
 
 

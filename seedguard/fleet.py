@@ -65,6 +65,19 @@ class FleetResult:
         """True when no target failed."""
         return not self.failed
 
+    def record(self, label: str, outcome: ApplyResult | BaseException) -> None:
+        """File ``outcome`` under ``label``: an exception in ``failed``, else in ``results``."""
+        if isinstance(outcome, BaseException):
+            self.failed[label] = outcome
+        else:
+            self.results[label] = outcome
+
+    def in_order(self, labels: Sequence[str]) -> None:
+        """Order ``results`` and ``failed`` as ``labels`` (the targets as given)."""
+        order = {label: index for index, label in enumerate(labels)}
+        self.results = dict(sorted(self.results.items(), key=lambda item: order[item[0]]))
+        self.failed = dict(sorted(self.failed.items(), key=lambda item: order[item[0]]))
+
 
 def apply_each(
     targets: Iterable[Target],
@@ -114,10 +127,7 @@ def apply_each(
 
     def finish(label: str, outcome: ApplyResult | BaseException) -> None:
         with guard:
-            if isinstance(outcome, BaseException):
-                result.failed[label] = outcome
-            else:
-                result.results[label] = outcome
+            result.record(label, outcome)
         if on_target is not None:
             on_target(label, outcome)
 
@@ -131,9 +141,7 @@ def apply_each(
                      len(later))
         _attempt(later, workers, options, finish, defer_locked=False)
     # Back in the caller's order, not the order the workers finished in.
-    order = {label: index for index, (label, _) in enumerate(labelled)}
-    result.results = dict(sorted(result.results.items(), key=lambda item: order[item[0]]))
-    result.failed = dict(sorted(result.failed.items(), key=lambda item: order[item[0]]))
+    result.in_order([label for label, _ in labelled])
     return result
 
 
