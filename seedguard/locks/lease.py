@@ -373,21 +373,7 @@ class Heartbeat:
                 engine.dispose()
             return
         try:
-            # Between two beats this session idles for a fifth of the lease: a
-            # role's or database's idle limit (idle_session_timeout,
-            # wait_timeout) would end it, and the lease with it.
-            try:
-                self.lock.lift_session_limits(conn)
-            except DBAPIError as err:
-                log.info("could not lift the server's idle limits on the heartbeat's "
-                         "session: %s", type(err.orig).__name__)
-                conn.rollback()
-            # Its own socket gives up sooner than the lock's: the heartbeat must
-            # notice a cut before any waiter may end the lock's session.
-            tune_socket(conn.connection.dbapi_connection, idle=timings.interval,
-                        interval=1, count=3, user_timeout_ms=timings.heartbeat_timeout_ms)
-            own_session = self.lock.session_id(conn)
-            conn.commit()
+            own_session = self._prepare(conn)
             while not self._stop.is_set():
                 wait = timings.heartbeat_every
                 try:
@@ -426,6 +412,40 @@ class Heartbeat:
                 conn.close()
             if shared is None:
                 engine.dispose()
+
+    def _prepare(self, conn: Connection) -> int:
+        """Make ``conn``'s session fit to renew the lease; its server session id.
+
+        A connection of a shared pool (:func:`shared_heartbeats`) was made so
+        by the heartbeat before it, for the same lease: what was set on the
+        session and the socket is still set, and its id is remembered.
+        """
+        from sqlalchemy.exc import DBAPIError
+
+        timings = self.timings
+        prepared = conn.info.get(_PREPARED)
+        if prepared is not None and prepared[0] == timings.seconds:
+            return int(prepared[1])
+        # Between two beats this session idles for a fifth of the lease: a
+        # role's or database's idle limit (idle_session_timeout,
+        # wait_timeout) would end it, and the lease with it.
+        lifted = True
+        try:
+            self.lock.lift_session_limits(conn)
+        except DBAPIError as err:
+            log.info("could not lift the server's idle limits on the heartbeat's "
+                     "session: %s", type(err.orig).__name__)
+            conn.rollback()
+            lifted = False
+        # Its own socket gives up sooner than the lock's: the heartbeat must
+        # notice a cut before any waiter may end the lock's session.
+        tune_socket(conn.connection.dbapi_connection, idle=timings.interval,
+                    interval=1, count=3, user_timeout_ms=timings.heartbeat_timeout_ms)
+        own_session = self.lock.session_id(conn)
+        conn.commit()
+        if lifted:
+            conn.info[_PREPARED] = (timings.seconds, own_session)
+        return own_session
 
     def _renew(self, conn: Connection, table: sa.Table, own_session: int) -> bool:
         import sqlalchemy as sa
@@ -467,6 +487,10 @@ class Heartbeat:
         cut_off(self._lock_dbapi)
 
 
+# In a heartbeat connection's info: the lease (seconds) its session and socket
+# were made fit for, and its server session id (a shared pool's next heartbeat
+# finds them there).
+_PREPARED = "seedguard.heartbeat.prepared"
 # The heartbeat pool shared by every lock on one application pool, by that pool's id.
 _SHARED_POOLS: dict[int, Engine] = {}
 _SHARING = threading.Lock()

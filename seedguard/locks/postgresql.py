@@ -231,12 +231,16 @@ class PostgresSessionLock(DatabaseLock):
         # the first try; behind a transaction pooler (detected by verify) each
         # transaction may land on another server session, and an unlock
         # elsewhere would leave the lock held in the pool, blocking every
-        # applier until the pooler closes that session.
+        # applier until the pooler closes that session. One round trip per
+        # try: the unlock runs only on the lock's own session (NULL elsewhere:
+        # CASE does not evaluate a branch it does not take).
+        unlock = text("SELECT CASE WHEN CAST(:pid AS integer) IS NULL "
+                      "OR pg_backend_pid() = CAST(:pid AS integer) "
+                      "THEN pg_advisory_unlock(:key) END")
         for _ in range(_UNLOCK_TRIES):
-            pid = conn.execute(text("SELECT pg_backend_pid()")).scalar()
-            if self.backend_pid is None or pid == self.backend_pid:
-                unlocked = conn.execute(text("SELECT pg_advisory_unlock(:key)"),
-                                        {"key": self.number}).scalar()
+            unlocked = conn.execute(unlock, {"pid": self.backend_pid,
+                                             "key": self.number}).scalar()
+            if unlocked is not None:
                 if not unlocked:  # the server says this session did not hold it
                     log.warning("the database lock %r was not held by its session at release",
                                 self.key)
