@@ -4,8 +4,9 @@
    (and the ledger is current), return. A start-up with nothing to do costs
    one query.
 2. File lock, then database lock, both bounded by one deadline.
-3. Create or upgrade the ledger, then re-read it under the locks: another
-   applier may have finished while we waited.
+3. Re-read the ledger under the locks: another applier may have finished
+   while we waited. The read gives the ledger's revision too; only a ledger
+   that is missing or behind is created or upgraded, then read again.
 4. Each pending unit in its own transaction: its ledger row is claimed first,
    as "running" (the primary key, or for a re-applied unit a conditional
    update that row-locks it, makes a second applier that bypassed both locks

@@ -525,7 +525,11 @@ def shared_heartbeats(engine: Engine, *, at_once: int) -> Iterator[None]:
         if id(pool) in _SHARED_POOLS:  # already shared by an outer call
             heartbeats = None
         else:
-            heartbeats = Engine(pool.recreate(), engine.dialect, engine.url)
+            # A small statement cache: the holder row's statements name each
+            # schema, so a fleet's would fill a default one with statements
+            # that are never asked for again.
+            heartbeats = Engine(pool.recreate(), engine.dialect, engine.url,
+                                query_cache_size=50)
             _SHARED_POOLS[id(pool)] = heartbeats
     try:
         yield
