@@ -317,3 +317,209 @@ def test_flask_cli_upgrade_status_check_cover_every_bind(bound: BoundApp,
     assert bound.main.ledger() == [("roles", 1)]
     assert bound.rows(bound.audit, "entry") == 1
     assert bound.rows(bound.main, "mark") == 1
+
+
+# -- the ledger commands: on the bind a unit belongs to -------------------------------
+
+
+def _status(database: TestDatabase, name: str) -> list[str]:
+    return [row[0] for row in database.execute(
+        "SELECT status FROM seedguard_ledger WHERE name = :n", n=name)]
+
+
+def test_stamp_forget_and_resolve_work_on_the_units_bind(bound: BoundApp) -> None:
+    @seedguard.seed("roles")
+    def roles() -> None:
+        pass
+
+    @seedguard.seed("audit-start", bind="audit")
+    def audit_start() -> None:
+        pass
+
+    with bound.app.app_context():
+        assert api.stamp(None, "audit-start").action == "stamped"
+        assert bound.audit.ledger() == [("audit-start", 1)]
+        assert bound.main.ledger() == []
+        # bind_key= names the bind the unit is on: the same database.
+        assert api.stamp(None, "audit-start", bind_key="audit").action == "unchanged"
+        assert api.stamp(None, "roles").action == "stamped"
+        assert bound.main.ledger() == [("roles", 1)]
+        bound.audit.execute("UPDATE seedguard_ledger SET status = 'running' "
+                            "WHERE name = 'audit-start'")
+        assert api.resolve(None, "audit-start", outcome="applied").versions == [1]
+        assert _status(bound.audit, "audit-start") == ["applied"]
+        assert api.forget(None, "audit-start").action == "forgotten"
+        assert bound.audit.ledger() == []
+        assert bound.main.ledger() == [("roles", 1)]
+
+
+def test_a_name_on_another_bind_is_refused_naming_where_it_lives(bound: BoundApp) -> None:
+    @seedguard.seed("roles")
+    def roles() -> None:
+        pass
+
+    @seedguard.seed("audit-start", bind="audit")
+    def audit_start() -> None:
+        pass
+
+    with bound.app.app_context():
+        with pytest.raises(ConfigError, match="default database") as err:
+            api.stamp(None, "roles", bind_key="audit")
+        assert "'audit'" in str(err.value)
+        with pytest.raises(ConfigError, match="bind 'audit'"):
+            api.forget(None, "audit-start", bind_key="nope")
+    assert bound.main.ledger() == [] and bound.audit.ledger() == []
+
+
+def test_ledger_commands_without_an_app_need_the_bind_named(tmp_path: Path) -> None:
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'audit.db'}")
+
+    @seedguard.seed("audit-start", bind="audit")
+    def audit_start() -> None:
+        pass
+
+    # Without an app context only bind_key= says which database this is.
+    with pytest.raises(ConfigError, match="'audit'"):
+        api.stamp(engine, "audit-start")
+    assert api.stamp(engine, "audit-start", bind_key="audit").action == "stamped"
+    assert [row.name for row in api.history(engine).rows] == ["audit-start"]
+    assert api.forget(engine, "audit-start", bind_key="audit").action == "forgotten"
+    engine.dispose()
+
+
+def test_an_orphan_is_found_in_the_ledger_that_holds_it(bound: BoundApp) -> None:
+    @seedguard.seed("audit-start", bind="audit")
+    def audit_start() -> None:
+        pass
+
+    with bound.app.app_context():
+        seedguard.apply()
+    from seedguard.registry import default_registry
+
+    default_registry.clear()  # the unit was removed from the code: an orphaned row
+    with bound.app.app_context():
+        assert api.forget(None, "audit-start").action == "forgotten"
+    assert bound.audit.ledger() == []
+
+
+def test_history_stamp_all_and_forget_all_cover_every_bind(bound: BoundApp) -> None:
+    @seedguard.seed("roles")
+    def roles() -> None:
+        pass
+
+    @seedguard.seed("audit-start", bind="audit")
+    def audit_start() -> None:
+        pass
+
+    from seedguard.adopt import stamp_all
+
+    with bound.app.app_context():
+        changes = stamp_all()
+        assert [(c.name, c.bind) for c in changes] == [("roles", None), ("audit-start", "audit")]
+        assert bound.main.ledger() == [("roles", 1)]
+        assert bound.audit.ledger() == [("audit-start", 1)]
+        history = api.history()
+        assert sorted(row.name for row in history.rows) == ["audit-start", "roles"]
+        assert [row.name for row in history.binds["audit"].rows] == ["audit-start"]
+        assert [row.name for row in api.history(bind_key="audit").rows] == ["audit-start"]
+        assert api.check().ok
+        audit_only = stamp_all(bind_key="audit")
+        assert audit_only == []
+        forgotten = api.forget_all(bind_key="audit")
+        assert [(c.name, c.bind) for c in forgotten] == [("audit-start", "audit")]
+        assert bound.main.ledger() == [("roles", 1)]
+        api.forget_all()
+    assert bound.main.ledger() == [] and bound.audit.ledger() == []
+
+
+def test_downgrade_undoes_a_data_seed_on_its_bind(bound: BoundApp) -> None:
+    from seedguard.downgrade import downgrade
+
+    seedguard.data_seed("entries", table=bound.Entry, key="id", bind="audit",
+                        rows=[{"id": 1, "what": "a"}, {"id": 2, "what": "b"}])
+    with bound.app.app_context():
+        seedguard.apply()
+        assert bound.rows(bound.audit, "entry") == 2
+        result = downgrade(None, "entries")
+    assert (result.action, result.deleted) == ("downgraded", 2)
+    assert bound.rows(bound.audit, "entry") == 0
+    assert bound.audit.ledger() == []
+    assert bound.main.ledger() == []
+
+
+def test_the_ledger_commands_wait_for_the_binds_locks(bound: BoundApp) -> None:
+    from seedguard import LockTimeout
+    from seedguard.config import resolve
+    from seedguard.locks import ledger_locks
+
+    @seedguard.seed("audit-start", bind="audit")
+    def audit_start() -> None:
+        pass
+
+    with bound.app.app_context():
+        audit = bound.db.engines["audit"]
+        settings = resolve(audit)
+        file_lock, _, deadline = ledger_locks(audit, settings)
+        file_lock.acquire(deadline)
+        try:
+            with pytest.raises(LockTimeout):
+                api.stamp(resolve(None, lock_timeout=0.3), "audit-start")
+        finally:
+            file_lock.release()
+    assert bound.audit.ledger() == []
+
+
+def test_flask_cli_ledger_commands_work_on_each_units_bind(bound: BoundApp,
+                                                          tmp_path: Path) -> None:
+    work = tmp_path / "cli"
+    work.mkdir()
+    (work / "bound_app.py").write_text(APP.format(main=bound.main.url, audit=bound.audit.url))
+    (work / "bound_seeds.py").write_text(textwrap.dedent(SEEDS) + textwrap.dedent('''
+        seedguard.data_seed("entries", table=Entry, key="id", bind="audit",
+                            rows=[{"id": 7, "what": "data"}])
+    '''))
+
+    def flask(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "flask", "--app", "bound_app", "seedguard", *args],
+            cwd=work, env=child_env(work), capture_output=True, text=True, timeout=120,
+            stdin=subprocess.DEVNULL)
+
+    stamped = flask("stamp", "audit-start", "--yes", "--json")
+    assert stamped.returncode == 0, stamped.stderr
+    assert json.loads(stamped.stdout)["changes"] == [
+        {"name": "audit-start", "action": "stamped", "versions": [1], "bind": "audit"}]
+    assert bound.audit.ledger() == [("audit-start", 1)] and bound.main.ledger() == []
+    wrong = flask("stamp", "roles", "--bind", "audit", "--yes")
+    assert wrong.returncode == 2
+    assert "default database" in wrong.stderr and "--bind" in wrong.stderr
+    assert flask("forget", "audit-start", "--yes").returncode == 0
+    assert bound.audit.ledger() == []
+    every = flask("stamp", "--all", "--bind", "audit", "--yes", "--json")
+    assert every.returncode == 0, every.stderr
+    assert {c["name"] for c in json.loads(every.stdout)["changes"]} == {"audit-start", "entries"}
+    assert bound.main.ledger() == []
+    assert flask("forget", "entries", "--yes").returncode == 0
+    assert flask("upgrade").returncode == 0
+    assert bound.rows(bound.audit, "entry") == 1
+    history = flask("history", "--json")
+    assert history.returncode == 0, history.stderr
+    document = json.loads(history.stdout)
+    assert sorted(row["name"] for row in document["rows"]) == ["audit-start", "entries", "roles"]
+    assert sorted(row["name"] for row in document["binds"]["audit"]["rows"]) == [
+        "audit-start", "entries"]
+    shown = flask("history")
+    assert "bind 'audit'" in shown.stdout and "roles v1" in shown.stdout, shown.stderr
+    only = flask("history", "--bind", "audit", "--json")
+    assert "roles" not in {row["name"] for row in json.loads(only.stdout)["rows"]}
+    undone = flask("downgrade", "entries", "--yes")
+    assert undone.returncode == 0, undone.stderr
+    assert bound.rows(bound.audit, "entry") == 0
+    assert bound.audit.ledger() == [("audit-start", 1)]
+    bound.audit.execute("UPDATE seedguard_ledger SET status = 'running' "
+                        "WHERE name = 'audit-start'")
+    settled = flask("resolve", "audit-start", "--retry", "--yes")
+    assert settled.returncode == 0, settled.stderr
+    assert bound.audit.ledger() == []
+    assert flask("forget", "--all", "--yes").returncode == 0
+    assert bound.main.ledger() == [] and bound.audit.ledger() == []
