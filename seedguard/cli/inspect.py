@@ -79,12 +79,13 @@ def wait(opts: Options, timeout: float | None) -> None:
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@bind_option
 @command_options
 @pass_options
-def history(opts: Options, as_json: bool) -> None:
-    """Show the ledger, newest first."""
+def history(opts: Options, as_json: bool, bind_key: str | None) -> None:
+    """Show the ledger, newest first (in a Flask app, every bind's)."""
     opts.start("history", as_json=as_json)
-    result = api.history(read_settings(opts, units=False))
+    result = api.history(read_settings(opts, units=False), bind_key=bind_key)
     if as_json:
         render.emit_json({"ok": True, "command": "history", **result.as_dict()})
     else:
