@@ -18,6 +18,8 @@ import json
 import subprocess
 import sys
 import textwrap
+import threading
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,6 +171,91 @@ def test_a_bind_unit_writing_a_default_model_is_refused(bound: BoundApp) -> None
     assert "default database" in str(failed.value)
     assert bound.rows(bound.main, "role") == 0
     assert bound.audit.ledger() == []
+
+
+ESCAPES = ["engines", "get_engine", "core-table", "metadata-table"]
+
+
+@pytest.mark.parametrize("how", ESCAPES)
+def test_a_default_unit_writing_through_a_binds_engine_is_refused_naming_the_bind(
+        bound: BoundApp, how: str) -> None:
+    db, Role = bound.db, bound.Role
+    # A plain Core table on the bind's metadata (db.Table(..., bind_key=) spelt out).
+    audit_table = sa.Table("entry", db.metadatas["audit"], extend_existing=True)
+
+    @seedguard.seed("wrong-place")
+    def wrong_place() -> None:
+        db.session.add(Role(name="own"))  # the unit's own work: rolled back with it
+        db.session.flush()
+        row = {"id": 1, "what": "stray"}
+        if how == "engines":
+            with db.engines["audit"].connect() as conn:
+                conn.execute(sa.text("INSERT INTO entry (id, what) VALUES (:id, :what)"), row)
+                conn.commit()
+        elif how == "get_engine":
+            with warnings.catch_warnings():  # deprecated in Flask-SQLAlchemy 3.1
+                warnings.simplefilter("ignore", DeprecationWarning)
+                engine = db.get_engine(bind_key="audit")
+            with engine.begin() as conn:
+                conn.execute(bound.Entry.__table__.insert(), row)
+        elif how == "core-table":
+            with db.engines["audit"].begin() as conn:
+                conn.execute(sa.insert(audit_table), row)
+        else:
+            db.session.execute(sa.insert(audit_table), row)
+
+    for _ in range(2):
+        with bound.app.app_context(), pytest.raises(SeedFailed) as failed:
+            seedguard.apply()
+        message = str(failed.value)
+        assert "bind 'audit'" in message and "bind='audit'" in message, message
+        assert failed.value.rolled_back
+    assert bound.rows(bound.audit, "entry") == 0
+    assert bound.rows(bound.main, "entry") == 0
+    assert bound.rows(bound.main, "role") == 0
+    assert bound.main.ledger() == []
+
+
+def test_a_bind_unit_writing_through_the_default_engine_is_refused(bound: BoundApp) -> None:
+    db, Entry = bound.db, bound.Entry
+
+    @seedguard.seed("wrong-place", bind="audit")
+    def wrong_place() -> None:
+        db.session.add(Entry(what="own"))
+        db.session.flush()
+        with db.engine.begin() as conn:
+            conn.execute(sa.text("INSERT INTO role (name) VALUES ('stray')"))
+
+    with bound.app.app_context(), pytest.raises(SeedFailed) as failed:
+        seedguard.apply()
+    assert "default database" in str(failed.value)
+    assert "without bind=" in str(failed.value)
+    assert bound.rows(bound.main, "role") == 0
+    assert bound.rows(bound.audit, "entry") == 0
+    assert bound.audit.ledger() == []
+
+
+def test_another_thread_may_write_to_a_bind_while_a_unit_runs(bound: BoundApp) -> None:
+    # A request served meanwhile is not the unit's doing: only the unit's own
+    # context is held to its database.
+    db, Role = bound.db, bound.Role
+    app = bound.app
+
+    def request() -> None:
+        with app.app_context(), db.engines["audit"].begin() as conn:
+            conn.execute(sa.text("INSERT INTO entry (id, what) VALUES (5, 'request')"))
+
+    @seedguard.seed("roles")
+    def roles() -> None:
+        db.session.add(Role(name="admin"))
+        worker = threading.Thread(target=request)
+        worker.start()
+        worker.join(30)
+
+    with app.app_context():
+        seedguard.apply()
+    assert bound.rows(bound.audit, "entry") == 1
+    assert bound.main.ledger() == [("roles", 1)]
 
 
 def test_a_unit_reads_another_bind_as_flask_sqlalchemy_routes(bound: BoundApp) -> None:
