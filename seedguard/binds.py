@@ -105,6 +105,13 @@ class Routing:
     engines: Mapping[str | None, Engine]
     """The app's engines: a read of another bind goes there, as Flask-SQLAlchemy sends it."""
 
+    def engine_key(self, engine: Any) -> tuple[bool, str | None]:
+        """``(True, key)`` when ``engine`` is the engine of another bind than the unit's."""
+        for key, candidate in self.engines.items():
+            if candidate is engine:
+                return key != self.own, key
+        return False, None
+
     def refuse(self, key: str | None, what: str) -> BaseException:
         from seedguard.guard import refuse
 

@@ -58,6 +58,7 @@ from seedguard.errors import DefinitionError
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
+    from seedguard.binds import Routing
     from seedguard.guard import _Scope
     from seedguard.unit import SeedUnit
 
@@ -482,11 +483,38 @@ class _Watched:
 _watched = _Watched()
 
 
+# The running unit's routing (its Flask-SQLAlchemy binds), in the unit's own
+# context only: a write from it through another bind's engine is refused,
+# naming the bind; other threads (a request served meanwhile) may write there.
+_routing: ContextVar[Routing | None] = ContextVar("seedguard_unit_routing", default=None)
+
+
 @contextlib.contextmanager
 def watch(scope: _Scope) -> Iterator[None]:
-    """Watch every engine of the process for writes to ``scope``'s database while it runs."""
+    """Watch every engine of the process for writes to ``scope``'s database while it runs,
+    and, from the unit's own context, for writes through the engines of the Flask app's
+    other binds."""
+    if not scope.transactional:
+        yield
+        return
+    from seedguard.binds import routing_for
+
+    routing = routing_for(scope.unit)
+    token = _routing.set(routing) if routing is not None else None
+    if routing is not None:
+        _install()
+    try:
+        with _watch_database(scope):
+            yield
+    finally:
+        if token is not None:
+            _routing.reset(token)
+
+
+@contextlib.contextmanager
+def _watch_database(scope: _Scope) -> Iterator[None]:
     found = identity(scope.dbapi_connection, scope.conn.info)
-    if found is None or not scope.transactional:
+    if found is None:
         yield
         return
     _install()
@@ -547,12 +575,20 @@ def _scopes_for(dbapi_connection: Any, info: dict[Any, Any] | None) -> list[_Sco
 def _before_execute(conn: Connection, cursor: Any, statement: str, parameters: Any,
                     context: Any, executemany: bool) -> None:
     if not _watched.scopes:
+        routing = _routing.get()
+        if routing is not None:
+            _other_bind(routing, conn, statement)
         return
     from seedguard.guard import OTHER_CONNECTION_FIX, is_write
     from seedguard.redact import redact_url
 
     scopes = _scopes_for(conn.connection.dbapi_connection, conn.info)
-    if not scopes or not is_write(statement):
+    if not scopes:
+        routing = _routing.get()
+        if routing is not None:
+            _other_bind(routing, conn, statement)
+        return
+    if not is_write(statement):
         return
     words = " ".join(statement.split()[:3])
     escape = None
@@ -565,6 +601,23 @@ def _before_execute(conn: Connection, cursor: Any, statement: str, parameters: A
         )
     assert escape is not None
     raise escape
+
+
+def _other_bind(routing: Routing, conn: Connection, statement: str) -> None:
+    """Refuse a write from the unit's own code through another bind's engine: it goes to
+    another database than the unit's, outside the unit's transaction."""
+    if _seedguard.get():
+        return
+    other, key = routing.engine_key(conn.engine)
+    if not other:
+        return
+    from seedguard.guard import is_write
+    from seedguard.redact import redact_url
+
+    if is_write(statement):
+        words = " ".join(statement.split()[:3])
+        raise routing.refuse(key, f"a connection of engine {redact_url(conn.engine.url)} "
+                             f"({words}...)")
 
 
 def _checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
