@@ -610,3 +610,175 @@ def test_flask_cli_ledger_commands_work_on_each_units_bind(bound: BoundApp,
     assert bound.audit.ledger() == []
     assert flask("forget", "--all", "--yes").returncode == 0
     assert bound.main.ledger() == [] and bound.audit.ledger() == []
+
+
+# -- the user's schema: one alembic upgrade for every bind (Flask-Migrate --multidb) ----
+
+REV = "b1d5c0000001"
+
+MIGRATED_APP = '''
+import seedguard.alembic
+from flask import Flask
+from flask_migrate import Migrate
+from flask_sqlalchemy import SQLAlchemy
+from seedguard.flask import SeedGuard
+
+app = Flask(__name__)
+app.config["SQLALCHEMY_DATABASE_URI"] = {main!r}
+app.config["SQLALCHEMY_BINDS"] = {{"audit": {audit!r}}}
+db = SQLAlchemy(app)
+
+
+class Role(db.Model):
+    __tablename__ = "role"
+    id = db.Column(db.Integer, primary_key=True)
+    name = db.Column(db.String(64))
+
+
+class Entry(db.Model):
+    __bind_key__ = "audit"
+    __tablename__ = "entry"
+    id = db.Column(db.Integer, primary_key=True)
+    what = db.Column(db.String(64))
+
+
+Migrate(app, db, include_object=seedguard.alembic.include_object)
+SeedGuard(app, db, seeds="migrated_seeds")
+'''
+
+MIGRATED_SEEDS = '''
+import seedguard
+from migrated_app import db, Entry, Role
+
+
+@seedguard.seed("roles")
+def roles():
+    db.session.add(Role(name="admin"))
+
+
+@seedguard.seed("audit-start", bind="audit", requires_revision={rev!r})
+def audit_start():
+    db.session.add(Entry(what="migrated"))
+'''
+
+# What `flask db migrate` writes for a --multidb project: one function per database.
+MULTIDB_REVISION = '''
+"""tables
+
+Revision ID: {rev}
+Revises:
+"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = {rev!r}
+down_revision = None
+branch_labels = None
+depends_on = None
+
+
+def upgrade(engine_name):
+    globals()["upgrade_%s" % engine_name]()
+
+
+def downgrade(engine_name):
+    globals()["downgrade_%s" % engine_name]()
+
+
+def upgrade_():
+    op.create_table("role", sa.Column("id", sa.Integer, primary_key=True),
+                    sa.Column("name", sa.String(64)))
+
+
+def downgrade_():
+    op.drop_table("role")
+
+
+def upgrade_audit():
+    op.create_table("entry", sa.Column("id", sa.Integer, primary_key=True),
+                    sa.Column("what", sa.String(64)))
+
+
+def downgrade_audit():
+    op.drop_table("entry")
+'''
+
+
+@pytest.fixture(params=PAIRS, ids=["sqlite+sqlite", "postgresql+mariadb", "mariadb+postgresql"])
+def multidb(request: pytest.FixtureRequest, tmp_path: Path
+            ) -> Iterator[tuple[TestDatabase, TestDatabase, Any]]:
+    """Two empty databases and a `flask` runner in a Flask-Migrate --multidb project."""
+    main_kind, audit_kind = request.param
+    for kind in {main_kind, audit_kind}:
+        if kind not in selected_databases():
+            pytest.skip(f"{kind} not in SEEDGUARD_TEST_DATABASES")
+    for name in ("main", "audit", "work"):
+        (tmp_path / name).mkdir()
+    mains = make_database(main_kind, tmp_path / "main")
+    audits = make_database(audit_kind, tmp_path / "audit")
+    main, audit = next(mains), next(audits)
+    work = tmp_path / "work"
+    (work / "migrated_app.py").write_text(MIGRATED_APP.format(main=main.url, audit=audit.url))
+    (work / "migrated_seeds.py").write_text(MIGRATED_SEEDS.format(rev=REV))
+
+    def flask(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "flask", "--app", "migrated_app", *args],
+            cwd=work, env=child_env(work), capture_output=True, text=True, timeout=120,
+            stdin=subprocess.DEVNULL)
+
+    init = flask("db", "init", "--multidb")
+    assert init.returncode == 0, init.stderr
+    (work / "migrations" / "versions" / f"{REV}_tables.py").write_text(
+        MULTIDB_REVISION.format(rev=REV))
+    try:
+        yield main, audit, flask
+    finally:
+        for gen in (audits, mains):
+            gen.close()
+
+
+def _version(database: TestDatabase) -> list[str]:
+    if "alembic_version" not in database.tables():
+        return []
+    return [row[0] for row in database.execute("SELECT version_num FROM alembic_version")]
+
+
+def test_upgrade_schema_migrates_every_bind_once_then_seeds_each(
+        multidb: tuple[TestDatabase, TestDatabase, Any]) -> None:
+    main, audit, flask = multidb
+    first = flask("seedguard", "upgrade", "--schema", "--json")
+    assert first.returncode == 0, first.stdout + first.stderr
+    document = json.loads(first.stdout)
+    assert document["migrated"] == [REV]
+    assert [item["name"] for item in document["applied"]] == ["roles", "audit-start"]
+    assert _version(main) == [REV] and _version(audit) == [REV]
+    assert "entry" not in main.tables() and "role" not in audit.tables()
+    assert [row[0] for row in audit.execute("SELECT what FROM entry")] == ["migrated"]
+    assert [row[0] for row in main.execute("SELECT name FROM role")] == ["admin"]
+    assert main.ledger() == [("roles", 1)] and audit.ledger() == [("audit-start", 1)]
+    again = flask("seedguard", "upgrade", "--schema", "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["migrated"] == []
+    assert json.loads(again.stdout)["applied"] == []
+
+
+@pytest.mark.parametrize("held, only", [("audit", None), ("main", "audit")])
+def test_the_schema_upgrade_waits_for_every_binds_locks(
+        multidb: tuple[TestDatabase, TestDatabase, Any], held: str, only: str | None) -> None:
+    # Flask-Migrate's multidb upgrade migrates every bind: whichever units run,
+    # it runs under the locks of every database it changes.
+    from seedguard.locks import Deadline, FileLock, default_lock_path
+
+    main, audit, flask = multidb
+    other = audit if held == "audit" else main
+    lock = FileLock(default_lock_path(sa.engine.make_url(other.url)))
+    lock.acquire(Deadline(5))
+    try:
+        bind = ["--bind", only] if only else []
+        waited = flask("seedguard", "upgrade", "--schema", "--lock-timeout", "1", *bind)
+    finally:
+        lock.release()
+    assert waited.returncode == 4, waited.stdout + waited.stderr
+    assert _version(main) == [] and _version(audit) == []
+    assert main.ledger() == [] and audit.ledger() == []
