@@ -772,7 +772,12 @@ def test_the_schema_upgrade_waits_for_every_binds_locks(
 
     main, audit, flask = multidb
     other = audit if held == "audit" else main
-    lock = FileLock(default_lock_path(sa.engine.make_url(other.url)))
+    # The URL as the app's engine has it (Flask-SQLAlchemy adds charset= on MySQL).
+    app = Flask("urls")
+    app.config["SQLALCHEMY_DATABASE_URI"] = other.url
+    with app.app_context():
+        url = SQLAlchemy(app).engine.url
+    lock = FileLock(default_lock_path(url))
     lock.acquire(Deadline(5))
     try:
         bind = ["--bind", only] if only else []
