@@ -5,7 +5,9 @@ is one target (the bind's engine) with its own ledger and its own locks, and
 :func:`targets` splits a run's units into one such target per bind key. Inside
 an app context the engines are the app's (:mod:`seedguard.flaskapp`); outside
 one, the one database a caller gives is the default's, or, with
-``bind_key=``, that bind's.
+``bind_key=``, that bind's. The ledger commands ask :func:`home` which
+database's ledger records a unit (its bind's) and :func:`databases` for every
+database of the app (``history``, ``forget --all``).
 
 While a unit runs, ``db.session`` is the unit's session (:mod:`seedguard.sessions`);
 a plain ``Session(bind=conn)`` would send every statement to the unit's
@@ -15,7 +17,9 @@ database. The unit's session routes as Flask-SQLAlchemy's own
 unit's own bind goes to the unit's connection, a read of another bind to that
 bind's engine, and a write through a model or table of another bind is refused
 before it runs, naming the bind (it would commit outside the unit's
-transaction, or not at all).
+transaction, or not at all). A write on a connection of another bind's engine
+from the unit's own code is refused the same way by the process-wide watch
+(:mod:`seedguard.verify`), with :meth:`Routing.refuse`'s words.
 """
 
 from __future__ import annotations

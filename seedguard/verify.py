@@ -31,6 +31,11 @@ pass through the reader at all, so the guarantee rests on this module instead:
   event sees, are refused by the server itself. Reads stay allowed, and
   other databases are not touched. Which database a DB-API connection is
   on is asked of the driver (host, port, database; SQLite's file).
+- **The app's other binds.** In a Flask app with Flask-SQLAlchemy binds, a
+  write from the unit's own context on a connection of another bind's
+  engine (``db.engines["audit"].connect()``) goes to another database than
+  the unit's, outside its transaction: it is refused before it runs, naming
+  the bind (:mod:`seedguard.binds`). Other threads may write there.
 
 seedguard's own connections are exempt: everything seedguard runs is marked
 (:func:`seedguard_code`), except the unit's own function (:func:`user_code`).
