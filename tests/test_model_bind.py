@@ -6,7 +6,12 @@ Flask-SQLAlchemy routes, inside the unit's transaction. A write through a model
 of another database than the unit's own is refused before it happens, naming
 the bind. ``apply()``, ``status()`` and ``check()`` in an app context cover
 every bind (``bind_key=`` picks one); so do ``flask seedguard upgrade``,
-``status`` and ``check`` (``--bind KEY``).
+``status`` and ``check`` (``--bind KEY``). A write through another bind's
+engine from the unit's own code is refused too, naming the bind. ``stamp``,
+``forget``, ``resolve`` and ``downgrade`` work on the ledger of the unit's own
+bind under its locks; ``stamp --all``, ``forget --all`` and ``history`` cover
+every bind. ``upgrade --schema`` in a Flask-Migrate ``--multidb`` project
+migrates every bind once, under every bind's locks.
 
 Each test runs on two SQLite files, and on server pairs (PostgreSQL default
 with a MariaDB bind, and the other way round).
@@ -21,6 +26,7 @@ import textwrap
 import threading
 import warnings
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -787,3 +793,22 @@ def test_the_schema_upgrade_waits_for_every_binds_locks(
     assert waited.returncode == 4, waited.stdout + waited.stderr
     assert _version(main) == [] and _version(audit) == []
     assert main.ledger() == [] and audit.ledger() == []
+
+
+def test_two_schema_upgrades_at_once_migrate_each_database_once(
+        multidb: tuple[TestDatabase, TestDatabase, Any]) -> None:
+    # A full run and a run for the audit bind only, started together: each
+    # waits for the other's locks, so alembic runs on each database once.
+    main, audit, flask = multidb
+    with ThreadPoolExecutor(2) as pool:
+        runs = list(pool.map(lambda bind: flask("seedguard", "upgrade", "--schema", "--json",
+                                                "--lock-timeout", "60", *bind),
+                             [[], ["--bind", "audit"]]))
+    for run in runs:
+        assert run.returncode == 0, run.stdout + run.stderr
+    documents = [json.loads(run.stdout) for run in runs]
+    assert sorted(len(document["migrated"]) for document in documents) == [0, 1]
+    applied = sorted(item["name"] for document in documents for item in document["applied"])
+    assert applied == ["audit-start", "roles"]
+    assert _version(main) == [REV] and _version(audit) == [REV]
+    assert main.ledger() == [("roles", 1)] and audit.ledger() == [("audit-start", 1)]
