@@ -222,6 +222,35 @@ def test_a_default_unit_writing_through_a_binds_engine_is_refused_naming_the_bin
     assert bound.main.ledger() == []
 
 
+def test_a_raw_write_to_another_bind_is_refused_by_its_server(bound: BoundApp) -> None:
+    # No SQLAlchemy event sees a DB-API cursor: the bind's connections that the
+    # unit checks out are read-only at the database while it runs.
+    db, Role = bound.db, bound.Role
+
+    @seedguard.seed("raw-elsewhere")
+    def raw_elsewhere() -> None:
+        db.session.add(Role(name="own"))
+        db.session.flush()
+        connection = db.engines["audit"].raw_connection()
+        try:
+            cursor = connection.cursor()
+            cursor.execute("INSERT INTO entry (id, what) VALUES (1, 'raw')")
+            connection.commit()
+        finally:
+            connection.close()
+
+    with bound.app.app_context(), pytest.raises(SeedFailed) as failed:
+        seedguard.apply()
+    assert failed.value.rolled_back
+    assert bound.rows(bound.audit, "entry") == 0
+    assert bound.rows(bound.main, "role") == 0
+    assert bound.main.ledger() == []
+    # Afterwards the bind's connections write again (read-only only during the unit).
+    with bound.app.app_context(), bound.db.engines["audit"].begin() as conn:
+        conn.execute(sa.text("INSERT INTO entry (id, what) VALUES (2, 'app')"))
+    assert bound.rows(bound.audit, "entry") == 1
+
+
 def test_a_bind_unit_writing_through_the_default_engine_is_refused(bound: BoundApp) -> None:
     db, Entry = bound.db, bound.Entry
 
