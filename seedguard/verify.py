@@ -35,7 +35,9 @@ pass through the reader at all, so the guarantee rests on this module instead:
   write from the unit's own context on a connection of another bind's
   engine (``db.engines["audit"].connect()``) goes to another database than
   the unit's, outside its transaction: it is refused before it runs, naming
-  the bind (:mod:`seedguard.binds`). Other threads may write there.
+  the bind (:mod:`seedguard.binds`), and a connection the unit's code checks
+  out of that bind's pool is read-only at its database until checked in
+  (a raw DB-API write is refused by the server). Other threads may write there.
 
 seedguard's own connections are exempt: everything seedguard runs is marked
 (:func:`seedguard_code`), except the unit's own function (:func:`user_code`).
@@ -53,6 +55,7 @@ import os
 import secrets
 import threading
 import types
+import weakref
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypeVar
@@ -508,6 +511,7 @@ def watch(scope: _Scope) -> Iterator[None]:
     token = _routing.set(routing) if routing is not None else None
     if routing is not None:
         _install()
+        _watch_pools(routing)
     try:
         with _watch_database(scope):
             yield
@@ -625,8 +629,43 @@ def _other_bind(routing: Routing, conn: Connection, statement: str) -> None:
                              f"({words}...)")
 
 
-def _checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
-    if not _scopes_for(dbapi_connection, record.info):
+# The pools of binds whose checkouts a unit may have to make read-only; a listener
+# on each, added once and never removed (changing a pool's listeners while another
+# thread checks out can fail that checkout: see seedguard.guard.guarding_pool).
+_BIND_POOLS: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _watch_pools(routing: Routing) -> None:
+    """Make the connections that the unit's own code checks out of another bind's pool
+    read-only at the database while the unit runs: a write through a raw DB-API
+    connection (``engine.raw_connection()``), which no SQLAlchemy event sees, is
+    refused by that bind's server."""
+    from sqlalchemy import event
+
+    for key, engine in routing.engines.items():
+        if key == routing.own:
+            continue
+        pool = engine.pool
+        with _watched.lock:
+            if pool in _BIND_POOLS:
+                continue
+            _BIND_POOLS.add(pool)
+            event.listen(pool, "checkout", functools.partial(_bind_checkout, pool))
+
+
+def _bind_checkout(pool: Any, dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    routing = _routing.get()
+    if routing is None or _seedguard.get():
+        return
+    if not any(key != routing.own and engine.pool is pool
+               for key, engine in routing.engines.items()):
+        return
+    _read_only(dbapi_connection, record)
+
+
+def _read_only(dbapi_connection: Any, record: Any) -> None:
+    """Make a checked-out connection read-only until its check-in (:func:`_checkin`)."""
+    if record.info.get("seedguard_read_only") is dbapi_connection:
         return
     probe = probe_for(dbapi_connection)
     try:
@@ -635,6 +674,12 @@ def _checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
         log.debug("could not make a connection read-only: %s", type(err).__name__)
         return
     record.info["seedguard_read_only"] = dbapi_connection
+
+
+def _checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    if not _scopes_for(dbapi_connection, record.info):
+        return
+    _read_only(dbapi_connection, record)
 
 
 def _checkin(dbapi_connection: Any, record: Any) -> None:
