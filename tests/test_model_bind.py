@@ -569,6 +569,22 @@ def test_downgrade_undoes_a_data_seed_on_its_bind(bound: BoundApp) -> None:
     assert bound.main.ledger() == []
 
 
+def test_diff_compares_a_bind_data_seed_on_its_database(bound: BoundApp) -> None:
+    from seedguard.diff import diff
+
+    seedguard.data_seed("entries", table=bound.Entry, key="id", bind="audit",
+                        rows=[{"id": 1, "what": "a"}])
+    with bound.app.app_context():
+        seedguard.apply()
+    bound.audit.execute("UPDATE entry SET what = 'changed' WHERE id = 1")
+    with bound.app.app_context():
+        found = diff()
+        assert [(row.unit, row.state) for row in found.rows] == [("entries", "changed")]
+        assert diff(name="entries", bind_key="audit").compared == ["entries"]
+        with pytest.raises(ConfigError, match="bind 'audit'"):
+            diff(name="entries", bind_key="nope")
+
+
 def test_the_ledger_commands_wait_for_the_binds_locks(bound: BoundApp) -> None:
     from seedguard import LockTimeout
     from seedguard.config import resolve
