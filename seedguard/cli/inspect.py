@@ -95,15 +95,17 @@ def history(opts: Options, as_json: bool, bind_key: str | None) -> None:
 @click.command()
 @click.argument("name", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@bind_option
 @command_options
 @pass_options
 @click.pass_context
-def diff(ctx: click.Context, opts: Options, name: str | None, as_json: bool) -> None:
+def diff(ctx: click.Context, opts: Options, name: str | None, as_json: bool,
+         bind_key: str | None) -> None:
     """List seeded rows changed or deleted since they were seeded (exit 3 if any)."""
     from seedguard.diff import diff as _diff
 
     opts.start("diff", as_json=as_json)
-    result = _diff(read_settings(opts), name=name)
+    result = _diff(read_settings(opts), name=name, bind_key=bind_key)
     if as_json:
         render.emit_json(render.check_document(result, "diff"))
     else:
