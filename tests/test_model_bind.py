@@ -585,6 +585,28 @@ def test_diff_compares_a_bind_data_seed_on_its_database(bound: BoundApp) -> None
             diff(name="entries", bind_key="nope")
 
 
+def test_wait_covers_every_bind(bound: BoundApp) -> None:
+    from seedguard import WaitTimeout
+    from seedguard.readiness import wait
+
+    @seedguard.seed("roles")
+    def roles() -> None:
+        pass
+
+    @seedguard.seed("audit-start", bind="audit")
+    def audit_start() -> None:
+        pass
+
+    with bound.app.app_context():
+        seedguard.apply(bind_key="audit")
+        with pytest.raises(WaitTimeout) as waited:
+            wait(timeout=0.3)
+        assert waited.value.pending == ["roles"]
+        assert [u.name for u in wait(bind_key="audit", timeout=5).skipped] == ["audit-start"]
+        seedguard.apply()
+        assert sorted(u.name for u in wait(timeout=5).skipped) == ["audit-start", "roles"]
+
+
 def test_the_ledger_commands_wait_for_the_binds_locks(bound: BoundApp) -> None:
     from seedguard import LockTimeout
     from seedguard.config import resolve
