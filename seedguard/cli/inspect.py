@@ -66,14 +66,15 @@ def check(ctx: click.Context, opts: Options, as_json: bool, bind_key: str | None
 @click.command()
 @click.option("--timeout", type=click.FloatRange(min=0), default=None,
               help="Give up after this many seconds (exit 4); default: wait as long as it takes.")
+@bind_option
 @command_options
 @pass_options
-def wait(opts: Options, timeout: float | None) -> None:
+def wait(opts: Options, timeout: float | None, bind_key: str | None) -> None:
     """Wait until nothing is pending or running; apply nothing (a readiness gate)."""
     opts.start("wait")
     from seedguard.readiness import wait as wait_ready
 
-    result = wait_ready(read_settings(opts), timeout=timeout)
+    result = wait_ready(read_settings(opts), timeout=timeout, bind_key=bind_key)
     render.info(opts, f"ready: {len(result.skipped)} unit(s) applied")
 
 
