@@ -475,7 +475,9 @@ class _Entry(NamedTuple):
     scope: _Scope
     # The threads alive when the unit started: an apply() from any other
     # thread during the unit most likely comes from a thread the unit started.
-    threads: frozenset[int]
+    # Thread objects, not idents: an ended thread's ident is handed to the next
+    # thread started (glibc reuses its stack), often one the unit starts.
+    threads: frozenset[threading.Thread]
 
 
 class _Watched:
@@ -527,8 +529,7 @@ def _watch_database(scope: _Scope) -> Iterator[None]:
         yield
         return
     _install()
-    entry = _Entry(found, scope, frozenset(t.ident for t in threading.enumerate()
-                                           if t.ident is not None))
+    entry = _Entry(found, scope, frozenset(threading.enumerate()))
     with _watched.lock:
         _watched.scopes = [*_watched.scopes, entry]
     try:
@@ -542,7 +543,7 @@ def unit_running_on(engine: Any) -> SeedUnit | None:
     """A unit of this process, started before this thread was, running on ``engine``'s
     database: an ``apply()`` from a thread the unit started would wait for the unit's
     own locks (an applier in another thread that was there before waits its turn)."""
-    me = threading.get_ident()
+    me = threading.current_thread()
     scopes = [entry for entry in _watched.scopes if me not in entry.threads]
     if not scopes:
         return None
