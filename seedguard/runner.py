@@ -140,11 +140,6 @@ def _run(ctx: RunContext, units: Sequence[SeedUnit], *, dry_run: bool, strict: b
     if now is not None and not first.pending and not first.blocked and planner.fast:
         return first.result()
 
-    # Work to do: import what the units need now, not while holding the locks
-    # (sqlalchemy.orm alone takes ~40 ms, paid by every waiting applier:
-    # bench/contention.py). The no-op path above never pays it.
-    import sqlalchemy.orm  # noqa: F401
-
     elsewhere = unit_running_on(ctx.engine)
     if elsewhere is not None:
         # This process holds the locks for that unit: waiting would never end.
@@ -158,6 +153,15 @@ def _run(ctx: RunContext, units: Sequence[SeedUnit], *, dry_run: bool, strict: b
         if not held:
             assert planner.settled is not None
             return planner.settled.result()
+        # Work to do: only now import what the units need (sqlalchemy.orm
+        # alone is ~40 ms of CPU on a quiet machine). Of the appliers released
+        # together at a deploy, one does the work and the others find it done
+        # once they get the file lock (skip_if above); had each imported it
+        # before the lock, their imports would compete for the CPU with the
+        # one applier that works (bench/contention.py: a waiter's apply() took
+        # ~140 ms of CPU with the import, ~45 ms without, on a loaded machine).
+        import sqlalchemy.orm  # noqa: F401
+
         current, result = _under_locks(ctx, planner, schema=schema, reviewed=reviewed)
         for unit, applied in ctx.run_units(list(current.pending), current):
             if applied is None:
