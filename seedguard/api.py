@@ -158,12 +158,16 @@ def apply(
             lock_mode=lock_mode, ledger_schema=ledger_schema, lease=lease,
             alembic_config=os.fspath(alembic_config) if alembic_config is not None else None,
         )
-        # The runner pulls in SQLAlchemy; import it here so `import seedguard` stays light.
+        # The run path pulls in SQLAlchemy; import it here so `import seedguard`
+        # stays light (and the runner itself only once there is work:
+        # seedguard.startup).
         from seedguard.eventloop import check_units
-        from seedguard.runner import run
-        from seedguard.sessionclass import check_default
+        from seedguard.startup import run
 
-        check_default(session_class)
+        if session_class is not None:
+            from seedguard.sessionclass import check_default
+
+            check_default(session_class)
 
         reviewed = None
         if plan is not None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from seedguard.checksum import code_checksums, same_algorithm, same_kind
 from seedguard.connect import connect
+from seedguard.dialects import applicable
 from seedguard.errors import DriftError
 from seedguard.ledger import BLOCKING_STATUSES, Comparison, Ledger, LedgerRow, PlannedRow, RowState
 from seedguard.result import ApplyResult, Drift, Waiting
@@ -146,6 +147,25 @@ def plan(units: Sequence[SeedUnit], state: RowState[PlannedRow], checksums: Mapp
             drifted=result.drifted,
         )
     return result
+
+
+class FirstLook(NamedTuple):
+    """A run's first, lock-free look: what it compared and what it found."""
+
+    units: Sequence[SeedUnit]
+    """The selected units that apply on the engine's database, in run order."""
+    expected: Expected
+    """Their checksums and ledger rows once applied (:func:`expected`)."""
+    seen: Comparison | None
+    """The ledger compared with them (:func:`look`); None: missing or behind."""
+
+
+def first_look(engine: Engine, ledger: Ledger, units: Sequence[SeedUnit]) -> FirstLook:
+    """The units that apply on ``engine`` (:func:`seedguard.dialects.applicable`), their
+    checksums, and one lock-free read of the ledger compared with them."""
+    units = applicable(units, engine)
+    found = expected(units)
+    return FirstLook(units, found, look(engine, ledger, found.rows))
 
 
 def look(engine: Engine, ledger: Ledger, expected: tuple[tuple[str, int, str], ...]
