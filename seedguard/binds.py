@@ -23,8 +23,8 @@ from __future__ import annotations
 import operator
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from seedguard.errors import ConfigError, DefinitionError
 
@@ -97,8 +97,7 @@ def _writes(clause: Any) -> bool:
 # -- the unit's session routes by bind key --------------------------------------------
 
 
-@dataclass(frozen=True)
-class Routing:
+class Routing(NamedTuple):
     """Where a unit's session sends each bind's statements."""
 
     own: str | None
@@ -181,8 +180,7 @@ def _what(mapper: Any, clause: Any) -> str:
 # -- one target per bind ---------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class BindTarget:
+class BindTarget(NamedTuple):
     """The units of one bind key, and the settings whose engine is that bind's."""
 
     key: str | None
