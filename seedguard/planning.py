@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -27,26 +26,35 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
 
-@dataclass
 class Plan:
-    """What to do with each selected unit, given the ledger."""
+    """What to do with each selected unit, given the ledger.
 
-    pending: list[SeedUnit] = field(default_factory=list)
-    skipped: list[SeedUnit] = field(default_factory=list)
-    drifted: list[Drift] = field(default_factory=list)
-    ahead: list[SeedUnit] = field(default_factory=list)
-    blocked: list[SeedUnit] = field(default_factory=list)
-    # Units whose requires_revision is not in the user's alembic history yet.
-    waiting: list[Waiting] = field(default_factory=list)
-    # Units after a blocked one: they wait until it is resolved.
-    stopped: list[SeedUnit] = field(default_factory=list)
-    # Units whose (name, version) row exists and is re-applied: the row each replaces.
-    replaces: dict[str, LedgerRow] = field(default_factory=dict)
-    # Units in ``ahead`` because the ledger holds newer data than theirs.
-    newer_data: set[str] = field(default_factory=set)
-    checksums: dict[str, str] = field(default_factory=dict)
-    # The ledger status of each blocked unit ("running" or "dirty").
-    statuses: dict[str, str] = field(default_factory=dict)
+    A plain class, not a dataclass: every first ``apply()`` defines it, and
+    defining a dataclass costs ~300 us (bench/targets.py, target 2b).
+    """
+
+    def __init__(self, *, skipped: list[SeedUnit] | None = None,
+                 checksums: dict[str, str] | None = None) -> None:
+        self.pending: list[SeedUnit] = []
+        self.skipped: list[SeedUnit] = skipped if skipped is not None else []
+        self.drifted: list[Drift] = []
+        self.ahead: list[SeedUnit] = []
+        self.blocked: list[SeedUnit] = []
+        # Units whose requires_revision is not in the user's alembic history yet.
+        self.waiting: list[Waiting] = []
+        # Units after a blocked one: they wait until it is resolved.
+        self.stopped: list[SeedUnit] = []
+        # Units whose (name, version) row exists and is re-applied: the row each replaces.
+        self.replaces: dict[str, LedgerRow] = {}
+        # Units in ``ahead`` because the ledger holds newer data than theirs.
+        self.newer_data: set[str] = set()
+        self.checksums: dict[str, str] = checksums if checksums is not None else {}
+        # The ledger status of each blocked unit ("running" or "dirty").
+        self.statuses: dict[str, str] = {}
+
+    def __repr__(self) -> str:
+        return (f"Plan(pending={self.pending!r}, skipped={self.skipped!r}, "
+                f"drifted={self.drifted!r}, ahead={self.ahead!r}, blocked={self.blocked!r})")
 
     def result(self, *, dry_run: bool = False) -> ApplyResult:
         return ApplyResult(skipped=list(self.skipped), pending=list(self.pending),
