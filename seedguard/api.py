@@ -14,20 +14,6 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from seedguard import config as _config
-
-# Ledger administration lives in seedguard.admin; its calls stay importable from here.
-from seedguard.admin import Bind as Bind
-from seedguard.admin import _ledger_locked as _ledger_locked
-from seedguard.admin import _no_such_unit as _no_such_unit
-from seedguard.admin import _settings as _settings
-from seedguard.admin import check as check
-from seedguard.admin import forget as forget
-from seedguard.admin import forget_all as forget_all
-from seedguard.admin import history as history
-from seedguard.admin import record_stamp as record_stamp
-from seedguard.admin import resolve as resolve
-from seedguard.admin import stamp as stamp
-from seedguard.admin import status as status
 from seedguard.connect import engine_for
 from seedguard.errors import ConfigError
 from seedguard.events import Listener
@@ -41,10 +27,6 @@ from seedguard.registry import (
     with_dependencies,
 )
 from seedguard.result import ApplyResult
-
-# `new` and `init`: scaffolding, in a module of its own; the commands' names stay here.
-from seedguard.scaffold import init as init
-from seedguard.scaffold import new as new
 from seedguard.schema import Schema
 from seedguard.unit import SeedUnit
 
@@ -57,7 +39,45 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
     from sqlalchemy.orm import scoped_session
 
+    # Ledger administration lives in seedguard.admin, scaffolding (`new`, `init`)
+    # in seedguard.scaffold; their calls stay importable from here (__getattr__).
+    from seedguard.admin import Bind as Bind
+    from seedguard.admin import _ledger_locked as _ledger_locked
+    from seedguard.admin import _no_such_unit as _no_such_unit
+    from seedguard.admin import _settings as _settings
+    from seedguard.admin import check as check
+    from seedguard.admin import forget as forget
+    from seedguard.admin import forget_all as forget_all
+    from seedguard.admin import history as history
+    from seedguard.admin import record_stamp as record_stamp
+    from seedguard.admin import resolve as resolve
+    from seedguard.admin import stamp as stamp
+    from seedguard.admin import status as status
     from seedguard.review import Plan as ReviewedPlan
+    from seedguard.scaffold import init as init
+    from seedguard.scaffold import new as new
+
+# Loaded when first asked for: a start-up that only applies needs neither these
+# calls nor their result classes (seedguard.reports), and `import seedguard`
+# (every app's) and the CLI's no-op `upgrade` paid for importing them.
+_ELSEWHERE = {
+    **dict.fromkeys(("Bind", "_ledger_locked", "_no_such_unit", "_settings", "check", "forget",
+                     "forget_all", "history", "record_stamp", "resolve", "stamp", "status"),
+                    "seedguard.admin"),
+    "init": "seedguard.scaffold",
+    "new": "seedguard.scaffold",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _ELSEWHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'seedguard.api' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
 
 def apply(
@@ -161,12 +181,16 @@ def apply(
             lock_mode=lock_mode, ledger_schema=ledger_schema, lease=lease,
             alembic_config=os.fspath(alembic_config) if alembic_config is not None else None,
         )
-        # The runner pulls in SQLAlchemy; import it here so `import seedguard` stays light.
+        # The run path pulls in SQLAlchemy; import it here so `import seedguard`
+        # stays light (and the runner itself only once there is work:
+        # seedguard.startup).
         from seedguard.eventloop import check_units
-        from seedguard.runner import run
-        from seedguard.sessionclass import check_default
+        from seedguard.startup import run
 
-        check_default(session_class)
+        if session_class is not None:
+            from seedguard.sessionclass import check_default
+
+            check_default(session_class)
 
         reviewed = None
         if plan is not None:

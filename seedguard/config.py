@@ -41,11 +41,6 @@ if TYPE_CHECKING:
 
     from seedguard.registry import SeedsSpec
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
-
 
 
 @dataclass(frozen=True)
@@ -298,6 +293,13 @@ def _read_toml(path: Path) -> dict[str, Any] | None:
     opened file, so the file checked is the file read.
     """
     from seedguard.trust import trusted_owner, warn_untrusted
+
+    # Imported here: most start-ups find no pyproject.toml, and tomllib
+    # compiles its patterns when imported.
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - exercised on 3.10 only
+        import tomli as tomllib
 
     try:
         with path.open("rb") as fh:

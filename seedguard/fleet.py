@@ -475,10 +475,10 @@ def _attempt(targets: Sequence[Labelled], workers: int, options: dict[str, Any],
     """``apply()`` each target; with ``defer_locked`` a lock timeout leaves it for later.
 
     A target in ``looked`` was found with work to do by the first pass:
-    ``apply()`` goes straight to its locks (:func:`seedguard.runner.looked_already`).
+    ``apply()`` goes straight to its locks (:func:`seedguard.startup.looked_already`).
     """
     from seedguard.api import apply
-    from seedguard.runner import looked_already
+    from seedguard.startup import looked_already
 
     deferred: list[Labelled] = []
     guard = threading.Lock()

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, NamedTuple
 
 from seedguard.checksum import code_checksums, same_algorithm, same_kind
 from seedguard.connect import connect
+from seedguard.dialects import applicable
 from seedguard.errors import DriftError
 from seedguard.ledger import BLOCKING_STATUSES, Comparison, Ledger, LedgerRow, PlannedRow, RowState
 from seedguard.result import ApplyResult, Drift, Waiting
@@ -26,26 +26,35 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
 
-@dataclass
 class Plan:
-    """What to do with each selected unit, given the ledger."""
+    """What to do with each selected unit, given the ledger.
 
-    pending: list[SeedUnit] = field(default_factory=list)
-    skipped: list[SeedUnit] = field(default_factory=list)
-    drifted: list[Drift] = field(default_factory=list)
-    ahead: list[SeedUnit] = field(default_factory=list)
-    blocked: list[SeedUnit] = field(default_factory=list)
-    # Units whose requires_revision is not in the user's alembic history yet.
-    waiting: list[Waiting] = field(default_factory=list)
-    # Units after a blocked one: they wait until it is resolved.
-    stopped: list[SeedUnit] = field(default_factory=list)
-    # Units whose (name, version) row exists and is re-applied: the row each replaces.
-    replaces: dict[str, LedgerRow] = field(default_factory=dict)
-    # Units in ``ahead`` because the ledger holds newer data than theirs.
-    newer_data: set[str] = field(default_factory=set)
-    checksums: dict[str, str] = field(default_factory=dict)
-    # The ledger status of each blocked unit ("running" or "dirty").
-    statuses: dict[str, str] = field(default_factory=dict)
+    A plain class, not a dataclass: every first ``apply()`` defines it, and
+    defining a dataclass costs ~300 us (bench/targets.py, target 2b).
+    """
+
+    def __init__(self, *, skipped: list[SeedUnit] | None = None,
+                 checksums: dict[str, str] | None = None) -> None:
+        self.pending: list[SeedUnit] = []
+        self.skipped: list[SeedUnit] = skipped if skipped is not None else []
+        self.drifted: list[Drift] = []
+        self.ahead: list[SeedUnit] = []
+        self.blocked: list[SeedUnit] = []
+        # Units whose requires_revision is not in the user's alembic history yet.
+        self.waiting: list[Waiting] = []
+        # Units after a blocked one: they wait until it is resolved.
+        self.stopped: list[SeedUnit] = []
+        # Units whose (name, version) row exists and is re-applied: the row each replaces.
+        self.replaces: dict[str, LedgerRow] = {}
+        # Units in ``ahead`` because the ledger holds newer data than theirs.
+        self.newer_data: set[str] = set()
+        self.checksums: dict[str, str] = checksums if checksums is not None else {}
+        # The ledger status of each blocked unit ("running" or "dirty").
+        self.statuses: dict[str, str] = {}
+
+    def __repr__(self) -> str:
+        return (f"Plan(pending={self.pending!r}, skipped={self.skipped!r}, "
+                f"drifted={self.drifted!r}, ahead={self.ahead!r}, blocked={self.blocked!r})")
 
     def result(self, *, dry_run: bool = False) -> ApplyResult:
         return ApplyResult(skipped=list(self.skipped), pending=list(self.pending),
@@ -146,6 +155,31 @@ def plan(units: Sequence[SeedUnit], state: RowState[PlannedRow], checksums: Mapp
             drifted=result.drifted,
         )
     return result
+
+
+class FirstLook(NamedTuple):
+    """A run's first, lock-free look: what it compared and what it found."""
+
+    units: Sequence[SeedUnit]
+    """The selected units that apply on the engine's database, in run order."""
+    expected: Expected
+    """Their checksums and ledger rows once applied (:func:`expected`)."""
+    seen: Comparison | None
+    """The ledger compared with them (:func:`look`); None: missing, behind, or not read."""
+    looked: bool = True
+    """False when the ledger was not read: the caller had just read it and found work."""
+
+
+def first_look(engine: Engine, ledger: Ledger, units: Sequence[SeedUnit], *,
+               read: bool = True) -> FirstLook:
+    """The units that apply on ``engine`` (:func:`seedguard.dialects.applicable`), their
+    checksums, and (unless ``read`` is false) one lock-free read of the ledger
+    compared with them."""
+    units = applicable(units, engine)
+    found = expected(units)
+    if not read:
+        return FirstLook(units, found, None, looked=False)
+    return FirstLook(units, found, look(engine, ledger, found.rows))
 
 
 def look(engine: Engine, ledger: Ledger, expected: tuple[tuple[str, int, str], ...]

@@ -6,7 +6,6 @@ import functools
 import heapq
 import importlib
 import inspect
-import pkgutil
 import sys
 from collections.abc import Callable, Collection, Iterable, Iterator
 from types import ModuleType
@@ -326,6 +325,8 @@ def _import_tree(path: str) -> list[str]:
     names = [module.__name__]
     search = getattr(module, "__path__", None)
     if search is not None:
+        import pkgutil
+
         from seedguard.sqlfiles import declare_package
 
         # *.sql files in a package's directories are its units too.

@@ -2,7 +2,8 @@
 
 1. Fast path, no lock: read the ledger once; if nothing selected is pending
    (and the ledger is current), return. A start-up with nothing to do costs
-   one query.
+   one query, and does not import this module (:mod:`seedguard.startup`
+   takes that look and imports the runner only when it finds work).
 2. File lock, then database lock, both bounded by one deadline.
 3. Re-read the ledger under the locks: another applier may have finished
    while we waited. The read gives the ledger's revision too; only a ledger
@@ -26,31 +27,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
-from collections.abc import Iterator, Sequence
-from contextvars import ContextVar
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from seedguard.alembic import RevisionGate, upgrade_head
 from seedguard.connect import connect
 from seedguard.context import Mode, RunContext, UnitStep, root_error
-from seedguard.dialects import applicable
 from seedguard.errors import SeedFailed, SeedguardError, UnitBlocked, resolve_advice
-from seedguard.events import (
-    Listener,
-    Run,
-    RunFinished,
-    RunStarted,
-    UnitFailed,
-    UnitFinished,
-)
-from seedguard.guard import current_unit, ending
+from seedguard.events import Run, UnitFailed, UnitFinished
+from seedguard.guard import ending
 from seedguard.ledger import Comparison, LedgerState
 from seedguard.notify import notify_applied
-from seedguard.planning import Plan, expected, look, plan
+from seedguard.planning import FirstLook, Plan, look, plan
 from seedguard.result import Applied, ApplyResult
 from seedguard.unit import SeedUnit
-from seedguard.verify import Canary, limit_hint, translate_session_errors, unit_running_on
+from seedguard.verify import Canary, limit_hint, unit_running_on
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -60,28 +51,27 @@ if TYPE_CHECKING:
     from seedguard.guard import _Scope
     from seedguard.review import Plan as ReviewedPlan
 
-# Plan and plan: seedguard.planning's, imported from here too.
-__all__ = ["Plan", "looked_already", "plan", "run"]
+__all__ = ["Plan", "plan", "run_after_look"]  # Plan, plan: seedguard.planning's, imported here too
 
 log = logging.getLogger(__name__)
 
 
-@translate_session_errors
-def run(
+def run_after_look(
     engine: Engine,
-    units: Sequence[SeedUnit],
     settings: Settings,
+    first: FirstLook,
     *,
+    emit: Run,
     dry_run: bool = False,
     strict: bool = False,
-    listener: Listener | None = None,
     schema: bool = False,
     scoped_sessions: Sequence[scoped_session[Any]] = (),
     session_class: type[Any] | None = None,
     reviewed: ReviewedPlan | None = None,
     bind_key: str | None = None,
 ) -> ApplyResult:
-    """Apply the pending ``units`` (in the given order) to ``engine``.
+    """Go on from a run's first look (:func:`seedguard.startup.run` took it): plan,
+    take the locks, apply the pending units.
 
     ``schema=True`` first runs the user's ``alembic upgrade head`` under the
     same locks, so concurrent deploys never race alembic. ``scoped_sessions``
@@ -90,68 +80,39 @@ def run(
     units whose annotation does not name one (:mod:`seedguard.sessionclass`).
     ``reviewed`` (a rehearsal's plan) is
     checked under the locks against what would run; a mismatch raises
-    ``PlanStale`` before anything runs. ``listener`` receives this run's unit
-    events; the process's subscribers receive all of them (:mod:`seedguard.events`).
+    ``PlanStale`` before anything runs. ``emit`` sends this run's events.
     ``bind_key`` is the Flask-SQLAlchemy bind ``engine`` is (:mod:`seedguard.binds`),
     kept on the run's context (None: the default database).
     """
-    if "opentelemetry.trace" in sys.modules:
-        # The app uses OpenTelemetry: spans and metrics (seedguard.otel). A
-        # process that never imports it pays one dict lookup here.
-        from seedguard.otel import install_if_used
-
-        install_if_used()
-    with Run(listener) as emit:
-        if not emit.quiet:
-            emit(RunStarted(emit.id, len(units), dry_run))
-        try:
-            ctx = RunContext(engine, settings, APPLYING, emit=emit,
-                             scoped_sessions=scoped_sessions, session_class=session_class,
-                             bind_key=bind_key)
-            result = _run(ctx, units, dry_run=dry_run, strict=strict, schema=schema,
-                          reviewed=reviewed)
-        except BaseException as err:
-            if not emit.quiet:
-                emit(RunFinished(emit.id, emit.elapsed_ms(), error=err))
-            raise
-        if not emit.quiet:
-            emit(RunFinished(emit.id, emit.elapsed_ms(), result=result))
-        return result
+    ctx = RunContext(engine, settings, APPLYING, emit=emit, scoped_sessions=scoped_sessions,
+                     session_class=session_class, bind_key=bind_key)
+    return _run(ctx, first, dry_run=dry_run, strict=strict, schema=schema, reviewed=reviewed)
 
 
-def _run(ctx: RunContext, units: Sequence[SeedUnit], *, dry_run: bool, strict: bool,
+def _run(ctx: RunContext, first: FirstLook, *, dry_run: bool, strict: bool,
          schema: bool, reviewed: ReviewedPlan | None) -> ApplyResult:
-    _not_reentrant(ctx.engine)
     # A unit limited to other databases is not applicable here: left out, and
-    # the units after it run without it (seedguard.dialects).
-    planner = _Planner(ctx, applicable(units, ctx.engine), strict=strict)
-    # The caller has just looked and found work (apply_each's first pass):
-    # no lock-free look again, before or after the file lock; the re-read
-    # under both locks decides, as it always does. A dry run only looks.
-    looked = _LOOKED.get() and not dry_run
+    # the units after it run without it (seedguard.dialects; first_look).
+    planner = _Planner(ctx, first, strict=strict)
+    now = first.seen
     # A reviewed plan is checked under the locks: "nothing pending" is an
-    # answer to check against it too (applied by someone else since?).
-    planner.fast = not schema and reviewed is None and not looked
-    if not looked:
-        now = planner.look()
-        if now is not None and now.all_applied and planner.fast:
-            return ApplyResult(skipped=list(planner.units), dry_run=dry_run)
-        first = planner.planned(now)
-        if dry_run:
-            result = first.result(dry_run=True)
-            _preview(ctx.engine, first.pending, result)
-            return result
-        # schema=True always takes the locks: the user's schema may be behind.
-        # A "running" row is no reason to fail without them: its owner is
-        # most likely still at work (a gunicorn worker that started a moment
-        # earlier), and the locks make this applier wait for it and look again.
-        if now is not None and not first.pending and not first.blocked and planner.fast:
-            return first.result()
-
-    # Work to do: import what the units need now, not while holding the locks
-    # (sqlalchemy.orm alone takes ~40 ms, paid by every waiting applier:
-    # bench/contention.py). The no-op path above never pays it.
-    import sqlalchemy.orm  # noqa: F401
+    # answer to check against it too (applied by someone else since?). A run
+    # whose caller had looked already (seedguard.startup.looked_already) does
+    # not look again after the file lock: the re-read under both locks decides.
+    planner.fast = not schema and reviewed is None and first.looked
+    if now is not None and now.all_applied and planner.fast:
+        return ApplyResult(skipped=list(planner.units), dry_run=dry_run)
+    planned = planner.planned(now)
+    if dry_run:
+        result = planned.result(dry_run=True)
+        _preview(ctx.engine, planned.pending, result)
+        return result
+    # schema=True always takes the locks: the user's schema may be behind. A
+    # "running" row is no reason to fail without them: its owner is most
+    # likely still at work (a gunicorn worker that started a moment earlier),
+    # and the locks make this applier wait for it and look again.
+    if now is not None and not planned.pending and not planned.blocked and planner.fast:
+        return planned.result()
 
     elsewhere = unit_running_on(ctx.engine)
     if elsewhere is not None:
@@ -166,6 +127,15 @@ def _run(ctx: RunContext, units: Sequence[SeedUnit], *, dry_run: bool, strict: b
         if not held:
             assert planner.settled is not None
             return planner.settled.result()
+        # Work to do: only now import what the units need (sqlalchemy.orm
+        # alone is ~40 ms of CPU on a quiet machine). Of the appliers released
+        # together at a deploy, one does the work and the others find it done
+        # once they get the file lock (skip_if above); had each imported it
+        # before the lock, their imports would compete for the CPU with the
+        # one applier that works (bench/contention.py: a waiter's apply() took
+        # ~140 ms of CPU with the import, ~45 ms without, on a loaded machine).
+        import sqlalchemy.orm  # noqa: F401
+
         current, result = _under_locks(ctx, planner, schema=schema, reviewed=reviewed)
         for unit, applied in ctx.run_units(list(current.pending), current):
             if applied is None:
@@ -177,38 +147,6 @@ def _run(ctx: RunContext, units: Sequence[SeedUnit], *, dry_run: bool, strict: b
     return result
 
 
-_LOOKED: ContextVar[bool] = ContextVar("seedguard_looked_already", default=False)
-
-
-@contextlib.contextmanager
-def looked_already() -> Iterator[None]:
-    """Within it, :func:`run` skips its lock-free looks and goes straight to the locks.
-
-    For a caller that has just read the target's ledger, without a lock, and
-    found work to do (``apply_each``'s first pass reads a batch of schemas in
-    one statement): looking again before and after the file lock would only
-    repeat that read. Nothing rests on it: under both locks the ledger is
-    read again and that read decides what runs. A dry run looks all the same
-    (its answer is the look).
-    """
-    token = _LOOKED.set(True)
-    try:
-        yield
-    finally:
-        _LOOKED.reset(token)
-
-
-def _not_reentrant(engine: Engine) -> None:
-    running_unit = current_unit()
-    if running_unit is not None:
-        # Its own file lock is held by this very process: waiting would never end.
-        raise SeedguardError(
-            f"seedguard.apply() was called inside unit {running_unit.name!r}, which is "
-            "itself being applied; apply() is not re-entrant: do the work in the unit "
-            "with its session, or declare it as a unit of its own (after=...)"
-        )
-
-
 class _Planner:
     """What one apply() call plans from: its units, their checksums, the ledger's rows.
 
@@ -216,12 +154,12 @@ class _Planner:
     both locks all plan by the one rule (:func:`seedguard.planning.plan`).
     """
 
-    def __init__(self, ctx: RunContext, units: Sequence[SeedUnit], *, strict: bool) -> None:
+    def __init__(self, ctx: RunContext, first: FirstLook, *, strict: bool) -> None:
         self.ctx = ctx
-        self.units = units
+        self.units = first.units
         self.strict = strict
         self.fast = True
-        self.checksums, self.rows = expected(units)
+        self.checksums, self.rows = first.expected
         # Reads the user's alembic graph only if a would-be-pending unit declares
         # requires_revision: the no-op start-up stays one query.
         self.gate = RevisionGate(ctx.settings, ctx.engine)

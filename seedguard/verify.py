@@ -52,7 +52,6 @@ import functools
 import inspect
 import logging
 import os
-import secrets
 import threading
 import types
 import weakref
@@ -265,7 +264,7 @@ class Canary:
 
     def __init__(self, conn: Connection) -> None:
         self.dbapi_connection: Any = conn.connection.dbapi_connection
-        self.name = f"seedguard_canary_{secrets.token_hex(6)}"
+        self.name = f"seedguard_canary_{os.urandom(6).hex()}"  # secrets.token_hex, unimported
         self.probe = probe_for(self.dbapi_connection)
         self.where: Any = None
 

@@ -65,8 +65,59 @@ def test_sqlite_compares_in_the_database_from_the_third_look(db: TestDatabase) -
         for _ in range(4):
             compared = ledger.read_against(conn, _expected(units))
             assert compared is not None and compared.all_applied
-    in_database = ["NOT IN" in statement for statement in statements]
+            conn.rollback()
+            # A change (the rows still all applied), so that each look reads.
+            db.execute(f"UPDATE {LEDGER} SET duration_ms = duration_ms + 1 WHERE name = 'a'")
+    in_database = ["NOT IN" in statement for statement in statements if LEDGER in statement]
     assert in_database == ([False, False, True, True] if db.kind == "sqlite" else [False] * 4)
+
+
+# Changes made on the looking connection itself: SQLite's data_version does not
+# count them, its total_changes and schema_version do.
+SAME_CONNECTION = {
+    "drifted": [f"UPDATE {LEDGER} SET checksum = 'ast1:{'0' * 64}' WHERE name = 'b'"],
+    "rolled-back-delete": [f"DELETE FROM {LEDGER} WHERE name = 'b'"],
+    "dropped": [f"DROP TABLE {LEDGER}"],
+}
+
+
+@pytest.mark.parametrize("where", ["other", *SAME_CONNECTION])
+def test_an_unchanged_database_is_not_read_again(db: TestDatabase, where: str) -> None:
+    # On SQLite a look that found every unit applied answers again without
+    # reading the ledger while the database says nothing changed; any change,
+    # from this connection or another, rolled back or not, is read.
+    units = _applied(db, ["a", "b", "c"])
+    engine = db.engine()
+    statements: list[str] = []
+    sa.event.listen(engine, "before_cursor_execute",
+                    lambda conn, cursor, stmt, *a: statements.append(stmt))
+    ledger = Ledger(LEDGER)
+    with engine.connect() as conn:
+        for _ in range(3):
+            compared = ledger.read_against(conn, _expected(units))
+            assert compared is not None and compared.all_applied
+        reads = len(statements)
+        assert reads == (1 if db.kind == "sqlite" else 3)
+        if where == "other":
+            conn.rollback()  # MariaDB's snapshot would hide the change
+            db.execute(CHANGES["drifted"][0])
+        else:
+            for statement in SAME_CONNECTION[where]:
+                conn.exec_driver_sql(statement)
+            if where == "rolled-back-delete":
+                conn.rollback()
+            else:
+                conn.commit()
+        compared = ledger.read_against(conn, _expected(units))
+        assert len(statements) > reads + len(SAME_CONNECTION.get(where, []))
+        full = ledger.read(conn, full=False)
+    if where == "dropped":
+        assert compared is None and full is None
+    elif where == "rolled-back-delete":
+        assert compared is not None and compared.all_applied
+    else:
+        assert compared is not None and not compared.all_applied
+        assert full is not None and _summary(units, compared.state) == _summary(units, full)
 
 
 _INSERT = (f"INSERT INTO {LEDGER} (name, version, checksum, status, applied_at) "

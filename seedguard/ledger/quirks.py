@@ -11,16 +11,21 @@ Python, explain nothing.
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from seedguard.bydialect import ByDialect, Registry
 
 if TYPE_CHECKING:
+    from collections.abc import Hashable
+
     import sqlalchemy as sa
+    from sqlalchemy.engine import Connection
 
 QUIRKS: Registry[LedgerQuirks] = Registry("ledger quirks")
 
 SetupFailure = Literal["missing_schema", "denied"]
+
+_SQLITE_VERSIONS = "SELECT * FROM pragma_data_version, pragma_schema_version"
 
 
 class LedgerQuirks(ByDialect):
@@ -36,6 +41,17 @@ class LedgerQuirks(ByDialect):
 
     whoami: ClassVar[str | None] = None
     """SQL returning the connected user and the default schema, for messages."""
+
+    def change_stamp(self, conn: Connection, schema: str | None) -> Hashable | None:
+        """A value that differs whenever the database may have changed since it was
+        last taken on ``conn``'s DB-API connection (a write on that connection, a
+        commit on any other, a schema change); None where the database cannot say.
+
+        The lock-free look answers "every unit applied" again without reading the
+        ledger while the stamp it took before its last such answer is unchanged
+        (:meth:`seedguard.ledger.reads.LedgerReader.read_against`).
+        """
+        return None
 
     def setup_failure(self, err: sa.exc.DBAPIError) -> SetupFailure | None:
         """Why creating or upgrading the ledger failed, if it is a setup problem."""
@@ -56,6 +72,28 @@ class SQLiteQuirks(LedgerQuirks):
     # of the two (bench/targets.py); elsewhere reading the rows is faster.
     dialects = ("sqlite",)
     compares_in_database = True
+
+    def change_stamp(self, conn: Connection, schema: str | None) -> Hashable | None:
+        # SQLite says it exactly (https://www.sqlite.org/pragma.html):
+        # data_version changes when another connection commits to the file,
+        # schema_version with every schema change (a dropped or re-created
+        # ledger, from any connection), and sqlite3's total_changes counts
+        # every row this connection inserted, updated or deleted, rolled back
+        # or not. The three unchanged, the ledger is as it was. Only the main
+        # database (an attached one has its own counters) and only sqlite3
+        # (other drivers do not expose total_changes).
+        if schema is not None:
+            return None
+        dbapi_connection: Any = conn.connection.dbapi_connection
+        total = getattr(dbapi_connection, "total_changes", None)
+        execute = getattr(dbapi_connection, "execute", None)
+        if type(total) is not int or execute is None:
+            return None
+        try:
+            versions = execute(_SQLITE_VERSIONS).fetchone()
+        except Exception:  # an old SQLite without the pragma functions: read the ledger
+            return None
+        return (tuple(versions), total)
 
 
 class PostgreSQLQuirks(LedgerQuirks):
