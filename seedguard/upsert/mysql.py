@@ -322,8 +322,13 @@ class MySQLWriter(Writer):
                    f"LINES TERMINATED BY '\\n' {self._column_list()}")
             savepoint = self.conn.begin_nested()
             try:
-                loaded = self.conn.exec_driver_sql(sql).rowcount
-                warnings = self.conn.exec_driver_sql("SELECT @@warning_count").scalar()
+                result = self.conn.exec_driver_sql(sql)
+                loaded = result.rowcount
+                # The load's OK packet carries its warning count, which PyMySQL
+                # keeps on the cursor (1.1+): no second round trip per batch.
+                warnings = getattr(result.context.cursor, "warning_count", None)
+                if warnings is None:
+                    warnings = self.conn.exec_driver_sql("SELECT @@warning_count").scalar()
             except sa.exc.DBAPIError as err:
                 savepoint.rollback()
                 code = _code(err)
