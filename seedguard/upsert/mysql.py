@@ -3,14 +3,18 @@
 Large writes (``LOAD_THRESHOLD`` rows and more, simple column types, PyMySQL)
 are written to a tab-separated file and loaded with ``LOAD DATA LOCAL
 INFILE``: into an empty table, locked for the load, straight in; otherwise
-into a temporary table, merged with one ``INSERT ... SELECT ... ON DUPLICATE
-KEY UPDATE``. That is the bulk path the MySQL manual recommends, about 2.5x
-``executemany`` through PyMySQL here (``python bench/run.py --only mysqlbulk``).
+into a temporary table (MEMORY where the rows fit), from which an ``UPDATE
+... JOIN`` writes the rows that differ and an ``INSERT ... SELECT`` the
+missing ones, their row counts being the upsert's counts. That is the bulk
+path the MySQL manual recommends, about 2.5x ``executemany`` through PyMySQL
+for a fresh load here (``python bench/run.py --only mysqlbulk``).
 
 ``LOCAL`` turns errors into warnings (a duplicate key is skipped, a value that
 does not fit is cut), so each load runs in a savepoint and is checked: fewer
 rows than sent or any warning rolls it back, and the rows go through the
-``VALUES`` statement instead, which raises the real error.
+``VALUES`` statement instead, which raises the real error. So does a
+temporary table the server will not create (no ``CREATE TEMPORARY TABLES``
+privilege).
 
 The client must allow it (``local_infile=True`` in PyMySQL's connect
 arguments, e.g. ``mysql+pymysql://.../db?local_infile=1``; off by default,
