@@ -3,11 +3,13 @@
 Large writes (``LOAD_THRESHOLD`` rows and more, simple column types, PyMySQL)
 are written to a tab-separated file and loaded with ``LOAD DATA LOCAL
 INFILE``: into an empty table, locked for the load, straight in; otherwise
-into a temporary table (MEMORY where the rows fit), from which an ``UPDATE
-... JOIN`` writes the rows that differ and an ``INSERT ... SELECT`` the
-missing ones, their row counts being the upsert's counts. That is the bulk
-path the MySQL manual recommends, about 2.5x ``executemany`` through PyMySQL
-for a fresh load here (``python bench/run.py --only mysqlbulk``).
+into a temporary table (MEMORY where the rows fit), compared with the table
+in the server, and merged: a batch whose rows all differ or are missing with
+one ``INSERT ... SELECT ... ON DUPLICATE KEY UPDATE``, any other with an
+``UPDATE ... JOIN`` of the rows that differ and an ``INSERT ... SELECT`` of
+the missing ones. That is the bulk path the MySQL manual recommends, about
+2x ``executemany`` through PyMySQL for a fresh load here (``python
+bench/run.py --only mysqlbulk``).
 
 ``LOCAL`` turns errors into warnings (a duplicate key is skipped, a value that
 does not fit is cut), so each load runs in a savepoint and is checked: fewer
@@ -169,14 +171,9 @@ class MySQLWriter(Writer):
         The comparison happens in the server: reading the existing rows back
         through PyMySQL (a pure-Python row parser) cost more than writing
         them all, and made a full-table update slower than a plain
-        ``executemany``. It is folded into the writes, whose row counts are
-        the result: an ``UPDATE ... JOIN`` of the rows whose ``compare``
-        columns differ (each counted once: the temporary table's key is
-        unique), then an ``INSERT ... SELECT`` of the rows the table lacks.
-        A separate counting join cost a tenth of a full update. Values
-        compare byte for byte (``BINARY ... <=>``, NULL-safe): a
-        case-insensitive collation must not hide 'Admin' -> 'admin', as
-        Python's comparison would not.
+        ``executemany``. Values compare byte for byte (``BINARY ... <=>``,
+        NULL-safe): a case-insensitive collation must not hide 'Admin' ->
+        'admin', as Python's comparison would not.
         """
         if len(rows) < LOAD_THRESHOLD or not self._loadable():
             return None
@@ -188,40 +185,48 @@ class MySQLWriter(Writer):
             return None
         q, tmp, target = self._q, self._tmp, self._quoted()
         on = " AND ".join(f"t.{q(k)} = s.{q(k)}" for k in self.key)
-        updated = 0
-        if compare:
-            differs = " OR ".join(f"NOT (BINARY t.{q(c)} <=> BINARY s.{q(c)})" for c in compare)
+        missing = " AND ".join(f"t.{q(k)} IS NULL" for k in self.key)
+        differs = " OR ".join(f"NOT (BINARY t.{q(c)} <=> BINARY s.{q(c)})"
+                              for c in compare) or "FALSE"
+        counted = self.conn.exec_driver_sql(
+            f"SELECT COALESCE(SUM({missing}), 0), "
+            f"COALESCE(SUM(NOT ({missing}) AND ({differs})), 0) "
+            f"FROM {tmp} s LEFT JOIN {target} t ON {on}").one()
+        new, changed = int(counted[0]), int(counted[1])
+        if new + changed == len(rows):
+            # Every row is missing or differs (a full-table update): all of
+            # them from the temporary table, ON DUPLICATE KEY UPDATE. The
+            # cheapest write: an UPDATE ... JOIN of the same rows took a third
+            # longer in the server (bench/mysql_bulk.py).
+            self._merge_loaded()
+            return new, changed
+        if changed:
             sets = ", ".join(f"t.{q(c)} = s.{q(c)}" for c in compare)
-            # Matched rows (PyMySQL's FOUND_ROWS, SQLAlchemy's default) or
-            # changed ones: the same rows, since only differing rows match.
-            updated = self.conn.exec_driver_sql(
-                f"UPDATE {target} t JOIN {tmp} s ON {on} SET {sets} WHERE {differs}").rowcount
-        # Every row existed and differed (a full-table update): nothing is missing.
-        inserted = self._insert_missing(on) if updated < len(rows) else 0
-        return inserted, updated
+            self.conn.exec_driver_sql(
+                f"UPDATE {target} t JOIN {tmp} s ON {on} SET {sets} WHERE {differs}")
+        if new:
+            self._insert_missing(f"FROM {tmp} s LEFT JOIN {target} t ON {on} WHERE {missing}")
+        return new, changed
 
-    def _insert_missing(self, on: str) -> int:
-        """Insert the temporary table's rows the target lacks, in the data's order."""
+    def _insert_missing(self, source: str) -> None:
+        """Insert the temporary table's rows the target lacks (``source``), in the data's order."""
         import sqlalchemy as sa
 
-        q, tmp, target = self._q, self._tmp, self._quoted()
+        q, target = self._q, self._quoted()
         columns = ", ".join(q(c) for c in self.columns)
-        missing = " AND ".join(f"t.{q(k)} IS NULL" for k in self.key)
-        source = f"FROM {tmp} s LEFT JOIN {target} t ON {on} WHERE {missing}"
         savepoint = self.conn.begin_nested()
         try:
             picked = ", ".join(f"s.{q(c)}" for c in self.columns)
-            inserted = self.conn.exec_driver_sql(
+            self.conn.exec_driver_sql(
                 f"INSERT INTO {target} ({columns}) SELECT {picked} {source} "
-                f"ORDER BY s.{self._seq}").rowcount
+                f"ORDER BY s.{self._seq}")
         except sa.exc.IntegrityError as err:
             savepoint.rollback()
             if _code(err) != _DUPLICATE_KEY:
                 raise
             # A missing row collides with an existing one on another unique
             # key: ON DUPLICATE KEY UPDATE updates that row, as the VALUES
-            # statement would, and the row counts as inserted, as it would.
-            inserted = self.conn.exec_driver_sql(f"SELECT COUNT(*) {source}").scalar_one()
+            # statement would.
             picked = ", ".join(f"s.{q(c)} AS sg_{i}" for i, c in enumerate(self.columns))
             names = ", ".join(f"sg_{i}" for i in range(len(self.columns)))
             # Through a derived table whose columns have names of their own: the
@@ -232,7 +237,6 @@ class MySQLWriter(Writer):
                 f"ON DUPLICATE KEY UPDATE {self._updates()}")
         else:
             savepoint.commit()
-        return int(inserted)
 
     def _into_temporary(self, data: bytes, count: int) -> bool:
         """Load ``data`` into the (emptied) temporary table, creating it the first time."""
@@ -280,8 +284,9 @@ class MySQLWriter(Writer):
         savepoint = self.conn.begin_nested()
         try:
             self.conn.exec_driver_sql(
-                f"CREATE TEMPORARY TABLE {name} ({self._seq} BIGINT NOT NULL AUTO_INCREMENT "
-                f"PRIMARY KEY, UNIQUE KEY ({unique})){engine} AS SELECT {columns} "
+                f"CREATE TEMPORARY TABLE {name} ({self._seq} BIGINT NOT NULL AUTO_INCREMENT, "
+                f"PRIMARY KEY USING BTREE ({self._seq}), UNIQUE KEY ({unique})){engine} "
+                f"AS SELECT {columns} "
                 f"FROM {self._quoted()} LIMIT 0")
         except sa.exc.DBAPIError as err:
             savepoint.rollback()
@@ -304,6 +309,11 @@ class MySQLWriter(Writer):
         """Load into a temporary table, then one INSERT ... SELECT ... ON DUPLICATE KEY UPDATE."""
         if not self._into_temporary(data, count):
             return False
+        self._merge_loaded()
+        return True
+
+    def _merge_loaded(self) -> None:
+        """Every row of the temporary table into the target, in the data's order."""
         columns = ", ".join(self._q(c) for c in self.columns)
         picked = ", ".join(f"{self._q(c)} AS sg_{i}" for i, c in enumerate(self.columns))
         names = ", ".join(f"sg_{i}" for i in range(len(self.columns)))
@@ -311,7 +321,6 @@ class MySQLWriter(Writer):
             f"INSERT INTO {self._quoted()} ({columns}) SELECT {names} FROM (SELECT {picked}, "
             f"{self._seq} AS sg_seq FROM {self._tmp}) AS sg_rows ORDER BY sg_seq "
             f"ON DUPLICATE KEY UPDATE {self._updates()}")
-        return True
 
     def _load(self, into: str, data: bytes, count: int) -> bool:
         """``LOAD DATA LOCAL INFILE`` of ``data`` into ``into``, checked; False: not loaded."""
