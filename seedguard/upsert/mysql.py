@@ -196,10 +196,12 @@ class MySQLWriter(Writer):
         if new + changed == len(rows):
             # Every row is missing or differs (a full-table update): all of
             # them from the temporary table, ON DUPLICATE KEY UPDATE. The
-            # cheapest write: an UPDATE ... JOIN of the same rows took a third
-            # longer in the server (bench/mysql_bulk.py).
+            # cheapest write: an UPDATE ... JOIN of the same rows took longer
+            # in the server (docs/benchmarks.md, "MariaDB bulk path").
             self._merge_loaded()
             return new, changed
+        # A mixed batch: only the changed and the missing rows are written (an
+        # unchanged row gets no new version and fires no trigger).
         if changed:
             sets = ", ".join(f"t.{q(c)} = s.{q(c)}" for c in compare)
             self.conn.exec_driver_sql(
