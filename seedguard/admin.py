@@ -192,19 +192,80 @@ def _unit_status(unit: SeedUnit, rows: LedgerState, planned: Plan,
     )
 
 
-def history(bind: Bind = None) -> HistoryResult:
-    """The ledger's rows, newest first (empty when there is no ledger yet)."""
+def history(bind: Bind = None, *, bind_key: str | None = None) -> HistoryResult:
+    """The ledger's rows, newest first (empty when there is no ledger yet).
+
+    :param bind: as for :func:`seedguard.apply` (or resolved ``Settings``).
+    :param bind_key: one Flask-SQLAlchemy bind's ledger; ``None`` inside an app
+        context covers the default database and every bind whose database has
+        a ledger (the result's ``rows`` hold them all, ``binds`` each other
+        bind's own result).
+    """
+    from seedguard.binds import databases
+
+    settings = _settings(bind)
+    found = [(key, *_history_of(each)) for key, each in databases(settings, bind_key=bind_key)]
+    first = found[0][1]
+    for key, result, exists in found[1:]:
+        if exists:  # another bind's database without a ledger: seedguard has not been there
+            first.rows.extend(result.rows)
+            first.binds[str(key)] = result
+    first.rows.sort(key=lambda r: (r.applied_at, r.name, r.version), reverse=True)
+    return first
+
+
+def _history_of(settings: _config.Settings) -> tuple[HistoryResult, bool]:
+    """:func:`history` of one database, and whether its ledger exists."""
     from seedguard.connect import connect, safe_url
     from seedguard.ledger import Ledger
 
-    settings = _settings(bind)
     ledger = Ledger.named(settings.ledger_table, settings.ledger_schema)
     with read_only_engine(settings) as engine, connect(engine) as conn:
         state, _ = ledger.read_any(conn)
         url = safe_url(engine.url)
     rows = state.rows() if state is not None else []
     rows.sort(key=lambda r: (r.applied_at, r.name, r.version), reverse=True)
-    return HistoryResult(url=url, ledger=ledger.qualified_name, rows=rows)
+    return HistoryResult(url=url, ledger=ledger.qualified_name, rows=rows), state is not None
+
+
+def _recorded(settings: _config.Settings, name: str | None = None) -> bool:
+    """Whether the ledger of ``settings``' database exists and (if ``name``) has rows of it."""
+    from seedguard.connect import connect
+    from seedguard.ledger import Ledger
+
+    ledger = Ledger.named(settings.ledger_table, settings.ledger_schema)
+    with read_only_engine(settings) as engine, connect(engine) as conn:
+        state, _ = ledger.read_any(conn)
+    if state is None:
+        return False
+    return name is None or any(recorded == name for recorded, _ in state)
+
+
+def unit_home(settings: _config.Settings, name: str, *, bind_key: str | None = None
+              ) -> tuple[SeedUnit | None, _config.Settings]:
+    """The unit ``name`` (``None`` if not declared) and the settings of the database whose
+    ledger records it: a declared unit's bind's (:func:`seedguard.binds.home`); for a
+    name no unit has (an orphaned row), the database whose ledger holds it.
+
+    :raises ConfigError: ``bind_key`` is not the unit's bind; an orphaned name
+        recorded in several binds' ledgers, with no ``bind_key`` to pick one.
+    """
+    from seedguard.binds import databases, describe, home
+
+    unit = _declared(settings, name)
+    if unit is not None:
+        return unit, home(settings, unit, bind_key=bind_key)
+    found = databases(settings, bind_key=bind_key)
+    if len(found) == 1:
+        return None, found[0][1]
+    holding = [(key, each) for key, each in found if _recorded(each, name)]
+    if len(holding) > 1:
+        names = ", ".join(describe(key) for key, _ in holding)
+        raise ConfigError(
+            f"no unit named {name!r} is declared, and rows of that name are in the ledgers "
+            f"of {names}; pick one with bind_key= (--bind KEY)"
+        )
+    return None, (holding or found)[0][1]
 
 
 @contextlib.contextmanager
@@ -244,15 +305,24 @@ def _no_such_unit(name: str, settings: _config.Settings) -> ConfigError:
 
 
 def stamp(bind: Bind, name: str, *, version: int | None = None,
-          seeds: SeedsSpec = None) -> LedgerChange:
+          seeds: SeedsSpec = None, bind_key: str | None = None) -> LedgerChange:
     """Record unit ``name`` as applied without running it (baselining a restored database).
 
     ``version`` defaults to the code's. The current checksum is recorded when
     the version is the code's, so a drifted unit stamped again accepts its new
     code ("restamped"). An interrupted unit is settled with :func:`resolve`.
+
+    :param bind: as for :func:`seedguard.apply` (or resolved ``Settings``).
+    :param name: the unit's name.
+    :param version: the version to record (default: the code's).
+    :param seeds: as for :func:`seedguard.apply`.
+    :param bind_key: the Flask-SQLAlchemy bind the unit is on. Inside an app
+        context the unit is recorded in its own bind's ledger, under that
+        database's locks, and ``bind_key`` only checks that it is that bind;
+        outside one, ``bind``'s database is bind ``bind_key``'s.
     """
     settings = _settings(bind, seeds=seeds)
-    unit = _declared(settings, name)
+    unit, settings = unit_home(settings, name, bind_key=bind_key)
     if unit is None:
         raise _no_such_unit(name, settings)
     version = unit.version if version is None else version
@@ -261,7 +331,7 @@ def stamp(bind: Bind, name: str, *, version: int | None = None,
     with _ledger_locked(settings) as (conn, ledger):
         action = record_stamp(conn, ledger, ledger.read_current(conn).get((name, version)),
                               name, version, checksum)
-    return LedgerChange(name, action, [version] if action != "unchanged" else [])
+    return LedgerChange(name, action, [version] if action != "unchanged" else [], bind=unit.bind)
 
 
 def record_stamp(conn: Connection, ledger: Ledger, row: LedgerRow | None, name: str,
@@ -285,32 +355,63 @@ def record_stamp(conn: Connection, ledger: Ledger, row: LedgerRow | None, name: 
 
 
 def forget(bind: Bind, name: str, *, version: int | None = None,
-           seeds: SeedsSpec = None) -> LedgerChange:
+           seeds: SeedsSpec = None, bind_key: str | None = None) -> LedgerChange:
     """Remove the ledger rows of ``name`` (every version, or ``version``) so it runs again.
 
     Nothing recorded is "unchanged"; a name neither recorded nor declared is
     a ConfigError (most likely a typo).
+
+    :param bind: as for :func:`stamp`.
+    :param name: the unit's name.
+    :param version: only this version (default: every version).
+    :param seeds: as for :func:`seedguard.apply`.
+    :param bind_key: as for :func:`stamp`; a name no unit has any more is
+        looked for in every bind's ledger inside an app context.
     """
     settings = _settings(bind, seeds=seeds)
     if version is not None:
         validate_version(name, version)
+    unit, settings = unit_home(settings, name, bind_key=bind_key)
     with _ledger_locked(settings) as (conn, ledger):
         versions = sorted(v for n, v in ledger.read_current(conn)
                           if n == name and version in (None, v))
         for each in versions:
             ledger.delete(conn, name, each)
-    if not versions and _declared(settings, name) is None:
+    if not versions and unit is None:
         raise _no_such_unit(name, settings)
-    return LedgerChange(name, "forgotten" if versions else "unchanged", versions)
+    return LedgerChange(name, "forgotten" if versions else "unchanged", versions,
+                        bind=_key_of(unit, bind_key))
 
 
-def forget_all(bind: Bind = None) -> list[LedgerChange]:
+def _key_of(unit: SeedUnit | None, bind_key: str | None) -> str | None:
+    return unit.bind if unit is not None else bind_key
+
+
+def forget_all(bind: Bind = None, *, bind_key: str | None = None) -> list[LedgerChange]:
     """Remove every ledger row, so every unit runs again (after the tables were reset).
 
     Under the same locks as :func:`forget`; returns one change per unit name
     that had rows (an empty list: the ledger was empty already).
+
+    :param bind: as for :func:`stamp`.
+    :param bind_key: one Flask-SQLAlchemy bind's ledger; ``None`` inside an app
+        context empties the default database's ledger and every bind's that
+        exists, each under its own database's locks.
     """
+    from seedguard.binds import databases
+
     settings = _settings(bind)
+    changes: list[LedgerChange] = []
+    for index, (key, each) in enumerate(databases(settings, bind_key=bind_key)):
+        # Another bind's database without a ledger has nothing to forget: no
+        # ledger table is created in it.
+        if index > 0 and not _recorded(each):
+            continue
+        changes.extend(_forget_all_of(each, key))
+    return changes
+
+
+def _forget_all_of(settings: _config.Settings, key: str | None) -> list[LedgerChange]:
     changes: list[LedgerChange] = []
     with _ledger_locked(settings) as (conn, ledger):
         recorded: dict[str, list[int]] = {}
@@ -318,11 +419,12 @@ def forget_all(bind: Bind = None) -> list[LedgerChange]:
             recorded.setdefault(name, []).append(version)
         for name in sorted(recorded):
             ledger.delete(conn, name)
-            changes.append(LedgerChange(name, "forgotten", sorted(recorded[name])))
+            changes.append(LedgerChange(name, "forgotten", sorted(recorded[name]), bind=key))
     return changes
 
 
-def resolve(bind: Bind, name: str, *, outcome: str) -> LedgerChange:
+def resolve(bind: Bind, name: str, *, outcome: str, seeds: SeedsSpec = None,
+            bind_key: str | None = None) -> LedgerChange:
     """Settle a blocked unit: a non-transactional one interrupted mid-way (a ledger row
     with status "running"), or a transactional one that failed after its transaction
     was ended mid-way ("dirty").
@@ -330,12 +432,18 @@ def resolve(bind: Bind, name: str, *, outcome: str) -> LedgerChange:
     ``outcome="applied"``: its work is complete, record it applied.
     ``outcome="retry"``: remove the row, so the next apply runs it again.
     Refuses when ``name`` has no such row.
+
+    :param bind: as for :func:`stamp`.
+    :param name: the unit's name.
+    :param outcome: ``"applied"`` or ``"retry"``.
+    :param seeds: as for :func:`seedguard.apply` (where the unit's bind is declared).
+    :param bind_key: as for :func:`forget`.
     """
     if outcome not in ("applied", "retry"):
         raise ConfigError(f"resolve outcome must be 'applied' or 'retry', not {outcome!r}")
     from seedguard.ledger import BLOCKING_STATUSES
 
-    settings = _settings(bind)
+    unit, settings = unit_home(_settings(bind, seeds=seeds), name, bind_key=bind_key)
     with _ledger_locked(settings) as (conn, ledger):
         rows = [row for row in ledger.read_current(conn).rows()
                 if row.name == name and row.status in BLOCKING_STATUSES]
@@ -351,4 +459,5 @@ def resolve(bind: Bind, name: str, *, outcome: str) -> LedgerChange:
                               duration_ms=row.duration_ms or 0, was=row.status)
             else:
                 ledger.delete(conn, name, row.version)
-    return LedgerChange(name, f"resolved-{outcome}", [row.version for row in rows])
+    return LedgerChange(name, f"resolved-{outcome}", [row.version for row in rows],
+                        bind=_key_of(unit, bind_key))

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from seedguard.admin import Bind, _ledger_locked, _settings, record_stamp
 from seedguard.errors import ConfigError, resolve_advice
 from seedguard.registry import SeedsSpec, active, discover, order
 from seedguard.reports import LedgerChange
 
+if TYPE_CHECKING:
+    from seedguard.config import Settings
+    from seedguard.unit import SeedUnit
+
 
 def stamp_all(bind: Bind = None, *, seeds: SeedsSpec = None,
-              contexts: Iterable[str] | None = None) -> list[LedgerChange]:
+              contexts: Iterable[str] | None = None,
+              bind_key: str | None = None) -> list[LedgerChange]:
     """Record every selected pending unit as applied without running it.
 
     For a database whose data is there already (seeded by hand or by an older
@@ -26,12 +32,27 @@ def stamp_all(bind: Bind = None, *, seeds: SeedsSpec = None,
     :param seeds: the seeds to select from, as for :func:`seedguard.apply`.
     :param contexts: the active contexts; a unit with contexts is selected
         only when one of them is active.
+    :param bind_key: only the units of this Flask-SQLAlchemy bind, as for
+        :func:`seedguard.apply`; ``None`` inside an app context: every bind's
+        units, each recorded in its own database's ledger under its locks.
     """
-    from seedguard.alembic import RevisionGate
-    from seedguard.planning import plan
+    from seedguard.binds import targets
 
     settings = _settings(bind, seeds=seeds, contexts=contexts)
     units = active(order(discover(settings.seeds)), settings.contexts)
+    changes: list[LedgerChange] = []
+    for target in targets(settings, units, bind_key=bind_key):
+        changes.extend(_stamp_pending(target.settings, target.units, target.key))
+    return changes
+
+
+def _stamp_pending(settings: Settings, units: list[SeedUnit],
+                   key: str | None) -> list[LedgerChange]:
+    """:func:`stamp_all` on one database: ``units`` are the ones recorded there."""
+    from seedguard.alembic import RevisionGate
+    from seedguard.binds import describe
+    from seedguard.planning import plan
+
     checksums = {unit.name: unit.checksum() for unit in units}
     changes: list[LedgerChange] = []
     with _ledger_locked(settings) as (conn, ledger):
@@ -42,10 +63,11 @@ def stamp_all(bind: Bind = None, *, seeds: SeedsSpec = None,
             names = ", ".join(unit.name for unit in planned.blocked)
             raise ConfigError(
                 f"unit(s) {names} were interrupted mid-way; settle each with "
-                f"{resolve_advice('NAME')} first; nothing was stamped")
+                f"{resolve_advice('NAME')} first; nothing was stamped"
+                + ("" if key is None else f" on {describe(key)}"))
         for unit in planned.pending:
             row = state.get(unit.key)
             action = record_stamp(conn, ledger, row, unit.name, unit.version,
                                   checksums[unit.name])
-            changes.append(LedgerChange(unit.name, action, [unit.version]))
+            changes.append(LedgerChange(unit.name, action, [unit.version], bind=key))
     return changes

@@ -111,6 +111,9 @@ def apply(
         run) or ``"transaction"`` (PostgreSQL behind PgBouncer in transaction
         pooling: a transaction-level lock per unit, the ledger re-checked under it).
     :param schema: run your ``alembic upgrade head`` first, under the same locks.
+        In a Flask app with binds it runs once, before any bind's units, under
+        the locks of the default database and of every bind (Flask-Migrate's
+        ``--multidb`` upgrade migrates them all), whatever ``bind_key`` selects.
     :param alembic_config: your ``alembic.ini`` (or its folder), for ``schema``
         and for units with ``requires_revision`` (see :mod:`seedguard.alembic`).
     :param scoped_sessions: your ``scoped_session`` objects; while a unit runs
@@ -175,18 +178,30 @@ def apply(
         found = targets(settings, select(settings, target=target), bind_key=bind_key)
         if reviewed is not None and len(found) > 1:
             raise _one_database("apply(plan=...)", found)
+        migrated: list[str] | None = None
+        if schema and not dry_run:
+            from seedguard.multidb import covers_binds, upgrade_every_bind
+
+            if covers_binds(settings):
+                # A Flask app with binds: the user's upgrade (Flask-Migrate's
+                # multidb one migrates every bind) once, under every bind's locks.
+                migrated = upgrade_every_bind(settings)
         result = ApplyResult(dry_run=dry_run)
         for index, each in enumerate(found):
             # Each bind is a target of its own: its engine, ledger and locks.
             with engine_for(each.settings) as engine:
                 check_units(each.units, engine)
                 done = run(engine, each.units, each.settings, dry_run=dry_run, strict=strict,
-                           listener=on_event, schema=schema and index == 0,
+                           listener=on_event, schema=schema and migrated is None and index == 0,
                            scoped_sessions=list(scoped_sessions), reviewed=reviewed,
                            session_class=session_class, bind_key=each.key)
             if len(found) == 1:
+                if migrated is not None:
+                    done.migrated = migrated
                 return done
             _merge(result, done)
+        if migrated is not None:
+            result.migrated = migrated
         return result
     raise AssertionError("unreachable")  # pragma: no cover - mypy: ExitStack may swallow
 

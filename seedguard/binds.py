@@ -5,7 +5,9 @@ is one target (the bind's engine) with its own ledger and its own locks, and
 :func:`targets` splits a run's units into one such target per bind key. Inside
 an app context the engines are the app's (:mod:`seedguard.flaskapp`); outside
 one, the one database a caller gives is the default's, or, with
-``bind_key=``, that bind's.
+``bind_key=``, that bind's. The ledger commands ask :func:`home` which
+database's ledger records a unit (its bind's) and :func:`databases` for every
+database of the app (``history``, ``forget --all``).
 
 While a unit runs, ``db.session`` is the unit's session (:mod:`seedguard.sessions`);
 a plain ``Session(bind=conn)`` would send every statement to the unit's
@@ -15,7 +17,9 @@ database. The unit's session routes as Flask-SQLAlchemy's own
 unit's own bind goes to the unit's connection, a read of another bind to that
 bind's engine, and a write through a model or table of another bind is refused
 before it runs, naming the bind (it would commit outside the unit's
-transaction, or not at all).
+transaction, or not at all). A write on a connection of another bind's engine
+from the unit's own code is refused the same way by the process-wide watch
+(:mod:`seedguard.verify`), with :meth:`Routing.refuse`'s words.
 """
 
 from __future__ import annotations
@@ -105,6 +109,13 @@ class Routing:
     engines: Mapping[str | None, Engine]
     """The app's engines: a read of another bind goes there, as Flask-SQLAlchemy sends it."""
 
+    def engine_key(self, engine: Any) -> tuple[bool, str | None]:
+        """``(True, key)`` when ``engine`` is the engine of another bind than the unit's."""
+        for key, candidate in self.engines.items():
+            if candidate is engine:
+                return key != self.own, key
+        return False, None
+
     def refuse(self, key: str | None, what: str) -> BaseException:
         from seedguard.guard import refuse
 
@@ -189,6 +200,77 @@ class BindTarget:
     units: list[SeedUnit]
 
 
+def app_of(settings: Settings) -> Any | None:
+    """The Flask app whose Flask-SQLAlchemy engine the settings' database is, or ``None``
+    (no app context, or a database given by an argument, an option or a URL)."""
+    from seedguard import flaskapp
+
+    app = flaskapp.current_app()
+    if app is None or settings.engine is None \
+            or settings.sources.get("url") != "Flask-SQLAlchemy engine":
+        return None
+    return app
+
+
+def on_bind(settings: Settings, app: Any | None, key: str | None) -> Settings:
+    """``settings`` with bind ``key``'s database: the app's engine of that bind, or,
+    with no app (``app_of`` gave ``None``), the settings' own database as given."""
+    if app is None or key is None:
+        return settings
+    return replace(settings, engine=_engine_of(app, key, []), url=None)
+
+
+def databases(settings: Settings, *, bind_key: str | None = None
+              ) -> list[tuple[str | None, Settings]]:
+    """Every database the settings stand for: inside a Flask app context whose engine is
+    the settings' database, the default one and each bind's (by key, the default first);
+    else the one database, as the default's or, with ``bind_key``, as that bind's.
+
+    :raises ConfigError: ``bind_key`` names a bind the app does not have.
+    """
+    from seedguard import flaskapp
+
+    app = app_of(settings)
+    if bind_key is not None or app is None:
+        return [(bind_key, on_bind(settings, app, bind_key))]
+    keys = sorted(flaskapp.engines(app), key=lambda key: (key is not None, key or ""))
+    return [(key, on_bind(settings, app, key)) for key in keys]
+
+
+def home(settings: Settings, unit: SeedUnit, *, bind_key: str | None = None) -> Settings:
+    """The settings of the database ``unit`` is recorded in: its bind's.
+
+    :param settings: the command's settings.
+    :param unit: the declared unit.
+    :param bind_key: the bind the caller says the unit is on (``None``: wherever
+        it is declared to be).
+    :raises ConfigError: ``bind_key`` is not the unit's bind (the message says
+        which it is); a unit of a bind, with no app to find its database and no
+        ``bind_key`` saying that the settings' database is that bind's.
+    """
+    if bind_key is not None and unit.bind != bind_key:
+        declared = "" if unit.bind is None else f" (declared with bind={unit.bind!r})"
+        fix = ("leave out bind_key= (--bind)" if unit.bind is None
+               else f"use bind_key={unit.bind!r} (--bind {unit.bind}), or leave it out")
+        raise ConfigError(
+            f"unit {unit.name!r} runs on {describe(unit.bind)}{declared}, not on "
+            f"{describe(bind_key)}, and is recorded in that database's ledger; {fix}"
+        )
+    app = app_of(settings)
+    if app is None and unit.bind is not None and bind_key is None:
+        raise _needs_app(unit)
+    return on_bind(settings, app, unit.bind)
+
+
+def _needs_app(unit: SeedUnit) -> ConfigError:
+    return ConfigError(
+        f"unit {unit.name!r} runs on the Flask-SQLAlchemy bind {unit.bind!r}, "
+        "whose database only a Flask app context knows: run `flask seedguard "
+        "upgrade`, call apply() inside `with app.app_context():`, or give that "
+        f"bind's database with bind_key={unit.bind!r} (--bind {unit.bind})"
+    )
+
+
 def targets(settings: Settings, units: Sequence[SeedUnit], *,
             bind_key: str | None = None) -> list[BindTarget]:
     """``units`` (in run order) as one target per bind key, in an order that runs every
@@ -206,39 +288,23 @@ def targets(settings: Settings, units: Sequence[SeedUnit], *,
     :raises DefinitionError: units that depend on each other across two
         databases both ways (no order runs them).
     """
-    from seedguard import flaskapp
-
-    app = flaskapp.current_app()
-    from_app = (app is not None and settings.engine is not None
-                and settings.sources.get("url") == "Flask-SQLAlchemy engine")
+    app = app_of(settings)
     if bind_key is not None:
         units = [unit for unit in units if unit.bind == bind_key]
-        if from_app:
-            assert app is not None
-            engine = flaskapp.bind_engine(app, bind_key)
-            settings = replace(settings, engine=engine, url=None)
-        return [BindTarget(bind_key, settings, list(units))]
+        return [BindTarget(bind_key, on_bind(settings, app, bind_key), list(units))]
     groups: dict[str | None, list[SeedUnit]] = {}
     for unit in units:
         groups.setdefault(unit.bind, []).append(unit)
     if not groups:
         groups[None] = []
-    if not from_app:
+    if app is None:
         others = [unit for unit in units if unit.bind is not None]
         if others:
-            first = others[0]
-            raise ConfigError(
-                f"unit {first.name!r} runs on the Flask-SQLAlchemy bind {first.bind!r}, "
-                "whose database only a Flask app context knows: run `flask seedguard "
-                "upgrade`, call apply() inside `with app.app_context():`, or give that "
-                f"bind's database with bind_key={first.bind!r} (--bind {first.bind})"
-            )
+            raise _needs_app(others[0])
         return [BindTarget(None, settings, groups[None])]
-    default = settings.engine
-    assert app is not None and default is not None  # as from_app says
     found = []
     for key in _in_dependency_order(groups):
-        engine = default if key is None else _engine_of(app, key, groups[key])
+        engine = settings.engine if key is None else _engine_of(app, key, groups[key])
         found.append(BindTarget(key, replace(settings, engine=engine, url=None), groups[key]))
     return found
 
@@ -249,6 +315,8 @@ def _engine_of(app: Any, key: str, units: list[SeedUnit]) -> Engine:
     try:
         return flaskapp.bind_engine(app, key)
     except ConfigError as err:
+        if not units:
+            raise
         names = ", ".join(repr(unit.name) for unit in units[:3])
         raise ConfigError(f"unit(s) {names} declare bind={key!r}: {err}") from err
 

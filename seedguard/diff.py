@@ -19,6 +19,8 @@ from seedguard.registry import SeedsSpec, active, discover, order
 
 if TYPE_CHECKING:
     from seedguard.admin import Bind
+    from seedguard.config import Settings
+    from seedguard.data import DataSeed
     from seedguard.unit import SeedUnit
 
 
@@ -62,7 +64,7 @@ class DiffResult:
 
 
 def diff(bind: Bind = None, *, name: str | None = None, seeds: SeedsSpec = None,
-         contexts: Iterable[str] | None = None) -> DiffResult:
+         contexts: Iterable[str] | None = None, bind_key: str | None = None) -> DiffResult:
     """Compare each applied data seed's data with its table now.
 
     :param bind: an ``Engine``, a URL, or None (the configured database).
@@ -70,11 +72,13 @@ def diff(bind: Bind = None, *, name: str | None = None, seeds: SeedsSpec = None,
         ConfigError.
     :param seeds: the seeds to select from, as for :func:`seedguard.apply`.
     :param contexts: the active contexts, as for :func:`seedguard.apply`.
+    :param bind_key: only the data seeds of this Flask-SQLAlchemy bind, as for
+        :func:`seedguard.apply`; ``None`` inside an app context: each bind's
+        data seeds, compared on that bind's database with its ledger.
     """
     from seedguard.admin import _no_such_unit, _settings
-    from seedguard.connect import connect, read_only_engine
+    from seedguard.binds import home, targets
     from seedguard.data import DataSeed
-    from seedguard.ledger import Ledger
 
     settings = _settings(bind, seeds=seeds, contexts=contexts)
     units = active(order(discover(settings.seeds)), settings.contexts)
@@ -91,7 +95,24 @@ def diff(bind: Bind = None, *, name: str | None = None, seeds: SeedsSpec = None,
                 "whose rows seedguard does not know")
     if name is not None and not specs:
         raise _no_such_unit(name, settings)
+    if name is not None:
+        home(settings, specs[0][0], bind_key=bind_key)  # another bind's: where it lives
     result = DiffResult()
+    spec_of = {unit.name: spec for unit, spec in specs}
+    for target in targets(settings, [unit for unit, _ in specs], bind_key=bind_key):
+        _compare(target.settings, [(unit, spec_of[unit.name]) for unit in target.units],
+                 result)
+    return result
+
+
+def _compare(settings: Settings, specs: list[tuple[SeedUnit, DataSeed]],
+             result: DiffResult) -> None:
+    """:func:`diff` on one database: ``specs`` are its data seeds."""
+    from seedguard.connect import connect, read_only_engine
+    from seedguard.ledger import Ledger
+
+    if not specs:
+        return
     ledger = Ledger.named(settings.ledger_table, settings.ledger_schema)
     with read_only_engine(settings) as engine, connect(engine) as conn:
         state, _ = ledger.read_any(conn)
@@ -119,4 +140,3 @@ def diff(bind: Bind = None, *, name: str | None = None, seeds: SeedsSpec = None,
                     result.rows.append(RowDiff(
                         unit.name, spec.table_name, item.key, "changed",
                         {c: (seeded, now) for c, (now, seeded) in item.columns.items()}))
-    return result

@@ -85,23 +85,26 @@ class DowngradeResult:
                 "checksum": self.checksum}
 
 
-def downgrade(bind: Bind, name: str, *, seeds: SeedsSpec = None) -> DowngradeResult:
+def downgrade(bind: Bind, name: str, *, seeds: SeedsSpec = None,
+              bind_key: str | None = None) -> DowngradeResult:
     """Undo the last application of the data seed ``name``, exactly, or change nothing.
 
     :param bind: an ``Engine``, a URL, or None (the configured database).
     :param name: the data seed's name.
     :param seeds: the seeds that declare it, as for :func:`seedguard.apply`.
+    :param bind_key: the Flask-SQLAlchemy bind it is on, as for
+        :func:`seedguard.api.stamp`: inside an app context the seed is undone in
+        its own bind's database, under that database's locks.
 
     Raises :class:`DowngradeRefused` when a row it wrote changed since,
     :class:`~seedguard.ConfigError` for a code unit, an unknown name, or an
     application without a journal (applied before seedguard kept one, or
     stamped), and :class:`~seedguard.LockTimeout` as ``upgrade`` does.
     """
-    from seedguard.admin import _declared, _ledger_locked, _no_such_unit, _settings
+    from seedguard.admin import _ledger_locked, _no_such_unit, _settings, unit_home
     from seedguard.data import DataSeed
 
-    settings = _settings(bind, seeds=seeds)
-    unit = _declared(settings, name)
+    unit, settings = unit_home(_settings(bind, seeds=seeds), name, bind_key=bind_key)
     if unit is not None and not isinstance(getattr(unit.preview, "__self__", None), DataSeed):
         raise ConfigError(
             f"{name!r} is a code unit: seedguard does not know which rows it wrote, so it "

@@ -54,6 +54,7 @@ def wait(
     seeds: SeedsSpec = None,
     contexts: Iterable[str] | None = None,
     timeout: float | None = None,
+    bind_key: str | None = None,
 ) -> ApplyResult:
     """Return once no selected unit is pending or running; apply nothing.
 
@@ -66,6 +67,10 @@ def wait(
     :param seeds: which units to wait for, as :func:`seedguard.apply` selects them.
     :param contexts: the active contexts, as :func:`seedguard.apply` takes them.
     :param timeout: seconds to wait at most; ``None`` waits as long as it takes.
+    :param bind_key: only the units of this Flask-SQLAlchemy bind, as for
+        :func:`seedguard.apply`; ``None`` inside an app context: every bind's
+        units, each looked for in its own database's ledger (one ``timeout``
+        for them all).
     :returns: an :class:`~seedguard.ApplyResult` whose ``skipped`` lists the
         selected units (all applied) and whose ``applied`` is empty.
     :raises WaitTimeout: still pending after ``timeout`` seconds; ``.pending``
@@ -75,10 +80,17 @@ def wait(
     """
     if timeout is not None and timeout < 0:
         raise ConfigError(f"timeout must be 0 or more seconds, got {timeout!r}")
+    from seedguard.binds import targets
+
     settings = _settings(bind, seeds=seeds, contexts=contexts)
-    units = select_units(settings)
-    with engine_for(settings) as engine:
-        return _wait(engine, units, settings, timeout)
+    found = targets(settings, select_units(settings), bind_key=bind_key)
+    started = time.monotonic()
+    result = ApplyResult()
+    for target in found:
+        left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+        with engine_for(target.settings) as engine:
+            result.skipped.extend(_wait(engine, target.units, target.settings, left).skipped)
+    return result
 
 
 def _wait(engine: Engine, units: Sequence[SeedUnit], settings: _config.Settings,

@@ -115,16 +115,29 @@ class StatusResult:
 
 @dataclass
 class HistoryResult:
-    """The ledger's rows, newest first."""
+    """The ledger's rows, newest first.
+
+    Inside a Flask app with binds, ``rows`` holds every database's rows and
+    ``binds`` each other bind's own result (its database, ledger and rows).
+    """
 
     url: str
     ledger: str
     rows: list[LedgerRow] = field(default_factory=list)
+    binds: dict[str, HistoryResult] = field(default_factory=dict)
+
+    @property
+    def own_rows(self) -> list[LedgerRow]:
+        """The rows of this result's own database (``rows`` less the other binds')."""
+        others = {id(row) for result in self.binds.values() for row in result.rows}
+        return [row for row in self.rows if id(row) not in others]
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "url": self.url,
             "ledger": self.ledger,
+            **({"binds": {key: result.as_dict() for key, result in self.binds.items()}}
+               if self.binds else {}),
             "rows": [
                 {
                     "name": r.name,
@@ -147,19 +160,23 @@ class LedgerChange:
 
     ``action`` is ``"stamped"``, ``"restamped"`` (a drifted checksum accepted),
     ``"forgotten"``, ``"resolved-applied"``, ``"resolved-retry"`` or
-    ``"unchanged"``; ``versions`` are the versions whose rows were touched.
+    ``"unchanged"``; ``versions`` are the versions whose rows were touched;
+    ``bind`` the Flask-SQLAlchemy bind whose ledger it is (``None``: the default
+    database).
     """
 
     name: str
     action: str
     versions: list[int] = field(default_factory=list)
+    bind: str | None = None
 
     @property
     def changed(self) -> bool:
         return self.action != "unchanged"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "action": self.action, "versions": list(self.versions)}
+        return {"name": self.name, "action": self.action, "versions": list(self.versions),
+                **({"bind": self.bind} if self.bind is not None else {})}
 
 
 @dataclass

@@ -31,6 +31,13 @@ pass through the reader at all, so the guarantee rests on this module instead:
   event sees, are refused by the server itself. Reads stay allowed, and
   other databases are not touched. Which database a DB-API connection is
   on is asked of the driver (host, port, database; SQLite's file).
+- **The app's other binds.** In a Flask app with Flask-SQLAlchemy binds, a
+  write from the unit's own context on a connection of another bind's
+  engine (``db.engines["audit"].connect()``) goes to another database than
+  the unit's, outside its transaction: it is refused before it runs, naming
+  the bind (:mod:`seedguard.binds`), and a connection the unit's code checks
+  out of that bind's pool is read-only at its database until checked in
+  (a raw DB-API write is refused by the server). Other threads may write there.
 
 seedguard's own connections are exempt: everything seedguard runs is marked
 (:func:`seedguard_code`), except the unit's own function (:func:`user_code`).
@@ -48,6 +55,7 @@ import os
 import secrets
 import threading
 import types
+import weakref
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypeVar
@@ -58,6 +66,7 @@ from seedguard.errors import DefinitionError
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
+    from seedguard.binds import Routing
     from seedguard.guard import _Scope
     from seedguard.unit import SeedUnit
 
@@ -466,7 +475,9 @@ class _Entry(NamedTuple):
     scope: _Scope
     # The threads alive when the unit started: an apply() from any other
     # thread during the unit most likely comes from a thread the unit started.
-    threads: frozenset[int]
+    # Thread objects, not idents: an ended thread's ident is handed to the next
+    # thread started (glibc reuses its stack), often one the unit starts.
+    threads: frozenset[threading.Thread]
 
 
 class _Watched:
@@ -482,16 +493,43 @@ class _Watched:
 _watched = _Watched()
 
 
+# The running unit's routing (its Flask-SQLAlchemy binds), in the unit's own
+# context only: a write from it through another bind's engine is refused,
+# naming the bind; other threads (a request served meanwhile) may write there.
+_routing: ContextVar[Routing | None] = ContextVar("seedguard_unit_routing", default=None)
+
+
 @contextlib.contextmanager
 def watch(scope: _Scope) -> Iterator[None]:
-    """Watch every engine of the process for writes to ``scope``'s database while it runs."""
+    """Watch every engine of the process for writes to ``scope``'s database while it runs,
+    and, from the unit's own context, for writes through the engines of the Flask app's
+    other binds."""
+    if not scope.transactional:
+        yield
+        return
+    from seedguard.binds import routing_for
+
+    routing = routing_for(scope.unit)
+    token = _routing.set(routing) if routing is not None else None
+    if routing is not None:
+        _install()
+        _watch_pools(routing)
+    try:
+        with _watch_database(scope):
+            yield
+    finally:
+        if token is not None:
+            _routing.reset(token)
+
+
+@contextlib.contextmanager
+def _watch_database(scope: _Scope) -> Iterator[None]:
     found = identity(scope.dbapi_connection, scope.conn.info)
-    if found is None or not scope.transactional:
+    if found is None:
         yield
         return
     _install()
-    entry = _Entry(found, scope, frozenset(t.ident for t in threading.enumerate()
-                                           if t.ident is not None))
+    entry = _Entry(found, scope, frozenset(threading.enumerate()))
     with _watched.lock:
         _watched.scopes = [*_watched.scopes, entry]
     try:
@@ -505,7 +543,7 @@ def unit_running_on(engine: Any) -> SeedUnit | None:
     """A unit of this process, started before this thread was, running on ``engine``'s
     database: an ``apply()`` from a thread the unit started would wait for the unit's
     own locks (an applier in another thread that was there before waits its turn)."""
-    me = threading.get_ident()
+    me = threading.current_thread()
     scopes = [entry for entry in _watched.scopes if me not in entry.threads]
     if not scopes:
         return None
@@ -547,12 +585,20 @@ def _scopes_for(dbapi_connection: Any, info: dict[Any, Any] | None) -> list[_Sco
 def _before_execute(conn: Connection, cursor: Any, statement: str, parameters: Any,
                     context: Any, executemany: bool) -> None:
     if not _watched.scopes:
+        routing = _routing.get()
+        if routing is not None:
+            _other_bind(routing, conn, statement)
         return
     from seedguard.guard import OTHER_CONNECTION_FIX, is_write
     from seedguard.redact import redact_url
 
     scopes = _scopes_for(conn.connection.dbapi_connection, conn.info)
-    if not scopes or not is_write(statement):
+    if not scopes:
+        routing = _routing.get()
+        if routing is not None:
+            _other_bind(routing, conn, statement)
+        return
+    if not is_write(statement):
         return
     words = " ".join(statement.split()[:3])
     escape = None
@@ -567,8 +613,60 @@ def _before_execute(conn: Connection, cursor: Any, statement: str, parameters: A
     raise escape
 
 
-def _checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
-    if not _scopes_for(dbapi_connection, record.info):
+def _other_bind(routing: Routing, conn: Connection, statement: str) -> None:
+    """Refuse a write from the unit's own code through another bind's engine: it goes to
+    another database than the unit's, outside the unit's transaction."""
+    if _seedguard.get():
+        return
+    other, key = routing.engine_key(conn.engine)
+    if not other:
+        return
+    from seedguard.guard import is_write
+    from seedguard.redact import redact_url
+
+    if is_write(statement):
+        words = " ".join(statement.split()[:3])
+        raise routing.refuse(key, f"a connection of engine {redact_url(conn.engine.url)} "
+                             f"({words}...)")
+
+
+# The pools of binds whose checkouts a unit may have to make read-only; a listener
+# on each, added once and never removed (changing a pool's listeners while another
+# thread checks out can fail that checkout: see seedguard.guard.guarding_pool).
+_BIND_POOLS: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _watch_pools(routing: Routing) -> None:
+    """Make the connections that the unit's own code checks out of another bind's pool
+    read-only at the database while the unit runs: a write through a raw DB-API
+    connection (``engine.raw_connection()``), which no SQLAlchemy event sees, is
+    refused by that bind's server."""
+    from sqlalchemy import event
+
+    for key, engine in routing.engines.items():
+        if key == routing.own:
+            continue
+        pool = engine.pool
+        with _watched.lock:
+            if pool in _BIND_POOLS:
+                continue
+            _BIND_POOLS.add(pool)
+            event.listen(pool, "checkout", functools.partial(_bind_checkout, pool))
+
+
+def _bind_checkout(pool: Any, dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    routing = _routing.get()
+    if routing is None or _seedguard.get():
+        return
+    if not any(key != routing.own and engine.pool is pool
+               for key, engine in routing.engines.items()):
+        return
+    _read_only(dbapi_connection, record)
+
+
+def _read_only(dbapi_connection: Any, record: Any) -> None:
+    """Make a checked-out connection read-only until its check-in (:func:`_checkin`)."""
+    if record.info.get("seedguard_read_only") is dbapi_connection:
         return
     probe = probe_for(dbapi_connection)
     try:
@@ -577,6 +675,12 @@ def _checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
         log.debug("could not make a connection read-only: %s", type(err).__name__)
         return
     record.info["seedguard_read_only"] = dbapi_connection
+
+
+def _checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    if not _scopes_for(dbapi_connection, record.info):
+        return
+    _read_only(dbapi_connection, record)
 
 
 def _checkin(dbapi_connection: Any, record: Any) -> None:

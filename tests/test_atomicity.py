@@ -394,6 +394,33 @@ def test_apply_from_a_thread_the_unit_started_raises_at_once(fx: TestDatabase) -
     assert "not re-entrant" in str(seen[0]) and "'outer'" in str(seen[0])
 
 
+
+def test_apply_from_a_thread_the_unit_started_is_told_apart_from_an_ended_one(
+        fx: TestDatabase) -> None:
+    # Thread idents are reused: a thread started by the unit often gets the
+    # ident of one that was alive when the unit started and has ended since.
+    engine = fx.engine()
+    seen: list[BaseException] = []
+    done = threading.Event()
+    earlier = threading.Thread(target=done.wait)
+    earlier.start()
+
+    def nested() -> None:
+        seedguard.apply(engine, seeds=[unit("inner")], lock_timeout=5)
+
+    def work(session: orm.Session) -> None:
+        done.set()
+        earlier.join()
+        time.sleep(0.05)  # the ended thread's stack is free for the next one
+        started = time.monotonic()
+        seen.extend(_threads(1, nested))
+        assert time.monotonic() - started < 4
+
+    seedguard.apply(engine, seeds=[unit("outer", fn=work)])
+    assert len(seen) == 1 and isinstance(seen[0], SeedguardError), seen
+    assert "not re-entrant" in str(seen[0])
+
+
 # -- units whose call does no work ----------------------------------------------------------
 
 

@@ -66,25 +66,27 @@ def check(ctx: click.Context, opts: Options, as_json: bool, bind_key: str | None
 @click.command()
 @click.option("--timeout", type=click.FloatRange(min=0), default=None,
               help="Give up after this many seconds (exit 4); default: wait as long as it takes.")
+@bind_option
 @command_options
 @pass_options
-def wait(opts: Options, timeout: float | None) -> None:
+def wait(opts: Options, timeout: float | None, bind_key: str | None) -> None:
     """Wait until nothing is pending or running; apply nothing (a readiness gate)."""
     opts.start("wait")
     from seedguard.readiness import wait as wait_ready
 
-    result = wait_ready(read_settings(opts), timeout=timeout)
+    result = wait_ready(read_settings(opts), timeout=timeout, bind_key=bind_key)
     render.info(opts, f"ready: {len(result.skipped)} unit(s) applied")
 
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@bind_option
 @command_options
 @pass_options
-def history(opts: Options, as_json: bool) -> None:
-    """Show the ledger, newest first."""
+def history(opts: Options, as_json: bool, bind_key: str | None) -> None:
+    """Show the ledger, newest first (in a Flask app, every bind's)."""
     opts.start("history", as_json=as_json)
-    result = api.history(read_settings(opts, units=False))
+    result = api.history(read_settings(opts, units=False), bind_key=bind_key)
     if as_json:
         render.emit_json({"ok": True, "command": "history", **result.as_dict()})
     else:
@@ -94,15 +96,17 @@ def history(opts: Options, as_json: bool) -> None:
 @click.command()
 @click.argument("name", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@bind_option
 @command_options
 @pass_options
 @click.pass_context
-def diff(ctx: click.Context, opts: Options, name: str | None, as_json: bool) -> None:
+def diff(ctx: click.Context, opts: Options, name: str | None, as_json: bool,
+         bind_key: str | None) -> None:
     """List seeded rows changed or deleted since they were seeded (exit 3 if any)."""
     from seedguard.diff import diff as _diff
 
     opts.start("diff", as_json=as_json)
-    result = _diff(read_settings(opts), name=name)
+    result = _diff(read_settings(opts), name=name, bind_key=bind_key)
     if as_json:
         render.emit_json(render.check_document(result, "diff"))
     else:

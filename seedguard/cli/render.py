@@ -445,11 +445,23 @@ def check_document(result: Any, command: str) -> dict[str, Any]:
 
 
 def history(opts: Options, result: HistoryResult) -> None:
-    if not result.rows:
-        info(opts, f"ledger {result.ledger} is empty or not created yet")
+    if not result.binds:
+        _history_table(opts, result.ledger, result.rows)
+        return
+    # A Flask app with binds: one table per database, the default's first.
+    info(opts, f"the default database {result.url}:")
+    _history_table(opts, result.ledger, result.own_rows)
+    for key, each in result.binds.items():
+        info(opts, f"bind {key!r} {each.url}:")
+        _history_table(opts, each.ledger, each.rows)
+
+
+def _history_table(opts: Options, ledger: str, rows: list[Any]) -> None:
+    if not rows:
+        info(opts, f"ledger {ledger} is empty or not created yet")
         return
     table = [("applied at (UTC)", "unit", "status", "took", "by")]
-    for row in result.rows:
+    for row in rows:
         # A stamped row was recorded without running: it has no duration.
         stamped = row.status == "applied" and row.duration_ms is None
         took = f"{row.duration_ms} ms" if row.duration_ms is not None else "-"
@@ -480,6 +492,11 @@ def diff(result: Any) -> None:
 def change_document(command: str, changes: list[LedgerChange]) -> dict[str, Any]:
     return {"ok": True, "command": command, "changed": any(c.changed for c in changes),
             "changes": [change.as_dict() for change in changes]}
+
+
+def on_bind(change: LedgerChange) -> str:
+    """`` on bind 'audit'`` for a change in a Flask-SQLAlchemy bind's ledger, else nothing."""
+    return "" if change.bind is None else f" on bind {change.bind!r}"
 
 
 def versions(change: LedgerChange) -> str:
