@@ -14,8 +14,9 @@ median of ``--repeat`` whole processes:
 - ``upgrade``: one new unit applied to every schema with ``--workers 4``,
   against its floor: one process, one connection, one INSERT into ``items``
   and one ledger INSERT per schema, a transaction each. Reported.
-- peak RSS (``ru_maxrss``) of ``check`` at 100 schemas and at all of them:
-  it should not grow with the number of targets.
+- peak RSS (``ru_maxrss``) of ``check`` and of ``upgrade`` (one new unit
+  per schema) at 100 schemas and at all of them: it should not grow with the
+  number of targets.
 """
 
 from __future__ import annotations
@@ -114,7 +115,10 @@ def setup(url: str, count: int, work: Path) -> None:
     with engine.connect() as conn:
         for index in range(1, count):
             schema = f"tenant_{index:04d}"
-            for table in ("seedguard_ledger", "seedguard_ledger_version"):
+            # Every table of the ledger: without the holder table each lock's
+            # heartbeat fails its first write and retries.
+            for table in ("seedguard_ledger", "seedguard_ledger_version",
+                          "seedguard_ledger_holder", "seedguard_ledger_journal"):
                 conn.exec_driver_sql(
                     f"CREATE TABLE {schema}.{table} (LIKE tenant_0000.{table} INCLUDING ALL); "
                     f"INSERT INTO {schema}.{table} SELECT * FROM tenant_0000.{table}")
@@ -164,9 +168,15 @@ def main() -> None:
         upgrade_floor = run([PYTHON, "-c", UPGRADE_FLOOR, driver_url, str(count)], work)[0]
         print(f"upgrade, 1 new unit to {count} schemas, --workers 4: {upgrade:.2f} s; floor "
               f"{upgrade_floor:.2f} s; {upgrade / upgrade_floor:.2f}x (reported)")
+        # One more new unit, to the first 100 schemas only: the same work per
+        # target as above, so its peak RSS is comparable with the whole fleet's.
+        seeds_module(work, UNITS + 2)
+        rss_upgrade_hundred = rss_kb(run([*cli, "upgrade", "--schemas", hundred,
+                                          "--workers", "4"], work)[2])
         print(f"peak RSS of check: {rss_hundred / 1024:.0f} MB at 100 schemas, "
-              f"{rss_all / 1024:.0f} MB at {count}; upgrade at {count}: "
-              f"{rss_upgrade / 1024:.0f} MB")
+              f"{rss_all / 1024:.0f} MB at {count}; of upgrade (1 new unit each): "
+              f"{rss_upgrade_hundred / 1024:.0f} MB at 100, {rss_upgrade / 1024:.0f} MB "
+              f"at {count}")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import hashlib
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, Union
 
@@ -133,13 +133,14 @@ def apply_each(
 
     with _SharedEngines(workers) as engines:
         shared = [(label, engines.share(target)) for label, target in labelled]
-        remaining = _up_to_date(shared, workers, options, finish)
+        looked: set[str] = set()
+        remaining = _up_to_date(shared, workers, options, finish, looked=looked)
         later = _attempt(remaining, workers, {**options, "lock_timeout": 0}, finish,
-                         defer_locked=True)
+                         defer_locked=True, looked=looked)
         if later:
             log.info("%d target(s) were locked by another runner; waiting for them now",
                      len(later))
-        _attempt(later, workers, options, finish, defer_locked=False)
+        _attempt(later, workers, options, finish, defer_locked=False, looked=looked)
     # Back in the caller's order, not the order the workers finished in.
     result.in_order([label for label, _ in labelled])
     return result
@@ -316,15 +317,19 @@ Finish = Callable[[str, ApplyResult | BaseException], None]
 
 
 def _up_to_date(targets: Sequence[Labelled], workers: int, options: dict[str, Any],
-                finish: Finish) -> list[Labelled]:
+                finish: Finish, *, looked: set[str] | None = None) -> list[Labelled]:
     """Finish every target whose ledger holds every selected unit; return the others.
 
     Only reads, without locks, on one connection per server and worker: the
     schemas of one server in batches of :data:`LOOK_BATCH`, one statement
     each (:func:`_look_batch`), every other target in one statement of its
     own. Anything unusual (no ledger, a behind or newer one, an unreachable
-    server) is left to ``apply()``, which reports it.
+    server) is left to ``apply()``, which reports it. ``looked`` receives the
+    label of each target returned whose ledger was read (work to do, or no
+    ledger yet): ``apply()`` need not look at it again before its locks.
     """
+    if looked is None:
+        looked = set()
     if options.get("schema") or not targets:
         return list(targets)  # the user's alembic upgrade runs under the locks
     from seedguard import config as _config
@@ -355,18 +360,21 @@ def _up_to_date(targets: Sequence[Labelled], workers: int, options: dict[str, An
                 left.append(item)
             return
         ledger = Ledger.named(settings.ledger_table, schema)
+        read = True
         try:
             conn = connections.get(engine)
             compared = ledger.read_against(conn, rows)
         except Exception as err:  # left to apply(), which reports it in its own words
             log.debug("look at %s failed (%s); applying it instead", label, type(err).__name__)
             connections.drop(engine)
-            compared = None
+            compared, read = None, False
         if compared is not None and compared.all_applied:
             finish(label, ApplyResult(skipped=list(units), dry_run=dry_run))
         else:
             with guard:
                 left.append(item)
+                if read:
+                    looked.add(label)
 
     def look_batch(batch: list[Labelled], connections: _Connections) -> None:
         engine, _ = _where(batch[0][1], None)
@@ -388,6 +396,7 @@ def _up_to_date(targets: Sequence[Labelled], workers: int, options: dict[str, An
             else:
                 with guard:
                     left.append(item)
+                    looked.add(item[0])
 
     batches, single = _batches(targets)
     _in_workers([*batches, *([item] for item in single)], workers,
@@ -461,9 +470,15 @@ def _look_batch(conn: Connection, batch: Sequence[Labelled], table: str,
 
 
 def _attempt(targets: Sequence[Labelled], workers: int, options: dict[str, Any],
-             finish: Finish, *, defer_locked: bool) -> list[Labelled]:
-    """``apply()`` each target; with ``defer_locked`` a lock timeout leaves it for later."""
+             finish: Finish, *, defer_locked: bool,
+             looked: Collection[str] = ()) -> list[Labelled]:
+    """``apply()`` each target; with ``defer_locked`` a lock timeout leaves it for later.
+
+    A target in ``looked`` was found with work to do by the first pass:
+    ``apply()`` goes straight to its locks (:func:`seedguard.runner.looked_already`).
+    """
     from seedguard.api import apply
+    from seedguard.runner import looked_already
 
     deferred: list[Labelled] = []
     guard = threading.Lock()
@@ -471,7 +486,8 @@ def _attempt(targets: Sequence[Labelled], workers: int, options: dict[str, Any],
     def attempt(item: Labelled, connections: _Connections) -> None:
         label, target = item
         try:
-            outcome: ApplyResult | BaseException = apply(target, **options)
+            with looked_already() if label in looked else contextlib.nullcontext():
+                outcome: ApplyResult | BaseException = apply(target, **options)
         except LockTimeout as err:
             if defer_locked:
                 with guard:
@@ -575,6 +591,14 @@ def _where(target: Target, ledger_schema: str | None) -> tuple[Engine, str | Non
     return target, ledger_schema
 
 
+QUERY_CACHE = 100
+"""The compiled-statement cache of an engine the fleet makes (SQLAlchemy's default
+is 500). The ledger's statements name each schema, so each schema's compile anew
+and are never asked for again; a cache of 500 (which holds up to 750) filled
+with them held about 40 MB by a few hundred schemas. The statements every
+target shares (the locks', the canary's, unqualified units') stay in a small one."""
+
+
 class _SharedEngines:
     """One engine per URL for the whole run, disposed of at its end."""
 
@@ -607,11 +631,15 @@ class _SharedEngines:
         if id(engine.pool) in self._pools:
             return
         from seedguard.guard import guarding_pool
+        from seedguard.locks.lease import shared_heartbeats
         from seedguard.schema import restore_on_checkin
 
         self._pools.add(id(engine.pool))
         restore_on_checkin(engine)
         self._held.enter_context(guarding_pool(engine.pool))
+        # One schema's lock after another: each lock's heartbeat reuses the
+        # connection of the one before instead of opening its own.
+        self._held.enter_context(shared_heartbeats(engine, at_once=self._workers))
 
     def _engine(self, url: str) -> Engine:
         engine = self._engines.get(url)
@@ -621,7 +649,8 @@ class _SharedEngines:
             # Each worker holds up to two connections to a server at once
             # (its look, and a run's lock session beside its work); a pool
             # smaller than that would make the workers wait for each other.
-            engine = create(url, pool_size=max(5, 2 * self._workers))
+            engine = create(url, pool_size=max(5, 2 * self._workers),
+                            query_cache_size=QUERY_CACHE)
             self._engines[url] = engine
         return engine
 

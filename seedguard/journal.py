@@ -36,7 +36,7 @@ BEGIN, INSERT, UPDATE, DELETE, OPAQUE = "begin", "insert", "update", "delete", "
 the reason an application could not be journaled."""
 
 
-@functools.cache
+@functools.lru_cache(maxsize=64)  # as Ledger.named: a fleet's schemas are not all kept
 def journal_table(name: str, schema: str | None) -> sa.Table:
     """``<ledger>_journal`` as the ``sg0005`` revision creates it."""
     import sqlalchemy as sa

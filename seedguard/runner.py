@@ -4,8 +4,9 @@
    (and the ledger is current), return. A start-up with nothing to do costs
    one query.
 2. File lock, then database lock, both bounded by one deadline.
-3. Create or upgrade the ledger, then re-read it under the locks: another
-   applier may have finished while we waited.
+3. Re-read the ledger under the locks: another applier may have finished
+   while we waited. The read gives the ledger's revision too; only a ledger
+   that is missing or behind is created or upgraded, then read again.
 4. Each pending unit in its own transaction: its ledger row is claimed first,
    as "running" (the primary key, or for a re-applied unit a conditional
    update that row-locks it, makes a second applier that bypassed both locks
@@ -26,7 +27,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from seedguard.alembic import RevisionGate, upgrade_head
@@ -58,7 +60,8 @@ if TYPE_CHECKING:
     from seedguard.guard import _Scope
     from seedguard.review import Plan as ReviewedPlan
 
-__all__ = ["Plan", "plan", "run"]  # Plan and plan: seedguard.planning's, imported from here too
+# Plan and plan: seedguard.planning's, imported from here too.
+__all__ = ["Plan", "looked_already", "plan", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -122,23 +125,28 @@ def _run(ctx: RunContext, units: Sequence[SeedUnit], *, dry_run: bool, strict: b
     # A unit limited to other databases is not applicable here: left out, and
     # the units after it run without it (seedguard.dialects).
     planner = _Planner(ctx, applicable(units, ctx.engine), strict=strict)
-    now = planner.look()
+    # The caller has just looked and found work (apply_each's first pass):
+    # no lock-free look again, before or after the file lock; the re-read
+    # under both locks decides, as it always does. A dry run only looks.
+    looked = _LOOKED.get() and not dry_run
     # A reviewed plan is checked under the locks: "nothing pending" is an
     # answer to check against it too (applied by someone else since?).
-    planner.fast = not schema and reviewed is None
-    if now is not None and now.all_applied and planner.fast:
-        return ApplyResult(skipped=list(planner.units), dry_run=dry_run)
-    first = planner.planned(now)
-    if dry_run:
-        result = first.result(dry_run=True)
-        _preview(ctx.engine, first.pending, result)
-        return result
-    # schema=True always takes the locks: the user's schema may be behind. A
-    # "running" row is no reason to fail without them: its owner is most
-    # likely still at work (a gunicorn worker that started a moment earlier),
-    # and the locks make this applier wait for it and look again.
-    if now is not None and not first.pending and not first.blocked and planner.fast:
-        return first.result()
+    planner.fast = not schema and reviewed is None and not looked
+    if not looked:
+        now = planner.look()
+        if now is not None and now.all_applied and planner.fast:
+            return ApplyResult(skipped=list(planner.units), dry_run=dry_run)
+        first = planner.planned(now)
+        if dry_run:
+            result = first.result(dry_run=True)
+            _preview(ctx.engine, first.pending, result)
+            return result
+        # schema=True always takes the locks: the user's schema may be behind.
+        # A "running" row is no reason to fail without them: its owner is
+        # most likely still at work (a gunicorn worker that started a moment
+        # earlier), and the locks make this applier wait for it and look again.
+        if now is not None and not first.pending and not first.blocked and planner.fast:
+            return first.result()
 
     # Work to do: import what the units need now, not while holding the locks
     # (sqlalchemy.orm alone takes ~40 ms, paid by every waiting applier:
@@ -167,6 +175,27 @@ def _run(ctx: RunContext, units: Sequence[SeedUnit], *, dry_run: bool, strict: b
             result.pending.remove(unit)
     _raise_blocked(current)
     return result
+
+
+_LOOKED: ContextVar[bool] = ContextVar("seedguard_looked_already", default=False)
+
+
+@contextlib.contextmanager
+def looked_already() -> Iterator[None]:
+    """Within it, :func:`run` skips its lock-free looks and goes straight to the locks.
+
+    For a caller that has just read the target's ledger, without a lock, and
+    found work to do (``apply_each``'s first pass reads a batch of schemas in
+    one statement): looking again before and after the file lock would only
+    repeat that read. Nothing rests on it: under both locks the ledger is
+    read again and that read decides what runs. A dry run looks all the same
+    (its answer is the look).
+    """
+    token = _LOOKED.set(True)
+    try:
+        yield
+    finally:
+        _LOOKED.reset(token)
 
 
 def _not_reentrant(engine: Engine) -> None:
@@ -234,11 +263,17 @@ def _under_locks(ctx: RunContext, planner: _Planner, *, schema: bool,
     if schema:
         with ctx.locked() as commit:
             migrated = upgrade_head(ctx.settings, ctx.engine, conn, commit=commit)
-    with ctx.locked() as commit:
-        ledger.ensure(conn, commit=commit)
-    # Heads re-read under the locks: another applier (or our own
-    # schema upgrade) may have moved them since the fast path.
-    state = ledger.read_current(conn)
+    # Heads re-read under the locks: another applier (or our own schema
+    # upgrade) may have moved them since the fast path. The read also says
+    # whether the ledger is at HEAD_REVISION (it joins the version table), so
+    # a current ledger costs this one statement; a missing or behind one
+    # (None) is created or upgraded first, then read again. A newer one
+    # raises here, as ensure() would.
+    state = ledger.read(conn)
+    if state is None:
+        with ctx.locked() as commit:
+            ledger.ensure(conn, commit=commit)
+        state = ledger.read_current(conn)
     current = plan(units, state, checksums, strict=planner.strict,
                    revisions=planner.gate.with_connection(conn))
     conn.commit()

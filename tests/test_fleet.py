@@ -303,3 +303,65 @@ def test_runners_racing_on_one_fleet_apply_each_unit_once_per_target(
     for tenant in big_fleet.names:
         assert big_fleet.effects(tenant) == names
         assert big_fleet.ledger(tenant) == [(name, 1) for name in names]
+
+
+# -- what each target costs ------------------------------------------------------------
+
+
+def count_statements(targets: list[seedguard.Schema]) -> tuple[int, seedguard.FleetResult]:
+    """``apply_each(targets, workers=2)``, and the statements every engine of this process
+    sent meanwhile (the heartbeats' pools included)."""
+    statements: list[str] = []
+    counting = threading.Lock()
+
+    def count(*args: Any) -> None:
+        with counting:
+            statements.append(args[2])
+
+    sa.event.listen(sa.engine.Engine, "before_cursor_execute", count)
+    try:
+        result = seedguard.apply_each(targets, workers=2)
+    finally:
+        sa.event.remove(sa.engine.Engine, "before_cursor_execute", count)
+    return len(statements), result
+
+
+# Statements per target through SQLAlchemy (the driver-level ones that enter a
+# schema and leave it come on top): the lock and its heartbeat, one read under
+# the lock, the unit's claim, canary, work and record. When apply() looked at
+# each target again before its locks and checked the ledger's tables under
+# them, a pending target cost 26 (PostgreSQL) and 22 (MariaDB); now 19-20 and
+# 16-17 (a heartbeat connection's first use adds two).
+PENDING_BOUND = {"postgresql": 21, "mariadb": 18}
+
+
+def test_apply_each_costs_a_bounded_number_of_statements_per_target(
+        server_db: TestDatabase) -> None:
+    """An up-to-date fleet costs one statement per server (one batch); a fleet with one
+    unit pending everywhere a bounded number per target, the same at 3 and at 6."""
+    made = [make_fleet(server_db, count) for count in (3, 6)]
+    effect_unit("first")
+    engine = server_db.engine()
+    per_target: dict[int, float] = {}
+    try:
+        fleets = [next(each) for each in made]
+        for fleet in fleets:
+            targets = [seedguard.Schema(engine, name) for name in fleet.names]
+            assert seedguard.apply_each(targets, workers=2).ok
+            sent, result = count_statements(targets)
+            assert sent == 1 and result.ok
+        effect_unit("second")
+        for fleet in fleets:
+            sent, result = count_statements(
+                [seedguard.Schema(engine, name) for name in fleet.names])
+            assert result.ok, result.failed
+            assert all([u.name for u in r.applied] == ["second"]
+                       for r in result.results.values())
+            for name in fleet.names:
+                assert fleet.effects(name) == ["first", "second"]
+            per_target[len(fleet.names)] = (sent - 1) / len(fleet.names)  # less the batch
+    finally:
+        for each in made:
+            each.close()
+    assert max(per_target.values()) <= PENDING_BOUND[server_db.kind], per_target
+    assert per_target[6] <= per_target[3] + 0.5, per_target  # nothing grows with the fleet

@@ -32,6 +32,10 @@ if TYPE_CHECKING:
     )
 
 
+NAMED_LEDGERS = 64
+"""How many ledgers :meth:`Ledger.named` keeps (an application has one, or one per bind)."""
+
+
 class Ledger:
     """The ledger table ``schema.name`` and the statements that touch it.
 
@@ -41,10 +45,15 @@ class Ledger:
     """
 
     @staticmethod
-    @functools.cache
+    @functools.lru_cache(maxsize=NAMED_LEDGERS)
     def named(name: str, schema: str | None = None) -> Ledger:
         """The shared Ledger for ``schema.name``: one Table, so SQLAlchemy's
-        statement cache is hit on every start-up after the first."""
+        statement cache is hit on every start-up after the first.
+
+        The most recently used :data:`NAMED_LEDGERS` are kept: a fleet of
+        1,000 schemas asks for 1,000 ledgers once each, and keeping every
+        one (its tables, its reads' caches) grew a run's memory with the fleet.
+        """
         return Ledger(name, schema)
 
     def __init__(self, name: str, schema: str | None = None) -> None:

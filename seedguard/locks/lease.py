@@ -41,8 +41,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     import sqlalchemy as sa
-    from sqlalchemy.engine import Connection
+    from sqlalchemy.engine import Connection, Engine
 
     from seedguard.locks.base import DatabaseLock
 
@@ -357,32 +359,21 @@ class Heartbeat:
         # same connect arguments, and the same pool events): a heartbeat taken
         # from the application's pool would wait for, or be refused, a
         # connection by a small pool (pool_size=1, max_overflow=0), and lose
-        # a lease that was never at risk.
+        # a lease that was never at risk. Within shared_heartbeats() that pool
+        # is one for every lock on the application's pool, kept for the next.
         source = self.lock.engine
-        engine = Engine(source.pool.recreate(), source.dialect, source.url)
+        shared = _shared_pool(source)
+        engine = shared or Engine(source.pool.recreate(), source.dialect, source.url)
         try:
             conn = engine.connect()
         except Exception as err:
             self._lose(f"the heartbeat could not connect ({type(err).__name__})")
             self._first.set()
-            engine.dispose()
+            if shared is None:
+                engine.dispose()
             return
         try:
-            # Between two beats this session idles for a fifth of the lease: a
-            # role's or database's idle limit (idle_session_timeout,
-            # wait_timeout) would end it, and the lease with it.
-            try:
-                self.lock.lift_session_limits(conn)
-            except DBAPIError as err:
-                log.info("could not lift the server's idle limits on the heartbeat's "
-                         "session: %s", type(err.orig).__name__)
-                conn.rollback()
-            # Its own socket gives up sooner than the lock's: the heartbeat must
-            # notice a cut before any waiter may end the lock's session.
-            tune_socket(conn.connection.dbapi_connection, idle=timings.interval,
-                        interval=1, count=3, user_timeout_ms=timings.heartbeat_timeout_ms)
-            own_session = self.lock.session_id(conn)
-            conn.commit()
+            own_session = self._prepare(conn)
             while not self._stop.is_set():
                 wait = timings.heartbeat_every
                 try:
@@ -419,7 +410,42 @@ class Heartbeat:
                     conn.invalidate()
             with contextlib.suppress(Exception):
                 conn.close()
-            engine.dispose()
+            if shared is None:
+                engine.dispose()
+
+    def _prepare(self, conn: Connection) -> int:
+        """Make ``conn``'s session fit to renew the lease; its server session id.
+
+        A connection of a shared pool (:func:`shared_heartbeats`) was made so
+        by the heartbeat before it, for the same lease: what was set on the
+        session and the socket is still set, and its id is remembered.
+        """
+        from sqlalchemy.exc import DBAPIError
+
+        timings = self.timings
+        prepared = conn.info.get(_PREPARED)
+        if prepared is not None and prepared[0] == timings.seconds:
+            return int(prepared[1])
+        # Between two beats this session idles for a fifth of the lease: a
+        # role's or database's idle limit (idle_session_timeout,
+        # wait_timeout) would end it, and the lease with it.
+        lifted = True
+        try:
+            self.lock.lift_session_limits(conn)
+        except DBAPIError as err:
+            log.info("could not lift the server's idle limits on the heartbeat's "
+                     "session: %s", type(err.orig).__name__)
+            conn.rollback()
+            lifted = False
+        # Its own socket gives up sooner than the lock's: the heartbeat must
+        # notice a cut before any waiter may end the lock's session.
+        tune_socket(conn.connection.dbapi_connection, idle=timings.interval,
+                    interval=1, count=3, user_timeout_ms=timings.heartbeat_timeout_ms)
+        own_session = self.lock.session_id(conn)
+        conn.commit()
+        if lifted:
+            conn.info[_PREPARED] = (timings.seconds, own_session)
+        return own_session
 
     def _renew(self, conn: Connection, table: sa.Table, own_session: int) -> bool:
         import sqlalchemy as sa
@@ -459,3 +485,61 @@ class Heartbeat:
                   "work (the server ends its session, so nothing of the current unit is "
                   "recorded)", self.lock.key, reason)
         cut_off(self._lock_dbapi)
+
+
+# In a heartbeat connection's info: the lease (seconds) its session and socket
+# were made fit for, and its server session id (a shared pool's next heartbeat
+# finds them there).
+_PREPARED = "seedguard.heartbeat.prepared"
+# The heartbeat pool shared by every lock on one application pool, by that pool's id.
+_SHARED_POOLS: dict[int, Engine] = {}
+_SHARING = threading.Lock()
+
+
+@contextlib.contextmanager
+def shared_heartbeats(engine: Engine, *, at_once: int) -> Iterator[None]:
+    """Within it, the heartbeats of locks taken on ``engine``'s pool share one pool.
+
+    A heartbeat otherwise opens a connection of its own for each lock taken
+    and closes it at release: a new server process per lock on PostgreSQL,
+    the largest single cost of applying to one schema of a fleet after
+    another (``apply_each``). Shared, the connection of one lock's heartbeat
+    serves the next; each heartbeat still runs on a thread and a session of
+    its own, beside its lock's, as before. Only a ``QueuePool`` that keeps
+    ``at_once`` connections (the most heartbeats that run at once) is
+    shared, so no heartbeat ever waits for another's connection; other
+    pools keep a pool per heartbeat. The shared pool is disposed of at the end.
+
+    :param engine: the engine whose locks' heartbeats share a pool (its
+        ``execution_options`` copies, one per schema, share its pool too).
+    :param at_once: how many locks may be held at once on it.
+    """
+    from sqlalchemy.engine import Engine
+    from sqlalchemy.pool import QueuePool
+
+    pool = engine.pool
+    if not isinstance(pool, QueuePool) or pool.size() < at_once:
+        yield
+        return
+    with _SHARING:
+        if id(pool) in _SHARED_POOLS:  # already shared by an outer call
+            heartbeats = None
+        else:
+            # A small statement cache: the holder row's statements name each
+            # schema, so a fleet's would fill a default one with statements
+            # that are never asked for again.
+            heartbeats = Engine(pool.recreate(), engine.dialect, engine.url,
+                                query_cache_size=50)
+            _SHARED_POOLS[id(pool)] = heartbeats
+    try:
+        yield
+    finally:
+        if heartbeats is not None:
+            with _SHARING:
+                del _SHARED_POOLS[id(pool)]
+            heartbeats.dispose()
+
+
+def _shared_pool(engine: Engine) -> Engine | None:
+    with _SHARING:
+        return _SHARED_POOLS.get(id(engine.pool))

