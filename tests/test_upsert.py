@@ -282,11 +282,14 @@ def _with_repeats(n: int) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize(("n", "batch_size"), [(20, 5000), (20, 3), (300, PG_COPY_THRESHOLD * 2)])
 @pytest.mark.parametrize("path", ["empty table", "look-up", "snapshot"])
+# The keys an empty-table load wrote: in a set, or past SEEN_MAX (4 here) as hashes.
+@pytest.mark.parametrize("seen_max", [upsert_core.SEEN_MAX, 4], ids=["exact", "hashed"])
 def test_a_repeated_key_follows_one_rule_wherever_the_batches_split(
         engine: sa.Engine, monkeypatch: pytest.MonkeyPatch, n: int, batch_size: int,
-        path: str) -> None:
+        path: str, seen_max: int) -> None:
     # The rule: rows apply in order, the last values win, and each copy of a
     # key counts against the values before it, in a batch or across batches.
+    monkeypatch.setattr(upsert_core, "SEEN_MAX", seen_max)
     prefilled = 0 if path == "empty table" else 3
     if prefilled:
         run(engine, items, rows_of(prefilled), key="code")
@@ -362,9 +365,11 @@ def test_postgresql_initial_load_without_the_lock_privilege_merges(pg: TestDatab
         pg.execute(f"DROP ROLE {role}")
 
 
+@pytest.mark.parametrize("seen_max", [upsert_core.SEEN_MAX, 0], ids=["exact", "hashed"])
 def test_a_long_dry_run_keeps_bounded_memory_for_repeated_keys(
-        engine: sa.Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+        engine: sa.Engine, monkeypatch: pytest.MonkeyPatch, seen_max: int) -> None:
     monkeypatch.setattr(upsert_core, "OVERLAY_MAX", 5)
+    monkeypatch.setattr(upsert_core, "SEEN_MAX", seen_max)
     rows = _with_repeats(300)
     with engine.connect() as conn:
         preview = Upserter(conn, resolve_table(conn, items), "code", dry_run=True)
@@ -376,3 +381,4 @@ def test_a_long_dry_run_keeps_bounded_memory_for_repeated_keys(
     assert preview.result.total == len(rows)
     assert preview.result.inserted >= 300 - 3  # a false bitmap hit may count as updated
     assert preview._overlay is not None and len(preview._overlay) <= 5
+    assert (preview._seen is None) == (seen_max == 0)

@@ -3,14 +3,20 @@
 Large writes (``LOAD_THRESHOLD`` rows and more, simple column types, PyMySQL)
 are written to a tab-separated file and loaded with ``LOAD DATA LOCAL
 INFILE``: into an empty table, locked for the load, straight in; otherwise
-into a temporary table, merged with one ``INSERT ... SELECT ... ON DUPLICATE
-KEY UPDATE``. That is the bulk path the MySQL manual recommends, about 2.5x
-``executemany`` through PyMySQL here (``python bench/run.py --only mysqlbulk``).
+into a temporary table (MEMORY where the rows fit), compared with the table
+in the server, and merged: a batch whose rows all differ or are missing with
+one ``INSERT ... SELECT ... ON DUPLICATE KEY UPDATE``, any other with an
+``UPDATE ... JOIN`` of the rows that differ and an ``INSERT ... SELECT`` of
+the missing ones. That is the bulk path the MySQL manual recommends, about
+2x ``executemany`` through PyMySQL for a fresh load here (``python
+bench/run.py --only mysqlbulk``).
 
 ``LOCAL`` turns errors into warnings (a duplicate key is skipped, a value that
 does not fit is cut), so each load runs in a savepoint and is checked: fewer
 rows than sent or any warning rolls it back, and the rows go through the
-``VALUES`` statement instead, which raises the real error.
+``VALUES`` statement instead, which raises the real error. So does a
+temporary table the server will not create (no ``CREATE TEMPORARY TABLES``
+privilege).
 
 The client must allow it (``local_infile=True`` in PyMySQL's connect
 arguments, e.g. ``mysql+pymysql://.../db?local_infile=1``; off by default,
@@ -28,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import decimal
+import itertools
 import logging
 import math
 import operator
@@ -55,6 +62,14 @@ _LOAD_DRIVERS = frozenset({"pymysql"})
 # or the client's setting), ER_CLIENT_LOCAL_FILES_DISABLED (MySQL 8) and
 # CR_LOAD_DATA_LOCAL_INFILE_REJECTED.
 _REFUSED = frozenset({1148, 4166, 3948, 2068})
+_DUPLICATE_KEY = 1062  # ER_DUP_ENTRY
+_TABLE_FULL = 1114  # ER_RECORD_FILE_FULL: a MEMORY table past max_heap_table_size
+_SAVEPOINT = "seedguard_load"
+_SEQ = "seedguard_seq"
+"""The temporary table's column that numbers its rows in the data's order."""
+_MEMORY_BYTES = 8 << 20
+"""A batch estimated larger than this in a MEMORY table (half the default
+max_heap_table_size) goes into one of the default engine."""
 _refusal_logged = False
 # The DB-API connections that refused it: the client's flag and the server's
 # setting hold for a connection's life, so later upserts on it do not ask again.
@@ -65,6 +80,10 @@ class _NotLoadable(Exception):
     """A value the tab-separated file cannot spell exactly: use the VALUES statement."""
 
 
+class _TableFull(Exception):
+    """The MEMORY temporary table cannot hold the batch."""
+
+
 class MySQLWriter(Writer):
     dialects = ("mysql", "mariadb")
 
@@ -73,7 +92,18 @@ class MySQLWriter(Writer):
         super().__init__(conn, table, key, columns, update_columns)
         self._tmp: str | None = None
         self._formats: list[Callable[[Any], str]] | None = None
+        # The whole line's format when every column is text or a number.
+        self._plain: str | None = None
+        self._getter: Callable[[Row], Any] = operator.itemgetter(*columns)
         self._refused = False
+        # The temporary table's engine: None until decided, then MEMORY or not.
+        self._memory: bool | None = None
+        self._no_temporary = False  # the server would not create it: VALUES instead
+        # The temporary table's row number, named unlike every column of the
+        # target (CREATE ... SELECT would merge a column of the same name).
+        taken = {c.name.lower() for c in table.c}
+        self._seq = next(name for n in itertools.count()
+                         if (name := f"{_SEQ}{n or ''}").lower() not in taken)
 
     # -- the procedure ----------------------------------------------------------
 
@@ -159,41 +189,124 @@ class MySQLWriter(Writer):
         missing = " AND ".join(f"t.{q(k)} IS NULL" for k in self.key)
         differs = " OR ".join(f"NOT (BINARY t.{q(c)} <=> BINARY s.{q(c)})"
                               for c in compare) or "FALSE"
-        new, changed = self.conn.exec_driver_sql(
+        counted = self.conn.exec_driver_sql(
             f"SELECT COALESCE(SUM({missing}), 0), "
             f"COALESCE(SUM(NOT ({missing}) AND ({differs})), 0) "
             f"FROM {tmp} s LEFT JOIN {target} t ON {on}").one()
+        new, changed = int(counted[0]), int(counted[1])
         if new + changed == len(rows):
-            # Every row is missing or differs (a full-table update): write them
-            # all from the temporary table alone. The filtered statement below
-            # reads its own target, which makes the server materialise its
-            # SELECT first: most of a full update's time (bench/mysql_bulk.py).
+            # Every row is missing or differs (a full-table update): all of
+            # them from the temporary table, ON DUPLICATE KEY UPDATE. The
+            # cheapest write: an UPDATE ... JOIN of the same rows took longer
+            # in the server (docs/benchmarks.md, "MariaDB bulk path").
             self._merge_loaded()
-        elif new or changed:
+            return new, changed
+        # A mixed batch: only the changed and the missing rows are written (an
+        # unchanged row gets no new version and fires no trigger).
+        if changed:
+            sets = ", ".join(f"t.{q(c)} = s.{q(c)}" for c in compare)
+            self.conn.exec_driver_sql(
+                f"UPDATE {target} t JOIN {tmp} s ON {on} SET {sets} WHERE {differs}")
+        if new:
+            self._insert_missing(f"FROM {tmp} s LEFT JOIN {target} t ON {on} WHERE {missing}")
+        return new, changed
+
+    def _insert_missing(self, source: str) -> None:
+        """Insert the temporary table's rows the target lacks (``source``), in the data's order."""
+        import sqlalchemy as sa
+
+        q, target = self._q, self._quoted()
+        columns = ", ".join(q(c) for c in self.columns)
+        savepoint = self.conn.begin_nested()
+        try:
+            picked = ", ".join(f"s.{q(c)}" for c in self.columns)
+            self.conn.exec_driver_sql(
+                f"INSERT INTO {target} ({columns}) SELECT {picked} {source} "
+                f"ORDER BY s.{self._seq}")
+        except sa.exc.IntegrityError as err:
+            savepoint.rollback()
+            if _code(err) != _DUPLICATE_KEY:
+                raise
+            # A missing row collides with an existing one on another unique
+            # key: ON DUPLICATE KEY UPDATE updates that row, as the VALUES
+            # statement would.
+            picked = ", ".join(f"s.{q(c)} AS sg_{i}" for i, c in enumerate(self.columns))
+            names = ", ".join(f"sg_{i}" for i in range(len(self.columns)))
             # Through a derived table whose columns have names of their own: the
             # target's names in ON DUPLICATE KEY UPDATE then mean only the target's.
-            picked = ", ".join(f"s.{q(c)} AS sg_{i}" for i, c in enumerate(self.columns))
-            columns = ", ".join(q(c) for c in self.columns)
             self.conn.exec_driver_sql(
-                f"INSERT INTO {target} ({columns}) SELECT * FROM (SELECT {picked} "
-                f"FROM {tmp} s LEFT JOIN {target} t ON {on} WHERE ({missing}) OR ({differs})"
-                f") AS sg_changed ON DUPLICATE KEY UPDATE {self._updates()}")
-        return int(new), int(changed)
+                f"INSERT INTO {target} ({columns}) SELECT {names} FROM (SELECT {picked}, "
+                f"s.{self._seq} AS sg_seq {source}) AS sg_missing ORDER BY sg_seq "
+                f"ON DUPLICATE KEY UPDATE {self._updates()}")
+        else:
+            savepoint.commit()
 
     def _into_temporary(self, data: bytes, count: int) -> bool:
         """Load ``data`` into the (emptied) temporary table, creating it the first time."""
+        if self._no_temporary:
+            return False
         if self._tmp is None:
-            name = self._q(f"sg_load_{os.getpid()}_{id(self) & 0xFFFFFF:x}")
-            columns = ", ".join(self._q(c) for c in self.columns)
-            # Columns and types of the target, no keys: the data's keys are unique
-            # already (the core writes each key once per batch).
-            self.conn.exec_driver_sql(
-                f"CREATE TEMPORARY TABLE {name} AS SELECT {columns} FROM {self._quoted()} "
-                "LIMIT 0")
-            self._tmp = name
+            if not self._create_temporary(count):
+                return False
         else:
             self.conn.exec_driver_sql(f"DELETE FROM {self._tmp}")
-        return self._load(self._tmp, data, count)
+        assert self._tmp is not None
+        try:
+            return self._load(self._tmp, data, count)
+        except _TableFull:
+            # The MEMORY table filled up (its rows are fixed-width, capped by
+            # max_heap_table_size): the rest of this upsert uses the default engine.
+            log.debug("MEMORY temporary table full for %s", self.table.fullname)
+            self.finish()
+            self._memory = False
+            if not self._create_temporary(count):
+                return False
+            assert self._tmp is not None
+            return self._load(self._tmp, data, count)
+
+    def _create_temporary(self, count: int) -> bool:
+        """The temporary table: the target's columns, a unique key, a load order.
+
+        The key is unique as in the target, in its collation: keys that
+        Python holds distinct but the table equal ('A', 'a' under a
+        case-insensitive collation) make the load skip one with a warning,
+        so the batch goes through the VALUES statement, where the last one
+        wins, instead of an ``UPDATE ... JOIN`` picking either. ``_seq``
+        numbers the rows in the data's order, the order new rows are
+        inserted in (and their AUTO_INCREMENT values taken). ``ENGINE=MEMORY``
+        where the rows fit: loading and emptying it cost a half of InnoDB's.
+        """
+        import sqlalchemy as sa
+
+        name = self._q(f"sg_load_{os.getpid()}_{id(self) & 0xFFFFFF:x}")
+        columns = ", ".join(self._q(c) for c in self.columns)
+        unique = ", ".join(self._q(k) for k in self.key)
+        if self._memory is None:
+            self._memory = _fits_in_memory(self.table, self.columns, count)
+        engine = " ENGINE=MEMORY" if self._memory else ""
+        savepoint = self.conn.begin_nested()
+        try:
+            self.conn.exec_driver_sql(
+                f"CREATE TEMPORARY TABLE {name} ({self._seq} BIGINT NOT NULL AUTO_INCREMENT, "
+                f"PRIMARY KEY USING BTREE ({self._seq}), UNIQUE KEY ({unique})){engine} "
+                f"AS SELECT {columns} "
+                f"FROM {self._quoted()} LIMIT 0")
+        except sa.exc.DBAPIError as err:
+            savepoint.rollback()
+            if self._memory:
+                # A column MEMORY cannot hold (BLOB/TEXT, a spatial type), or no
+                # MEMORY engine: the default engine.
+                log.debug("no MEMORY temporary table for %s: %s", self.table.fullname, err)
+                self._memory = False
+                return self._create_temporary(count)
+            # No CREATE TEMPORARY TABLES privilege, or a key the temporary table
+            # cannot repeat: the core compares, and the VALUES statement writes.
+            log.debug("no temporary table for %s: %s", self.table.fullname, err)
+            self._no_temporary = True
+            return False
+        savepoint.commit()
+        self._tmp = name
+        return True
 
     def _merge(self, data: bytes, count: int) -> bool:
         """Load into a temporary table, then one INSERT ... SELECT ... ON DUPLICATE KEY UPDATE."""
@@ -203,12 +316,14 @@ class MySQLWriter(Writer):
         return True
 
     def _merge_loaded(self) -> None:
-        """Every row of the temporary table into the target, ON DUPLICATE KEY UPDATE."""
+        """Every row of the temporary table into the target, in the data's order."""
         columns = ", ".join(self._q(c) for c in self.columns)
         picked = ", ".join(f"{self._q(c)} AS sg_{i}" for i, c in enumerate(self.columns))
+        names = ", ".join(f"sg_{i}" for i in range(len(self.columns)))
         self.conn.exec_driver_sql(
-            f"INSERT INTO {self._quoted()} ({columns}) SELECT * FROM (SELECT {picked} "
-            f"FROM {self._tmp}) AS sg_rows ON DUPLICATE KEY UPDATE {self._updates()}")
+            f"INSERT INTO {self._quoted()} ({columns}) SELECT {names} FROM (SELECT {picked}, "
+            f"{self._seq} AS sg_seq FROM {self._tmp}) AS sg_rows ORDER BY sg_seq "
+            f"ON DUPLICATE KEY UPDATE {self._updates()}")
 
     def _load(self, into: str, data: bytes, count: int) -> bool:
         """``LOAD DATA LOCAL INFILE`` of ``data`` into ``into``, checked; False: not loaded."""
@@ -221,24 +336,34 @@ class MySQLWriter(Writer):
             sql = (f"LOAD DATA LOCAL INFILE '{_quote_path(path)}' INTO TABLE {into} "
                    "CHARACTER SET utf8mb4 FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' "
                    f"LINES TERMINATED BY '\\n' {self._column_list()}")
-            savepoint = self.conn.begin_nested()
+            # One savepoint name, set again before each load and never
+            # released: a load that passes costs no RELEASE round trip (a
+            # SAVEPOINT of an existing name moves it), one that fails is
+            # rolled back to it.
+            self.conn.exec_driver_sql(f"SAVEPOINT {_SAVEPOINT}")
             try:
-                loaded = self.conn.exec_driver_sql(sql).rowcount
-                warnings = self.conn.exec_driver_sql("SELECT @@warning_count").scalar()
+                result = self.conn.exec_driver_sql(sql)
+                loaded = result.rowcount
+                # The load's OK packet carries its warning count, which PyMySQL
+                # keeps on the cursor (1.1+): no second round trip per batch.
+                warnings = getattr(result.context.cursor, "warning_count", None)
+                if warnings is None:
+                    warnings = self.conn.exec_driver_sql("SELECT @@warning_count").scalar()
             except sa.exc.DBAPIError as err:
-                savepoint.rollback()
-                code = err.orig.args[0] if err.orig is not None and err.orig.args else None
+                self.conn.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
+                code = _code(err)
                 if code in _REFUSED:
                     self._refuse(err)
                     return False
+                if code == _TABLE_FULL and self._memory and into == self._tmp:
+                    raise _TableFull from err
                 raise
             if loaded != count or warnings:
                 # LOCAL skipped or cut something: the VALUES statement says what.
-                savepoint.rollback()
+                self.conn.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
                 log.debug("LOAD DATA into %s: %s of %s rows, %s warning(s); using VALUES",
                           into, loaded, count, warnings)
                 return False
-            savepoint.commit()
             return True
         finally:
             os.unlink(path)
@@ -277,9 +402,25 @@ class MySQLWriter(Writer):
                 return False
             formats.append(fmt)
         self._formats = formats
+        if len(self.columns) > 1 and all(f in (_text, _integer, _number) for f in formats):
+            self._plain = "\t".join(["%s"] * len(self.columns))
         return True
 
     def _tsv(self, rows: Sequence[Row]) -> bytes:
+        plain = self._plain
+        if plain is not None:
+            # Row by row, one %-format each (in C), where the values are only
+            # str and int for text and number columns: str() spells each one
+            # as the file does. A tab, newline, backslash, CR or NUL in a
+            # value shows in the counts or the search below; None and other
+            # types in the type set: then the column-by-column path.
+            values = list(map(self._getter, rows))
+            if set(map(type, itertools.chain.from_iterable(values))) <= _PLAIN_TYPES:
+                text = "\n".join(map(plain.__mod__, values))
+                if (text.count("\t") == len(values) * (len(self.columns) - 1)
+                        and text.count("\n") == len(values) - 1
+                        and "\\" not in text and "\r" not in text and "\0" not in text):
+                    return (text + "\n").encode("utf-8")
         formats = self._formats
         assert formats is not None
         # Column by column: one type check per column where it holds, not one
@@ -327,6 +468,7 @@ _NULL = "\\N"
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\0": "\\0"})
 
 
+_PLAIN_TYPES = frozenset({str, int})
 _SPECIAL = re.compile(r"[\\\t\n\r\0]")
 
 
@@ -432,6 +574,36 @@ def _format_for(kind: Any) -> Callable[[Any], str] | None:
     if isinstance(kind, sa.String):
         return _text
     return None
+
+
+def _code(err: Exception) -> Any:
+    """The server's error number of a DBAPIError, if any."""
+    orig = getattr(err, "orig", None)
+    return orig.args[0] if orig is not None and orig.args else None
+
+
+def _fits_in_memory(table: sa.Table, columns: tuple[str, ...], rows: int) -> bool:
+    """Whether ``rows`` rows of ``columns`` fit a MEMORY table comfortably.
+
+    MEMORY stores rows at their full declared width (a VARCHAR(255) in
+    utf8mb4 takes 1,020 bytes whatever it holds) and has no BLOB/TEXT; the
+    estimate errs large, and a table that fills up anyway is replaced.
+    """
+    import sqlalchemy as sa
+
+    width = 16  # the sequence, the row's header
+    for name in columns:
+        kind = table.c[name].type
+        if isinstance(kind, (sa.Text, sa.JSON, sa.PickleType)):
+            return False
+        if isinstance(kind, sa.String) or _is_binary(kind):
+            length = getattr(kind, "length", None)
+            if not length:
+                return False  # TEXT or BLOB, as far as anyone can tell
+            width += 4 * length + 2
+        else:
+            width += 16
+    return width * rows <= _MEMORY_BYTES
 
 
 def _quote_path(path: str) -> str:

@@ -6,10 +6,13 @@ a writer registered for a dialect runs all of it. The contracts, through
 itself: rows are inserted, updated by key in place, left alone when
 unchanged, only inserted with ``update=False``; a row another transaction
 inserted after the core looked is updated, not duplicated; values round-trip.
+On MariaDB it runs twice: with the client refusing ``LOAD DATA LOCAL INFILE``
+(PyMySQL's default, the VALUES statement) and allowing it (``local_infile``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import decimal
 from collections.abc import Iterator
@@ -58,7 +61,9 @@ typed = sa.Table(
     sa.Column("ratio", sa.Float),
 )
 
-WRITER_CASES = cases(WRITERS)
+# MariaDB twice: the file-loading path is a second way to write the same rows.
+WRITER_CASES = [*cases(WRITERS), *(dataclasses.replace(case, mode="local_infile")
+                                   for case in cases(WRITERS) if case.kind == "mariadb")]
 
 
 @pytest.fixture(params=WRITER_CASES, ids=[case.id for case in WRITER_CASES])
@@ -70,7 +75,8 @@ def writer_case(request: pytest.FixtureRequest) -> Case:
 def engine(writer_case: Case, tmp_path: Path) -> Iterator[sa.Engine]:
     """An engine on a fresh database of the case's kind, with the tables above."""
     for db in database(writer_case, tmp_path):
-        engine = db.engine()
+        engine = db.engine(**({"connect_args": {"local_infile": True}}
+                              if writer_case.mode == "local_infile" else {}))
         metadata.create_all(engine)
         yield engine
 
@@ -122,19 +128,21 @@ def test_update_in_place_keeps_primary_keys_and_references(engine: sa.Engine) ->
     assert len(content(engine, refs, "item_id")) == 3
 
 
-def test_update_false_only_inserts_missing(engine: sa.Engine) -> None:
-    run(engine, items, rows_of(2), key="code")
-    changed = rows_of(3, name="other")
+@pytest.mark.parametrize("size", [3, 600])  # 600: the file path on MariaDB
+def test_update_false_only_inserts_missing(engine: sa.Engine, size: int) -> None:
+    run(engine, items, rows_of(size - 1), key="code")
+    changed = rows_of(size, name="other")
 
     result = run(engine, items, changed, key="code", update=False)
 
-    assert (result.inserted, result.updated, result.unchanged) == (1, 0, 2)
+    assert (result.inserted, result.updated, result.unchanged) == (1, 0, size - 1)
     assert content(engine, items, "code", "name") == [
-        ("c00000", "item 0"), ("c00001", "item 1"), ("c00002", "other")]
+        *((f"c{i:05d}", f"item {i}") for i in range(size - 1)), (f"c{size - 1:05d}", "other")]
 
 
 @pytest.mark.parametrize("update", [True, False], ids=["update", "insert-only"])
-@pytest.mark.parametrize("size", [3, PG_COPY_THRESHOLD * 2])  # the COPY path on PostgreSQL
+# PG_COPY_THRESHOLD * 2: the COPY path on PostgreSQL; 600: the file path on MariaDB.
+@pytest.mark.parametrize("size", [3, PG_COPY_THRESHOLD * 2, 600])
 def test_a_row_inserted_since_the_core_looked_is_updated_not_duplicated(
         engine: sa.Engine, update: bool, size: int) -> None:
     rows = rows_of(size)
