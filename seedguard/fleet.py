@@ -477,6 +477,14 @@ def _attempt(targets: Sequence[Labelled], workers: int, options: dict[str, Any],
     A target in ``looked`` was found with work to do by the first pass:
     ``apply()`` goes straight to its locks (:func:`seedguard.startup.looked_already`).
     """
+    # What the units need, imported here, before the workers start, not by
+    # the first worker to find work: while one thread is importing
+    # sqlalchemy.orm, its inspection hooks are already registered, and Core
+    # in another thread (a pool's ping compiling select(1)) reaches them and
+    # fails on the half-initialised module ("partially initialized module
+    # 'sqlalchemy.orm.exc' has no attribute 'UnmappedClassError'").
+    import sqlalchemy.orm  # noqa: F401
+
     from seedguard.api import apply
     from seedguard.startup import looked_already
 

@@ -7,6 +7,8 @@ MariaDB they are databases of their own, uniquely named and dropped after.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -17,7 +19,14 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from _support import EFFECTS_DDL, TestDatabase, run_processes, seeds_source, write_module
+from _support import (
+    EFFECTS_DDL,
+    TestDatabase,
+    child_env,
+    run_processes,
+    seeds_source,
+    write_module,
+)
 
 import seedguard
 from seedguard.locks import Deadline, database_lock, lock_key
@@ -365,3 +374,33 @@ def test_apply_each_costs_a_bounded_number_of_statements_per_target(
             each.close()
     assert max(per_target.values()) <= PENDING_BOUND[server_db.kind], per_target
     assert per_target[6] <= per_target[3] + 0.5, per_target  # nothing grows with the fleet
+
+
+_ORM_IMPORTED_BEFORE_THE_WORKERS = '''
+import sys, threading
+import seedguard
+
+where = []
+def hook(event, args):
+    if event == "import" and args[0] == "sqlalchemy.orm":
+        where.append(threading.current_thread() is threading.main_thread())
+sys.addaudithook(hook)
+result = seedguard.apply_each([f"sqlite:///{sys.argv[1]}/{name}.db" for name in "abcd"],
+                              workers=4, seeds="fleet_units")
+assert result.ok, result.failed
+print(where)
+'''
+
+
+def test_apply_each_imports_what_units_need_before_its_workers_start(tmp_path: Path) -> None:
+    # One worker importing sqlalchemy.orm while another uses Core (a pool's
+    # ping) made the second fail on the half-initialised module, now and then.
+    write_module(tmp_path, "fleet_units", (
+        "import sqlalchemy as sa\nimport seedguard\n\n"
+        "@seedguard.seed('one')\n"
+        "def one(session):\n"
+        "    session.execute(sa.text('CREATE TABLE settings (key TEXT)'))\n"))
+    proc = subprocess.run([sys.executable, "-c", _ORM_IMPORTED_BEFORE_THE_WORKERS, str(tmp_path)],
+                          env=child_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[True]", proc.stdout
