@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import os
+import signal
 import sys
 import threading
 import uuid
@@ -27,6 +28,15 @@ import sqlalchemy as sa
 from _support import TestDatabase
 
 from seedguard.registry import default_registry
+
+# A run started in the background by a non-interactive shell (`scripts/test &`)
+# has SIGINT and SIGQUIT ignored (POSIX: asynchronous commands without job
+# control), and every child inherits that: a child Python then installs no
+# KeyboardInterrupt handler, and the tests that press Ctrl-C on a seedguard
+# process waited out their timeout. Give children SIGINT as a terminal does.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN \
+        and threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 PG_URL = os.environ.get("SEEDGUARD_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 MYSQL_URL = os.environ.get("SEEDGUARD_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
