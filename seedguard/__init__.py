@@ -5,8 +5,7 @@ This module only re-exports the public API; README.md describes it.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from seedguard.__about__ import __version__
 from seedguard.api import apply, plan
@@ -25,6 +24,7 @@ from seedguard.errors import (
     WaitTimeout,
 )
 from seedguard.events import report_progress
+from seedguard.lazy import lazy_names
 from seedguard.registry import Registry, seed
 from seedguard.result import ApplyResult
 from seedguard.schema import Schema
@@ -59,13 +59,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'seedguard' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_names(__name__, _LAZY)
 
 
 def __dir__() -> list[str]:

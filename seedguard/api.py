@@ -17,6 +17,7 @@ from seedguard import config as _config
 from seedguard.connect import engine_for
 from seedguard.errors import ConfigError
 from seedguard.events import Listener
+from seedguard.lazy import lazy_names
 from seedguard.registry import (
     SeedsSpec,
     active,
@@ -69,15 +70,7 @@ _ELSEWHERE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _ELSEWHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'seedguard.api' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_names(__name__, _ELSEWHERE)
 
 
 def apply(
